@@ -1,0 +1,50 @@
+# minictr — the two commands a new user needs:  make run   (the demo, no network)
+#                                                make test  (every test tier this machine can run)
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST  ?= $(PY) -m pytest
+BOOTSTRAP_PYTHON ?= python3
+IMAGES  := .test-images
+
+# Debian packages: libcap-dev builds python-prctl; the rest are the peers and servers the test
+# tiers and benchmarks use (docker-registry, skopeo, umoci, runc, crun, bwrap, qemu for the VM tier).
+DEB_BUILD := build-essential libcap-dev libffi-dev python3-venv
+DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
+             runc crun bubblewrap debootstrap zstd openssl qemu-system-x86 linux-image-amd64 \
+             slurm-wlm munge
+
+.PHONY: install deps test unit run bench clean
+
+install: $(VENV)/.installed
+
+deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(DEB_BUILD) $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: skipping Debian packages ($(DEB_BUILD))"; fi
+
+$(VENV)/.installed: pyproject.toml setup.py native/minictr_native.c native/minictr_native.h native/build.py
+	$(MAKE) deps
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+unit: install
+	$(PYTEST) -q tests/unit
+
+test: install
+	$(PYTEST) -q -ra tests
+
+run: install
+	$(PY) -m rootfs_tools demo $(IMAGES)/demo
+	$(VENV)/bin/minictr run --rm oci:$(IMAGES)/demo:latest
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info minictr/_native*.so $(IMAGES)

@@ -1,0 +1,5 @@
+import sys
+
+from minictr.cli import main
+
+sys.exit(main())

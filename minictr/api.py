@@ -1,0 +1,240 @@
+"""The composition: pull / plan / run — image → spec → edits → runtime.
+
+This is the only module that knows every side. The CLI calls it; it calls the image side for a
+stored image, the spec builder for a plan, the GPU and CDI code for edits, and the runtime to
+execute the plan. Imports are lazy so that each command loads only what it uses.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from minictr.config import Paths
+from minictr.errors import ImageError, MinictrError, UsageError
+
+Explain = Callable[[str], None] | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything ``run`` will do, computed before anything touches the kernel."""
+
+    spec: dict                 # the OCI runtime spec (config.json)
+    rootfs: object             # runtime.rootfs.RootfsPlan: the overlay that becomes root.path
+    container_id: str
+    name: str
+    image: str                 # the image's normalised name, for `ps`
+    hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
+
+
+def _store(paths: Paths):
+    from minictr.image.store import Store
+
+    return Store(paths.store, rootless=paths.rootless)
+
+
+# ---------------------------------------------------------------- images
+
+
+def load(paths: Paths, source: str, tag: str | None = None) -> list[str]:
+    """Load an OCI layout dir, oci-archive or docker-archive; return the stored image names."""
+    from minictr.image import archive
+
+    return archive.load(_store(paths), source, tag=tag)
+
+
+def images(paths: Paths) -> list[dict]:
+    return _store(paths).list_images()
+
+
+def inspect(paths: Paths, ref: str) -> dict:
+    return _store(paths).inspect(ref)
+
+
+def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
+    store = _store(paths)
+    out = [f"Untagged: {store.remove_image(ref)}" for ref in refs]
+    if prune:
+        res = store.gc()
+        out.append(f"Pruned {res['blobs']} blobs and {res['layers']} layers")
+    return out
+
+
+def gc(paths: Paths) -> dict:
+    return _store(paths).gc()
+
+
+def pull(paths: Paths, ref: str, *, platform: str | None = None, tls_verify: bool | None = None,
+         progress=None) -> str:
+    from minictr.image import registry
+
+    return registry.pull(_store(paths), ref, platform=platform, tls_verify=tls_verify,
+                         progress=progress)
+
+
+def login(paths: Paths, registry_name: str, username: str, password: str, *,
+          tls_verify: bool | None = None, authfile: str | None = None) -> None:
+    from minictr.image import auth, registry
+
+    registry.check_login(registry_name, username, password, tls_verify=tls_verify)
+    auth.save(registry_name, username, password, authfile=authfile)
+
+
+def logout(paths: Paths, registry_name: str, *, authfile: str | None = None) -> None:
+    from minictr.image import auth
+
+    auth.remove(registry_name, authfile=authfile)
+
+
+def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=None):
+    """The stored image for ``ref``; loads transports (oci:, oci-archive:, docker-archive:) and
+    pulls from a registry per ``pull_policy``."""
+    from minictr.image import archive
+
+    store = _store(paths)
+    if archive.is_transport(ref):
+        names = archive.load(store, ref)
+        return store.resolve(names[0])
+    if pull_policy == "always":
+        return store.resolve(pull(paths, ref, progress=progress))
+    try:
+        return store.resolve(ref)
+    except ImageError:
+        if pull_policy == "never":
+            raise
+    return store.resolve(pull(paths, ref, progress=progress))
+
+
+# ---------------------------------------------------------------- plan
+
+
+def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
+         container_id: str | None = None) -> Plan:
+    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute."""
+    from minictr.runtime import state as state_mod
+    from minictr.runtime.rootfs import RootfsPlan
+    from minictr.spec import builder
+    from minictr.spec.edits import apply_edits
+
+    image = _resolve_image(paths, opts.image, pull_policy, progress)
+    store = _store(paths)
+    container_id = container_id or state_mod.new_id()
+    name = opts.name or state_mod.default_name(container_id)
+    lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
+    container_dir = os.path.join(paths.containers, container_id)
+    rootfs = RootfsPlan(
+        lowerdirs=tuple(reversed(lowerdirs)),   # overlayfs: topmost layer first
+        upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
+        workdir=None if opts.read_only else os.path.join(container_dir, "work"),
+        target=os.path.join(paths.state, container_id, "rootfs"),
+        rootless=paths.rootless)
+    spec = builder.build_spec(
+        image.config, opts, rootless=paths.rootless, container_id=container_id,
+        rootfs_path=rootfs.target,
+        read_file=lambda path: store.read_image_file(image, path))
+    for edits in _edits_for(opts, spec, gpu_roots, image.config, lambda p: store.read_image_file(image, p)):
+        spec = apply_edits(spec, edits)
+    return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
+                image=image.name)
+
+
+def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file):
+    """Container edits from --device (host nodes and CDI names) and GPUs."""
+    from minictr.spec import devices
+
+    host_devices = [d for d in opts.devices if d.startswith("/")]
+    cdi_names = [d for d in opts.devices if not d.startswith("/")]
+    if host_devices:
+        yield devices.edits_for_host_devices(host_devices)
+    if cdi_names:
+        from minictr.gpu import cdi
+
+        yield cdi.edits_for_names(cdi_names)
+    from minictr.gpu import inject
+
+    gpu_edits = inject.edits_for_request(opts, spec, gpu_roots, image_config, read_file)
+    if gpu_edits is not None:
+        yield gpu_edits
+
+
+def write_bundle(spec: dict, bundle: str) -> None:
+    """Write an OCI bundle's config.json (root.path stays absolute: the rootfs is prepared by
+    `minictr run`; crun/runc need an existing directory there)."""
+    import json
+
+    from minictr.image.store import atomic_write
+
+    os.makedirs(bundle, exist_ok=True)
+    atomic_write(os.path.join(bundle, "config.json"), json.dumps(spec, indent=2).encode())
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, dry_run: bool = False,
+        pull_policy: str = "missing", progress=None) -> int:
+    """Plan the container, then hand the plan to the runtime; return the container's status."""
+    from minictr.runtime import container
+
+    if dry_run and explain is None:
+        raise UsageError("--dry-run only makes sense with --explain",
+                         hint="minictr run --dry-run --explain IMAGE CMD")
+    p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress)
+    return container.run(p.spec, p.rootfs, paths=paths, container_id=p.container_id,
+                         name=p.name, image=p.image, remove=opts.rm, tty=opts.tty,
+                         interactive=opts.interactive, init=opts.init,
+                         explain=explain, dry_run=dry_run)
+
+
+def ps(paths: Paths, all_: bool = False, stats: bool = False) -> list[dict]:
+    from minictr.runtime import state
+
+    return state.list_containers(paths.state, all_=all_, stats=stats)
+
+
+def stats(paths: Paths, name: str) -> dict:
+    from minictr.runtime import state
+
+    return state.container_stats(paths.state, name)
+
+
+def exec_(paths: Paths, name: str, command: list[str], *, env=(), tty=False, workdir=None,
+          user=None) -> int:
+    from minictr.runtime import container
+
+    if not command:
+        raise UsageError("exec needs a command", hint="minictr exec NAME sh")
+    return container.exec_in(paths, name, command, env=list(env), tty=tty, workdir=workdir,
+                             user=user)
+
+
+def kill(paths: Paths, name: str, signal_name: str) -> None:
+    from minictr.runtime import state
+
+    state.kill(paths.state, name, signal_name)
+
+
+def rm(paths: Paths, name: str, force: bool = False) -> None:
+    from minictr.runtime import container
+
+    container.remove(paths, name, force=force)
+
+
+# ---------------------------------------------------------------- GPUs
+
+
+def gpus(roots) -> dict:
+    from minictr.gpu import discover
+
+    return discover.discover(roots).to_dict()
+
+
+def cdi_generate(roots, fmt: str = "yaml") -> str:
+    from minictr.gpu import cdi, discover
+
+    return cdi.generate(discover.discover(roots), fmt=fmt)
+
+
+__all__ = ["Plan", "MinictrError", "load", "images", "inspect", "rmi", "gc", "pull", "plan",
+           "run", "ps", "stats", "exec_", "kill", "rm", "gpus", "cdi_generate"]

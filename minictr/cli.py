@@ -1,0 +1,479 @@
+"""The command-line front end: parses arguments and calls ``minictr.api``. No logic beyond parsing.
+
+Only this module prints. Errors arrive as ``MinictrError`` and leave as one line, a hint, and an
+exit code (125 launcher, 126 cannot execute, 127 not found, else the container's own status).
+Imports are lazy: ``minictr run`` must start fast (bench/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+GPUS_HELP = (
+    "GPUs to inject: all | none | 0,1 (indices, in nvidia-smi order) | GPU-<uuid>,... | "
+    "MIG-<uuid> | docker forms device=0,2 / count=N / capabilities=compute,utility. "
+    "Unlike docker, a bare number is an index: --gpus 0 means GPU 0, not zero GPUs")
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", help="store directory (default /var/lib/minictr, or "
+                   "$XDG_DATA_HOME/minictr when not root; env MINICTR_ROOT)")
+    p.add_argument("--state", help="state directory (default /run/minictr, or "
+                   "$XDG_RUNTIME_DIR/minictr; env MINICTR_STATE)")
+
+
+def _add_gpu_root_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nvidia-driver-root", default=os.environ.get("MINICTR_NVIDIA_DRIVER_ROOT"),
+                   help="where the driver's libraries and binaries live (default /; "
+                   "env MINICTR_NVIDIA_DRIVER_ROOT)")
+    p.add_argument("--nvidia-dev-root", default=os.environ.get("MINICTR_NVIDIA_DEV_ROOT"),
+                   help="where /dev/nvidia* live (default /; env MINICTR_NVIDIA_DEV_ROOT)")
+    p.add_argument("--nvidia-proc-root", default=os.environ.get("MINICTR_NVIDIA_PROC_ROOT"),
+                   help="the proc filesystem to read driver facts from (default /proc; "
+                   "env MINICTR_NVIDIA_PROC_ROOT)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("image", help="image reference, or oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE")
+    a("command", nargs=argparse.REMAINDER, help="command and arguments (replace the image's Cmd)")
+    a("--entrypoint", help="override the image's Entrypoint ('' clears it)")
+    a("-e", "--env", action="append", default=[], help="KEY=VALUE, or KEY to copy it from here")
+    a("--env-file", action="append", default=[], help="file of KEY=VALUE lines")
+    a("-v", "--volume", action="append", default=[], help="bind mount SRC:DST[:ro]")
+    a("--mount", action="append", default=[], help="type=bind,src=SRC,dst=DST[,ro] or "
+      "type=tmpfs,dst=DST[,tmpfs-size=N]")
+    a("--tmpfs", action="append", default=[], help="mount a tmpfs at DST[:OPTIONS]")
+    a("-w", "--workdir", help="working directory inside the container")
+    a("-u", "--user", help="USER[:GROUP], names resolved in the image's /etc/passwd and /etc/group")
+    a("--hostname", help="container host name (default: the container id's first 12 chars)")
+    a("--name", help="container name (default: generated)")
+    a("--rm", action="store_true", help="remove the container's writable layer when it exits")
+    a("-i", "--interactive", action="store_true", help="keep stdin open")
+    a("-t", "--tty", action="store_true", help="give the container a pseudo-terminal")
+    a("--read-only", action="store_true", help="mount the image read-only (no upper dir)")
+    a("--init", action="store_true", help="run a minimal init as PID 1 that forwards signals and "
+      "reaps zombies")
+    a("--network", "--net", default="host", choices=["host", "none"],
+      help="host: share the host's network (default, as HPC tools do); none: own netns, lo only")
+    a("--cap-add", action="append", default=[], help="add a capability (e.g. NET_ADMIN, ALL)")
+    a("--cap-drop", action="append", default=[], help="drop a capability (e.g. CHOWN, ALL)")
+    a("--preserve-fds", type=int, default=0, help="pass N fds beyond 0-2 into the container")
+    a("--ulimit", action="append", default=[], help="NAME=SOFT[:HARD], e.g. nofile=1024:2048")
+    a("--privileged", action="store_true", help="all capabilities, no masked paths, no device filter")
+    a("--userns", choices=["auto", "keep-id", "host"], default=None,
+      help="rootless user mapping: auto (you are root inside), keep-id (your uid inside)")
+    a("-m", "--memory", help="memory limit, e.g. 512m, 2g")
+    a("--memory-swap", help="memory+swap limit (-1 = unlimited swap)")
+    a("--pids-limit", type=int, help="maximum number of processes")
+    a("--cpus", type=float, help="CPU quota in CPUs, e.g. 0.5")
+    a("--cpu-shares", type=int, help="relative CPU weight, docker scale (2-262144, default 1024)")
+    a("--cpu-weight", type=int, help="relative CPU weight, cgroup v2 scale (1-10000)")
+    a("--cpuset-cpus", help="CPUs the container may run on, e.g. 0-3,6")
+    a("--cgroup-parent", help="cgroup under which the container's cgroup is made")
+    a("--device", action="append", default=[], help="HOST[:CONTAINER][:rwm], or a CDI name "
+      "such as nvidia.com/gpu=0")
+    a("--gpus", help=GPUS_HELP)
+    a("--gpu-memory", help="per-GPU device memory limit through MPS, e.g. 0=20G,1=10G")
+    a("--annotation", action="append", default=[], help="KEY=VALUE added to the spec")
+    _add_gpu_root_args(p)
+
+
+def _run_options(args: argparse.Namespace):
+    from minictr.spec.options import RunOptions
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return RunOptions(
+        image=args.image, command=tuple(command), entrypoint=args.entrypoint,
+        env=tuple(args.env), env_files=tuple(args.env_file), volumes=tuple(args.volume),
+        mounts=tuple(args.mount), tmpfs=tuple(args.tmpfs), workdir=args.workdir, user=args.user,
+        hostname=args.hostname, name=args.name, rm=args.rm, interactive=args.interactive,
+        tty=args.tty, read_only=args.read_only, init=args.init, network=args.network,
+        cap_add=tuple(args.cap_add), cap_drop=tuple(args.cap_drop),
+        preserve_fds=args.preserve_fds, ulimits=tuple(args.ulimit), privileged=args.privileged,
+        userns=args.userns, memory=args.memory, memory_swap=args.memory_swap,
+        pids_limit=args.pids_limit, cpus=args.cpus, cpu_shares=args.cpu_shares,
+        cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
+        cgroup_parent=args.cgroup_parent, devices=tuple(args.device), gpus=args.gpus,
+        gpu_memory=args.gpu_memory, annotations=tuple(args.annotation))
+
+
+def _gpu_roots(args: argparse.Namespace):
+    from minictr.gpu.discover import DriverRoots
+
+    return DriverRoots.from_args(args.nvidia_driver_root, args.nvidia_dev_root,
+                                 args.nvidia_proc_root)
+
+
+def _paths(args: argparse.Namespace):
+    from minictr.config import default_paths
+
+    return default_paths(root=getattr(args, "root", None), state=getattr(args, "state", None))
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _print_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    explain = _say if args.explain else None
+    return api.run(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
+                   explain=explain, dry_run=args.dry_run, pull_policy=args.pull,
+                   progress=_progress(args))
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    spec = api.plan(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args)).spec
+    if args.bundle:
+        api.write_bundle(spec, args.bundle)
+    else:
+        _print_json(spec)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    for img in api.load(_paths(args), args.path, tag=args.tag):
+        print(f"Loaded image: {img}")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    rows = api.images(_paths(args))
+    if args.format == "json":
+        _print_json(rows)
+    elif args.quiet:
+        for r in rows:
+            print(r["id"][:12])
+    else:
+        _table([[r["repository"], r["tag"], r["id"][:12], _human(r["size"])] for r in rows],
+               ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    _print_json([api.inspect(_paths(args), ref) for ref in args.images])
+    return 0
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    for line in api.rmi(_paths(args), args.images, prune=args.prune):
+        print(line)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    result = api.gc(_paths(args))
+    print(f"removed {result['blobs']} blobs and {result['layers']} layers, "
+          f"freed {_human(result['bytes'])}")
+    return 0
+
+
+def _progress(args: argparse.Namespace):
+    if getattr(args, "quiet", False):
+        return None
+    from minictr.progress import make_progress
+
+    return make_progress(sys.stderr)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    ref = api.pull(_paths(args), args.image, platform=args.platform,
+                   tls_verify=args.tls_verify, progress=_progress(args))
+    print(ref)
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    password = args.password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    if args.username is None:
+        args.username = input("Username: ")
+    if password is None:
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    api.login(_paths(args), args.registry, args.username, password,
+              tls_verify=args.tls_verify, authfile=args.authfile)
+    print("Login Succeeded!")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    api.logout(_paths(args), args.registry, authfile=args.authfile)
+    print(f"Removed login credentials for {args.registry}")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    rows = api.ps(_paths(args), all_=args.all, stats=args.stats)
+    if args.format == "json":
+        _print_json(rows)
+        return 0
+    header = ["CONTAINER ID", "NAME", "IMAGE", "PID", "STATUS", "COMMAND"]
+    table = [[r["id"][:12], r["name"], r["image"], str(r.get("pid") or "-"), r["status"],
+              " ".join(r["command"])[:40]] for r in rows]
+    if args.stats:
+        header += ["MEM", "PIDS", "CPU s"]
+        for t, r in zip(table, rows):
+            s = r.get("stats") or {}
+            t += [_human(s["memory"]) if s.get("memory") is not None else "-",
+                  str(s.get("pids", "-")),
+                  f"{s['cpu_usec'] / 1e6:.2f}" if s.get("cpu_usec") is not None else "-"]
+    _table(table, header)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    _print_json(api.stats(_paths(args), args.container))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return api.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
+                     workdir=args.workdir, user=args.user)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    api.kill(_paths(args), args.container, args.signal)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    for name in args.containers:
+        api.rm(_paths(args), name, force=args.force)
+        print(name)
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    info = api.gpus(_gpu_roots(args))
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"driver {info['driver_version']}  CUDA {info.get('cuda_version') or '?'}")
+    _table([[str(g["index"]), str(g["minor"]), g["uuid"], g["model"], g["bus_id"]]
+            for g in info["gpus"]], ["INDEX", "MINOR", "UUID", "MODEL", "BUS"])
+    for warning in info.get("warnings", []):
+        _say(f"minictr: warning: {warning}")
+    return 0
+
+
+def cmd_cdi(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    text = api.cdi_generate(_gpu_roots(args), fmt=args.format)
+    if args.output:
+        from minictr.image.store import atomic_write
+
+        atomic_write(args.output, text.encode())
+        _say(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return str(n)
+
+
+# ---------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad input; docker and podman use 125 for their own usage errors."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        print(f"minictr: error: {message}", file=sys.stderr)
+        print(f"minictr: hint: see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(125)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="minictr", description="Run OCI containers, GPU-ready, with no daemon and no root.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version="minictr 0.1.0")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def add(name, func, help_, **kw):
+        p = sub.add_parser(name, help=help_, description=help_, **kw)
+        p.set_defaults(func=func)
+        _add_store_args(p)
+        return p
+
+    p = add("run", cmd_run, "run a command in a new container")
+    _add_run_args(p)
+    p.add_argument("--explain", "-v", action="store_true",
+                   help="print each step (namespaces, mounts, pivot_root, cgroups, execve) as it happens")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --explain: print the steps without doing them")
+    p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
+                   help="pull the image from its registry: missing (default), always, never")
+    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+
+    p = add("spec", cmd_spec, "print the OCI runtime spec (config.json) that run would execute")
+    _add_run_args(p)
+    p.add_argument("--bundle", help="write DIR/config.json and DIR/rootfs (a copy-free OCI "
+                   "bundle for crun/runc) instead of printing")
+
+    p = add("load", cmd_load, "load an image from an OCI layout dir, oci-archive or docker-archive")
+    p.add_argument("path", help="DIR, FILE.tar, or oci:DIR[:TAG], oci-archive:FILE, "
+                   "docker-archive:FILE")
+    p.add_argument("--tag", help="name to give the loaded image")
+
+    p = add("images", cmd_images, "list stored images")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+
+    p = add("inspect", cmd_inspect, "show an image's manifest, config and layers as JSON")
+    p.add_argument("images", nargs="+")
+
+    p = add("rmi", cmd_rmi, "remove images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--prune", action="store_true", help="also remove blobs and layers no image uses")
+
+    add("gc", cmd_gc, "remove blobs and layers that no image uses")
+
+    p = add("pull", cmd_pull, "pull an image from a registry")
+    p.add_argument("image")
+    p.add_argument("--platform", help="os/arch[/variant] (default: this host's)")
+    p.add_argument("--tls-verify", default=None, type=lambda s: s.lower() not in ("false", "0", "no"),
+                   help="false allows plain http and unverified TLS for this registry")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    for name, func, text in (("login", cmd_login, "log in to a registry"),
+                             ("logout", cmd_logout, "log out of a registry")):
+        p = add(name, func, text)
+        p.add_argument("registry")
+        p.add_argument("--authfile", help="credentials file (default "
+                       "$XDG_RUNTIME_DIR/containers/auth.json)")
+        if name == "login":
+            p.add_argument("-u", "--username")
+            p.add_argument("-p", "--password")
+            p.add_argument("--password-stdin", action="store_true")
+            p.add_argument("--tls-verify", default=None,
+                           type=lambda s: s.lower() not in ("false", "0", "no"))
+
+    p = add("ps", cmd_ps, "list containers")
+    p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
+    p.add_argument("--stats", action="store_true", help="with memory, pids and cpu usage")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = add("stats", cmd_stats, "memory, pids and cpu usage of a running container")
+    p.add_argument("container")
+
+    p = add("exec", cmd_exec, "run a command inside a running container")
+    p.add_argument("container")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+
+    p = add("kill", cmd_kill, "send a signal to a container (default SIGTERM)")
+    p.add_argument("container")
+    p.add_argument("signal", nargs="?", default="TERM")
+
+    p = add("rm", cmd_rm, "remove stopped containers")
+    p.add_argument("containers", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running one first")
+
+    p = add("gpus", cmd_gpus, "list the host's NVIDIA GPUs as minictr sees them")
+    p.add_argument("--json", action="store_true")
+    _add_gpu_root_args(p)
+
+    p = add("cdi", cmd_cdi, "CDI specs: 'cdi generate' writes one for the host's GPUs")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("--format", choices=["json", "yaml"], default="yaml")
+    p.add_argument("--output", "-o", help="file to write (default: stdout)")
+    _add_gpu_root_args(p)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 125
+    from minictr.errors import MinictrError
+
+    try:
+        return args.func(args)
+    except MinictrError as err:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"minictr: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"minictr: hint: {err.hint}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("minictr: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

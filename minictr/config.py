@@ -1,0 +1,41 @@
+"""Where things live. Root: /var/lib/minictr (store) and /run/minictr (state).
+Rootless: $XDG_DATA_HOME/minictr and $XDG_RUNTIME_DIR/minictr (or a private /tmp dir).
+
+``--root DIR`` or ``MINICTR_ROOT`` moves the store; ``MINICTR_STATE`` moves the state dir.
+Computed once, at start, and passed down: nothing changes it mid-run (STYLE.md §9.2).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Paths:
+    store: str        # content-addressed blobs, layers, images (persistent)
+    state: str        # running containers' state (volatile)
+    rootless: bool    # running without root: a user namespace is needed
+
+    @property
+    def containers(self) -> str:
+        """Per-container writable dirs (overlay upper/work), on the store's filesystem."""
+        return os.path.join(self.store, "containers")
+
+
+def default_paths(root: str | None = None, state: str | None = None,
+                  env: dict[str, str] | None = None, euid: int | None = None) -> Paths:
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    rootless = euid != 0
+    root = root or env.get("MINICTR_ROOT")
+    state = state or env.get("MINICTR_STATE")
+    if not rootless:
+        return Paths(store=root or "/var/lib/minictr", state=state or "/run/minictr",
+                     rootless=False)
+    home = env.get("HOME") or os.path.expanduser("~")
+    data = env.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
+    if not state:
+        runtime_dir = env.get("XDG_RUNTIME_DIR")
+        state = (os.path.join(runtime_dir, "minictr") if runtime_dir
+                 else f"/tmp/minictr-{euid}")
+    return Paths(store=root or os.path.join(data, "minictr"), state=state, rootless=True)

@@ -1,0 +1,195 @@
+"""The syscall face: the only importer of the compiled ``minictr._native`` module.
+
+Each method carries the man page's name and argument order and raises
+``OSError(errno, "call(args): strerror")`` on failure. The face is passed around as a parameter
+(``kernel``), never used as a module global, so tests can pass a recording fake
+(``RecordingSyscalls`` below) and ``run --dry-run`` can print what would happen.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from minictr import _native
+
+lib = _native.lib
+ffi = _native.ffi
+
+# Kernel constants, taken from the headers at build time (native/build.py).
+CLONE_NEWNS = lib.CLONE_NEWNS
+CLONE_NEWUTS = lib.CLONE_NEWUTS
+CLONE_NEWIPC = lib.CLONE_NEWIPC
+CLONE_NEWUSER = lib.CLONE_NEWUSER
+CLONE_NEWPID = lib.CLONE_NEWPID
+CLONE_NEWNET = lib.CLONE_NEWNET
+CLONE_NEWCGROUP = lib.CLONE_NEWCGROUP
+MS_RDONLY = lib.MS_RDONLY
+MS_NOSUID = lib.MS_NOSUID
+MS_NODEV = lib.MS_NODEV
+MS_NOEXEC = lib.MS_NOEXEC
+MS_SYNCHRONOUS = lib.MS_SYNCHRONOUS
+MS_REMOUNT = lib.MS_REMOUNT
+MS_MANDLOCK = lib.MS_MANDLOCK
+MS_DIRSYNC = lib.MS_DIRSYNC
+MS_NOATIME = lib.MS_NOATIME
+MS_NODIRATIME = lib.MS_NODIRATIME
+MS_BIND = lib.MS_BIND
+MS_MOVE = lib.MS_MOVE
+MS_REC = lib.MS_REC
+MS_SILENT = lib.MS_SILENT
+MS_UNBINDABLE = lib.MS_UNBINDABLE
+MS_PRIVATE = lib.MS_PRIVATE
+MS_SLAVE = lib.MS_SLAVE
+MS_SHARED = lib.MS_SHARED
+MS_RELATIME = lib.MS_RELATIME
+MS_STRICTATIME = lib.MS_STRICTATIME
+MNT_DETACH = lib.MNT_DETACH
+MNT_FORCE = lib.MNT_FORCE
+UMOUNT_NOFOLLOW = lib.UMOUNT_NOFOLLOW
+RESOLVE_IN_ROOT = lib.RESOLVE_IN_ROOT
+RESOLVE_BENEATH = lib.RESOLVE_BENEATH
+RESOLVE_NO_SYMLINKS = lib.RESOLVE_NO_SYMLINKS
+RESOLVE_NO_MAGICLINKS = lib.RESOLVE_NO_MAGICLINKS
+RESOLVE_NO_XDEV = lib.RESOLVE_NO_XDEV
+S_IFCHR = lib.S_IFCHR
+S_IFBLK = lib.S_IFBLK
+BPF_PROG_LOAD = lib.BPF_PROG_LOAD
+BPF_PROG_ATTACH = lib.BPF_PROG_ATTACH
+BPF_PROG_DETACH = lib.BPF_PROG_DETACH
+BPF_PROG_QUERY = lib.BPF_PROG_QUERY
+BPF_PROG_TYPE_CGROUP_DEVICE = lib.BPF_PROG_TYPE_CGROUP_DEVICE
+BPF_CGROUP_DEVICE = lib.BPF_CGROUP_DEVICE
+BPF_F_ALLOW_MULTI = lib.BPF_F_ALLOW_MULTI
+CLOSE_RANGE_CLOEXEC = lib.CLOSE_RANGE_CLOEXEC
+
+NAMESPACE_FLAGS = {
+    "user": CLONE_NEWUSER, "mount": CLONE_NEWNS, "pid": CLONE_NEWPID, "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC, "network": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP,
+}
+
+MOUNT_FLAG_NAMES = {
+    MS_RDONLY: "MS_RDONLY", MS_NOSUID: "MS_NOSUID", MS_NODEV: "MS_NODEV", MS_NOEXEC: "MS_NOEXEC",
+    MS_REMOUNT: "MS_REMOUNT", MS_BIND: "MS_BIND", MS_MOVE: "MS_MOVE", MS_REC: "MS_REC",
+    MS_PRIVATE: "MS_PRIVATE", MS_SLAVE: "MS_SLAVE", MS_SHARED: "MS_SHARED",
+    MS_UNBINDABLE: "MS_UNBINDABLE", MS_RELATIME: "MS_RELATIME", MS_STRICTATIME: "MS_STRICTATIME",
+    MS_NOATIME: "MS_NOATIME", MS_NODIRATIME: "MS_NODIRATIME", MS_SYNCHRONOUS: "MS_SYNCHRONOUS",
+    MS_DIRSYNC: "MS_DIRSYNC",
+}
+
+
+def flag_names(flags: int, names: dict[int, str]) -> str:
+    """``MS_BIND|MS_REC`` for 0x5000: used by --explain and error messages."""
+    parts = [name for bit, name in names.items() if flags & bit]
+    rest = flags & ~sum(names)
+    if rest:
+        parts.append(hex(rest))
+    return "|".join(parts) or "0"
+
+
+def ns_flag_names(flags: int) -> str:
+    return flag_names(flags, {v: "CLONE_NEW" + {"mount": "NS"}.get(k, k.upper())
+                              for k, v in NAMESPACE_FLAGS.items()})
+
+
+def _check(rc: int, call: str) -> int:
+    if rc < 0:
+        raise OSError(-rc, f"{call}: {os.strerror(-rc)}")
+    return rc
+
+
+def _b(s: str | bytes | None):
+    if s is None:
+        return ffi.NULL
+    return s if isinstance(s, bytes) else os.fsencode(s)
+
+
+class Syscalls:
+    """The real kernel. Methods are named after their man pages."""
+
+    def unshare(self, flags: int) -> None:
+        _check(lib.mc_unshare(flags), f"unshare({ns_flag_names(flags)})")
+
+    def setns(self, fd: int, nstype: int = 0) -> None:
+        _check(lib.mc_setns(fd, nstype), f"setns({fd}, {ns_flag_names(nstype)})")
+
+    def clone(self, flags: int) -> int:
+        """Fork with namespace flags; returns 0 in the child, the child's pid in the parent."""
+        return _check(lib.mc_clone(flags), f"clone({ns_flag_names(flags)})")
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int = 0,
+              data: str | None = None) -> None:
+        _check(lib.mc_mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
+               f"mount({source!r}, {target!r}, {fstype!r}, "
+               f"{flag_names(flags, MOUNT_FLAG_NAMES)}, {data!r})")
+
+    def umount2(self, target: str, flags: int = 0) -> None:
+        _check(lib.mc_umount2(_b(target), flags), f"umount2({target!r}, {flags:#x})")
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        _check(lib.mc_pivot_root(_b(new_root), _b(put_old)),
+               f"pivot_root({new_root!r}, {put_old!r})")
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        _check(lib.mc_sethostname(raw, len(raw)), f"sethostname({name!r})")
+
+    def mknodat(self, dirfd: int, path: str, mode: int, major: int, minor: int) -> None:
+        _check(lib.mc_mknodat(dirfd, _b(path), mode, major, minor),
+               f"mknodat({dirfd}, {path!r}, {mode:#o}, {major}:{minor})")
+
+    def openat2(self, dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+        return _check(lib.mc_openat2(dirfd, _b(path), flags, mode, resolve),
+                      f"openat2({dirfd}, {path!r}, flags={flags:#x}, resolve={resolve:#x})")
+
+    def bpf(self, cmd: int, attr: Any, size: int) -> int:
+        return _check(lib.mc_bpf(cmd, attr, size), f"bpf(cmd={cmd})")
+
+    def close_range(self, first: int, last: int, flags: int = 0) -> None:
+        _check(lib.mc_close_range(first, last, flags), f"close_range({first}, {last}, {flags})")
+
+    def pidfd_open(self, pid: int) -> int:
+        return _check(lib.mc_pidfd_open(pid, 0), f"pidfd_open({pid})")
+
+    # Calls Python already wraps; kept on the face so the runtime has one seam.
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    def chroot(self, path: str) -> None:
+        os.chroot(path)
+
+    def symlink(self, target: str, path: str) -> None:
+        os.symlink(target, path)
+
+
+class RecordingSyscalls:
+    """Does nothing, remembers every call; can be told to fail one call with an errno.
+
+    The same object backs a dry run (``minictr run --dry-run --explain``)."""
+
+    def __init__(self, fail: dict[str, int] | None = None, on_call: Callable[[str], None] | None = None):
+        self.calls: list[tuple] = []
+        self.fail = fail or {}
+        self.on_call = on_call
+        self._next_pid = 4242
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args):
+            self.calls.append((name, *args))
+            if self.on_call:
+                self.on_call(f"{name}{args!r}")
+            if name in self.fail:
+                err = self.fail[name]
+                raise OSError(err, f"{name}{args!r}: {os.strerror(err)}")
+            if name == "clone":
+                return self._next_pid
+            if name in ("openat2", "bpf", "pidfd_open"):
+                return 99
+            return None
+
+        return record
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]

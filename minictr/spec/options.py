@@ -1,0 +1,50 @@
+"""What a user asked for on the command line, as plain data: the builder's input.
+
+``cli`` fills a ``RunOptions``; ``api.plan`` turns image config + RunOptions into an OCI runtime
+spec. Field names follow docker's flags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    image: str
+    command: tuple[str, ...] = ()            # after IMAGE; replaces the image's Cmd
+    entrypoint: str | None = None            # --entrypoint ("" clears the image's)
+    env: tuple[str, ...] = ()                # -e KEY=VAL or -e KEY (taken from the host)
+    env_files: tuple[str, ...] = ()          # --env-file
+    volumes: tuple[str, ...] = ()            # -v SRC:DST[:ro|rw]
+    mounts: tuple[str, ...] = ()             # --mount type=bind,src=..,dst=..,ro
+    tmpfs: tuple[str, ...] = ()              # --tmpfs DST[:opts]
+    workdir: str | None = None               # -w
+    user: str | None = None                  # -u USER[:GROUP]
+    hostname: str | None = None
+    name: str | None = None
+    rm: bool = False
+    interactive: bool = False                # -i
+    tty: bool = False                        # -t
+    read_only: bool = False
+    init: bool = False
+    network: str = "host"                    # host | none
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    preserve_fds: int = 0
+    ulimits: tuple[str, ...] = ()            # --ulimit nofile=1024:2048
+    privileged: bool = False
+    userns: str | None = None                # None (auto) | keep-id | host
+    # limits (issue 5)
+    memory: str | None = None
+    memory_swap: str | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+    cpu_shares: int | None = None
+    cpu_weight: int | None = None
+    cpuset_cpus: str | None = None
+    cgroup_parent: str | None = None
+    devices: tuple[str, ...] = ()            # --device HOST[:CONTAINER][:rwm] or CDI names
+    # GPUs (issue 6)
+    gpus: str | None = None
+    gpu_memory: str | None = None
+    annotations: tuple[str, ...] = field(default=())

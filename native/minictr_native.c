@@ -1,0 +1,102 @@
+/*
+ * minictr's native layer: one thin wrapper per system call that Python's
+ * standard library does not expose (or exposes only from 3.12).
+ *
+ * Rules (STYLE.md §2): each function returns >= 0 on success or -errno on
+ * failure, so no hidden errno state crosses into Python; no policy, no
+ * allocation, no logging. What an errno means is decided in
+ * minictr/runtime/syscalls.py, the only importer of the compiled module.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/sysmacros.h>
+#include <linux/openat2.h>
+#include <linux/bpf.h>
+
+#include "minictr_native.h"
+
+#define RET(expr) return ((expr) < 0 ? -errno : 0)
+
+/* unshare(2) */
+int mc_unshare(int flags) { RET(unshare(flags)); }
+
+/* setns(2) */
+int mc_setns(int fd, int nstype) { RET(setns(fd, nstype)); }
+
+/* mount(2); source, fstype and data may be NULL. */
+int mc_mount(const char *source, const char *target, const char *fstype,
+             unsigned long flags, const char *data)
+{
+    RET(mount(source, target, fstype, flags, data));
+}
+
+/* umount2(2) */
+int mc_umount2(const char *target, int flags) { RET(umount2(target, flags)); }
+
+/* pivot_root(2) has no glibc wrapper; see pivot_root(2), NOTES. */
+int mc_pivot_root(const char *new_root, const char *put_old)
+{
+    return syscall(SYS_pivot_root, new_root, put_old) == 0 ? 0 : -errno;
+}
+
+/* sethostname(2) */
+int mc_sethostname(const char *name, size_t len) { RET(sethostname(name, len)); }
+
+/* mknodat(2) with the device number built from major/minor (makedev(3)). */
+int mc_mknodat(int dirfd, const char *path, unsigned int mode,
+               unsigned int major_, unsigned int minor_)
+{
+    RET(mknodat(dirfd, path, mode, makedev(major_, minor_)));
+}
+
+/*
+ * clone(2) with fork semantics (no new stack, SIGCHLD on exit) plus
+ * namespace flags. Returns the child's pid in the parent, 0 in the child.
+ * Only safe in a single-threaded process: the caller guarantees that.
+ */
+int mc_clone(unsigned long flags)
+{
+    long pid = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    return pid < 0 ? -errno : (int)pid;
+}
+
+/*
+ * openat2(2) with RESOLVE_* flags: the kernel resolves the path and refuses
+ * to leave the root (RESOLVE_IN_ROOT treats dirfd as "/"). Used to resolve
+ * paths inside an untrusted rootfs without a check-then-use race.
+ */
+int mc_openat2(int dirfd, const char *path, unsigned long long flags,
+               unsigned long long mode, unsigned long long resolve)
+{
+    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    return fd < 0 ? -errno : (int)fd;
+}
+
+/* bpf(2) with a caller-filled union bpf_attr of `size` bytes. */
+int mc_bpf(int cmd, void *attr, unsigned int size)
+{
+    long r = syscall(SYS_bpf, cmd, attr, size);
+    return r < 0 ? -errno : (int)r;
+}
+
+/* close_range(2): close every fd in [first, last]. */
+int mc_close_range(unsigned int first, unsigned int last, unsigned int flags)
+{
+    RET(syscall(SYS_close_range, first, last, flags));
+}
+
+/* pidfd_open(2) */
+int mc_pidfd_open(int pid, unsigned int flags)
+{
+    long fd = syscall(SYS_pidfd_open, pid, flags);
+    return fd < 0 ? -errno : (int)fd;
+}

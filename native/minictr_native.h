@@ -1,0 +1,17 @@
+/* Declarations shared by minictr_native.c and the cffi cdef (native/build.py). */
+#include <stddef.h>
+int mc_unshare(int flags);
+int mc_setns(int fd, int nstype);
+int mc_mount(const char *source, const char *target, const char *fstype,
+             unsigned long flags, const char *data);
+int mc_umount2(const char *target, int flags);
+int mc_pivot_root(const char *new_root, const char *put_old);
+int mc_sethostname(const char *name, size_t len);
+int mc_mknodat(int dirfd, const char *path, unsigned int mode,
+               unsigned int major_, unsigned int minor_);
+int mc_clone(unsigned long flags);
+int mc_openat2(int dirfd, const char *path, unsigned long long flags,
+               unsigned long long mode, unsigned long long resolve);
+int mc_bpf(int cmd, void *attr, unsigned int size);
+int mc_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int mc_pidfd_open(int pid, unsigned int flags);
