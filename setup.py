@@ -1,5 +1,27 @@
-# setuptools reads everything from pyproject.toml; this file exists only because cffi's
-# build hook is passed as a setup() keyword (cffi_modules), which pyproject.toml cannot express.
-from setuptools import setup
+"""Build glue that pyproject.toml cannot express.
 
-setup(cffi_modules=["native/build.py:ffibuilder"])
+- cffi's build hook (cffi_modules) compiles native/minictr_native.c into minictr._native.
+- native/mcinit.c is a small static program (see its header comment: the CVE-2019-5736 defence
+  and --init) that is installed as package data: minictr/mcinit.
+"""
+import os
+import subprocess
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildWithInit(build_ext):
+    def run(self):
+        super().run()
+        targets = [os.path.join("minictr", "mcinit")]          # in-place (editable installs)
+        if not self.inplace:
+            targets.append(os.path.join(self.build_lib, "minictr", "mcinit"))
+        cc = os.environ.get("CC", "cc")
+        for target in targets:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            subprocess.check_call([cc, "-static", "-Os", "-Wall", "-s", "-o", target,
+                                   os.path.join("native", "mcinit.c")])
+
+
+setup(cffi_modules=["native/build.py:ffibuilder"], cmdclass={"build_ext": BuildWithInit})

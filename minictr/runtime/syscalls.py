@@ -8,7 +8,12 @@ Each method carries the man page's name and argument order and raises
 from __future__ import annotations
 
 import os
+import resource as _resource
 from typing import Any, Callable
+
+# Imported here, not lazily: the container side calls these after pivot_root(2), when the host's
+# site-packages are no longer reachable.
+import prctl
 
 from minictr import _native
 
@@ -150,15 +155,103 @@ class Syscalls:
     def pidfd_open(self, pid: int) -> int:
         return _check(lib.mc_pidfd_open(pid, 0), f"pidfd_open({pid})")
 
-    # Calls Python already wraps; kept on the face so the runtime has one seam.
+    # Calls Python already wraps; kept on the face so the runtime has one seam (and a dry run
+    # or a test can record them instead).
     def chdir(self, path: str) -> None:
         os.chdir(path)
+
+    def fchdir(self, fd: int) -> None:
+        os.fchdir(fd)
+
+    def open(self, path: str, flags: int, mode: int = 0o644, dir_fd: int | None = None) -> int:
+        return os.open(path, flags, mode, dir_fd=dir_fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def mkdirat(self, dirfd: int, name: str, mode: int = 0o755) -> None:
+        os.mkdir(name, mode, dir_fd=dirfd)
+
+    def create_file_at(self, dirfd: int, name: str, mode: int = 0o644) -> None:
+        """openat(O_CREAT|O_EXCL|O_NOFOLLOW) then close: an empty file to mount onto."""
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, mode, dir_fd=dirfd))
+
+    def unlinkat(self, dirfd: int, name: str) -> None:
+        os.unlink(name, dir_fd=dirfd)
+
+    def fchmodat(self, dirfd: int, name: str, mode: int) -> None:
+        os.chmod(name, mode, dir_fd=dirfd)
+
+    def fchownat(self, dirfd: int, name: str, uid: int, gid: int) -> None:
+        os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+
+    def symlinkat(self, target: str, dirfd: int, name: str) -> None:
+        os.symlink(target, name, dir_fd=dirfd)
+
+    # Process credentials and prctl(2) (through python-prctl, the project's library for them).
+    def capbset_drop(self, cap: int) -> None:
+        prctl.capbset.drop(cap)
+
+    def capset(self, effective: list[int], permitted: list[int], inheritable: list[int]) -> None:
+        """capset(2) through python-prctl: inheritable first, permitted last (it bounds the
+        others: a capability leaves effective before it can leave permitted)."""
+        prctl.cap_inheritable.limit(*inheritable)
+        prctl.cap_effective.limit(*effective)
+        prctl.cap_permitted.limit(*permitted)
+
+    def set_keepcaps(self, flag: bool) -> None:
+        prctl.set_keepcaps(flag)
+
+    def set_no_new_privs(self) -> None:
+        prctl.set_no_new_privs(1)
+
+    def set_pdeathsig(self, sig: int) -> None:
+        prctl.set_pdeathsig(sig)
+
+    def setgroups(self, gids: list[int]) -> None:
+        os.setgroups(gids)
+
+    def setresgid(self, gid: int) -> None:
+        os.setresgid(gid, gid, gid)
+
+    def setresuid(self, uid: int) -> None:
+        os.setresuid(uid, uid, uid)
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        _resource.setrlimit(resource, (soft, hard))
+
+    def setsid(self) -> None:
+        os.setsid()
+
+    def dup2(self, fd: int, fd2: int) -> None:
+        os.dup2(fd, fd2)
+
+    def set_inheritable(self, fd: int) -> None:
+        os.set_inheritable(fd, True)
+
+    def fexecve(self, fd: int, argv: list[str], env: dict[str, str]) -> None:
+        """execve(2) of an open file (fexecve(3)); does not return on success."""
+        os.execve(fd, argv, env)
+
+    def link_up(self, ifname: str) -> None:
+        """Set a network link up through rtnetlink(7) (pyroute2)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+
+    def is_dir(self, path: str) -> bool:
+        import stat
+
+        return stat.S_ISDIR(os.stat(path).st_mode)
+
+    def statvfs_flags(self, path: str) -> int:
+        return os.statvfs(path).f_flag
 
     def chroot(self, path: str) -> None:
         os.chroot(path)
 
-    def symlink(self, target: str, path: str) -> None:
-        os.symlink(target, path)
 
 
 class RecordingSyscalls:

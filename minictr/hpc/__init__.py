@@ -1,0 +1,1 @@
+"""HPC integration: Slurm allocations and the OCI runtime CLI."""

@@ -1,0 +1,1 @@
+"""The runtime: executes an OCI runtime spec (namespaces, rootfs, cgroups, process)."""

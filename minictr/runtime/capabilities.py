@@ -1,0 +1,89 @@
+"""Capabilities, no_new_privs and the parent-death signal.
+
+capabilities(7): a process has five sets. The bounding set limits what can ever be gained (even
+by executing a file with file capabilities); permitted and effective are what the process has;
+inheritable and ambient pass across execve(2). Docker's defaults leave inheritable and ambient
+empty (CVE-2022-24769: a non-empty inheritable set let file capabilities escalate). The calls go
+through the syscall face (which uses python-prctl), so a dry run can record them.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+import prctl
+
+Explain = Callable[[str], None] | None
+
+
+# Capabilities newer than python-prctl's table (linux/capability.h).
+NEWER_CAPS = {"CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40}
+
+
+def known_caps() -> dict[str, int]:
+    """Every capability by name: {"CAP_CHOWN": 0, ...}."""
+    table = {f"CAP_{n.upper()}": getattr(prctl, f"CAP_{n.upper()}")
+             for n in prctl.ALL_CAP_NAMES if n != "last_cap" and hasattr(prctl, f"CAP_{n.upper()}")}
+    return {**NEWER_CAPS, **table}
+
+
+def last_cap() -> int:
+    """The highest capability number the running kernel knows (proc(5))."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return max(known_caps().values())
+
+
+def _numbers(names) -> list[int]:
+    table = known_caps()
+    return [table[n.upper()] for n in names if n.upper() in table]
+
+
+def drop_bounding_set(kernel, caps: dict, explain: Explain) -> None:
+    """Remove every capability not in process.capabilities.bounding from the bounding set
+    (PR_CAPBSET_DROP needs CAP_SETPCAP, so this happens while we still have it)."""
+    keep = set(_numbers(caps.get("bounding", ())))
+    # By number up to the kernel's last one, so a capability no table here names is dropped too.
+    for num in range(last_cap() + 1):
+        if num not in keep:
+            try:
+                kernel.capbset_drop(num)
+            except (OSError, ValueError):
+                pass      # a capability newer than the running kernel
+    if explain:
+        explain("prctl(PR_CAPBSET_DROP, ...): bounding = "
+                + (",".join(sorted(caps.get("bounding", ()))) or "(empty)"))
+
+
+def keep_caps_across_setuid(kernel) -> None:
+    """setuid(2) from 0 to non-zero clears permitted and effective unless PR_SET_KEEPCAPS is set;
+    the spec's sets are applied right after, so keep them over the switch."""
+    kernel.set_keepcaps(True)
+
+
+def apply_sets(kernel, caps: dict, explain: Explain) -> None:
+    """Set effective, permitted and inheritable exactly as the spec says. The ambient set must
+    stay a subset of permitted and inheritable, so emptying inheritable clears it too
+    (capabilities(7), "Ambient capability set")."""
+    kernel.capset(_numbers(caps.get("effective", ())), _numbers(caps.get("permitted", ())),
+                  _numbers(caps.get("inheritable", ())))
+    kernel.set_keepcaps(False)
+    if explain:
+        explain("capset: effective = " + (",".join(sorted(caps.get("effective", ()))) or "(empty)")
+                + "; inheritable = " + (",".join(sorted(caps.get("inheritable", ()))) or "(empty)"))
+
+
+def set_no_new_privs(kernel, explain: Explain) -> None:
+    """PR_SET_NO_NEW_PRIVS: execve(2) can no longer grant privilege (setuid bits, file caps)."""
+    if explain:
+        explain("prctl(PR_SET_NO_NEW_PRIVS, 1)")
+    kernel.set_no_new_privs()
+
+
+def die_with_parent(kernel) -> None:
+    """PR_SET_PDEATHSIG(SIGKILL): if the launcher dies, even by SIGKILL, the kernel kills this
+    process, and with it (as PID 1) the whole PID namespace. Credential changes reset it, so it
+    is set again after setuid (prctl(2))."""
+    kernel.set_pdeathsig(signal.SIGKILL)

@@ -1,0 +1,119 @@
+"""User-namespace id maps (user_namespaces(7), "User and group ID mappings").
+
+A new user namespace starts with no mapping: its processes run as the overflow id (65534) until a
+process in the parent namespace writes /proc/PID/uid_map and gid_map, once each. An unprivileged
+writer may map exactly one id, its own; and before it may write gid_map it must write "deny" to
+/proc/PID/setgroups (since Linux 3.19), so that the mapped process cannot drop supplementary groups
+to escape a "negative" group permission. For a range (/etc/subuid, /etc/subgid) the setuid
+helpers newuidmap/newgidmap (Debian's `uidmap`) check the ranges and write the maps for us.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from typing import Callable
+
+from minictr.errors import RuntimeSetupError
+
+Explain = Callable[[str], None] | None
+
+
+def subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
+    """The first "name:start:count" (or "uid:start:count") range for this user in subuid(5)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[0] in (user, str(uid)):
+                    return int(parts[1]), int(parts[2])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def rootless_mappings(mode: str | None = None, *, uid: int | None = None, gid: int | None = None,
+                      subuid: str = "/etc/subuid", subgid: str = "/etc/subgid",
+                      have_helpers: bool | None = None) -> tuple[list[dict], list[dict]]:
+    """The uid/gid maps for a rootless container, as OCI linux.uidMappings / gidMappings.
+
+    Default: the user is root inside (container 0 → host uid). With subordinate ids and the
+    newuidmap/newgidmap helpers, ids 1..count map to the subordinate range, so files owned by
+    other users in the image keep distinct owners. keep-id: the user keeps its own uid inside
+    (with a range, 0 is then mapped to a subordinate id).
+    """
+    uid = os.geteuid() if uid is None else uid
+    gid = os.getegid() if gid is None else gid
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    if have_helpers is None:
+        have_helpers = bool(shutil.which("newuidmap") and shutil.which("newgidmap"))
+    ranges = None
+    if have_helpers:
+        su, sg = subordinate_range(subuid, user, uid), subordinate_range(subgid, user, uid)
+        if su and sg:
+            ranges = (su, sg)
+    if mode == "keep-id":
+        if not ranges:
+            return ([{"containerID": uid, "hostID": uid, "size": 1}],
+                    [{"containerID": gid, "hostID": gid, "size": 1}])
+        return _keep_id_with_range(uid, ranges[0]), _keep_id_with_range(gid, ranges[1])
+    if not ranges:
+        return ([{"containerID": 0, "hostID": uid, "size": 1}],
+                [{"containerID": 0, "hostID": gid, "size": 1}])
+    (us, uc), (gs, gc) = ranges
+    return ([{"containerID": 0, "hostID": uid, "size": 1},
+             {"containerID": 1, "hostID": us, "size": uc}],
+            [{"containerID": 0, "hostID": gid, "size": 1},
+             {"containerID": 1, "hostID": gs, "size": gc}])
+
+
+def _keep_id_with_range(own: int, rng: tuple[int, int]) -> list[dict]:
+    start, count = rng
+    maps = [{"containerID": own, "hostID": own, "size": 1}]
+    below = min(own, count)
+    if below:
+        maps.append({"containerID": 0, "hostID": start, "size": below})
+    if count > below:
+        maps.append({"containerID": own + 1, "hostID": start + below, "size": count - below})
+    return maps
+
+
+def _map_text(maps: list[dict]) -> str:
+    return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
+
+
+def write_id_maps(pid: int, uid_maps: list[dict], gid_maps: list[dict], explain: Explain) -> None:
+    """Write the child's maps from the parent namespace (we are the parent)."""
+    single = len(uid_maps) == 1 and len(gid_maps) == 1 and uid_maps[0]["size"] == 1 \
+        and uid_maps[0]["hostID"] == os.geteuid() and gid_maps[0]["hostID"] == os.getegid()
+    if os.geteuid() == 0 or single:
+        if os.geteuid() != 0:
+            # setgroups must say "deny" before gid_map can be written (user_namespaces(7))
+            _write(f"/proc/{pid}/setgroups", "deny\n", explain)
+        _write(f"/proc/{pid}/uid_map", _map_text(uid_maps), explain)
+        _write(f"/proc/{pid}/gid_map", _map_text(gid_maps), explain)
+        return
+    for helper, maps in (("newuidmap", uid_maps), ("newgidmap", gid_maps)):
+        args = [helper, str(pid)] + [str(v) for m in maps
+                                     for v in (m["containerID"], m["hostID"], m["size"])]
+        if explain:
+            explain(" ".join(args))
+        try:
+            subprocess.run(args, check=True, capture_output=True, text=True)
+        except FileNotFoundError as err:
+            raise RuntimeSetupError(f"{helper} is not installed",
+                                    hint="apt-get install uidmap, or use a single-id mapping") from err
+        except subprocess.CalledProcessError as err:
+            raise RuntimeSetupError(f"{helper} failed: {err.stderr.strip()}",
+                                    hint="check /etc/subuid and /etc/subgid for your user") from err
+
+
+def _write(path: str, text: str, explain: Explain) -> None:
+    if explain:
+        explain(f"write {text.strip()!r} > {path}")
+    with open(path, "w") as f:
+        f.write(text)

@@ -1,0 +1,226 @@
+"""Mounting inside an untrusted root: resolving destinations safely and translating OCI options.
+
+Every destination is resolved *inside* the container's root with openat2(2)
+RESOLVE_IN_ROOT, which makes the kernel treat the root as "/" for absolute symlinks and ".."; the
+mount is then made onto the resolved O_PATH file descriptor through its /proc/self/fd/N magic
+link. A symlink planted by the image (``/dev -> /``, ``/proc -> /host``) therefore cannot redirect
+a mount outside the root, and a destination swapped between check and use cannot be raced
+(runc CVE-2021-30465, CVE-2025-31133): there is no separate check.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Callable
+
+from minictr.runtime import syscalls as sc
+
+Explain = Callable[[str], None] | None
+
+# OCI mount options (config.md "mounts") → mount(2) flags; (set, clear).
+_FLAGS = {
+    "ro": (sc.MS_RDONLY, 0), "rw": (0, sc.MS_RDONLY),
+    "nosuid": (sc.MS_NOSUID, 0), "suid": (0, sc.MS_NOSUID),
+    "nodev": (sc.MS_NODEV, 0), "dev": (0, sc.MS_NODEV),
+    "noexec": (sc.MS_NOEXEC, 0), "exec": (0, sc.MS_NOEXEC),
+    "sync": (sc.MS_SYNCHRONOUS, 0), "async": (0, sc.MS_SYNCHRONOUS),
+    "dirsync": (sc.MS_DIRSYNC, 0), "remount": (sc.MS_REMOUNT, 0),
+    "noatime": (sc.MS_NOATIME, 0), "atime": (0, sc.MS_NOATIME),
+    "nodiratime": (sc.MS_NODIRATIME, 0), "diratime": (0, sc.MS_NODIRATIME),
+    "relatime": (sc.MS_RELATIME, 0), "norelatime": (0, sc.MS_RELATIME),
+    "strictatime": (sc.MS_STRICTATIME, 0), "nostrictatime": (0, sc.MS_STRICTATIME),
+    "bind": (sc.MS_BIND, 0), "rbind": (sc.MS_BIND | sc.MS_REC, 0),
+}
+_PROPAGATION = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+    "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+    "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
+    "unbindable": sc.MS_UNBINDABLE, "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
+}
+# Flags a read-only remount must keep: in a user namespace the kernel refuses to clear
+# nosuid/nodev/noexec locked by a more privileged namespace (mount(2), EPERM).
+_STATVFS_KEEP = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
+                 (os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, sc.MS_NOATIME),
+                 (os.ST_NODIRATIME, sc.MS_NODIRATIME), (os.ST_RELATIME, sc.MS_RELATIME))
+
+RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
+O_PATH = os.O_PATH | os.O_CLOEXEC
+
+
+def parse_options(options: list[str]) -> tuple[int, int, str]:
+    """OCI option strings → (mount flags, propagation flags, data string)."""
+    flags, propagation, data = 0, 0, []
+    for opt in options:
+        if opt in _FLAGS:
+            on, off = _FLAGS[opt]
+            flags = (flags | on) & ~off
+        elif opt in _PROPAGATION:
+            propagation |= _PROPAGATION[opt]
+        else:
+            data.append(opt)
+    return flags, propagation, ",".join(data)
+
+
+def fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
+                    mode: int = 0o755) -> int:
+    """Open ``path`` inside the root held by ``root_fd`` as an O_PATH fd, never leaving it.
+
+    ``create`` = "dir" or "file" makes missing components (directories, then the last one as
+    ``create`` says). Existing symlinks are followed, but only within the root (RESOLVE_IN_ROOT).
+    """
+    rel = path.lstrip("/") or "."
+    try:
+        return kernel.openat2(root_fd, rel, O_PATH, RESOLVE)
+    except FileNotFoundError:
+        if create is None:
+            raise
+    parent, _, name = rel.rpartition("/")
+    # An O_PATH directory fd serves as dir_fd for mkdirat/openat (open(2), O_PATH).
+    parent_fd = resolve_in_root(kernel, root_fd, parent or ".", create="dir")
+    try:
+        try:
+            if create == "dir":
+                kernel.mkdirat(parent_fd, name, mode)
+            else:
+                kernel.create_file_at(parent_fd, name)
+        except FileExistsError:
+            pass      # created meanwhile, or a dangling symlink: the openat2 below decides
+        return kernel.openat2(parent_fd, name, O_PATH, RESOLVE)
+    finally:
+        kernel.close(parent_fd)
+
+
+def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool = False) -> None:
+    """Apply one OCI mount entry at its destination inside the root."""
+    dest = mount["destination"]
+    mtype = mount.get("type") or ("bind" if "bind" in mount.get("options", ())
+                                  or "rbind" in mount.get("options", ()) else None)
+    flags, propagation, data = parse_options(list(mount.get("options", ())))
+    source = mount.get("source") or mtype or "none"
+    is_bind = bool(flags & sc.MS_BIND) or mtype == "bind"
+    if is_bind:
+        flags |= sc.MS_BIND
+        if not os.path.exists(source):
+            raise FileNotFoundError(errno.ENOENT, f"bind mount source {source!r} does not exist")
+        kind = "dir" if os.path.isdir(source) else "file"
+    else:
+        kind = "dir"
+    target_fd = resolve_in_root(kernel, root_fd, dest, create=kind)
+    try:
+        target = fd_path(target_fd)
+        if is_bind:
+            # A bind ignores every flag but MS_REC on the first call; the others need a remount
+            # (mount(2), "Creating a bind mount").
+            _say(explain, f"mount --bind {source} {dest}  [{_names(flags)}]")
+            kernel.mount(source, target, None, flags & (sc.MS_BIND | sc.MS_REC))
+        else:
+            _say(explain, f"mount -t {mtype} {source} {dest}  [{_names(flags)}] {data}".rstrip())
+            kernel.mount(source, target, mtype, flags, data or None)
+    finally:
+        kernel.close(target_fd)
+    extra = flags & ~(sc.MS_BIND | sc.MS_REC) if is_bind else 0
+    if extra or propagation:
+        # The fd still names the directory *under* the new mount: open the destination again
+        # to reach the mount itself.
+        with_new_mount(kernel, root_fd, dest, lambda target: (
+            extra and remount_keep_locked(kernel, target, extra, explain, dest),
+            propagation and kernel.mount(None, target, None, propagation)))
+
+
+def with_new_mount(kernel, root_fd: int, dest: str, action) -> None:
+    fd = resolve_in_root(kernel, root_fd, dest)
+    try:
+        action(fd_path(fd))
+    finally:
+        kernel.close(fd)
+
+
+def remount_keep_locked(kernel, target: str, add_flags: int, explain: Explain,
+                        label: str | None = None) -> None:
+    """Remount a bind mount with ``add_flags``, keeping the flags the kernel locks."""
+    current = kernel.statvfs_flags(target) or 0
+    keep = sum(ms for st_flag, ms in _STATVFS_KEEP if current & st_flag)
+    flags = sc.MS_BIND | sc.MS_REMOUNT | add_flags | keep
+    _say(explain, f"mount -o remount,bind {label or target}  [{_names(flags)}]")
+    kernel.mount(None, target, None, flags)
+
+
+def create_device(kernel, root_fd: int, dev: dict, rootless: bool, explain: Explain) -> None:
+    """Make one linux.devices entry: mknod(2) as root; in a user namespace the kernel forbids
+    mknod of real devices, so bind-mount the host's node onto an empty file instead."""
+    path = dev["path"]
+    parent, _, name = path.lstrip("/").rpartition("/")
+    if rootless:
+        host = dev.get("hostPath") or path
+        fd = resolve_in_root(kernel, root_fd, path, create="file")
+        try:
+            _say(explain, f"mount --bind {host} {path}  (no mknod in a user namespace)")
+            kernel.mount(host, fd_path(fd), None, sc.MS_BIND)
+        finally:
+            kernel.close(fd)
+        return
+    dir_fd = resolve_in_root(kernel, root_fd, parent or ".", create="dir")
+    try:
+        kind = sc.S_IFBLK if dev.get("type") == "b" else sc.S_IFCHR
+        mode = kind | (dev.get("fileMode", 0o666) & 0o7777)
+        _say(explain, f"mknod {path} {dev.get('type', 'c')} {dev['major']} {dev['minor']}")
+        try:
+            kernel.unlinkat(dir_fd, name)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise OSError(errno.EISDIR, f"cannot create device {path}: a directory is there")
+        kernel.mknodat(dir_fd, name, mode, dev["major"], dev["minor"])
+        # mknod's mode is filtered by the umask: set it exactly. The node was made just now in
+        # our own fresh tmpfs, so nothing can have swapped it for a symlink.
+        kernel.fchmodat(dir_fd, name, mode & 0o7777)
+        kernel.fchownat(dir_fd, name, dev.get("uid", 0), dev.get("gid", 0))
+    finally:
+        kernel.close(dir_fd)
+
+
+def mask_path(kernel, root_fd: int, path: str, explain: Explain) -> None:
+    """Hide ``path``: /dev/null over a file, an empty read-only tmpfs over a directory."""
+    try:
+        fd = resolve_in_root(kernel, root_fd, path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        target = fd_path(fd)
+        if kernel.is_dir(target):
+            _say(explain, f"mask {path}: mount -t tmpfs -o ro tmpfs {path}")
+            kernel.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, "size=0k")
+        else:
+            _say(explain, f"mask {path}: mount --bind /dev/null {path}")
+            kernel.mount("/dev/null", target, None, sc.MS_BIND)
+    finally:
+        kernel.close(fd)
+
+
+def make_readonly(kernel, root_fd: int, path: str, explain: Explain) -> None:
+    """Bind ``path`` onto itself, then remount it read-only (runc's readonlyPath)."""
+    try:
+        fd = resolve_in_root(kernel, root_fd, path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        target = fd_path(fd)
+        _say(explain, f"read-only {path}: mount --bind {path} {path}")
+        kernel.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+    finally:
+        kernel.close(fd)
+    with_new_mount(kernel, root_fd, path, lambda target: remount_keep_locked(
+        kernel, target, sc.MS_RDONLY, explain, path))
+
+
+def _names(flags: int) -> str:
+    return sc.flag_names(flags, sc.MOUNT_FLAG_NAMES)
+
+
+def _say(explain: Explain, text: str) -> None:
+    if explain:
+        explain(text)

@@ -1,0 +1,158 @@
+"""Supervising the container's first process from the launcher: signals, the terminal, the status.
+
+The launcher stays in the host's namespaces as the container's parent. It forwards SIGTERM,
+SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container's PID 1, relays a pseudo-terminal
+when -t was given, and turns the wait status into Docker's exit code (128+N for signal N).
+
+PID 1 of a PID namespace gets no default signal action: a signal it has no handler for is dropped
+(pid_namespaces(7), "The namespace init process"). `sleep 100` as PID 1 therefore ignores Ctrl-C.
+For a forwarded signal whose default action would terminate, the launcher checks PID 1's caught
+and ignored masks (proc(5), SigCgt/SigIgn) and, if PID 1 neither catches nor ignores it, applies the
+default action on the kernel's behalf with SIGKILL and reports 128+N, as a normal process would.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import tty as tty_mod
+from typing import Callable
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+# Signals whose default action terminates the process (signal(7)).
+TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+               signal.SIGUSR2}
+
+
+def signal_masks(pid: int) -> tuple[int, int]:
+    """(caught, ignored) signal bitmasks of ``pid`` from /proc/PID/status."""
+    caught = ignored = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                caught = int(line.split()[1], 16)
+            elif line.startswith("SigIgn:"):
+                ignored = int(line.split()[1], 16)
+    return caught, ignored
+
+
+def exit_code(status: int) -> int:
+    """A wait status → Docker's exit code: the exit status, or 128+N for signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+class Supervisor:
+    """Forwards signals to ``pid`` and waits for it."""
+
+    def __init__(self, pid: int, explain: Callable[[str], None] | None = None):
+        self.pid = pid
+        self.explain = explain
+        self.default_action: int | None = None      # a signal we applied for PID 1
+        self._old: dict[int, object] = {}
+
+    def _forward(self, sig: int, _frame) -> None:
+        try:
+            os.kill(self.pid, sig)
+            if sig in TERMINATING:
+                caught, ignored = signal_masks(self.pid)
+                bit = 1 << (sig - 1)
+                if not (caught & bit) and not (ignored & bit):
+                    self.default_action = sig
+                    os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
+    def __enter__(self) -> "Supervisor":
+        for sig in FORWARDED:
+            self._old[sig] = signal.signal(sig, self._forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def wait(self) -> int:
+        """Block until the container's PID 1 exits (PEP 475: waitpid is retried after a handler)."""
+        _, status = os.waitpid(self.pid, 0)
+        return self._code(status)
+
+    def _code(self, status: int) -> int:
+        if self.default_action and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            return 128 + self.default_action
+        return exit_code(status)
+
+    def relay_tty(self, master: int) -> int:
+        """Copy stdin → pty master and master → stdout until the container exits; keep the
+        window size in step (SIGWINCH). Our terminal is in raw mode meanwhile, so Ctrl-C, Ctrl-Z
+        reach the container's foreground process group through its own terminal (job control)."""
+        stdin = sys.stdin.fileno()
+        saved = None
+        if os.isatty(stdin):
+            saved = termios.tcgetattr(stdin)
+            tty_mod.setraw(stdin)
+            copy_winsize(stdin, master)
+            signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(stdin, master))
+        pidfd = os.pidfd_open(self.pid)
+        status = None
+        try:
+            fds = [master, pidfd, stdin]
+            while True:
+                try:
+                    ready, _, _ = select.select(fds, [], [])
+                except InterruptedError:
+                    continue
+                if master in ready:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError as err:
+                        if err.errno != errno.EIO:
+                            raise
+                        data = b""
+                    if not data:
+                        fds.remove(master)
+                    else:
+                        _write_all(sys.stdout.fileno(), data)
+                if stdin in ready:
+                    data = os.read(stdin, 65536)
+                    if data:
+                        _write_all(master, data)
+                    else:
+                        fds.remove(stdin)
+                if pidfd in ready and status is None:
+                    _, status = os.waitpid(self.pid, 0)
+                    fds = [fd for fd in fds if fd != pidfd and fd != stdin]
+                if status is not None and master not in fds:
+                    break
+                if status is not None:
+                    # drain what the container wrote before exiting, then stop
+                    r, _, _ = select.select([master], [], [], 0.05)
+                    if not r:
+                        break
+        finally:
+            os.close(pidfd)
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+                signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        return self._code(status)
+
+
+def copy_winsize(src: int, dst: int) -> None:
+    try:
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]

@@ -1,0 +1,131 @@
+"""Building the container's root filesystem, in the order runc and crun use.
+
+1. make every mount private to this namespace (so nothing leaks back to the host),
+2. mount the overlay of image layers at root.path (a mount point, as pivot_root(2) needs),
+3. the spec's mounts (/proc, /dev, /dev/pts, ..., the user's volumes) and device nodes,
+4. pivot_root into it and detach the old root,
+5. masked and read-only paths, and a read-only root when asked.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from minictr.runtime import mounts
+from minictr.runtime import syscalls as sc
+
+Explain = Callable[[str], None] | None
+
+# Symlinks every /dev gets (runc's defaultSymlinks).
+DEV_SYMLINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
+                ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"),
+                ("/proc/kcore", "core"))
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    """The overlay that becomes the container's root (docs/architecture.md, "The rootfs plan")."""
+
+    lowerdirs: tuple[str, ...]       # topmost layer first, as overlayfs wants them
+    upperdir: str | None             # None: read-only root (--read-only)
+    workdir: str | None
+    target: str                      # where it is mounted: the spec's root.path
+    rootless: bool = False
+
+    def overlay_data(self) -> str:
+        """The overlayfs mount data (Documentation/filesystems/overlayfs.rst)."""
+        for d in self.lowerdirs + tuple(p for p in (self.upperdir, self.workdir) if p):
+            if any(c in d for c in ",:\\"):
+                raise ValueError(f"overlayfs cannot take a path containing ',', ':' or '\\': {d}")
+        data = "lowerdir=" + ":".join(self.lowerdirs)
+        if self.upperdir:
+            data += f",upperdir={self.upperdir},workdir={self.workdir}"
+        if self.rootless:
+            # Unprivileged overlay keeps its whiteout/opaque marks in user.overlay.* (kernel 5.11)
+            data += ",userxattr"
+        return data
+
+
+def make_mounts_private(kernel, explain: Explain) -> None:
+    """Stop mount events propagating back to the host: MS_REC|MS_SLAVE on "/" (runc's default
+    rootfsPropagation). Slave still lets host unmounts reach us, which is harmless."""
+    _say(explain, "mount --make-rslave /  (our mounts never propagate to the host)")
+    kernel.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+
+
+def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Explain) -> None:
+    """Mount the overlay at root_path, or, for a prepared rootfs (OCI bundle), bind it onto
+    itself so that it is a mount point (pivot_root(2) requires one)."""
+    if plan is None or (plan.upperdir is None and len(plan.lowerdirs) == 1):
+        source = root_path if plan is None else plan.lowerdirs[0]
+        _say(explain, f"mount --rbind {source} {root_path}")
+        kernel.mount(source, root_path, None, sc.MS_BIND | sc.MS_REC)
+        return
+    data = plan.overlay_data()
+    _say(explain, f"mount -t overlay overlay {root_path} -o {data}")
+    kernel.mount("overlay", root_path, "overlay", 0, data)
+
+
+def mount_all(kernel, root_fd: int, spec: dict, rootless: bool, explain: Explain) -> None:
+    """The spec's mounts in order, then /dev's device nodes, symlinks and ptmx."""
+    for m in spec.get("mounts", ()):
+        mounts.mount_at(kernel, root_fd, m, explain, rootless=rootless)
+    for dev in spec.get("linux", {}).get("devices", ()):
+        mounts.create_device(kernel, root_fd, dev, rootless, explain)
+    make_dev_links(kernel, root_fd, spec, explain)
+
+
+def make_dev_links(kernel, root_fd: int, spec: dict, explain: Explain) -> None:
+    """/dev/fd, stdin, stdout, stderr, and /dev/ptmx → pts/ptmx (devpts(5): with newinstance the
+    container's ptys come from its own devpts, reached through this link)."""
+    if not any(m.get("destination") == "/dev" for m in spec.get("mounts", ())):
+        return
+    dev_fd = mounts.resolve_in_root(kernel, root_fd, "/dev")
+    try:
+        links = list(DEV_SYMLINKS)
+        if any(m.get("destination") == "/dev/pts" for m in spec.get("mounts", ())):
+            links.append(("pts/ptmx", "ptmx"))
+        for target, name in links:
+            _say(explain, f"ln -s {target} /dev/{name}")
+            try:
+                kernel.symlinkat(target, dev_fd, name)
+            except FileExistsError:
+                pass
+    finally:
+        kernel.close(dev_fd)
+
+
+def pivot_into(kernel, root_path: str, explain: Explain) -> None:
+    """Make ``root_path`` the root of this mount namespace and drop the old root.
+
+    The sequence from pivot_root(2), NOTES: chdir(new_root); pivot_root(".", ".") stacks the old
+    root on top of the new one at "/"; umount2(".", MNT_DETACH) then removes it, so no path to the
+    host's filesystem remains. Preconditions (else EINVAL): new_root is a mount point and no
+    mount involved is MS_SHARED (make_mounts_private saw to both).
+    """
+    _say(explain, f"pivot_root {root_path}  (chdir; pivot_root(\".\", \".\"); umount2(\".\", MNT_DETACH))")
+    kernel.chdir(root_path)
+    kernel.pivot_root(".", ".")
+    kernel.umount2(".", sc.MNT_DETACH)
+    kernel.chdir("/")
+
+
+def finish_rootfs(kernel, spec: dict, explain: Explain) -> None:
+    """After pivot_root: masked paths, read-only paths, then the read-only root."""
+    linux = spec.get("linux", {})
+    root_fd = kernel.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for path in linux.get("maskedPaths", ()):
+            mounts.mask_path(kernel, root_fd, path, explain)
+        for path in linux.get("readonlyPaths", ()):
+            mounts.make_readonly(kernel, root_fd, path, explain)
+    finally:
+        kernel.close(root_fd)
+    if spec.get("root", {}).get("readonly"):
+        mounts.remount_keep_locked(kernel, "/", sc.MS_RDONLY, explain, "/")
+
+
+def _say(explain: Explain, text: str) -> None:
+    if explain:
+        explain(text)

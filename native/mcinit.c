@@ -1,0 +1,104 @@
+/*
+ * mcinit: the last program minictr runs before the container's own process.
+ *
+ * Why it exists (runc CVE-2019-5736): minictr's container process is the host's Python
+ * interpreter until it calls execve. If the image's command is /proc/self/exe (or a script
+ * with "#!/proc/self/exe"), the kernel would run the *host's* interpreter inside the container,
+ * and a root process there could reopen that file for writing through /proc/PID/exe. minictr
+ * therefore copies this small static program into a sealed memfd and fexecve()s it: from then
+ * on /proc/self/exe names an anonymous, sealed in-memory file, not a host file.
+ *
+ * Usage: mcinit ERRFD MODE -- ARGV...
+ *   ERRFD  a pipe to the launcher; on exec failure "errno\n" is written there.
+ *   MODE   "exec": execvp ARGV (PATH from the container's environment).
+ *          "init": also stay as PID 1: fork, exec ARGV in the child, forward signals to it,
+ *                  reap every zombie, and exit with its status (docker run --init).
+ * Exit 127 when ARGV[0] is not found, 126 when it cannot be executed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void exec_or_report(int errfd, char **argv)
+{
+    char buf[16];
+    int n;
+
+    execvp(argv[0], argv);
+    n = snprintf(buf, sizeof(buf), "%d\n", errno);
+    if (write(errfd, buf, n) < 0) { /* the launcher is gone: nothing to report to */ }
+    _exit(errno == ENOENT || errno == ENOTDIR ? 127 : 126);
+}
+
+static volatile sig_atomic_t child_pid;
+
+static void forward(int sig)
+{
+    if (child_pid > 0)
+        kill(child_pid, sig);
+}
+
+static int run_as_init(int errfd, char **argv)
+{
+    static const int sigs[] = { SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
+                                SIGWINCH, SIGCONT };
+    struct sigaction sa = { .sa_handler = forward };
+    int status = 0;
+    pid_t pid, w;
+
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        sigaction(sigs[i], &sa, NULL);
+    pid = fork();
+    if (pid < 0)
+        return 126;
+    if (pid == 0) {
+        /* The child gets default dispositions back (execve resets handled signals anyway). */
+        setpgid(0, 0);
+        if (isatty(0))
+            tcsetpgrp(0, getpid());
+        exec_or_report(errfd, argv);
+    }
+    child_pid = pid;
+    close(errfd);
+    /* As PID 1, every orphan in the namespace is re-parented here: reap them all,
+     * and leave when the main child is gone (tini does the same). */
+    for (;;) {
+        int st;
+        w = wait(&st);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            break;
+        if (w == pid) {
+            status = st;
+            break;
+        }
+    }
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+int main(int argc, char **argv)
+{
+    int errfd;
+
+    if (argc < 5 || strcmp(argv[3], "--") != 0) {
+        fprintf(stderr, "usage: mcinit ERRFD exec|init -- ARGV...\n");
+        return 125;
+    }
+    errfd = atoi(argv[1]);
+    /* The report pipe must not leak into the container's process (CVE-2024-21626 class). */
+    fcntl(errfd, F_SETFD, FD_CLOEXEC);
+    if (strcmp(argv[2], "init") == 0)
+        return run_as_init(errfd, argv + 4);
+    exec_or_report(errfd, argv + 4);
+    return 126;
+}
