@@ -172,8 +172,8 @@ def write_bundle(spec: dict, bundle: str) -> None:
 # ---------------------------------------------------------------- run
 
 
-def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, dry_run: bool = False,
-        pull_policy: str = "missing", progress=None) -> int:
+def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Explain = None,
+        dry_run: bool = False, pull_policy: str = "missing", progress=None) -> int:
     """Plan the container, then hand the plan to the runtime; return the container's status."""
     from minictr.runtime import container
 
@@ -184,7 +184,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, dry_run:
     return container.run(p.spec, p.rootfs, paths=paths, container_id=p.container_id,
                          name=p.name, image=p.image, remove=opts.rm, tty=opts.tty,
                          interactive=opts.interactive, init=opts.init,
-                         explain=explain, dry_run=dry_run)
+                         explain=explain, warn=warn, dry_run=dry_run)
 
 
 def ps(paths: Paths, all_: bool = False, stats: bool = False) -> list[dict]:

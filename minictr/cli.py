@@ -118,6 +118,10 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _warn(text: str) -> None:
+    print(f"minictr: warning: {text}", file=sys.stderr, flush=True)
+
+
 def _print_json(obj) -> None:
     import json
 
@@ -138,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     explain = _say if args.explain else None
     return api.run(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
-                   explain=explain, dry_run=args.dry_run, pull_policy=args.pull,
+                   explain=explain, warn=_warn, dry_run=args.dry_run, pull_policy=args.pull,
                    progress=_progress(args))
 
 
@@ -432,9 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
 
-    p = add("kill", cmd_kill, "send a signal to a container (default SIGTERM)")
+    p = add("kill", cmd_kill, "send a signal to a container's PID 1 (default SIGKILL)")
     p.add_argument("container")
-    p.add_argument("signal", nargs="?", default="TERM")
+    p.add_argument("signal", nargs="?", default="KILL", help="signal name or number "
+                   "(default KILL, as docker kill)")
 
     p = add("rm", cmd_rm, "remove stopped containers")
     p.add_argument("containers", nargs="+")

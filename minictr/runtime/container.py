@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from typing import Callable
 
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
@@ -364,3 +365,117 @@ def _dry_run(spec: dict, plan, explain: Explain, *, init: bool, rootless: bool) 
 def _say(explain: Explain, text: str) -> None:
     if explain:
         explain(text)
+
+
+# ---------------------------------------------------------------- exec, rm
+
+# setns(2) order: the user namespace first (it grants the capabilities the others need), the
+# mount namespace late (it changes our root, hiding /proc/PID/ns of the host), pid last (it only
+# applies to children: we fork after it).
+EXEC_NS_ORDER = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"),
+                 ("cgroup", "cgroup"), ("pid", "pid"), ("mount", "mnt"))
+
+
+def exec_in(paths, name: str, command: list[str], *, env: list[str] | None = None,
+            tty: bool = False, workdir: str | None = None, user: str | None = None,
+            kernel=None) -> int:
+    """Run ``command`` inside a running container: join its namespaces and cgroup, apply its
+    process settings (env, cwd, user, capabilities, no_new_privs), exec through mcinit."""
+    kernel = kernel or sc.Syscalls()
+    st = state_mod.find(paths.state, name)
+    if st.get("status") != "running":
+        raise RuntimeSetupError(f"container {name} is not running")
+    with open(os.path.join(state_mod.container_dir(paths.state, st["id"]), "config.json")) as f:
+        spec = json.load(f)
+    process = dict(spec["process"], args=list(command), terminal=tty)
+    if env:
+        merged = dict(e.split("=", 1) for e in process.get("env", ()) if "=" in e)
+        merged.update(e.split("=", 1) if "=" in e else (e, os.environ.get(e, "")) for e in env)
+        process["env"] = [f"{k}={v}" for k, v in merged.items()]
+    if workdir:
+        process["cwd"] = workdir
+    if user:
+        uid, _, gid = user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise RuntimeSetupError("exec -u takes numeric UID[:GID]",
+                                    hint="names are resolved by `minictr run -u` only")
+        process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+    pid = st["pid"]
+    types = {ns["type"] for ns in spec.get("linux", {}).get("namespaces", ())}
+    ns_fds = [(os.open(f"/proc/{pid}/ns/{proc_name}", os.O_RDONLY | os.O_CLOEXEC), t)
+              for t, proc_name in EXEC_NS_ORDER if t in types]
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    master = slave = None
+    if tty:
+        master, slave = os.openpty()
+    init_fd = load_mcinit()
+    child = os.fork()
+    if child == 0:
+        _exec_child(kernel, process, ns_fds, err_w, slave, init_fd, st.get("rootless", False))
+    os.close(err_w)
+    for fd, _ in ns_fds:
+        os.close(fd)
+    os.close(init_fd)
+    if slave is not None:
+        os.close(slave)
+    if st.get("cgroup_paths"):
+        from minictr.runtime import cgroups
+
+        cgroups.Cgroup.from_paths(st["cgroup_paths"]).add_process(child)
+    _wait_for_exec(err_r, child, command[0])
+    with Supervisor(child) as sup:
+        return sup.relay_tty(master) if master is not None else sup.wait()
+
+
+def _exec_child(kernel, process, ns_fds, err_w, tty_slave, init_fd, rootless) -> None:
+    try:
+        capabilities.die_with_parent(kernel)
+        for fd, ns_type in ns_fds:
+            kernel.setns(fd, sc.NAMESPACE_FLAGS[ns_type])
+        # Entering the PID namespace affects children only: fork once more (setns(2)).
+        grandchild = os.fork()
+        if grandchild:
+            os.close(err_w)
+            with Supervisor(grandchild) as sup:
+                os._exit(sup.wait())
+        kernel.setsid()
+        if tty_slave is not None:
+            import fcntl
+            import termios
+
+            fcntl.ioctl(tty_slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                kernel.dup2(tty_slave, fd)
+        if process.get("noNewPrivileges"):
+            capabilities.set_no_new_privs(kernel, None)
+        caps = process.get("capabilities", {})
+        capabilities.drop_bounding_set(kernel, caps, None)
+        set_user(kernel, process.get("user", {}), rootless, None)
+        capabilities.die_with_parent(kernel)
+        enter_cwd(kernel, process.get("cwd", "/"), None)
+        capabilities.apply_sets(kernel, caps, None)
+        exec_process(kernel, dict(process, preserveFds=0), init_fd, err_w, False, None)
+    except MinictrError as err:
+        _report(err_w, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
+    except BaseException as err:  # noqa: BLE001
+        _report(err_w, f"{getattr(err, 'strerror', None) or err}", None, EXIT_LAUNCHER)
+    os._exit(EXIT_LAUNCHER)
+
+
+def remove(paths, name: str, force: bool = False) -> None:
+    """Remove a stopped container's state and writable layer (with force, kill it first)."""
+    st = state_mod.find(paths.state, name)
+    if st.get("status") == "running":
+        if not force:
+            raise RuntimeSetupError(f"container {name} is running",
+                                    hint="stop it first, or use minictr rm -f")
+        try:
+            os.kill(st["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for _ in range(100):                 # its launcher reaps it and cleans up
+            if not state_mod.alive(st["pid"], st.get("pid_start")):
+                break
+            time.sleep(0.05)
+    shutil.rmtree(state_mod.container_dir(paths.state, st["id"]), ignore_errors=True)
+    shutil.rmtree(os.path.join(paths.containers, st["id"]), ignore_errors=True)

@@ -48,7 +48,7 @@ def read(state_root: str, container_id: str) -> dict | None:
     return _refresh(state)
 
 
-def _alive(pid: int | None, started: float | None) -> bool:
+def alive(pid: int | None, started: float | None) -> bool:
     """Is ``pid`` still the process we started? Compare its start time to rule out pid reuse."""
     if not pid:
         return False
@@ -71,7 +71,7 @@ def _start_ticks(pid: int) -> float | None:
 
 
 def _refresh(state: dict) -> dict:
-    if state.get("status") in ("running", "created", "creating") and not _alive(
+    if state.get("status") in ("running", "created", "creating") and not alive(
             state.get("pid"), state.get("pid_start")):
         state = dict(state, status="stopped")
     return state

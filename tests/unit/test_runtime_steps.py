@@ -1,0 +1,153 @@
+"""The container side's steps against a recording syscall face: order and arguments."""
+import os
+
+import pytest
+
+from minictr.runtime import container, mounts, rootfs
+from minictr.runtime import syscalls as sc
+from minictr.runtime.rootfs import RootfsPlan
+
+CAPS = ["CAP_CHOWN", "CAP_KILL"]
+
+
+def make_spec(**linux):
+    return {
+        "process": {"args": ["/bin/true"], "env": ["PATH=/bin"], "cwd": "/",
+                    "user": {"uid": 1000, "gid": 1000, "additionalGids": [10]},
+                    "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+                    "noNewPrivileges": True,
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}]},
+        "root": {"path": "/run/x/rootfs", "readonly": True},
+        "hostname": "box",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc",
+                    "options": ["nosuid", "noexec", "nodev"]},
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "mode=755"]}],
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "uts", "network")],
+                  "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}],
+                  "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"], **linux},
+    }
+
+
+def run_steps(spec, plan=None, rootless=False):
+    kernel = sc.RecordingSyscalls()
+    lines = []
+    container.setup_container(kernel, spec, plan, lines.append, init_fd=5, err_fd=6, init=False,
+                              rootless=rootless)
+    return kernel, lines
+
+
+def index(names, name, start=0):
+    return names.index(name, start)
+
+
+def test_order_matches_runc():
+    kernel, _ = run_steps(make_spec())
+    n = kernel.names()
+    # lo up first (before any mount), mounts private before the rootfs, all mounts before pivot
+    assert n[0] == "link_up"
+    assert n[1] == "mount" and kernel.calls[1][4] == sc.MS_REC | sc.MS_SLAVE
+    pivot = index(n, "pivot_root")
+    assert "sethostname" in n[:pivot]
+    assert "mknodat" in n[:pivot]
+    # masked and read-only paths after pivot_root, then the security steps in runc's order
+    assert "mount" in n[pivot:]
+    nnp = index(n, "set_no_new_privs")
+    bset = index(n, "capbset_drop")
+    groups = index(n, "setgroups")
+    gid = index(n, "setresgid")
+    uid = index(n, "setresuid")
+    chdir = index(n, "chdir", uid)
+    capset = index(n, "capset")
+    close = index(n, "close_range")
+    execve = index(n, "fexecve")
+    assert pivot < nnp < bset < groups < gid < uid < chdir < capset < close < execve
+    assert n[-1] == "fexecve"
+
+
+def test_pivot_root_sequence():
+    kernel, _ = run_steps(make_spec())
+    n = kernel.names()
+    p = index(n, "pivot_root")
+    assert kernel.calls[p - 1] == ("chdir", "/run/x/rootfs")
+    assert kernel.calls[p] == ("pivot_root", ".", ".")
+    assert kernel.calls[p + 1] == ("umount2", ".", sc.MNT_DETACH)
+    assert kernel.calls[p + 2] == ("chdir", "/")
+
+
+def test_overlay_mount_data():
+    plan = RootfsPlan(lowerdirs=("/s/l2", "/s/l1"), upperdir="/s/u", workdir="/s/w",
+                      target="/run/x/rootfs")
+    kernel, _ = run_steps(make_spec(), plan)
+    overlay = [c for c in kernel.calls if c[0] == "mount" and c[3] == "overlay"]
+    assert overlay == [("mount", "overlay", "/run/x/rootfs", "overlay", 0,
+                        "lowerdir=/s/l2:/s/l1,upperdir=/s/u,workdir=/s/w")]
+    rootless = RootfsPlan(lowerdirs=("/a",), upperdir="/u", workdir="/w", target="/t",
+                          rootless=True)
+    assert rootless.overlay_data().endswith(",userxattr")
+    with pytest.raises(ValueError):
+        RootfsPlan(lowerdirs=("/a:b",), upperdir=None, workdir=None, target="/t").overlay_data()
+
+
+def test_exec_goes_through_mcinit_with_the_error_pipe():
+    kernel, _ = run_steps(make_spec())
+    call = kernel.calls[-1]
+    assert call[0] == "fexecve" and call[1] == 5
+    assert call[2] == ["mcinit", "6", "exec", "--", "/bin/true"]
+    assert call[3] == {"PATH": "/bin"}
+    # every fd from 3 up is close-on-exec; only the error pipe is made inheritable again
+    assert ("close_range", 3, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC) in kernel.calls
+    assert ("set_inheritable", 6) in kernel.calls
+
+
+def test_preserve_fds_moves_the_close_range_floor():
+    spec = make_spec()
+    spec["process"]["preserveFds"] = 2
+    kernel, _ = run_steps(spec)
+    assert ("close_range", 5, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC) in kernel.calls
+
+
+def test_rootless_binds_devices_and_skips_setgroups():
+    spec = make_spec()
+    spec["process"]["user"] = {"uid": 0, "gid": 0}
+    kernel, lines = run_steps(spec, rootless=True)
+    n = kernel.names()
+    assert "mknodat" not in n
+    binds = [c for c in kernel.calls if c[0] == "mount" and c[1] == "/dev/null"]
+    assert binds and binds[0][4] == sc.MS_BIND
+    assert "setgroups" not in n
+
+
+def test_read_only_root_is_remounted_after_masking():
+    kernel, _ = run_steps(make_spec())
+    remounts = [c for c in kernel.calls if c[0] == "mount" and c[2] == "/"
+                and c[4] & sc.MS_REMOUNT]
+    assert remounts and remounts[0][4] & sc.MS_RDONLY
+
+
+def test_failing_call_surfaces_as_oserror_naming_it():
+    kernel = sc.RecordingSyscalls(fail={"pivot_root": 22})
+    with pytest.raises(OSError) as info:
+        container.setup_container(kernel, make_spec(), None, None, init_fd=5, err_fd=6,
+                                  init=False, rootless=False)
+    assert info.value.errno == 22 and "pivot_root" in str(info.value)
+
+
+def test_mount_options_parse():
+    flags, prop, data = mounts.parse_options(["nosuid", "rbind", "ro", "rprivate", "mode=755"])
+    assert flags == sc.MS_NOSUID | sc.MS_BIND | sc.MS_REC | sc.MS_RDONLY
+    assert prop == sc.MS_PRIVATE | sc.MS_REC
+    assert data == "mode=755"
+
+
+def test_namespace_flags_skip_joined_ones():
+    spec = make_spec()
+    spec["linux"]["namespaces"].append({"type": "ipc", "path": "/proc/1/ns/ipc"})
+    flags = container.namespace_flags(spec)
+    assert flags == sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWNET
+
+
+def test_real_syscall_errors_name_the_call(tmp_path):
+    with pytest.raises(OSError) as info:
+        sc.Syscalls().pivot_root(str(tmp_path / "missing"), str(tmp_path))
+    assert "pivot_root(" in str(info.value) and info.value.errno == 2
