@@ -129,10 +129,15 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         workdir=None if opts.read_only else os.path.join(container_dir, "work"),
         target=os.path.join(paths.state, container_id, "rootfs"),
         rootless=paths.rootless)
+    uid_mappings = gid_mappings = None
+    if paths.rootless and opts.userns != "host":
+        from minictr.runtime.idmap import rootless_mappings
+
+        uid_mappings, gid_mappings = rootless_mappings(opts.userns)
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
-        rootfs_path=rootfs.target,
-        read_file=lambda path: store.read_image_file(image, path))
+        rootfs_path=rootfs.target, read_file=lambda path: store.read_image_file(image, path),
+        uid_mappings=uid_mappings, gid_mappings=gid_mappings)
     for edits in _edits_for(opts, spec, gpu_roots, image.config, lambda p: store.read_image_file(image, p)):
         spec = apply_edits(spec, edits)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
