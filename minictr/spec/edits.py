@@ -158,9 +158,8 @@ def apply_edits(spec: dict, edits: ContainerEdits) -> dict:
         _add_hook(out, hook)
     if edits.additional_gids:
         user = process.setdefault("user", {"uid": 0, "gid": 0})
-        gids = list(user.get("additionalGids", []))
-        gids += [g for g in edits.additional_gids if g not in gids]
-        user["additionalGids"] = gids
+        user["additionalGids"] = list(dict.fromkeys(
+            list(user.get("additionalGids", [])) + list(edits.additional_gids)))
     return out
 
 
