@@ -62,11 +62,15 @@ def default_mounts(*, rootless: bool, private_network: bool, privileged: bool) -
 
     In a user namespace (rootless) the kernel allows a fresh sysfs only to the owner of the
     network namespace (sysfs's kernfs_get_tree checks net ns ownership), so with the host's
-    network /sys is a read-only recursive bind of the host's /sys, as podman does. The cgroup
-    filesystem is then also a read-only rbind of the host's /sys/fs/cgroup: we choose the bind
-    over a fresh cgroup2 mount because hosts with a hybrid v1/v2 layout (like our CI) would show a
-    near-empty cgroup2 tree, and because it needs no cgroup-namespace privilege. devpts gets no
-    gid=5 when rootless, since gid 5 is usually not mapped (mount fails with EINVAL).
+    network /sys is a read-only recursive bind of the host's /sys, as podman does; that rbind
+    already carries the host's /sys/fs/cgroup mounts, so no cgroup entry follows it (a second
+    rbind would stack every cgroup mount twice, seen with runc). With its own network namespace
+    the container gets a fresh sysfs, and /sys/fs/cgroup is then a read-only rbind of the host's.
+    We bind rather than mount a fresh cgroup2 because hosts with a hybrid v1/v2 layout (like our
+    CI) would show a near-empty cgroup2 tree, and because a bind needs no cgroup-namespace
+    privilege. Only the top of a bind is made read-only: submounts keep their flags, but the
+    user's own permissions still apply. devpts gets no gid=5 when rootless, since gid 5 is
+    usually not mapped (mount fails with EINVAL).
     """
     sys_ro = [] if privileged else ["ro"]
     pts_opts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
@@ -83,16 +87,17 @@ def default_mounts(*, rootless: bool, private_network: bool, privileged: bool) -
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": list(_NOSUID_NOEXEC_NODEV)},
     ]
+    sys_opts = _NOSUID_NOEXEC_NODEV + sys_ro
     if rootless and not private_network:
+        # the rbind of /sys carries the host's /sys/fs/cgroup with it
         mounts.append({"destination": "/sys", "type": "bind", "source": "/sys",
-                       "options": ["rbind"] + _NOSUID_NOEXEC_NODEV + sys_ro})
-    else:
-        mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                       "options": _NOSUID_NOEXEC_NODEV + sys_ro})
+                       "options": ["rbind"] + sys_opts})
+        return mounts
+    mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                   "options": list(sys_opts)})
     if rootless:
         mounts.append({"destination": "/sys/fs/cgroup", "type": "bind",
-                       "source": "/sys/fs/cgroup",
-                       "options": ["rbind"] + _NOSUID_NOEXEC_NODEV + sys_ro})
+                       "source": "/sys/fs/cgroup", "options": ["rbind"] + sys_opts})
     else:
         mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup",
                        "options": _NOSUID_NOEXEC_NODEV + ["relatime"] + sys_ro})

@@ -76,10 +76,14 @@ def test_default_mounts_rootless():
     assert "gid=5" not in by["/dev/pts"]["options"]
     assert by["/sys"] == {"destination": "/sys", "type": "bind", "source": "/sys",
                           "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
-    assert by["/sys/fs/cgroup"]["type"] == "bind" and "ro" in by["/sys/fs/cgroup"]["options"]
-    # with its own network namespace, a rootless container may mount a fresh sysfs
+    assert "/sys/fs/cgroup" not in by              # the rbind of /sys carries it
+    # with its own network namespace, a rootless container may mount a fresh sysfs, and then
+    # gets the host's cgroup tree as a read-only rbind
     private = {m["destination"]: m for m in build(rootless=True, network="none")["mounts"]}
     assert private["/sys"]["type"] == "sysfs"
+    assert private["/sys/fs/cgroup"] == {
+        "destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup",
+        "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
 
 
 def test_default_devices_and_rules():
