@@ -40,7 +40,7 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     Entrypoint, Cmd, Env, WorkingDir, User, Labels). ``host_env`` (default: this process's
     environment) serves ``-e KEY`` and bare keys in env files. ``host_ids`` is (euid, egid),
     default this process's, for the rootless id mapping and --userns keep-id."""
-    config = image_config.get("config") or {}
+    config = image_fields(image_config)
     host_env = dict(os.environ) if host_env is None else host_env
     host_ids = (os.geteuid(), os.getegid()) if host_ids is None else host_ids
     hostname = _hostname(opts.hostname, container_id)
@@ -71,6 +71,38 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     if annotations:
         spec["annotations"] = annotations
     return spec
+
+
+# ---------------------------------------------------------------- image config
+
+
+_LIST_FIELDS = ("Entrypoint", "Cmd", "Env")
+_STR_FIELDS = ("WorkingDir", "User")
+
+
+def image_fields(image_config: dict) -> dict:
+    """The image config's "config" object, type-checked: the image is untrusted input, and a
+    string where a list belongs would otherwise be split into characters, a NUL byte would
+    reach execve(2). Env entries without "=" are dropped (they are not KEY=VALUE)."""
+    config = image_config.get("config") if isinstance(image_config, dict) else None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise SpecError("malformed image config: \"config\" is not an object")
+    out = dict(config)
+    for key in _LIST_FIELDS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, list) or
+                                  not all(isinstance(v, str) and "\0" not in v for v in value)):
+            raise SpecError(f"malformed image config: {key} must be a list of strings")
+    for key in _STR_FIELDS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, str) or "\0" in value):
+            raise SpecError(f"malformed image config: {key} must be a string")
+    if config.get("Labels") is not None and not isinstance(config["Labels"], dict):
+        raise SpecError("malformed image config: Labels must be an object")
+    out["Env"] = [e for e in config.get("Env") or [] if "=" in e]
+    return out
 
 
 # ---------------------------------------------------------------- identity

@@ -307,3 +307,24 @@ def test_build_is_deterministic_and_does_not_share_defaults():
     a["mounts"][0]["options"].append("x")
     a["linux"]["resources"]["devices"].append({})
     assert build() == b
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"Cmd": "sh -c id"}, "Cmd must be a list of strings"),
+    ({"Entrypoint": ["/bin/sh", 3]}, "Entrypoint must be a list"),
+    ({"Cmd": ["sh\0x"]}, "Cmd must be a list"),
+    ({"Cmd": ["sh"], "Env": "A=1"}, "Env must be a list"),
+    ({"Cmd": ["sh"], "WorkingDir": ["/"]}, "WorkingDir must be a string"),
+    ({"Cmd": ["sh"], "User": 0}, "User must be a string"),
+    ({"Cmd": ["sh"], "Labels": ["x"]}, "Labels must be an object"),
+])
+def test_malformed_image_config(config, match):
+    with pytest.raises(SpecError, match=match):
+        build({"config": config})
+    with pytest.raises(SpecError, match="not an object"):
+        build({"config": ["x"]})
+
+
+def test_image_env_without_equals_is_dropped():
+    env = build({"config": {"Cmd": ["sh"], "Env": ["JUNK", "A=1"]}})["process"]["env"]
+    assert env[0] == "A=1" and not any(e == "JUNK" for e in env)
