@@ -55,8 +55,14 @@ class Mount:
 
     @classmethod
     def from_cdi(cls, d: dict) -> "Mount":
-        return cls(host_path=d["hostPath"], container_path=d["containerPath"],
-                   type=d.get("type") or "bind", options=tuple(d.get("options") or ()))
+        """A CDI mount (hostPath, containerPath), or an OCI config.md mount (source,
+        destination): GPU code builds the latter."""
+        if "containerPath" in d or "hostPath" in d:
+            host, container = d["hostPath"], d["containerPath"]
+        else:
+            host, container = d.get("source") or "none", d["destination"]
+        return cls(host_path=host, container_path=container, type=d.get("type") or "bind",
+                   options=tuple(d.get("options") or ()))
 
     def to_cdi(self) -> dict:
         return {"hostPath": self.host_path, "containerPath": self.container_path,
@@ -91,24 +97,40 @@ class Hook:
 
 @dataclass(frozen=True)
 class ContainerEdits:
+    """The edits. Entries may be given as the dataclasses above or as plain dicts (CDI's JSON
+    form, or for devices and mounts the OCI config.json form); they are converted on creation,
+    so a ContainerEdits always holds the dataclasses, in tuples."""
+
     env: tuple[str, ...] = ()
     device_nodes: tuple[DeviceNode, ...] = ()
     mounts: tuple[Mount, ...] = ()
     hooks: tuple[Hook, ...] = ()
     additional_gids: tuple[int, ...] = field(default=())
 
+    def __post_init__(self):
+        def conv(items, kind):
+            return tuple(kind.from_cdi(x) if isinstance(x, dict) else x for x in items or ())
+        try:
+            # frozen: object.__setattr__ is the documented way to normalise in __post_init__
+            object.__setattr__(self, "env", tuple(self.env or ()))
+            object.__setattr__(self, "device_nodes", conv(self.device_nodes, DeviceNode))
+            object.__setattr__(self, "mounts", conv(self.mounts, Mount))
+            object.__setattr__(self, "hooks", conv(self.hooks, Hook))
+            object.__setattr__(self, "additional_gids",
+                               tuple(int(g) for g in self.additional_gids or ()))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SpecError(f"malformed CDI containerEdits: {err!r}") from err
+
     @classmethod
     def from_cdi(cls, d: dict | None) -> "ContainerEdits":
         """Read a CDI ``containerEdits`` object; a missing key means no edit of that kind."""
         d = d or {}
-        try:
-            return cls(env=tuple(d.get("env") or ()),
-                       device_nodes=tuple(DeviceNode.from_cdi(x) for x in d.get("deviceNodes") or ()),
-                       mounts=tuple(Mount.from_cdi(x) for x in d.get("mounts") or ()),
-                       hooks=tuple(Hook.from_cdi(x) for x in d.get("hooks") or ()),
-                       additional_gids=tuple(int(g) for g in d.get("additionalGids") or ()))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise SpecError(f"malformed CDI containerEdits: {err!r}") from err
+        if not isinstance(d, dict) or not all(isinstance(d.get(k) or [], list) for k in
+                                              ("env", "deviceNodes", "mounts", "hooks",
+                                               "additionalGids")):
+            raise SpecError("malformed CDI containerEdits: expected an object of lists")
+        return cls(env=d.get("env"), device_nodes=d.get("deviceNodes"), mounts=d.get("mounts"),
+                   hooks=d.get("hooks"), additional_gids=d.get("additionalGids"))
 
     def to_cdi(self) -> dict:
         out: dict = {}

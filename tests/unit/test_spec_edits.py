@@ -166,3 +166,33 @@ def test_insert_mount_sibling_prefix_is_not_a_child():
     mounts = [{"destination": "/usr/lib64"}]
     insert_mount(mounts, {"destination": "/usr/lib"})
     assert [m["destination"] for m in mounts] == ["/usr/lib64", "/usr/lib"]
+
+
+def test_plain_dicts_are_accepted_in_oci_or_cdi_form():
+    """GPU code hands OCI-shaped dicts (linux.devices entries, config.md mounts)."""
+    edits = ContainerEdits(
+        env=["A=1"],
+        device_nodes=[{"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0,
+                       "fileMode": 0o666, "uid": 0, "gid": 0}],
+        mounts=[{"destination": "/usr/bin/nvidia-smi", "source": "/h/nvidia-smi",
+                 "type": "bind", "options": ["ro", "nosuid", "nodev", "bind"]},
+                {"hostPath": "/h/lib", "containerPath": "/usr/lib/lib.so"}],
+        hooks=[{"hookName": "poststop", "path": "/bin/true"}], additional_gids=["44"])
+    assert edits.env == ("A=1",) and edits.additional_gids == (44,)
+    assert edits.device_nodes[0] == DeviceNode(path="/dev/nvidia0", type="c", major=195,
+                                               minor=0, file_mode=0o666, uid=0, gid=0)
+    assert edits.mounts == (Mount("/h/nvidia-smi", "/usr/bin/nvidia-smi", "bind",
+                                  ("ro", "nosuid", "nodev", "bind")),
+                            Mount("/h/lib", "/usr/lib/lib.so", "bind", ()))
+    assert edits.hooks == (Hook("poststop", "/bin/true"),)
+    out = apply_edits(base_spec(), edits)
+    assert {"allow": True, "type": "c", "major": 195, "minor": 0, "access": "rwm"} in \
+        out["linux"]["resources"]["devices"]
+    assert out["mounts"][-2]["source"] == "/h/nvidia-smi"
+
+
+def test_proc_driver_binds_are_allowed_for_edits():
+    """Edits (unlike user -v) may bind below /proc: GPU injection needs /proc/driver/nvidia."""
+    out = apply_edits(base_spec(), ContainerEdits(mounts=(
+        Mount("/proc/driver/nvidia/params", "/proc/driver/nvidia/params"),)))
+    assert out["mounts"][-1]["destination"] == "/proc/driver/nvidia/params"
