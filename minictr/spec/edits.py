@@ -1,0 +1,255 @@
+"""Container edits, shaped like CDI's ``containerEdits``, and the pure ``apply_edits``.
+
+GPU injection, CDI spec files and ``--device`` all produce a ``ContainerEdits``; api.py applies
+them to the spec the builder made. The JSON names are CDI's (container-device-interface
+SPEC.md, "containerEdits"): env, deviceNodes, mounts, hooks, additionalGids.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from minictr.errors import SpecError
+from minictr.spec.mounts import check_destination
+
+HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+               "poststop")
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """A device node to create in the container (CDI deviceNodes[], config-linux.md devices)."""
+
+    path: str                          # in the container
+    type: str | None = None            # "c", "b" or "p"; None until stat-ed
+    major: int | None = None
+    minor: int | None = None
+    file_mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    permissions: str = "rwm"           # the device-cgroup access to allow
+    host_path: str | None = None       # where it is on the host, when not at ``path``
+
+    @classmethod
+    def from_cdi(cls, d: dict) -> "DeviceNode":
+        return cls(path=d["path"], type=d.get("type"), major=d.get("major"),
+                   minor=d.get("minor"), file_mode=d.get("fileMode"), uid=d.get("uid"),
+                   gid=d.get("gid"), permissions=d.get("permissions") or "rwm",
+                   host_path=d.get("hostPath"))
+
+    def to_cdi(self) -> dict:
+        out = {"path": self.path, "hostPath": self.host_path, "type": self.type,
+               "major": self.major, "minor": self.minor, "fileMode": self.file_mode,
+               "permissions": self.permissions, "uid": self.uid, "gid": self.gid}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Mount:
+    """CDI mounts[]: a host path (or a filesystem source) at a container path."""
+
+    host_path: str
+    container_path: str
+    type: str = "bind"
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def from_cdi(cls, d: dict) -> "Mount":
+        """A CDI mount (hostPath, containerPath), or an OCI config.md mount (source,
+        destination): GPU code builds the latter."""
+        if "containerPath" in d or "hostPath" in d:
+            host, container = d["hostPath"], d["containerPath"]
+        else:
+            host, container = d.get("source") or "none", d["destination"]
+        return cls(host_path=host, container_path=container, type=d.get("type") or "bind",
+                   options=tuple(d.get("options") or ()))
+
+    def to_cdi(self) -> dict:
+        return {"hostPath": self.host_path, "containerPath": self.container_path,
+                "type": self.type, "options": list(self.options)}
+
+
+@dataclass(frozen=True)
+class Hook:
+    """CDI hooks[]: an OCI hook (config.md "POSIX-platform Hooks") and the stage it runs at."""
+
+    hook_name: str
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+
+    @classmethod
+    def from_cdi(cls, d: dict) -> "Hook":
+        return cls(hook_name=d["hookName"], path=d["path"], args=tuple(d.get("args") or ()),
+                   env=tuple(d.get("env") or ()), timeout=d.get("timeout"))
+
+    def to_cdi(self) -> dict:
+        out = {"hookName": self.hook_name, "path": self.path}
+        if self.args:
+            out["args"] = list(self.args)
+        if self.env:
+            out["env"] = list(self.env)
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        return out
+
+
+@dataclass(frozen=True)
+class ContainerEdits:
+    """The edits. Entries may be given as the dataclasses above or as plain dicts (CDI's JSON
+    form, or for devices and mounts the OCI config.json form); they are converted on creation,
+    so a ContainerEdits always holds the dataclasses, in tuples."""
+
+    env: tuple[str, ...] = ()
+    device_nodes: tuple[DeviceNode, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    hooks: tuple[Hook, ...] = ()
+    additional_gids: tuple[int, ...] = field(default=())
+
+    def __post_init__(self):
+        def conv(items, kind):
+            return tuple(kind.from_cdi(x) if isinstance(x, dict) else x for x in items or ())
+        try:
+            # frozen: object.__setattr__ is the documented way to normalise in __post_init__
+            object.__setattr__(self, "env", tuple(self.env or ()))
+            object.__setattr__(self, "device_nodes", conv(self.device_nodes, DeviceNode))
+            object.__setattr__(self, "mounts", conv(self.mounts, Mount))
+            object.__setattr__(self, "hooks", conv(self.hooks, Hook))
+            object.__setattr__(self, "additional_gids",
+                               tuple(int(g) for g in self.additional_gids or ()))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SpecError(f"malformed CDI containerEdits: {err!r}") from err
+
+    @classmethod
+    def from_cdi(cls, d: dict | None) -> "ContainerEdits":
+        """Read a CDI ``containerEdits`` object; a missing key means no edit of that kind."""
+        d = d or {}
+        if not isinstance(d, dict) or not all(isinstance(d.get(k) or [], list) for k in
+                                              ("env", "deviceNodes", "mounts", "hooks",
+                                               "additionalGids")):
+            raise SpecError("malformed CDI containerEdits: expected an object of lists")
+        return cls(env=d.get("env"), device_nodes=d.get("deviceNodes"), mounts=d.get("mounts"),
+                   hooks=d.get("hooks"), additional_gids=d.get("additionalGids"))
+
+    def to_cdi(self) -> dict:
+        out: dict = {}
+        if self.env:
+            out["env"] = list(self.env)
+        if self.device_nodes:
+            out["deviceNodes"] = [n.to_cdi() for n in self.device_nodes]
+        if self.mounts:
+            out["mounts"] = [m.to_cdi() for m in self.mounts]
+        if self.hooks:
+            out["hooks"] = [h.to_cdi() for h in self.hooks]
+        if self.additional_gids:
+            out["additionalGids"] = list(self.additional_gids)
+        return out
+
+    def merge(self, other: "ContainerEdits") -> "ContainerEdits":
+        """Both sets of edits, ``other`` applied after ``self``."""
+        return ContainerEdits(env=self.env + other.env,
+                              device_nodes=self.device_nodes + other.device_nodes,
+                              mounts=self.mounts + other.mounts, hooks=self.hooks + other.hooks,
+                              additional_gids=self.additional_gids + other.additional_gids)
+
+
+# ---------------------------------------------------------------- applying
+
+
+def apply_edits(spec: dict, edits: ContainerEdits) -> dict:
+    """Return a copy of ``spec`` with ``edits`` applied; ``spec`` itself is never changed.
+
+    A device node must be both created (linux.devices) and allowed (a linux.resources.devices
+    rule): without the rule, creating works and open() fails later inside the container with
+    EPERM. In a user namespace the runtime cannot mknod; it bind-mounts the host node at the
+    same path (runc and crun do), so a node whose host path differs becomes an explicit bind.
+    """
+    out = copy.deepcopy(spec)
+    process = out.setdefault("process", {})
+    process["env"] = merge_env(process.get("env", []), edits.env)
+    in_userns = any(ns.get("type") == "user" for ns in out.get("linux", {}).get("namespaces", []))
+    for node in edits.device_nodes:
+        _add_device(out, node, in_userns)
+    for mount in edits.mounts:
+        dest = check_destination(mount.container_path, "CDI mount")
+        insert_mount(out.setdefault("mounts", []),
+                     {"destination": dest, "type": mount.type, "source": mount.host_path,
+                      "options": list(mount.options)})
+    for hook in edits.hooks:
+        _add_hook(out, hook)
+    if edits.additional_gids:
+        user = process.setdefault("user", {"uid": 0, "gid": 0})
+        user["additionalGids"] = list(dict.fromkeys(
+            list(user.get("additionalGids", [])) + list(edits.additional_gids)))
+    return out
+
+
+def merge_env(env: list[str], updates) -> list[str]:
+    """KEY=VALUE entries: an update replaces the entry with the same KEY in place, else appends."""
+    out = list(env)
+    index = {e.partition("=")[0]: i for i, e in enumerate(out)}
+    for entry in updates:
+        key = entry.partition("=")[0]
+        if key in index:
+            out[index[key]] = entry
+        else:
+            index[key] = len(out)
+            out.append(entry)
+    return out
+
+
+def insert_mount(mounts: list[dict], mount: dict) -> None:
+    """Add ``mount`` in place: it replaces a mount at the same destination, and goes before any
+    mount below its destination, so that it never hides one (runtimes mount in list order)."""
+    dest = mount["destination"]
+    for i, m in enumerate(mounts):
+        if m["destination"] == dest:
+            mounts[i] = mount
+            return
+    for i, m in enumerate(mounts):
+        if m["destination"].startswith(dest.rstrip("/") + "/"):
+            mounts.insert(i, mount)
+            return
+    mounts.append(mount)
+
+
+def _add_device(spec: dict, node: DeviceNode, in_userns: bool) -> None:
+    path = check_destination(node.path, "device")
+    if node.type not in ("c", "b", "p") or (node.type != "p" and (node.major is None or
+                                                                   node.minor is None)):
+        raise SpecError(f"device {node.path}: type, major and minor are needed",
+                        hint="stat the host node first (devices.fill_device_nodes)")
+    linux = spec.setdefault("linux", {})
+    host = node.host_path or path
+    if in_userns and host != path:
+        insert_mount(spec.setdefault("mounts", []),
+                     {"destination": path, "type": "bind", "source": host,
+                      "options": ["bind", "nosuid", "noexec"]})
+    else:
+        entry = {"path": path, "type": node.type, "major": node.major, "minor": node.minor}
+        for key, value in (("fileMode", node.file_mode), ("uid", node.uid), ("gid", node.gid)):
+            if value is not None:
+                entry[key] = value
+        devices = [d for d in linux.get("devices", []) if d.get("path") != path]
+        linux["devices"] = devices + [entry]
+    if node.type != "p":
+        rules = linux.setdefault("resources", {}).setdefault("devices", [])
+        rules.append({"allow": True, "type": node.type, "major": node.major,
+                      "minor": node.minor, "access": node.permissions or "rwm"})
+
+
+def _add_hook(spec: dict, hook: Hook) -> None:
+    if hook.hook_name not in HOOK_STAGES:
+        raise SpecError(f"unknown hook stage {hook.hook_name!r}",
+                        hint=f"one of {', '.join(HOOK_STAGES)}")
+    if not hook.path.startswith("/"):
+        raise SpecError(f"hook path {hook.path!r} must be absolute (config.md, Hooks)")
+    entry: dict = {"path": hook.path}
+    if hook.args:
+        entry["args"] = list(hook.args)
+    if hook.env:
+        entry["env"] = list(hook.env)
+    if hook.timeout is not None:
+        entry["timeout"] = hook.timeout
+    spec.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(entry)
