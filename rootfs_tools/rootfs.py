@@ -140,7 +140,7 @@ def host_binaries_tree(root: str, binaries: list[str]) -> list[str]:
         if not found or not os.path.isfile(found):
             raise ToolMissing(f"host binary {binary} not found")
         paths.append(os.path.abspath(found))
-    elfs = [p for p in paths if _is_elf(p)]
+    elfs = [p for p in paths if is_elf(p)]
     copied = paths + dependencies(elfs)
     for path in copied:
         _mirror(path, root)
@@ -149,7 +149,7 @@ def host_binaries_tree(root: str, binaries: list[str]) -> list[str]:
     return copied
 
 
-def _is_elf(path: str) -> bool:
+def is_elf(path: str) -> bool:
     with open(os.path.realpath(path), "rb") as f:
         return f.read(4) == b"\x7fELF"
 
