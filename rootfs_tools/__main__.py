@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         if err.hint:
             print(f"rootfs_tools: hint: {err.hint}", file=sys.stderr)
         return 1
+    except OSError as err:
+        print(f"rootfs_tools: error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps({"layout": os.path.abspath(args.out), "tag": args.tag,
                       "manifest": desc.digest, "ref": f"oci:{os.path.abspath(args.out)}:{args.tag}"}))
     return 0

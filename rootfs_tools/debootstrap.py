@@ -1,7 +1,7 @@
 """A real Debian root filesystem from debootstrap(8), packed into one or several layers.
 
-Used by the layer-unpack benchmark: a minbase bookworm is ~10,000 files, the size of a real base
-image. With ``layers=N`` (N >= 2) the files are spread over N-1 layers of about equal size and a
+Used by the layer-unpack benchmark: a minbase bookworm is ~4,000 entries and 80 MB (~50 MB
+gzipped), the size of a real base image; building it takes ~1.5 min. With ``layers=N`` (N >= 2) the files are spread over N-1 layers of about equal size and a
 last layer deletes things with whiteouts (documentation, an opaque /var/cache), as images built
 with ``RUN apt-get ... && rm -rf ...`` do. Needs root (debootstrap chroots) and the Debian mirror.
 Generated images are large: never commit them.
@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 
 from . import ToolError, ToolMissing
-from .tarball import Normalize, TarBuilder, walk_tree
+from .tarball import Normalize, TarBuilder, changeset, walk_tree
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # deleted by the whiteout layer: whole directories made opaque / single paths whited out
@@ -118,24 +118,10 @@ def _missing_parents(rel: str, have: set[str]) -> list[str]:
 def whiteout_layer(root: str) -> TarBuilder:
     """Delete documentation from the final filesystem with opaque markers and whiteouts, and
     add one new file so the layer also adds something."""
-    tb, have = TarBuilder(), set()
-
-    def parents(rel: str) -> None:
-        for parent in _missing_parents(rel, have):
-            tb.dir(parent)
-            have.add(parent)
-
-    for rel in OPAQUE_DIRS:
-        if os.path.isdir(os.path.join(root, rel)):
-            parents(rel + "/x")
-            tb.opaque(rel)
-    for rel in WHITED_OUT:
-        if os.path.lexists(os.path.join(root, rel)):
-            parents(rel)
-            tb.whiteout(rel)
-    parents("etc/minictr-bench")
-    tb.file("etc/minictr-bench", b"built by rootfs_tools debootstrap --layers\n")
-    return tb
+    return changeset(
+        opaque=[rel for rel in OPAQUE_DIRS if os.path.isdir(os.path.join(root, rel))],
+        deleted=[rel for rel in WHITED_OUT if os.path.lexists(os.path.join(root, rel))],
+        files={"etc/minictr-bench": b"built by rootfs_tools debootstrap --layers\n"})
 
 
 def debootstrap_layers(out_layout, *, layers: int = 1, mirror: str | None = None,

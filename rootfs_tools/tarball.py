@@ -199,5 +199,32 @@ class TarBuilder:
         return buf.getvalue()
 
 
+def changeset(*, deleted: Iterable[str] = (), opaque: Iterable[str] = (),
+              files: dict[str, bytes] | None = None) -> TarBuilder:
+    """A layer that deletes ``deleted`` paths (whiteouts), empties ``opaque`` directories (opaque
+    markers) and adds ``files``; parent directories are written once each, before their
+    children, as image builders do."""
+    tb, have = TarBuilder(), set()
+
+    def parents(rel: str) -> None:
+        parts = rel.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            if parent not in have:
+                tb.dir(parent)
+                have.add(parent)
+
+    for directory in opaque:
+        parents(directory.strip("/") + "/" + OPAQUE_MARKER)
+        tb.opaque(directory)
+    for path in deleted:
+        parents(path)
+        tb.whiteout(path)
+    for path, data in (files or {}).items():
+        parents(path)
+        tb.file(path.strip("/"), data)
+    return tb
+
+
 def is_whiteout(name: str) -> bool:
     return os.path.basename(name.rstrip("/")).startswith(WHITEOUT_PREFIX)

@@ -143,6 +143,19 @@ def test_whiteout_layer_holds_markers(tmp_path):
     assert "var/cache/new" in members
 
 
+def test_add_whiteout_layer_writes_parents_once(tmp_path):
+    layout = oci.Layout(str(tmp_path / "out"))
+    blob = layout.add_whiteout_layer(deleted=["usr/share/man", "usr/share/info"],
+                                     opaque=["usr/share/doc"], files={"etc/added": b"a"},
+                                     compression="none")
+    layout.add_image([blob], oci.ImageConfig(), "latest")
+    _, _, [tar] = verify_layout(tmp_path / "out")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        names = [m.name.rstrip("/") for m in tf.getmembers()]
+    assert names == ["usr", "usr/share", "usr/share/doc", "usr/share/doc/.wh..wh..opq",
+                     "usr/share/.wh.man", "usr/share/.wh.info", "etc", "etc/added"]
+
+
 def test_tarbuilder_writes_hostile_names_verbatim():
     tar = TarBuilder().file("../escape", b"x").symlink("abs", "/etc/passwd") \
         .device("dev/nvidia0", "c", 195, 0).hardlink("h", "../escape").to_bytes()
@@ -351,3 +364,18 @@ def test_umoci_unpacks_layout(cache, tmp_path):
     assert os.path.samefile(rootfs / "bin" / "sh", rootfs / "bin" / "busybox")
     assert os.readlink(rootfs / "bin" / "ls") == "busybox"
     assert os.access(rootfs / "probe", os.X_OK)
+
+
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci not installed")
+def test_umoci_applies_our_whiteouts(tmp_path):
+    base = TarBuilder().dir("etc").file("etc/keep", b"k").file("etc/gone", b"g").dir("var") \
+        .dir("var/cache").file("var/cache/old", b"o")
+    top = TarBuilder().dir("etc").whiteout("etc/gone").dir("var").dir("var/cache") \
+        .opaque("var/cache").file("var/cache/new", b"n")
+    oci.write_image(str(tmp_path / "img"), [base, top], oci.ImageConfig())
+    cmd = ["umoci", "raw", "unpack"] + ([] if os.geteuid() == 0 else ["--rootless"])
+    out = subprocess.run(cmd + ["--image", f"{tmp_path / 'img'}:latest", str(tmp_path / "r")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path / "r" / "etc")) == ["keep"]
+    assert sorted(os.listdir(tmp_path / "r" / "var" / "cache")) == ["new"]
