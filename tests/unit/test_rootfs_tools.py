@@ -19,7 +19,8 @@ import tarfile
 
 import pytest
 
-from rootfs_tools import ToolError, __main__ as cli, build, debootstrap, elf, oci
+from rootfs_tools import ToolError, ToolMissing, build, debootstrap, elf, oci, rootfs
+from rootfs_tools import __main__ as cli
 from rootfs_tools.tarball import Normalize, TarBuilder
 from tests import images
 
@@ -379,3 +380,21 @@ def test_umoci_applies_our_whiteouts(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(os.listdir(tmp_path / "r" / "etc")) == ["keep"]
     assert sorted(os.listdir(tmp_path / "r" / "var" / "cache")) == ["new"]
+
+
+def test_demo_script_runs_under_busybox_without_errors(tmp_path):
+    """demo.sh only uses busybox applets: run it with a PATH of nothing but busybox links."""
+    try:
+        busybox = rootfs.find_busybox()
+    except ToolMissing as err:
+        pytest.skip(str(err))
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        os.symlink(busybox, tmp_path / applet)
+    script = os.path.join(os.path.dirname(rootfs.__file__), "demo.sh")
+    out = subprocess.run([busybox, "sh", script], capture_output=True, text=True,
+                         env={"PATH": str(tmp_path)})
+    assert (out.returncode, out.stderr) == (0, "")
+    for heading in ("Who am I?", "Which processes?", "My namespaces", "CapEff decoded:"):
+        assert heading in out.stdout
