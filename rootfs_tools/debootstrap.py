@@ -1,9 +1,10 @@
 """A real Debian root filesystem from debootstrap(8), packed into one or several layers.
 
 Used by the layer-unpack benchmark: a minbase bookworm is ~4,000 entries and 80 MB (~50 MB
-gzipped), the size of a real base image; building it takes ~1.5 min. With ``layers=N`` (N >= 2) the files are spread over N-1 layers of about equal size and a
-last layer deletes things with whiteouts (documentation, an opaque /var/cache), as images built
-with ``RUN apt-get ... && rm -rf ...`` do. Needs root (debootstrap chroots) and the Debian mirror.
+gzipped), the size of a real base image; building it takes ~1.5 min. With ``layers=N`` (N >= 2)
+the files are spread over N-1 layers of about equal size and a last layer deletes things with
+whiteouts (documentation, an opaque /var/cache/debconf), as images built with
+``RUN apt-get ... && rm -rf ...`` do. Needs root (debootstrap chroots) and the Debian mirror.
 Generated images are large: never commit them.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _sources_entries(text: str, deb822: bool) -> list[tuple[str, list[str]]]:
                     k, _, v = line.partition(":")
                     fields[k.strip().lower()] = v.strip()
             if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
-                out += [(uri, fields.get("suites", "").split()) for uri in fields.get("uris", "").split()]
+                suites = fields.get("suites", "").split()
+                out += [(uri, suites) for uri in fields.get("uris", "").split()]
     else:
         for line in text.splitlines():
             words = [w for w in line.split("#", 1)[0].split() if not w.startswith("[")]

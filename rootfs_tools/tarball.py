@@ -91,7 +91,8 @@ class CompressingWriter(io.RawIOBase):
     def __init__(self, out, compression: str = "gzip", level: int | None = None):
         super().__init__()
         if compression not in COMPRESSIONS:
-            raise ToolError(f"unknown compression {compression!r}", hint=f"use one of {COMPRESSIONS}")
+            raise ToolError(f"unknown compression {compression!r}",
+                            hint=f"use one of {', '.join(COMPRESSIONS)}")
         self.out, self.compression = out, compression
         self.diff_hash, self.blob_hash, self.size = hashlib.sha256(), hashlib.sha256(), 0
         if compression == "gzip":
@@ -171,7 +172,8 @@ class TarBuilder:
         info.linkname = target
         return self.add(info)
 
-    def device(self, name: str, kind: str, major: int, minor: int, mode: int = 0o666) -> "TarBuilder":
+    def device(self, name: str, kind: str, major: int, minor: int,
+               mode: int = 0o666) -> "TarBuilder":
         info = self._info(name, tarfile.CHRTYPE if kind == "c" else tarfile.BLKTYPE, mode)
         info.devmajor, info.devminor = major, minor
         return self.add(info)
