@@ -173,7 +173,8 @@ def cmd_images(args: argparse.Namespace) -> int:
         for r in rows:
             print(r["id"].removeprefix("sha256:")[:12])
     else:
-        _table([[r["repository"], r["tag"], r["id"].removeprefix("sha256:")[:12], _human(r["size"])] for r in rows],
+        _table([[r["repository"], r["tag"], r["id"].removeprefix("sha256:")[:12],
+                 _human(r["size"])] for r in rows],
                ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"])
     return 0
 

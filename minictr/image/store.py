@@ -373,7 +373,7 @@ class Store:
                 except MinictrError:
                     raise
                 except (OSError, EOFError, ValueError, LookupError, RuntimeError) as err:
-                    raise ImageError(f"layer {digest}: cannot read it as {media_type}: "
+                    raise ImageError(f"cannot import layer {digest} ({media_type}): "
                                      f"{err}") from err
                 finally:
                     if decoded is not None and decoded is not compressed and \

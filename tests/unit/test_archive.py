@@ -18,7 +18,7 @@ SKOPEO = "/usr/bin/skopeo"
 
 @pytest.fixture
 def store(tmp_path):
-    return Store(str(tmp_path / "root"))
+    return Store(str(tmp_path / "root"), rootless=os.geteuid() != 0)
 
 
 @pytest.fixture
@@ -101,7 +101,10 @@ def test_platform_selection_skips_attestations_and_other_arches(store, tmp_path)
     foreign = f.make_image(f.BUSYBOXISH, arch="s390x")
     mine = f.make_image(f.BUSYBOXISH, arch=HOST["architecture"])
     attestation = f.make_image([[("file", "sbom.json", "{}")]], arch="unknown")
-    plat = lambda img: {"os": "linux", "architecture": json.loads(img.config)["architecture"]}  # noqa
+
+    def plat(img):
+        return {"os": "linux", "architecture": json.loads(img.config)["architecture"]}
+
     inner = {"schemaVersion": 2, "mediaType": f.OCI_INDEX, "manifests": [
         f.descriptor(attestation.manifest, f.OCI_MANIFEST,
                      platform={"os": "unknown", "architecture": "unknown"}),

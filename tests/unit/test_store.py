@@ -18,7 +18,7 @@ GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 @pytest.fixture
 def store(tmp_path):
-    return Store(str(tmp_path / "root"))
+    return Store(str(tmp_path / "root"), rootless=os.geteuid() != 0)
 
 
 def entries(store_root):
@@ -150,8 +150,9 @@ def test_concurrent_imports_of_one_layer_do_the_work_once(store):
 
     def work(stream):
         try:
-            Store(store.root).import_layer(stream, media_type=GZIP, digest=f.digest_of(blob),
-                                           diff_id=f.digest_of(tar), chain_id=f.digest_of(tar))
+            Store(store.root, rootless=store.rootless).import_layer(
+                stream, media_type=GZIP, digest=f.digest_of(blob), diff_id=f.digest_of(tar),
+                chain_id=f.digest_of(tar))
         except Exception as err:      # pragma: no cover - reported below
             errors.append(err)
 
@@ -278,7 +279,8 @@ def test_gc_waits_for_writers_and_removes_stale_temporaries(store):
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(lock)
     os.makedirs(os.path.join(store.root, "tmp", "layer-dead.123", "diff"))
-    assert Store(store.root).gc()["layers"] == 1      # nothing references the layer now
+    # nothing references the layer now
+    assert Store(store.root, rootless=store.rootless).gc()["layers"] == 1
     assert entries(store.root) == [] and os.listdir(os.path.join(store.root, "tmp")) == []
 
 
@@ -295,7 +297,8 @@ class Dying(io.BytesIO):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().read(min(n, 4096) if n and n > 0 else 4096)
 open(sys.argv[2], "w").write(f.digest_of(tar))
-Store(sys.argv[1]).import_layer(Dying(blob), media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+Store(sys.argv[1], rootless=os.geteuid() != 0).import_layer(
+    Dying(blob), media_type="application/vnd.oci.image.layer.v1.tar+gzip",
     digest=f.digest_of(blob), diff_id=f.digest_of(tar), chain_id=f.digest_of(tar))
 """
 
