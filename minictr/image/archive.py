@@ -225,7 +225,9 @@ def _selector_name(selector: str) -> str:
 
 
 def _index_manifests(src) -> dict[str, bytes]:
-    """config digest -> manifest bytes, for the image manifests an OCI index.json reaches."""
+    """config digest -> manifest bytes, for the image manifests an OCI index.json reaches.
+    Only a lookup aid: attestations, absent blobs and documents that do not parse are skipped
+    (the entry then gets a manifest made from manifest.json)."""
     out: dict[str, bytes] = {}
     try:
         todo = [(d, 0) for d in oci.parse_index(src.read("index.json", oci.MAX_DOCUMENT),
@@ -234,14 +236,20 @@ def _index_manifests(src) -> dict[str, bytes]:
         return out
     while todo:
         desc, depth = todo.pop()
-        if not src.exists(_blob_name(desc["digest"])) or depth > MAX_NESTING:
+        if oci.is_attestation(desc) or depth > MAX_NESTING or \
+                not src.exists(_blob_name(desc["digest"])):
             continue
-        data = _read_verified(src, desc, oci.MAX_DOCUMENT, "manifest")
-        doc = json.loads(data)
-        if oci.kind_of(doc, desc.get("mediaType"), desc["digest"]) == "index":
-            todo.extend((d, depth + 1) for d in oci.parse_index(data, desc["digest"])["manifests"])
-        else:
-            out.setdefault(oci.parse_manifest(data, desc["digest"])["config"]["digest"], data)
+        try:
+            data = _read_verified(src, desc, oci.MAX_DOCUMENT, "manifest")
+            doc = json.loads(data)
+            if oci.kind_of(doc, desc.get("mediaType"), desc["digest"]) == "index":
+                todo.extend((d, depth + 1)
+                            for d in oci.parse_index(data, desc["digest"])["manifests"])
+            else:
+                config = oci.parse_manifest(data, desc["digest"])["config"]["digest"]
+                out.setdefault(config, data)
+        except (ImageError, ValueError):
+            continue
     return out
 
 

@@ -91,6 +91,29 @@ def test_docker_archive_both_forms(store, tmp_path, image, form):
     assert archive.load(store, f"docker-archive:{tar}:@0") == ["docker.io/library/busybox:1.36"]
 
 
+def test_docker25_archive_with_an_attestation(store, tmp_path, image):
+    tar = f.docker_archive(str(tmp_path / "saved.tar"), [(image, ["busybox:1.36"])], form="oci")
+    work = tmp_path / "dir"
+    shutil.unpack_archive(tar, work, "tar")
+    statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
+    config = b"{}"
+    attestation = json.dumps({
+        "schemaVersion": 2, "mediaType": f.OCI_MANIFEST,
+        "config": f.descriptor(config, f.OCI_CONFIG),
+        "layers": [f.descriptor(statement, "application/vnd.in-toto+json")]}).encode()
+    inner = json.dumps({"schemaVersion": 2, "mediaType": f.OCI_INDEX, "manifests": [
+        f.descriptor(image.manifest, f.OCI_MANIFEST,
+                     platform={"os": "linux", "architecture": "amd64"}),
+        f.descriptor(attestation, f.OCI_MANIFEST,
+                     platform={"os": "unknown", "architecture": "unknown"})]}).encode()
+    for blob in (statement, config, attestation, inner):
+        f.write_blob(str(work), blob)
+    (work / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        f.descriptor(inner, f.OCI_INDEX)]}))
+    assert archive.load(store, str(work)) == ["docker.io/library/busybox:1.36"]
+    assert store.resolve("busybox:1.36").manifest_digest == image.manifest_digest
+
+
 def test_untagged_docker_archive_is_named_by_id(store, tmp_path, image):
     tar = f.docker_archive(str(tmp_path / "anon.tar"), [(image, [])])
     assert archive.load(store, tar) == [image.config_digest]
