@@ -21,6 +21,7 @@ referenced, nor a temporary still being written. Two processes importing one lay
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -388,7 +389,14 @@ class Store:
             os.chmod(os.path.join(tmp, "blob"), 0o644)
             os.rename(os.path.join(tmp, "blob"), self.blob_path(digest))
             os.chmod(tmp, 0o711)
-            os.rename(tmp, self._layer_entry(chain_id))
+            try:
+                os.rename(tmp, self._layer_entry(chain_id))
+            except OSError as err:
+                # rename(2) onto a non-empty directory fails: someone else committed the same
+                # layer (only possible where flock is not shared, e.g. some network filesystems)
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or \
+                        not self.has_layer(chain_id):
+                    raise
         finally:
             if os.path.lexists(tmp):
                 remove_tree(tmp)

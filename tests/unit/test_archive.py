@@ -1,15 +1,17 @@
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 import imagefactory as f
 from minictr.errors import ImageError
 from minictr.image import archive, oci
-from minictr.image.store import Store
+from minictr.image.store import Store, lock_file
 
 HOST = oci.host_platform()
 REF = "org.opencontainers.image.ref.name"
@@ -237,13 +239,34 @@ def _minictr(root, *args):
                           capture_output=True, text=True)
 
 
+def _flock_waiters(path: str) -> int:
+    """How many processes wait for a flock on ``path`` (/proc/locks marks waiters '->')."""
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as locks:
+        return sum(1 for line in locks if "->" in line and f":{ino} " in line)
+
+
 def test_two_concurrent_load_processes_both_succeed(tmp_path):
     layers = [[("file", f"l{i}/f{j}", os.urandom(2048)) for j in range(40)] for i in range(4)]
-    layout = f.write_layout(str(tmp_path / "same"), [(f.make_image(layers), {})])
+    image = f.make_image(layers)
+    layout = f.write_layout(str(tmp_path / "same"), [(image, {})])
     root = str(tmp_path / "root")
+    # hold the bottom layer's lock until both processes wait for it: they then really race
+    os.makedirs(os.path.join(root, "locks"))
+    bottom = json.loads(image.config)["rootfs"]["diff_ids"][0]
+    lock_path = os.path.join(root, "locks", f"layer-{bottom[7:]}.lock")
+    held = lock_file(lock_path, fcntl.LOCK_EX)
     cmd = [sys.executable, "-m", "minictr", "--root", root, "load", layout]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120          # a guard against a hang, not a measurement
+        while _flock_waiters(lock_path) < 2 and time.monotonic() < deadline and \
+                all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        assert _flock_waiters(lock_path) == 2
+    finally:
+        os.close(held)
     outs = [p.communicate() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert all(out.strip() == "Loaded image: localhost/same:latest" for out, _ in outs)
