@@ -26,8 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import stat
 import threading
 import time
 import uuid
@@ -37,11 +35,12 @@ from typing import Callable
 from minictr.errors import ImageError, MinictrError
 from minictr.image import oci as mf
 from minictr.image import reference
+from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
+                                 unlink_size)
 from minictr.image.merged import MergedView
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
 MAX_READ_FILE = 64 << 20
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -75,99 +74,6 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
         mf.hex_of(diff_id)
         out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
     return out
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temporary in ``path``'s directory, fsync it, and rename(2) it over
-    ``path``: a reader sees the old file or the new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)     # the umask narrowed O_CREAT's mode
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def lock_file(path: str, operation: int) -> int:
-    """flock(2) ``path`` (created if needed) and return the fd. gc unlinks lock files while
-    holding them, so after locking check the path still names the inode we locked, else retry
-    on the new file (a lock on an unlinked file excludes no one)."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, operation)
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-
-
-def remove_tree(path: str) -> int:
-    """Remove ``path`` and return the bytes freed. Image directories may be mode 0555: without
-    CAP_DAC_OVERRIDE (rootless) their entries can only be unlinked after a chmod u+rwx."""
-    freed = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        with contextlib.suppress(OSError):
-            os.chmod(dirpath, 0o700)
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            with contextlib.suppress(OSError):
-                freed += os.lstat(os.path.join(dirpath, name)).st_size
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                with contextlib.suppress(OSError):
-                    os.chmod(full, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
-    return freed
-
-
-class _HashingReader:
-    """A read-only stream that hashes (and optionally copies) every byte read through it."""
-
-    def __init__(self, raw, copy_to=None):
-        self._raw = raw
-        self._copy = copy_to
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n if n is not None and n >= 0 else -1)
-        if data:
-            self.hash.update(data)
-            self.size += len(data)
-            if self._copy is not None:
-                self._copy.write(data)
-        return data
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        """Read to the end, so the digest covers what follows the part a parser needed
-        (a tar's end-of-archive padding, a compressor's trailer)."""
-        while self.read(_CHUNK):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 class BlobWriter:
@@ -363,10 +269,10 @@ class Store:
             os.mkdir(diff, 0o755)
             decoded = None
             with open(os.path.join(tmp, "blob"), "xb") as blob_file:
-                compressed = _HashingReader(stream, copy_to=blob_file)
+                compressed = HashingReader(stream, copy_to=blob_file)
                 try:
                     decoded = unpack.open_layer(compressed, _decoding_type(media_type))
-                    plain = _HashingReader(decoded)
+                    plain = HashingReader(decoded)
                     unpack.unpack_layer(plain, diff, rootless=self.rootless,
                                         lower_lookup=lower_lookup, warn=self._warn)
                     plain.drain()
@@ -628,11 +534,11 @@ class Store:
         freed = 0
         for name in os.listdir(self._path("tmp")):
             freed += remove_tree(self._path("tmp", name)) if os.path.isdir(
-                self._path("tmp", name)) else _unlink(self._path("tmp", name))
+                self._path("tmp", name)) else unlink_size(self._path("tmp", name))
         blobs = 0
         for name in os.listdir(self._path("blobs", "sha256")):
             if "sha256:" + name not in live_blobs:
-                freed += _unlink(self._path("blobs", "sha256", name))
+                freed += unlink_size(self._path("blobs", "sha256", name))
                 blobs += 1
         layers = 0
         for name in os.listdir(self._path("layers")):
@@ -645,17 +551,8 @@ class Store:
                 layers += 1
         for name in os.listdir(self._path("locks")):
             if name.startswith("layer-"):
-                _unlink(self._path("locks", name))
+                unlink_size(self._path("locks", name))
         return {"blobs": blobs, "layers": layers, "bytes": freed}
-
-
-def _unlink(path: str) -> int:
-    try:
-        size = os.lstat(path).st_size
-        os.unlink(path)
-        return size
-    except FileNotFoundError:
-        return 0
 
 
 def _decoding_type(media_type: str) -> str:
