@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from minictr.errors import ImageError, MinictrError
 from minictr.image import oci, reference
-from minictr.image.sources import DirSource, TarSource, open_source
+from minictr.image.sources import open_source
 
 TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
 NAME_ANNOTATION = "io.containerd.image.name"           # full name (containerd, docker >= 25)
@@ -54,17 +54,18 @@ def load(store, source: str, tag: str | None = None, *, platform: dict | None = 
     their names (the image id for an image that has none). ``tag`` names the loaded image."""
     kind, path, selector = _parse_source(source)
     want = platform or oci.host_platform()
+    given_name = str(reference.parse(tag)) if tag is not None else None
     with open_source(path, kind) as src:
         if kind == "docker-archive" or (kind is None and src.exists("manifest.json")):
             images = _docker_images(src, selector)
         else:
             images = _oci_images(src, selector, _default_repository(path), want)
-        if tag is not None:
+        if given_name is not None:
             if len(images) != 1:
                 raise ImageError(f"{source} holds {len(images)} images; a name can be given to "
                                  "one only", hint="select one: oci:DIR:REF or "
                                  "docker-archive:FILE:NAME")
-            images[0].names = [str(reference.parse(tag))]
+            images[0].names = [given_name]
         _import_layers(store, src, images, jobs)
     out = []
     for image in images:
@@ -345,4 +346,4 @@ def _import_one(store, src, layer, path: str, lowers: list[str], futures: dict) 
         raise ImageError(f"{src.where}: cannot read layer {path}: {err}") from err
 
 
-__all__ = ["is_transport", "load", "DirSource", "TarSource"]
+__all__ = ["is_transport", "load"]
