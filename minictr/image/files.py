@@ -11,8 +11,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
-import uuid
 
 _CHUNK = 1 << 20
 
@@ -21,7 +19,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to a temporary in ``path``'s directory, fsync it, and rename(2) it over
     ``path``: a reader sees the old file or the new one, never a part."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(16).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -69,6 +67,8 @@ def remove_tree(path: str) -> int:
             if not os.path.islink(full):
                 with contextlib.suppress(OSError):
                     os.chmod(full, 0o700)
+    import shutil       # lazily: `minictr run` never removes trees
+
     shutil.rmtree(path, ignore_errors=True)
     return freed
 

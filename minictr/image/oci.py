@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
+import os
 import re
 
 from minictr.errors import ImageError
@@ -175,7 +175,8 @@ def layer_records(manifest: dict, config: dict, make, chain_ids) -> list:
 
 
 def host_platform(machine: str | None = None) -> dict:
-    arch, variant = _ARCHES.get(machine or _platform.machine(), (machine or "", ""))
+    machine = machine or os.uname().machine
+    arch, variant = _ARCHES.get(machine, (machine, ""))
     return {"os": "linux", "architecture": arch, "variant": variant}
 
 

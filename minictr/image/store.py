@@ -28,7 +28,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -153,7 +152,7 @@ class Store:
         return self._path("images", "records", mf.hex_of(manifest_digest) + ".json")
 
     def _tmp_name(self, key: str) -> str:
-        return self._path("tmp", f"{key}.{uuid.uuid4().hex}")
+        return self._path("tmp", f"{key}.{os.urandom(16).hex()}")
 
     # ------------------------------------------------------------ writers' lock
 
