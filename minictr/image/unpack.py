@@ -96,7 +96,6 @@ class _Unpacker:
         self.lowers: list[str] | None = None
         self.stats = UnpackStats()
         self.dirs: dict[str, ts.TarEntry | None] = {}   # metadata applied last, in finish()
-        self.opaque: list[str] = []
         self.opaque_xattr = "user.overlay.opaque" if rootless else "trusted.overlay.opaque"
 
     # ---------------------------------------------------------------- dispatch
@@ -240,8 +239,7 @@ class _Unpacker:
     # ---------------------------------------------------------------- whiteouts
     def whiteout(self, parent: str, name: str, e: ts.TarEntry) -> None:
         if name == OPAQUE_MARKER:
-            self.root.dir_fd(parent)          # the directory must exist to carry the xattr
-            self.opaque.append(parent)
+            self.mark_opaque(parent, self.root.dir_fd(parent))
             return
         hidden = name[len(WHITEOUT_PREFIX):]
         if name.startswith(RESERVED_PREFIX) or hidden in ("", ".", ".."):
@@ -281,22 +279,20 @@ class _Unpacker:
                     raise
                 self.warn(f"layer: xattr {key} on {e.name!r} not set: {err.strerror}")
 
+    def mark_opaque(self, path: str, dir_fd: int) -> None:
+        """Set the opaque xattr now, on the directory the marker's parent resolves to (in the
+        root, like every parent); later directory entries only add metadata, never clear it."""
+        try:
+            os.setxattr(dir_fd, self.opaque_xattr, b"y")
+        except OSError as err:
+            raise ImageError(f"layer: cannot mark /{path} opaque ({self.opaque_xattr}): "
+                             f"{err.strerror}", hint="the store's filesystem must support "
+                             "trusted.* (root) or user.* (rootless) xattrs") from err
+        self.stats.opaque_dirs += 1
+
     def finish(self) -> None:
-        """Directory metadata last (tar's "delay directory restore"): opaque xattrs, owners,
-        modes, xattrs and mtimes of each directory still a real directory at its path."""
-        for path in self.opaque:
-            fd = self.root.open_dir_nofollow(path)
-            if fd is None:
-                continue
-            try:
-                os.setxattr(fd, self.opaque_xattr, b"y")
-            except OSError as err:
-                raise ImageError(f"layer: cannot mark /{path} opaque ({self.opaque_xattr}): "
-                                 f"{err.strerror}", hint="the store's filesystem must support "
-                                 "trusted.* (root) or user.* (rootless) xattrs") from err
-            finally:
-                os.close(fd)
-            self.stats.opaque_dirs += 1
+        """Directory metadata last (tar's "delay directory restore"): owners, modes, xattrs and
+        mtimes of each directory that is still a real directory at its path."""
         for path, e in reversed(self.dirs.items()):
             fd = self.root.open_dir_nofollow(path)
             if fd is None:
