@@ -140,7 +140,8 @@ class ThreadedDecoder:
     """``read()`` side of a decoder generator run in its own thread.
 
     The thread starts on the first read; errors (ImageError, or the blob's own OSError) are
-    raised by the read that reaches them. ``close()`` stops the thread early.
+    raised by the read that reaches them. ``close()``, or dropping the reader, stops the
+    thread: it holds only the queue and the stop event, never the reader itself.
     """
 
     def __init__(self, src, decode):
@@ -150,40 +151,25 @@ class ThreadedDecoder:
         self._thread: threading.Thread | None = None
         self._chunk, self._pos, self._done = b"", 0, False
 
-    def _run(self) -> None:
-        try:
-            for chunk in self._decode(self._src):
-                if not self._put(chunk):
-                    return
-            self._put(_END)
-        except BaseException as err:  # handed to the reader, which re-raises it
-            self._put(err)
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _next_chunk(self) -> bool:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_produce, args=(self._decode(self._src), self._queue, self._stop),
+                name="layer-decoder", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if item is _END:
+            self._done = True
+            return False
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._chunk, self._pos = item, 0
+        return True
 
     def read(self, n: int = -1) -> bytes:
-        if self._pos >= len(self._chunk):
-            if self._done:
-                return b""
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="layer-decoder",
-                                                daemon=True)
-                self._thread.start()
-            item = self._queue.get()
-            if item is _END:
-                self._done = True
-                return b""
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            self._chunk, self._pos = item, 0
+        if self._pos >= len(self._chunk) and (self._done or not self._next_chunk()):
+            return b""
         if self._pos == 0 and (n < 0 or n >= len(self._chunk)):
             self._pos = len(self._chunk)
             return self._chunk
@@ -197,8 +183,30 @@ class ThreadedDecoder:
         if self._thread is not None:
             self._thread.join()
 
+    def __del__(self) -> None:
+        self._stop.set()
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _produce(chunks, out: queue.Queue, stop: threading.Event) -> None:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for chunk in chunks:
+            if not put(chunk):
+                return
+        put(_END)
+    except BaseException as err:  # handed to the reader, which re-raises it
+        put(err)

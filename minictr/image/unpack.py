@@ -70,12 +70,23 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
         reader = ts.TarReader(tar_stream)
         for entry in reader:
             unpacker.root.begin_entry()
-            unpacker.apply(entry, reader)
+            try:
+                unpacker.apply(entry, reader)
+            except (OSError, ValueError) as err:    # ValueError: a NUL byte in a PAX name
+                raise _entry_error(entry, err) from err
         unpacker.finish()
         unpacker.stats.tar_bytes = reader.drain()
     finally:
         unpacker.root.close()
     return unpacker.stats
+
+
+def _entry_error(entry: ts.TarEntry, err: Exception) -> ImageError:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return ImageError(f"layer entry {entry.name!r}: no space left on the store's "
+                          "filesystem", hint="free space or point the store elsewhere")
+    why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return ImageError(f"layer entry {entry.name!r}: {why}", hint=_HINT)
 
 
 def allowed_xattr(name: str, rootless: bool) -> bool:
@@ -102,6 +113,8 @@ class _Unpacker:
     def apply(self, e: ts.TarEntry, reader: ts.TarReader) -> None:
         path = clean_path(e.name)
         parent, name = split_path(path)
+        if "/" + WHITEOUT_PREFIX in "/" + parent:
+            raise ImageError(f"layer entry {e.name!r} is inside a whiteout marker", hint=_HINT)
         if name.startswith(WHITEOUT_PREFIX):
             self.whiteout(parent, name, e)
             return

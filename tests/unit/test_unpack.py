@@ -272,3 +272,29 @@ def test_stream_is_read_to_its_end_for_the_callers_hash(dest):
 def test_corrupt_or_truncated_layers_raise_image_error(dest, media_type, blob):
     with pytest.raises(ImageError):
         unpack_layer(open_layer(io.BytesIO(blob), media_type), str(dest), rootless=False)
+
+
+def test_entries_inside_a_whiteout_marker_are_rejected(dest):
+    with pytest.raises(ImageError, match="inside a whiteout marker"):
+        unpack([F(".wh.d/f")], dest)
+
+
+def test_unknown_member_types_are_skipped_with_a_warning(dest):
+    info = tarfile.TarInfo("weird")
+    info.type = b"Z"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        tf.addfile(info)
+        tf.addfile(tarfile.TarInfo("after"))
+    warnings = []
+    stats = unpack_layer(io.BytesIO(buf.getvalue()), str(dest), rootless=False,
+                         warn=warnings.append)
+    assert stats.skipped == 1 and "weird" in warnings[0] and (dest / "after").exists()
+
+
+def test_decoder_thread_stops_when_the_reader_is_closed():
+    blob = gzip.compress(os.urandom(1 << 20) * 12, compresslevel=1)
+    stream = open_layer(io.BytesIO(blob), OCI_GZIP)
+    assert stream.read(10)
+    stream.close()
+    assert not stream._thread.is_alive()
