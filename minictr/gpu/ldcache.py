@@ -1,0 +1,195 @@
+"""Read and write the dynamic loader's cache, /etc/ld.so.cache (ldconfig(8), ld.so(8)).
+
+The loader looks a library's SONAME up in this file before it searches the default directories.
+Two layouts exist (glibc ``elf/cache.c``, ``sysdeps/generic/dl-cache.h``):
+
+* ``ld.so-1.7.0`` (old): 12-byte magic, ``uint32 nlibs``, then ``nlibs`` entries of
+  ``{int32 flags; uint32 key; uint32 value}``; string offsets count from the end of the entries.
+* ``glibc-ld.so.cache1.1`` (new, the only one glibc >= 2.32 writes): a 48-byte header
+  ``{char magic[17]; char version[3]; uint32 nlibs; uint32 len_strings; uint8 flags;
+  uint8 pad[3]; uint32 extension_offset; uint32 unused[3]}``, then entries of
+  ``{int32 flags; uint32 key; uint32 value; uint32 osversion; uint64 hwcap}``; string offsets
+  count from the start of this header. Old glibc wrote both: the old block, then the new one
+  8-byte aligned.
+
+Entries are sorted *descending* in ``_dl_cache_libcmp`` order (digit runs compare as numbers and
+sort after letters) because ``dl-cache.c`` binary-searches them. minictr writes this file itself
+instead of running ``ldconfig`` inside the container: no binary from an untrusted image runs, no
+symlink planted by the image is followed (CVE-2025-23267), and it costs microseconds.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import struct
+from dataclasses import dataclass
+
+OLD_MAGIC = b"ld.so-1.7.0"
+NEW_MAGIC = b"glibc-ld.so.cache1.1"
+_OLD_HEADER = struct.Struct("<12sI")
+_OLD_ENTRY = struct.Struct("<iII")
+_NEW_HEADER = struct.Struct("<20sIIB3sI12s")
+_NEW_ENTRY = struct.Struct("<iIIIQ")
+
+FLAG_ELF_LIBC6 = 0x0003
+FLAG_X8664_LIB64 = 0x0300
+FLAG_ARCH_MASK = 0xFF00
+FLAG_X86_64 = FLAG_ELF_LIBC6 | FLAG_X8664_LIB64
+ENDIAN_LITTLE = 2
+# hwcap bit marking an entry that lives in a glibc-hwcaps subdirectory named by the extension
+# section (glibc >= 2.33, dl-cache.h DL_CACHE_HWCAP_EXTENSION)
+HWCAP_EXTENSION = 1 << 62
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cache line: ``ldconfig -p`` prints it as ``key (libc6,x86-64) => value``."""
+
+    key: str              # the name the loader looks up: a SONAME, or a dev link like libz.so
+    value: str            # the path it opens
+    flags: int = FLAG_X86_64
+    osversion: int = 0
+    hwcap: int = 0
+
+    @property
+    def is_x86_64(self) -> bool:
+        return self.flags & FLAG_ARCH_MASK == FLAG_X8664_LIB64
+
+
+class LdCacheError(ValueError):
+    """The bytes are not a loader cache this module understands."""
+
+
+def _cstr(data: bytes, off: int) -> str:
+    end = data.find(b"\0", off)
+    if off >= len(data) or end < 0:
+        raise LdCacheError(f"string offset {off} outside the cache")
+    return data[off:end].decode("utf-8", "surrogateescape")
+
+
+def _key_filter(data: bytes, base: int, keep: re.Pattern | None):
+    """Offsets (relative to ``base``) of the strings ``keep`` matches, or None for all: one regex
+    pass over the file is much cheaper than decoding every key in Python."""
+    if keep is None:
+        return None
+    return {m.start() - base for m in keep.finditer(data)}
+
+
+def _parse_new(data: bytes, base: int, keep: re.Pattern | None = None) -> list[Entry]:
+    if len(data) < base + _NEW_HEADER.size:
+        raise LdCacheError("truncated glibc-ld.so.cache1.1 header")
+    magic, nlibs, _strlen, endian, _p, _ext, _u = _NEW_HEADER.unpack_from(data, base)
+    if endian & 3 not in (0, ENDIAN_LITTLE):
+        raise LdCacheError("big-endian ld.so.cache")
+    first = base + _NEW_HEADER.size
+    if first + nlibs * _NEW_ENTRY.size > len(data):
+        raise LdCacheError(f"ld.so.cache claims {nlibs} entries, file too short")
+    wanted = _key_filter(data, base, keep)
+    out = []
+    for flags, key, value, osv, hwcap in _NEW_ENTRY.iter_unpack(
+            data[first:first + nlibs * _NEW_ENTRY.size]):
+        if wanted is not None and key not in wanted:
+            continue
+        out.append(Entry(_cstr(data, base + key), _cstr(data, base + value), flags, osv, hwcap))
+    return out
+
+
+def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
+    """Entries of a cache in either layout, in file order (the new block wins when both exist).
+
+    ``keep``, a bytes regex such as ``key_pattern(["libcuda"])``, limits the result to entries
+    whose key starts where it matches: discovery only wants the driver's libraries. (ldconfig
+    shares string tails, so a key usually starts inside its own value's path, not after a NUL.)
+    """
+    if data.startswith(NEW_MAGIC):
+        return _parse_new(data, 0, keep)
+    if not data.startswith(OLD_MAGIC):
+        raise LdCacheError("not an ld.so.cache (unknown magic)")
+    _magic, nlibs = _OLD_HEADER.unpack_from(data, 0)
+    strings = _OLD_HEADER.size + nlibs * _OLD_ENTRY.size
+    if strings > len(data):
+        raise LdCacheError(f"ld.so.cache claims {nlibs} entries, file too short")
+    new_at = (strings + 7) & ~7      # glibc aligns the appended new block (cache.c ALIGN_CACHE)
+    if data[new_at:new_at + len(NEW_MAGIC)] == NEW_MAGIC:
+        return _parse_new(data, new_at, keep)
+    wanted = _key_filter(data, strings, keep)
+    return [Entry(_cstr(data, strings + key), _cstr(data, strings + value), flags)
+            for flags, key, value in _OLD_ENTRY.iter_unpack(data[_OLD_HEADER.size:strings])
+            if wanted is None or key in wanted]
+
+
+def libcmp(a: str, b: str) -> int:
+    """glibc's ``_dl_cache_libcmp``: runs of digits compare as numbers and sort after letters."""
+    i = j = 0
+    while i < len(a):
+        if a[i].isdigit():
+            if j >= len(b) or not b[j].isdigit():
+                return 1
+            i2, j2 = i, j
+            while i2 < len(a) and a[i2].isdigit():
+                i2 += 1
+            while j2 < len(b) and b[j2].isdigit():
+                j2 += 1
+            va, vb = int(a[i:i2]), int(b[j:j2])
+            if va != vb:
+                return va - vb
+            i, j = i2, j2
+        elif j < len(b) and b[j].isdigit():
+            return -1
+        elif j >= len(b) or a[i] != b[j]:
+            return ord(a[i]) - (ord(b[j]) if j < len(b) else 0)
+        else:
+            i += 1
+            j += 1
+    return 0 - (ord(b[j]) if j < len(b) else 0)
+
+
+def key_pattern(stems) -> re.Pattern:
+    """A ``keep`` pattern for :func:`parse`: keys ``STEM.so...`` for the given stems."""
+    alts = b"|".join(re.escape(s.encode()[3:]) for s in sorted(stems, key=len, reverse=True)
+                     if s.startswith("lib"))
+    return re.compile(rb"lib(?:" + alts + rb")\.so[^\0/]*\0")
+
+
+def _order(e1: Entry, e2: Entry) -> int:
+    """ldconfig's ``compare``: descending by name, then by flags and hwcap (cache.c)."""
+    res = libcmp(e2.key, e1.key)
+    if res == 0:
+        res = (e1.flags > e2.flags) - (e1.flags < e2.flags)
+    if res == 0:
+        res = (e1.hwcap > e2.hwcap) - (e1.hwcap < e2.hwcap)
+    return res
+
+
+def write(entries: list[Entry]) -> bytes:
+    """A ``glibc-ld.so.cache1.1`` file holding ``entries``, sorted as the loader expects.
+
+    Entries that point into a glibc-hwcaps subdirectory are dropped: they need the extension
+    section this writer does not produce; the loader then takes the baseline copy of the same
+    library, which ldconfig always lists too.
+    """
+    kept = sorted((e for e in entries if not e.hwcap & HWCAP_EXTENSION),
+                  key=functools.cmp_to_key(_order))
+    strings = bytearray()
+    offsets: dict[str, int] = {}
+    table_at = _NEW_HEADER.size + len(kept) * _NEW_ENTRY.size
+
+    def intern(s: str) -> int:
+        if s not in offsets:
+            offsets[s] = table_at + len(strings)
+            strings.extend(s.encode("utf-8", "surrogateescape") + b"\0")
+        return offsets[s]
+
+    body = b"".join(_NEW_ENTRY.pack(e.flags, intern(e.key), intern(e.value), e.osversion,
+                                    e.hwcap) for e in kept)
+    header = _NEW_HEADER.pack(NEW_MAGIC, len(kept), len(strings), ENDIAN_LITTLE, b"\0" * 3, 0,
+                              b"\0" * 12)
+    return header + body + bytes(strings)
+
+
+def merge(image_entries: list[Entry], injected: list[Entry]) -> list[Entry]:
+    """The image's own entries plus ``injected``; an injected key replaces the image's entries
+    of the same key and architecture (so a driver copy baked into the image cannot win)."""
+    taken = {(e.key, e.flags & FLAG_ARCH_MASK) for e in injected}
+    return [e for e in image_entries if (e.key, e.flags & FLAG_ARCH_MASK) not in taken] + \
+        list(injected)
