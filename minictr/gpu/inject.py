@@ -184,14 +184,14 @@ def edits_for_request(opts, spec: dict, gpu_roots: DriverRoots | None, image_con
     if image.musl:
         raise GPUError("the image uses musl libc: the NVIDIA driver libraries need glibc",
                        hint="use a glibc-based image (debian, ubuntu, rhel, nvidia/cuda)")
-    for path in loader.baked_driver_libraries(image, driver.version):
+    for path in loader.baked_driver_libraries(image):
         if warn:
             warn(f"the image carries its own driver library {path}; the host's "
                  f"{driver.version} replaces it in the loader cache (a copy found through "
                  "LD_LIBRARY_PATH would still win)")
     compat = loader.compat_entries(read_file, env, driver.cuda_version, wanted)
     mounts, entries = library_edits(driver, wanted, image, compat)
-    cache_path = loader.write_cache(ldcache.merge(list(image.entries), entries), scratch_dir)
+    cache_path = loader.write_cache(loader.new_cache(image, entries), scratch_dir)
     mounts.append(bind(cache_path, "/etc/ld.so.cache"))
     mounts += file_mounts(driver, selection, wanted)
     env_out = ["CUDA_DEVICE_ORDER=PCI_BUS_ID",

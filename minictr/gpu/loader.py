@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 
@@ -31,6 +30,10 @@ RPM_LIBDIR32 = "/usr/lib"
 COMPAT_DIR = "/usr/local/cuda/compat"
 COMPAT_SONAMES = ("libcuda.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4")
 FLAG_I386 = ldcache.FLAG_ELF_LIBC6
+_IMAGE_KEEP = ldcache.key_pattern(("libc",) + caps.ALL_STEMS)
+_DRIVER_MARKERS = (b"nvidia", b"libcuda", b"libnvcuvid", b"libnvoptix")
+_KNOWN_IDS = {"debian", "ubuntu", "fedora", "rhel", "centos", "suse", "opensuse", "sles",
+              "amzn", "rocky", "almalinux", "ol"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class ImageLoader:
 
     libdir: str                          # where injected x86-64 libraries go
     libdir32: str                        # where i386 copies go (compat32)
-    entries: tuple[ldcache.Entry, ...]   # the image's own ld.so.cache (may be empty)
+    cache: bytes | None                  # the image's own /etc/ld.so.cache, if readable
+    entries: tuple[ldcache.Entry, ...]   # its libc and NVIDIA driver entries (nothing else)
     musl: bool = False
 
 
@@ -62,35 +66,35 @@ def _os_release(read_file) -> dict[str, str]:
 
 
 def inspect_image(read_file) -> ImageLoader:
-    """Pick the image's library directory: where its ld.so.cache says libc lives, else by
-    distribution (Debian/Ubuntu multiarch dir, otherwise /usr/lib64 as Fedora/RHEL/SUSE)."""
+    """Pick the image's library directory by distribution (os-release: Debian/Ubuntu use the
+    multiarch dir, others /usr/lib64 as Fedora/RHEL/SUSE), else by where its ld.so.cache says
+    libc lives. The cache is only scanned for libc and for NVIDIA libraries baked into the
+    image, and only when it mentions them at all (a substring test, cheaper than the scan)."""
     raw = read_optional(read_file, "/etc/ld.so.cache")
-    entries: tuple[ldcache.Entry, ...] = ()
-    if raw:
-        try:
-            entries = tuple(ldcache.parse(raw))
-        except ldcache.LdCacheError:
-            entries = ()      # a broken cache is replaced; the loader would ignore it anyway
     release = _os_release(read_file)
     ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
     musl = "alpine" in ids or bool(read_optional(read_file, "/etc/ld-musl-x86_64.path"))
-    libc_dirs = {os.path.dirname(e.value) for e in entries
-                 if e.key == "libc.so.6" and e.is_x86_64}
-    debian_like = bool(ids & {"debian", "ubuntu"}) or any(
-        "x86_64-linux-gnu" in d for d in libc_dirs)
+    decided = bool(ids & _KNOWN_IDS)
+    entries: tuple[ldcache.Entry, ...] = ()
+    if raw and (not decided or any(m in raw for m in _DRIVER_MARKERS)):
+        try:
+            entries = tuple(ldcache.parse(raw, _IMAGE_KEEP))
+        except ldcache.LdCacheError:
+            raw = None        # a broken cache is replaced; the loader would ignore it anyway
+    if decided:
+        debian_like = bool(ids & {"debian", "ubuntu"})
+    else:
+        debian_like = any("x86_64-linux-gnu" in e.value for e in entries
+                          if e.key == "libc.so.6" and e.is_x86_64)
     if debian_like:
-        return ImageLoader(DEBIAN_LIBDIR, DEBIAN_LIBDIR32, entries, musl)
-    return ImageLoader(RPM_LIBDIR, RPM_LIBDIR32, entries, musl)
+        return ImageLoader(DEBIAN_LIBDIR, DEBIAN_LIBDIR32, raw, entries, musl)
+    return ImageLoader(RPM_LIBDIR, RPM_LIBDIR32, raw, entries, musl)
 
 
-def baked_driver_libraries(image: ImageLoader, driver_version: str) -> list[str]:
-    """Driver libraries the image carries itself (a copy baked in at build time)."""
-    found = []
-    for e in image.entries:
-        stem = e.key.split(".so")[0]
-        if stem in caps.STEM_CAPABILITY and not e.key.endswith(".so"):
-            found.append(e.value)
-    return found
+def baked_driver_libraries(image: ImageLoader) -> list[str]:
+    """Driver libraries the image's loader cache lists (a copy baked in at build time)."""
+    return [e.value for e in image.entries
+            if e.key.split(".so")[0] in caps.STEM_CAPABILITY and not e.key.endswith(".so")]
 
 
 def compat_entries(read_file, image_env: dict[str, str], driver_cuda: str | None,
@@ -127,20 +131,36 @@ def _private_dir(base: str) -> str:
     return path
 
 
-def write_cache(entries: list[ldcache.Entry], scratch_dir: str | None) -> str:
-    """Write the cache and return its path. Named by content so identical runs share one file;
-    written to a temporary name and renamed, so a reader never sees half a file."""
-    data = ldcache.write(entries)
-    if scratch_dir is None:
-        scratch_dir = _private_dir(tempfile.gettempdir())
-        name = "ld.so.cache-" + hashlib.sha256(data).hexdigest()[:32]
-    else:
+def new_cache(image: ImageLoader, injected: list[ldcache.Entry]) -> bytes:
+    """The image's cache plus the injected entries (ldcache.splice); a cache too damaged to
+    splice is dropped, as the loader would ignore it too."""
+    try:
+        return ldcache.splice(image.cache, injected)
+    except ldcache.LdCacheError:
+        return ldcache.write(injected)
+
+
+def write_cache(data: bytes, scratch_dir: str | None) -> str:
+    """Write the cache and return its path.
+
+    In ``scratch_dir`` (the container's own directory, removed with it and never reused) the
+    file is written in place: nothing else reads it before the container starts. Without one,
+    the file goes to a private directory under $TMPDIR, named by its content so identical runs
+    share it, and is written to a temporary name and renamed so no reader sees half a file.
+    """
+    if scratch_dir is not None:
         os.makedirs(scratch_dir, exist_ok=True)
-        name = "ld.so.cache"
-    path = os.path.join(scratch_dir, name)
-    if name != "ld.so.cache" and os.path.exists(path):
+        path = os.path.join(scratch_dir, "ld.so.cache")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         return path
-    fd, tmp = tempfile.mkstemp(dir=scratch_dir, prefix=".ld.so.cache.")
+    directory = _private_dir(tempfile.gettempdir())
+    path = os.path.join(directory, "ld.so.cache-" + hashlib.sha256(data).hexdigest()[:32])
+    if os.path.exists(path):
+        return path
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ld.so.cache.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -150,8 +170,3 @@ def write_cache(entries: list[ldcache.Entry], scratch_dir: str | None) -> str:
         os.unlink(tmp)
         raise
     return path
-
-
-def soname_version_mismatch(value: str, driver_version: str) -> bool:
-    m = re.search(r"\.so\.(\d+\.\d+(?:\.\d+)?)$", value)
-    return bool(m) and m.group(1) != driver_version

@@ -1,5 +1,4 @@
 """ld.so.cache reading and writing (minictr/gpu/ldcache.py) against glibc's own ldconfig."""
-import functools
 import os
 import shutil
 import struct
@@ -72,7 +71,7 @@ def test_host_cache_parses_in_order_and_rewrites_identically():
     entries = ldcache.parse(data)
     assert entries, "the host's cache lists libraries"
     # ldconfig's own order is the order our writer produces
-    assert sorted(entries, key=functools.cmp_to_key(ldcache._order)) == entries
+    assert ldcache.sort_entries(entries) == entries
     assert ldcache.parse(ldcache.write(entries)) == [e for e in entries
                                                      if not e.hwcap & ldcache.HWCAP_EXTENSION]
     libc = [e for e in entries if e.key == "libc.so.6"]
@@ -119,3 +118,53 @@ def test_merge_replaces_image_entries_of_injected_keys():
     assert [e.value for e in merged if e.key == "libcuda.so.1"] == \
         ["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]
     assert ENTRIES[0] in merged
+
+
+def test_sort_key_agrees_with_libcmp():
+    names = ["libz.so.1", "libz.so", "libz3.so.4", "libc.so.6", "libcuda.so.1", "libcuda.so",
+             "libfoo.so.10", "libfoo.so.9", "lib1", "liba", "libx-1.2.so", "libx-1.10.so"]
+    for a in names:
+        for b in names:
+            got = (ldcache.sort_key(a) > ldcache.sort_key(b)) - (ldcache.sort_key(a) <
+                                                                ldcache.sort_key(b))
+            want = ldcache.libcmp(a, b)
+            assert got == (want > 0) - (want < 0), (a, b)
+
+
+def _host_cache():
+    try:
+        with open("/etc/ld.so.cache", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pytest.skip("this host has no /etc/ld.so.cache")
+
+
+INJECTED = [Entry("libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
+            Entry("libcuda.so", "/usr/lib/x86_64-linux-gnu/libcuda.so"),
+            Entry("libnvidia-ml.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
+            Entry("libc.so.6", "/opt/replaced/libc.so.6"),
+            Entry("aaa-first.so.1", "/x/aaa"), Entry("zzzz-last.so.1", "/x/zzzz")]
+
+
+@pytest.mark.parametrize("image", ["host", "small", "old", "none"])
+def test_splice_equals_the_general_merge(image):
+    data = {"host": _host_cache() if image == "host" else None,
+            "small": ldcache.write(ENTRIES), "old": old_format(ENTRIES), "none": None}[image]
+    spliced = ldcache.splice(data, INJECTED)
+    image_entries = ldcache.parse(data) if data else []
+    expected = ldcache.sort_entries(ldcache.merge(image_entries, INJECTED))
+    got = ldcache.parse(spliced)
+    assert got == expected            # same entries, in the loader's order
+    assert [e.value for e in got if e.key == "libc.so.6" and e.is_x86_64] == \
+        ["/opt/replaced/libc.so.6"]
+
+
+def test_splice_output_is_read_by_host_ldconfig(tmp_path):
+    if not shutil.which("ldconfig"):
+        pytest.skip("needs glibc's ldconfig")
+    path = tmp_path / "c"
+    path.write_bytes(ldcache.splice(_host_cache(), INJECTED))
+    out = subprocess.run(["ldconfig", "-p", "-C", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1" in out
+    assert "zzzz-last.so.1 (libc6,x86-64) => /x/zzzz" in out
