@@ -26,14 +26,15 @@ from minictr.spec.options import RunOptions  # noqa: E402
 
 
 def _median_ms(fn, runs: int) -> tuple[float, float]:
-    """(median, minimum) in ms; the minimum shows the cost without other load's noise."""
-    times = []
+    """(median wall time, median CPU time of this process) in ms. On a loaded machine the
+    wall time includes waiting for a CPU; the CPU time is the work itself."""
+    wall, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return statistics.median(times), times[0]
+        cpu.append((time.process_time() - c0) * 1e3)
+        wall.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def _host_cache() -> tuple[bytes, list]:
@@ -54,12 +55,16 @@ def bench_fake(runs: int) -> None:
         e for e in host_entries if not e.key.startswith(("libcuda", "libnvidia"))])
     image = {"/etc/os-release": b"ID=debian\n", "/etc/ld.so.cache": cache_bytes or None}
     opts = RunOptions(image="bench", gpus="0")
-    scratch = os.path.join(tmp, "scratch")
+    runs_done = [0]
 
     def edits():
+        # a fresh scratch dir each time, as each container gets its own
+        runs_done[0] += 1
+        scratch = os.path.join(tmp, f"scratch-{runs_done[0]}")
         return inject.edits_for_request(opts, {}, fake.roots, {}, image.get, scratch)
 
-    print(f"driver ld.so.cache entries: {len(host_entries) + 4}, image cache entries: "
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"driver ld.so.cache entries: {len(host_entries) + 4}, image cache entries: "
           f"{len(host_entries)}, runs: {runs}")
     for name, fn in (("discover", lambda: discover.discover(fake.roots)),
                      ("discover+edits (--gpus 0)", edits),
@@ -68,7 +73,7 @@ def bench_fake(runs: int) -> None:
                           "libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1")]))):
         fn()                                   # warm: imports, page cache
         med, p90 = _median_ms(fn, runs)
-        print(f"  {name:42s} median {med:6.3f} ms   min {p90:6.3f} ms")
+        print(f"  {name:42s} median wall {med:6.3f} ms  cpu {p90:6.3f} ms")
 
 
 def bench_real(runs: int) -> None:
@@ -78,7 +83,7 @@ def bench_real(runs: int) -> None:
     roots = discover.DriverRoots.from_args(os.environ.get("MINICTR_NVIDIA_DRIVER_ROOT"), None,
                                            None)
     med, p90 = _median_ms(lambda: discover.discover(roots), runs)
-    print(f"  real driver discover                       median {med:6.3f} ms   min {p90:6.3f} ms")
+    print(f"  real driver discover                       median wall {med:6.3f} ms  cpu {p90:6.3f} ms")
 
 
 def main() -> None:

@@ -139,11 +139,15 @@ def file_mounts(driver: Driver, selection: Selection, wanted: frozenset[str]) ->
 
 
 def visible_value(request: Request, selection: Selection) -> str:
+    """NVIDIA_VISIBLE_DEVICES inside: what was selected, by UUID (unambiguous for any tool
+    inside that reads it again); MIG devices as G:M or the MIG UUIDs asked for."""
     if request.devices == ("none",):
         return "none"
-    ids = [g.uuid or str(g.index) for g in selection.gpus if not selection.mig] + \
-        [f"{m.gpu_index}:{m.index}" for m in selection.mig if not selection.mig_uuids] + \
-        list(selection.mig_uuids)
+    if selection.mig_uuids:
+        return ",".join(selection.mig_uuids)
+    mig_parents = {m.gpu_index for m in selection.mig}
+    ids = [g.uuid or str(g.index) for g in selection.gpus if g.index not in mig_parents]
+    ids += [f"{m.gpu_index}:{m.index}" for m in selection.mig]
     return ",".join(ids) or "void"
 
 

@@ -75,6 +75,20 @@ def _key_filter(data: bytes, base: int, keep: re.Pattern | None):
     return {m.start() - base for m in keep.finditer(data)}
 
 
+def _entries_with_keys(region: bytes, size: int, offsets: set[int]) -> list[int]:
+    """Indices of the entries whose key field (bytes 4-8 of each) holds one of ``offsets``,
+    in file order. A few C-speed searches instead of unpacking every entry in Python."""
+    found = set()
+    for off in offsets:
+        needle = struct.pack("<I", off)
+        pos = region.find(needle)
+        while pos >= 0:
+            if pos % size == 4:
+                found.add(pos // size)
+            pos = region.find(needle, pos + 1)
+    return sorted(found)
+
+
 def _parse_new(data: bytes, base: int, keep: re.Pattern | None = None) -> list[Entry]:
     if len(data) < base + _NEW_HEADER.size:
         raise LdCacheError("truncated glibc-ld.so.cache1.1 header")
@@ -84,14 +98,15 @@ def _parse_new(data: bytes, base: int, keep: re.Pattern | None = None) -> list[E
     first = base + _NEW_HEADER.size
     if first + nlibs * _NEW_ENTRY.size > len(data):
         raise LdCacheError(f"ld.so.cache claims {nlibs} entries, file too short")
+    region = data[first:first + nlibs * _NEW_ENTRY.size]
     wanted = _key_filter(data, base, keep)
-    out = []
-    for flags, key, value, osv, hwcap in _NEW_ENTRY.iter_unpack(
-            data[first:first + nlibs * _NEW_ENTRY.size]):
-        if wanted is not None and key not in wanted:
-            continue
-        out.append(Entry(_cstr(data, base + key), _cstr(data, base + value), flags, osv, hwcap))
-    return out
+    if wanted is not None:
+        rows = (_NEW_ENTRY.unpack_from(region, i * _NEW_ENTRY.size)
+                for i in _entries_with_keys(region, _NEW_ENTRY.size, wanted))
+    else:
+        rows = _NEW_ENTRY.iter_unpack(region)
+    return [Entry(_cstr(data, base + key), _cstr(data, base + value), flags, osv, hwcap)
+            for flags, key, value, osv, hwcap in rows]
 
 
 def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
@@ -112,10 +127,15 @@ def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
     new_at = (strings + 7) & ~7      # glibc aligns the appended new block (cache.c ALIGN_CACHE)
     if data[new_at:new_at + len(NEW_MAGIC)] == NEW_MAGIC:
         return _parse_new(data, new_at, keep)
+    region = data[_OLD_HEADER.size:strings]
     wanted = _key_filter(data, strings, keep)
+    if wanted is not None:
+        rows = (_OLD_ENTRY.unpack_from(region, i * _OLD_ENTRY.size)
+                for i in _entries_with_keys(region, _OLD_ENTRY.size, wanted))
+    else:
+        rows = _OLD_ENTRY.iter_unpack(region)
     return [Entry(_cstr(data, strings + key), _cstr(data, strings + value), flags)
-            for flags, key, value in _OLD_ENTRY.iter_unpack(data[_OLD_HEADER.size:strings])
-            if wanted is None or key in wanted]
+            for flags, key, value in rows]
 
 
 def libcmp(a: str, b: str) -> int:

@@ -102,6 +102,10 @@ def request_for(gpus_flag: str | None, image_env: dict[str, str],
         devices, count, wanted = parse_gpus_flag(gpus_flag)
         return Request(devices, wanted or _capabilities(cap_text), "--gpus", count)
     visible = env.get("NVIDIA_VISIBLE_DEVICES")
+    if visible is None and env.get("CUDA_VERSION") and "NVIDIA_REQUIRE_CUDA" not in env:
+        # a "legacy" CUDA image (before NVIDIA_VISIBLE_DEVICES existed) gets every GPU, as the
+        # toolkit gives it; a host without a driver then runs it without GPUs (inject.py)
+        return Request(("all",), _capabilities(cap_text), "image")
     if visible is None or visible.strip().lower() in VOID:
         return None
     source = "-e" if "NVIDIA_VISIBLE_DEVICES" in user_env else "image"

@@ -196,3 +196,10 @@ def test_mig_device_nodes(fake, tmp_path):
     assert [d["path"] for d in e.device_nodes][:3] == [
         "/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]
     assert "NVIDIA_VISIBLE_DEVICES=1:0" in e.env
+
+
+def test_legacy_cuda_image_gets_every_gpu_and_its_cuda_requirement(fake, tmp_path):
+    e = edits(fake, tmp_path, image_env=["CUDA_VERSION=12.2.2"])
+    assert {d["path"] for d in e.device_nodes} >= {"/dev/nvidia0", "/dev/nvidia1"}
+    with pytest.raises(GPUError, match="cuda>=13.1"):
+        edits(fake, tmp_path, image_env=["CUDA_VERSION=13.1.0"])

@@ -32,6 +32,9 @@ def driver(tmp_path_factory):
     (None, {"NVIDIA_DRIVER_CAPABILITIES": "all", "NVIDIA_VISIBLE_DEVICES": "none"}, {},
      ("none",), frozenset({"compute", "compat32", "graphics", "utility", "video", "display",
                            "ngx"}), "image"),
+    (None, {"CUDA_VERSION": "9.0.176"}, {}, ("all",), UC, "image"),        # legacy image
+    (None, {"CUDA_VERSION": "9.0.176", "NVIDIA_REQUIRE_CUDA": "cuda>=9.0"}, {}, None, None, None),
+    (None, {"CUDA_VERSION": "9.0"}, {"NVIDIA_VISIBLE_DEVICES": "void"}, None, None, None),
     ("all", {}, {}, ("all",), UC, "--gpus"),
     ("0", {"NVIDIA_VISIBLE_DEVICES": "void"}, {}, ("0",), UC, "--gpus"),
     ("device=0,1", {}, {}, ("0", "1"), UC, "--gpus"),
