@@ -83,7 +83,7 @@ def bench_real(runs: int) -> None:
     roots = discover.DriverRoots.from_args(os.environ.get("MINICTR_NVIDIA_DRIVER_ROOT"), None,
                                            None)
     med, p90 = _median_ms(lambda: discover.discover(roots), runs)
-    print(f"  real driver discover                       median wall {med:6.3f} ms  cpu {p90:6.3f} ms")
+    print(f"  {'real driver discover':42s} median wall {med:6.3f} ms  cpu {p90:6.3f} ms")
 
 
 def main() -> None:

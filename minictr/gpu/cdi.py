@@ -24,7 +24,8 @@ SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
 HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
                "poststop")
 MOUNT_OPTIONS = ["ro", "nosuid", "nodev", "rbind"]
-_NAME = re.compile(r"^([a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9._-]*)=([a-zA-Z0-9][a-zA-Z0-9_.:-]*)$")
+_NAME = re.compile(r"^([a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9._-]*)"     # vendor/class
+                   r"=([a-zA-Z0-9][a-zA-Z0-9_.:-]*)$")                     # =device
 
 
 # ---------------------------------------------------------------- generate

@@ -208,7 +208,10 @@ def edits_for_request(opts, spec: dict, gpu_roots: DriverRoots | None, image_con
     if gpu_memory:
         env_out += mps.limits_env(gpu_memory, [g.index for g in selection.gpus], pipe)
     if "compute" in wanted and mps.running(pipe):
+        # clients find the daemon through this directory (libnvidia-container mounts it too)
         mounts.append(bind(pipe, pipe, RW))
+        if not gpu_memory:
+            env_out.append(f"CUDA_MPS_PIPE_DIRECTORY={pipe}")
     return ContainerEdits(env=tuple(env_out),
                           device_nodes=tuple(device_nodes(driver, selection, wanted)),
                           mounts=tuple(mounts))

@@ -20,7 +20,7 @@ VOID = ("", "void")
 
 @dataclass(frozen=True)
 class Request:
-    devices: tuple[str, ...]          # ("all",) | ("none",) | tokens: 0, GPU-.., bus id, 0:1, MIG-..
+    devices: tuple[str, ...]          # ("all",) | ("none",) | 0, GPU-.., bus id, 0:1, MIG-..
     capabilities: frozenset[str]
     source: str                       # "--gpus", "-e" or "image": who asked
     count: int | None = None          # docker's count=N: the first N GPUs

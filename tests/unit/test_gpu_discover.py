@@ -80,7 +80,8 @@ def test_no_driver_is_a_gpu_error_with_a_hint(tmp_path):
 
 
 def test_from_args_defaults():
-    assert discover.DriverRoots.from_args(None, None, None) == discover.DriverRoots("/", "/", "/proc")
+    want = discover.DriverRoots("/", "/", "/proc")
+    assert discover.DriverRoots.from_args(None, None, None) == want
 
 
 def test_symlinks_resolve_inside_the_driver_root(tmp_path):
