@@ -518,12 +518,13 @@ class Cgroup:
         if self.cgroup_fd is not None:
             os.close(self.cgroup_fd)
         self.prog_fd = self.cgroup_fd = None
-        stuck = []
+        stuck, left = [], []
         for path in reversed(self.created):
             err = self._rmdir(path, drain_seconds if path in self.paths else 0)
             if err is not None and path in self.paths:
                 stuck.append(f"{path} ({os.strerror(err)})")
-        self.created = []
+                left.insert(0, path)
+        self.created = left                 # a later destroy() tries these again
         if stuck and not quiet:
             raise RuntimeSetupError("cannot remove cgroup " + ", ".join(stuck),
                                     hint="processes are still in it: see its cgroup.procs")
