@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from minictr.errors import RuntimeSetupError
-from minictr.runtime import cgroup_v2, cgroups
+from minictr.runtime import cgroup_layout, cgroup_v2, cgroups
 from minictr.runtime.syscalls import RecordingSyscalls
 
 V2_FILES = {"memory": ["memory.max", "memory.swap.max", "memory.low", "memory.current",
@@ -181,14 +181,14 @@ def setup(root, proc, resources, *, fs=None, kernel=None, log=None, **kw):
 
 def test_detect_pure_v2(tmp_path):
     root, proc = v2_host(tmp_path, own="/user.slice/s")
-    layout = cgroups.detect_layout(cgroups.CgroupFiles(), root, proc)
+    layout = cgroup_layout.detect_layout(cgroups.CgroupFiles(), root, proc)
     assert layout.kind == "v2" and layout.v2_mount == root and layout.own_v2 == "/user.slice/s"
     assert "memory" in layout.v2_controllers and layout.v1_mounts == {}
 
 
 def test_detect_hybrid(tmp_path):
     root, proc = hybrid_host(tmp_path)
-    layout = cgroups.detect_layout(cgroups.CgroupFiles(), root, proc)
+    layout = cgroup_layout.detect_layout(cgroups.CgroupFiles(), root, proc)
     assert layout.kind == "hybrid" and layout.v2_controllers == {"hugetlb"}
     assert layout.v1_mounts["memory"] == os.path.join(root, "memory")
     assert layout.own_v1["memory"] == "/process_api/abc" and layout.own_v2 == "/"
@@ -320,12 +320,12 @@ def test_failed_write_cleans_up(tmp_path):
 
 def test_cgroups_path_forms(tmp_path):
     mount = "/m"
-    assert cgroups.container_path(mount, "/own", None, "x") == "/m/own/minictr-x"
-    assert cgroups.container_path(mount, "/own", "/a/b", "x") == "/m/a/b"
-    assert cgroups.container_path(mount, "/own", "a/b", "x") == "/m/own/a/b"
+    assert cgroup_layout.container_path(mount, "/own", None, "x") == "/m/own/minictr-x"
+    assert cgroup_layout.container_path(mount, "/own", "/a/b", "x") == "/m/a/b"
+    assert cgroup_layout.container_path(mount, "/own", "a/b", "x") == "/m/own/a/b"
     for bad in ("system.slice:minictr:x", "/a/../../etc"):
         with pytest.raises(RuntimeSetupError):
-            cgroups.container_path(mount, "/own", bad, "x")
+            cgroup_layout.container_path(mount, "/own", bad, "x")
 
 
 def test_nested_cgroups_path_made_and_removed(tmp_path):

@@ -8,7 +8,6 @@ Not a test module: it drives minictr.runtime.cgroups directly and prints one lin
      mount (the layout of the project's dev machines), the same checks;
   3. ``minictr run --memory 32m`` end to end (needs the runtime and an image layout, argv[1]).
 """
-import errno
 import json
 import os
 import signal
