@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from minictr.errors import RegistryError
@@ -56,6 +57,10 @@ def make_session(endpoint: Endpoint, pool: int = 8) -> requests.Session:
     else:
         s.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
     s.verify = endpoint.verify
+    if not endpoint.verify:
+        # the user opted out (--tls-verify=false, an insecure registry); urllib3 would print a
+        # warning per request, and library code never prints (STYLE.md §5)
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     if endpoint.client_cert:
         s.cert = endpoint.client_cert
     return s
@@ -115,7 +120,7 @@ class Client:
         for scheme in self.endpoint.schemes:
             url = f"{scheme}://{self.endpoint.host}/v2/"
             try:
-                r = self._send("GET", url, {})
+                r = self._ping_once(url)
             except requests.exceptions.SSLError as err:
                 if "CERTIFICATE_VERIFY_FAILED" in str(err):
                     raise RegistryError(
@@ -140,6 +145,16 @@ class Client:
                 "self-signed certificate, use --tls-verify=false")
         raise RegistryError(f"cannot reach registry {self.endpoint.host}: {' | '.join(errors)}",
                             hint=hint)
+
+    def _ping_once(self, url: str):
+        """``GET /v2/``, retrying 429 and 5xx answers (a registry restarting behind a proxy)."""
+        for attempt in range(self.retries + 1):
+            r = self._send("GET", url, {})
+            if r.status_code not in RETRY_STATUS or attempt == self.retries:
+                return r
+            r.close()
+            self.sleep(retry_after(r, min(0.5 * 2 ** attempt, 8.0)))
+        raise AssertionError("unreachable")
 
     def _scope(self, actions: str = "pull") -> str:
         return f"repository:{self.repository}:{actions}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import socket
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -61,10 +62,20 @@ class Transfers:
         with self._lock:
             responses = list(self._open)
         for r in responses:
-            try:
-                r.close()
-            except Exception:    # closing a socket another thread reads from may raise anything
-                pass
+            _shutdown(r)
+
+
+def _shutdown(response) -> None:
+    """Wake a thread blocked in recv(2) on ``response``'s socket: close(2) from another thread
+    does not, shutdown(2) does (the blocked recv returns 0)."""
+    conn = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+        response.close()
+    except Exception:   # racing the worker's own close; nothing useful to report
+        pass
 
 
 class BlobStream(io.RawIOBase):

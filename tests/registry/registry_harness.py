@@ -259,7 +259,7 @@ class TokenServer:
 class FaultProxy:
     """An HTTP proxy in front of a registry that records requests and injects faults:
 
-    ``cut_after``: the first GET of a blob (without Range) sends only that many bytes of the
+    ``cut_after``: the first ``cuts`` GETs of a blob (whose path contains ``target``, if set) (without Range) sends only that many bytes of the
     body and then closes the connection; ``on_cut`` runs at that moment (e.g. kill the registry).
     ``unavailable``: that many first requests get 503 with Retry-After: 0.
     ``strip_range``: forward without the Range header (a registry without range support).
@@ -269,6 +269,8 @@ class FaultProxy:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.cut_after: int | None = None
+        self.cuts = 1                         # how many GETs cut_after applies to
+        self.target: str | None = None        # the faults hit only paths containing this
         self.stall_after: int | None = None
         self.on_cut = None
         self.unavailable = 0
@@ -307,14 +309,16 @@ class FaultProxy:
 
     def handle(self, h) -> None:
         rng = h.headers.get("Range")
-        is_blob = "/blobs/" in h.path and h.command == "GET"
+        is_blob = "/blobs/" in h.path and h.command == "GET" and \
+            (self.target is None or self.target in h.path)
         with self._lock:
             fault = None
             if self.unavailable > 0:
                 self.unavailable -= 1
                 fault = "503"
-            elif is_blob and not rng and self.cut_after is not None:
-                fault, limit, self.cut_after = "cut", self.cut_after, None
+            elif is_blob and self.cut_after is not None and self.cuts > 0:
+                fault, limit = "cut", self.cut_after
+                self.cuts -= 1
             elif is_blob and not rng and self.stall_after is not None:
                 fault, limit, self.stall_after = "stall", self.stall_after, None
         if fault == "503":
