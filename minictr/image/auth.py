@@ -130,7 +130,7 @@ def _decode_entry(entry: dict, path: str, key: str) -> Credentials | None:
     if not raw:
         return None
     try:
-        user, sep, password = base64.b64decode(raw, validate=False).decode().partition(":")
+        user, sep, password = base64.b64decode(raw, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError) as err:
         raise ImageError(f"auth file {path}: entry {key!r} has an invalid base64 \"auth\"") from err
     if not sep:

@@ -109,6 +109,11 @@ class Client:
         self._lock = threading.Lock()
 
     @property
+    def challenge(self) -> auth.Challenge | None:
+        """How ``GET /v2/`` asked us to authenticate (None: an open registry)."""
+        return self._challenge
+
+    @property
     def name(self) -> str:
         return self.endpoint.registry or self.endpoint.host
 

@@ -17,7 +17,6 @@ The sequence (distribution-spec spec.md, "Pull"):
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable
 
 from minictr.errors import ImageError, RegistryError
@@ -211,7 +210,7 @@ def check_login(registry: str, username: str, password: str, tls_verify: bool | 
                     session=session_factory(endpoint) if session_factory else None)
     try:
         client.ping()
-        challenge = client._challenge
+        challenge = client.challenge
         if challenge is None:
             return                       # an open registry: nothing to check, as docker does
         if challenge.scheme == "bearer":

@@ -2,6 +2,7 @@
 TLS with a test CA, token auth), images pushed to it with skopeo, and a store to pull into."""
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ def make_store(root: str):
     """The real store when this checkout has it (with its unpacker), else the verifying
     stand-in with the same write API (simple_store.py)."""
     try:
-        import minictr.image.unpack  # noqa: F401  (the real store unpacks with it)
+        importlib.import_module("minictr.image.unpack")     # the real store unpacks with it
         from minictr.image.store import Store
         return Store(root)
     except ImportError:
