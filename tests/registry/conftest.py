@@ -80,7 +80,7 @@ def push(layout, registry_host: str, repo: str, tag: str = "v1", creds=None) -> 
 
 @pytest.fixture
 def registry(tmp_path):
-    """A plain-http registry with test/app:v1 pushed; yields the server."""
+    """A plain-http registry (empty; `plain` pushes test/app:v1 to it)."""
     (tmp_path / "registry").mkdir()
     server = RegistryServer(str(tmp_path / "registry"))
     server.start()
@@ -101,12 +101,11 @@ def proxy(plain):
     p.close()
 
 
-@pytest.fixture
-def htpasswd_registry(tmp_path, layout):
+@pytest.fixture(scope="module")
+def htpasswd_registry(tmp_path_factory, layout):
     if not shutil.which("htpasswd"):
         pytest.skip("htpasswd is not installed (apt-get install apache2-utils)")
-    work = tmp_path / "htreg"
-    work.mkdir()
+    work = tmp_path_factory.mktemp("htreg")
     subprocess.run(["htpasswd", "-Bbc", str(work / "htpasswd"), USER, PASSWORD], check=True,
                    capture_output=True)
     server = RegistryServer(str(work), auth={"htpasswd": {"realm": "minictr-test",
@@ -117,10 +116,9 @@ def htpasswd_registry(tmp_path, layout):
     server.stop()
 
 
-@pytest.fixture
-def tls_registry(tmp_path, layout):
-    work = tmp_path / "tlsreg"
-    work.mkdir()
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory, layout):
+    work = tmp_path_factory.mktemp("tlsreg")
     ca, cert, key = make_ca_and_server_cert(str(work))
     server = RegistryServer(str(work), tls=(cert, key))
     server.start()
@@ -130,10 +128,9 @@ def tls_registry(tmp_path, layout):
     server.stop()
 
 
-@pytest.fixture
-def token_registry(tmp_path, layout):
-    work = tmp_path / "tokreg"
-    work.mkdir()
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory, layout):
+    work = tmp_path_factory.mktemp("tokreg")
     tokens = TokenServer(str(work), USER, PASSWORD, service="minictr-registry",
                          issuer="minictr-token-issuer")
     server = RegistryServer(str(work), auth={"token": {
