@@ -117,8 +117,8 @@ def load(data: bytes, content_type: str, where: str) -> tuple[str, dict]:
     if "manifests" in doc and ("layers" in doc or "config" in doc):
         raise RegistryError(f"{where}: document has both \"manifests\" and \"layers\"/\"config\""
                             " (ambiguous, CVE-2021-41190): refused")
-    if doc.get("mediaType") and content_type and content_type != doc["mediaType"] \
-            and content_type not in ("application/json", "application/octet-stream"):
+    if _kind(doc.get("mediaType")) and _kind(content_type) \
+            and _kind(doc["mediaType"]) != _kind(content_type):
         raise RegistryError(f"{where}: Content-Type {content_type} contradicts the manifest's "
                             f"mediaType {doc['mediaType']}")
     if media in INDEXES or (not media and "manifests" in doc):
@@ -130,6 +130,10 @@ def load(data: bytes, content_type: str, where: str) -> tuple[str, dict]:
             raise RegistryError(f"{where}: a manifest with manifests (CVE-2021-41190): refused")
         return "manifest", doc
     raise RegistryError(f"{where}: unsupported manifest media type {media!r}")
+
+
+def _kind(media_type: str | None) -> str | None:
+    return "index" if media_type in INDEXES else "manifest" if media_type in MANIFESTS else None
 
 
 def _is_attestation(entry: dict) -> bool:

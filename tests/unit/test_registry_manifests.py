@@ -130,3 +130,8 @@ def test_chain_ids_follow_the_spec():
     second = "sha256:" + hashlib.sha256(f"{D1} {D2}".encode()).hexdigest()
     third = "sha256:" + hashlib.sha256(f"{second} {D3}".encode()).hexdigest()
     assert m.chain_ids([D1, D2, D3]) == [D1, second, third]
+
+
+def test_docker_and_oci_content_types_of_one_kind_are_accepted():
+    assert _load(_manifest(), m.DOCKER_MANIFEST)[0] == "manifest"
+    assert _load(_manifest(), "application/json")[0] == "manifest"
