@@ -186,8 +186,9 @@ def main(argv=None) -> int:
         print(f"image: {layout} (one gzip layer, {size / 1e6:.1f} MB), registry {host}, "
               f"{args.reps} reps, median wall time")
         minictr = ([os.path.join(os.path.dirname(sys.executable), "minictr"), "pull", "-q",
-                "--tls-verify=false", "--root"] if args.cli else [sys.executable, "-c", API_PULL])
-    tools = contenders(host, digest, minictr)
+                    "--tls-verify=false", "--root"] if args.cli
+                   else [sys.executable, "-c", API_PULL])
+        tools = contenders(host, digest, minictr)
         times: dict[str, list[float]] = {name: [] for name in tools}
         runs = os.path.join(args.work, "runs")
         for rep in range(args.reps):
