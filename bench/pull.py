@@ -17,7 +17,6 @@ itself), so Python's start-up and imports are counted.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
