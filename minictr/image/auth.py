@@ -138,7 +138,7 @@ def _decode_entry(entry: dict, path: str, key: str) -> Credentials | None:
     return Credentials(user, password)
 
 
-def _normalise_key(key: str) -> str:
+def normalise_registry(key: str) -> str:
     """"https://index.docker.io/v1/" → "docker.io"; "http://host:5000/v2/" → "host:5000"."""
     if key in DOCKER_HUB_KEYS:
         return "docker.io"
@@ -149,12 +149,12 @@ def _normalise_key(key: str) -> str:
 def lookup(registry: str, repository: str = "", authfile: str | None = None, env=None,
            euid: int | None = None) -> Credentials | None:
     """Credentials for ``registry``/``repository`` from the first auth file that has any."""
-    target = f"{_normalise_key(registry)}/{repository}".rstrip("/")
+    target = f"{normalise_registry(registry)}/{repository}".rstrip("/")
     for path in search_path(authfile, env, euid):
         auths = _read_json(path).get("auths") or {}
         best: tuple[int, Credentials] | None = None
         for key, entry in auths.items():
-            norm = _normalise_key(key)
+            norm = normalise_registry(key)
             if target == norm or target.startswith(norm + "/"):
                 creds = _decode_entry(entry, path, key)
                 if creds and (best is None or len(norm) > best[0]):
@@ -190,7 +190,7 @@ def save(registry: str, username: str, password: str, authfile: str | None = Non
     doc = _read_json(path)
     auths = doc.setdefault("auths", {})
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    auths[_normalise_key(registry)] = {"auth": token}
+    auths[normalise_registry(registry)] = {"auth": token}
     _write_json(path, doc)
     return path
 
@@ -199,9 +199,9 @@ def remove(registry: str, authfile: str | None = None, env=None) -> None:
     """Forget the credentials for ``registry`` (`minictr logout`)."""
     path = authfile or default_authfile(env)
     doc = _read_json(path)
-    key = _normalise_key(registry)
+    key = normalise_registry(registry)
     auths = doc.get("auths") or {}
-    found = [k for k in auths if _normalise_key(k) == key]
+    found = [k for k in auths if normalise_registry(k) == key]
     if not found:
         raise ImageError(f"not logged in to {registry}", hint=f"credentials file: {path}")
     for k in found:

@@ -204,6 +204,7 @@ def check_login(registry: str, username: str, password: str, tls_verify: bool | 
     """Check credentials against ``registry`` as `docker login` does: a Bearer registry's token
     server must grant a token for them; a Basic registry must accept them on ``GET /v2/``."""
     config = hosts_config if hosts_config is not None else hosts.load_config()
+    registry = auth.normalise_registry(registry)        # "https://host:5000/v2/" → host:5000
     endpoint = hosts.endpoints(registry, tls_verify, config)[-1]
     creds = auth.Credentials(username, password)
     client = Client(endpoint, "", credentials=creds,

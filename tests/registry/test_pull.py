@@ -127,3 +127,34 @@ def test_progress_reports_each_layer(plain, store, no_hosts, authfile):
     lines = out.getvalue().splitlines()
     assert lines[0].startswith(f"{plain.host}/test/app:v1: manifest sha256:")
     assert sum(line.endswith(": pulled") for line in lines) == 2
+
+
+def test_mirror_serves_the_pull(plain, layout, store, authfile):
+    """registries.json: a mirror for an unreachable registry name is used in its place."""
+    from minictr.image.hosts import HostsConfig, RegistryConf
+
+    hosts = HostsConfig(registries={"registry.invalid:5000": RegistryConf(
+        mirrors=((plain.host, True),))})
+    name = _pull(store, "registry.invalid:5000/test/app:v1", hosts, authfile)
+    assert name == "registry.invalid:5000/test/app:v1"
+    assert store.has_blob(layout["v1"]["digest"])
+
+
+def test_failing_mirror_falls_back_to_the_registry(plain, layout, store, authfile):
+    from registry_harness import free_port
+
+    from minictr.image.hosts import HostsConfig, RegistryConf
+
+    hosts = HostsConfig(registries={plain.host: RegistryConf(
+        mirrors=((f"127.0.0.1:{free_port()}", True),))})
+    messages = []
+
+    class Progress:
+        def message(self, text): messages.append(text)
+        def start(self, *a): pass
+        def update(self, *a): pass
+        def finish(self, *a): pass
+        def close(self): pass
+
+    assert _pull(store, f"{plain.host}/test/app:v1", hosts, authfile, progress=Progress())
+    assert "cannot reach registry" in messages[0] and "trying the next" in messages[0]
