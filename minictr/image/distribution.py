@@ -45,14 +45,28 @@ class _CAAdapter(HTTPAdapter):
         return super().init_poolmanager(*args, **kw)
 
 
+class _Session(requests.Session):
+    """requests lets $REQUESTS_CA_BUNDLE override ``verify=False`` (psf/requests#3829): the
+    user's --tls-verify=false must win."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.verify is False:
+            settings["verify"] = False
+        return settings
+
+
 def make_session(endpoint: Endpoint, pool: int = 8) -> requests.Session:
     """A Session with a connection pool big enough for the parallel blob workers."""
-    s = requests.Session()
-    s.trust_env = False      # no ~/.netrc credentials leaking to a registry; proxies unsupported
+    s = _Session()
+    # trust_env: HTTPS_PROXY/NO_PROXY are honoured (cluster nodes often reach the internet only
+    # through a proxy), as are REQUESTS_CA_BUNDLE and ~/.netrc
     s.headers["User-Agent"] = "minictr/0.1"
     plain = HTTPAdapter(pool_connections=2, pool_maxsize=pool)
     s.mount("http://", plain)
-    if endpoint.ca_files and endpoint.verify:
+    if endpoint.verify:
+        # the system's CAs (a site CA installed in /etc/ssl/certs) plus certs.d, not only
+        # certifi's bundle that requests uses by default
         s.mount("https://", _CAAdapter(endpoint.ca_files, pool_connections=2, pool_maxsize=pool))
     else:
         s.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
