@@ -243,6 +243,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
     state_dir = state_mod.container_dir(paths.state, container_id)
     cgroup = None
     pid = None
+    rootfs_mod.check_upper_filesystem(plan)
     os.makedirs(spec["root"]["path"], mode=0o700, exist_ok=True)
     if plan is not None and plan.upperdir:
         os.makedirs(plan.upperdir, mode=0o755, exist_ok=True)
