@@ -128,9 +128,8 @@ def file_mounts(driver: Driver, selection: Selection, wanted: frozenset[str]) ->
     out = []
     for cap in sorted(wanted):
         for name in caps.BINARIES.get(cap, ()):
-            if name in driver.binaries:
-                host = driver.binaries[name]
-                out.append(bind(host, driver.container_path(host)))
+            if name in driver.binaries:       # /usr/bin is on every image's PATH
+                out.append(bind(driver.binaries[name], f"/usr/bin/{name}"))
     out += [bind(fw, driver.container_path(fw)) for fw in driver.firmware]
     if "utility" in wanted:
         out += [bind(s, driver.container_path(s), RW) for s in driver.ipc]
