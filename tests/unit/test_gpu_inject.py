@@ -205,3 +205,19 @@ def test_legacy_cuda_image_gets_every_gpu_and_its_cuda_requirement(fake, tmp_pat
     assert {d.path for d in e.device_nodes} >= {"/dev/nvidia0", "/dev/nvidia1"}
     with pytest.raises(GPUError, match="cuda>=13.1"):
         edits(fake, tmp_path, image_env=["CUDA_VERSION=13.1.0"])
+
+
+def test_compat_library_too_large_for_the_store_still_counts(fake, tmp_path):
+    from minictr.errors import ImageError
+
+    def read_file(path):
+        if path == "/usr/local/cuda/compat/libcuda.so.1":
+            raise ImageError(f"{path} in the image is 99999999 bytes, more than minictr reads")
+        return DEBIAN_FILES.get(path)
+
+    opts = RunOptions(image="img", gpus="0")
+    e = inject.edits_for_request(opts, {}, fake.roots, {"config": {"Env": [
+        "CUDA_VERSION=13.2.0", "NVIDIA_DISABLE_REQUIRE=1"]}}, read_file, str(tmp_path / "s"))
+    with open(dests(e)["/etc/ld.so.cache"].host_path, "rb") as f:
+        assert [x.value for x in ldcache.parse(f.read()) if x.key == "libcuda.so.1"] == \
+            ["/usr/local/cuda/compat/libcuda.so.1"]
