@@ -59,3 +59,26 @@ def test_cli_run_memory_oom(vm):
     assert record["load_rc"] == 0, record["load_err"]
     assert record["rc"] == 137
     assert "OOM" in record["stderr"] or "out of memory" in record["stderr"].lower()
+
+
+def rootless(vm, name):
+    assert "rootless:run" not in vm, vm.get("rootless:run")
+    record = vm[f"rootless:{name}"]
+    assert record["ok"], record
+    assert record["left"] == [], "destroy left cgroups behind"
+    assert all(p.startswith("/sys/fs/cgroup/deleg/") for p in record["paths"])
+    return record
+
+
+def test_rootless_delegated_limits(vm):
+    oom, pids = rootless(vm, "oom"), rootless(vm, "pids")
+    assert oom["signal"] == signal.SIGKILL and oom["oom_kills"] >= 1
+    assert 0 < pids["forks"] <= 7 and pids["errno"] == errno.EAGAIN
+    # its own cgroup had a process (itself): it moved into a leaf to enable the controllers
+    assert oom["own"] == "0::/deleg/minictr-init"
+
+
+def test_rootless_has_no_device_filter_and_says_so(vm):
+    record = rootless(vm, "devices")
+    assert record["errnos"] == [0, 0]
+    assert any("no eBPF device filter rootless" in line for line in record["explain"])
