@@ -12,9 +12,9 @@ written to ``cgroup.procs``; limits are the controller's files in the directory.
   controller goes to the tree that has it; the device filter goes to the v2 tree, which works
   even with no controller in it. Pure v1 works too, except device rules (no eBPF there).
 
-Placement: a child ``minictr-<id>`` of the launcher's own cgroup in each tree (from
-/proc/self/cgroup), or ``linux.cgroupsPath`` when given (absolute: from the tree's root,
-relative: under the launcher's cgroup). We only ever create children: the launcher's own
+Placement (cgroup_layout.py): a child ``minictr-<id>`` of the launcher's own cgroup in each
+tree (from /proc/self/cgroup), or ``linux.cgroupsPath`` when given (absolute: from the tree's
+root, relative: under the launcher's cgroup). We only ever create children: the launcher's own
 cgroup may belong to someone else (a supervisor, Slurm, systemd) and its limits are not ours.
 
 Ordering with the runtime (the caller): ``setup`` runs in the parent before the container's
@@ -88,6 +88,7 @@ class CgroupFiles:
 
 
 # ---------------------------------------------------------------- setup
+
 
 def check_delegation(fs, target: Target, *, needed: bool, explain: Explain) -> bool:
     """Rootless, only a delegated v2 subtree is writable: the nearest existing ancestor of the
