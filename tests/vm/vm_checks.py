@@ -206,7 +206,10 @@ def run_cli(layout):
     minictr = os.path.join(os.path.dirname(sys.executable), "minictr")
     load = subprocess.run([minictr, "load", f"oci:{layout}:busybox"], env=env,
                           capture_output=True, text=True)
-    run = subprocess.run([minictr, "run", "--rm", "--memory", "32m", "busybox", "sh", "-c",
+    names = [line.split(": ", 1)[1] for line in load.stdout.splitlines()
+             if line.startswith("Loaded image: ")]
+    image = names[0] if names else "busybox"
+    run = subprocess.run([minictr, "run", "--rm", "--memory", "32m", image, "sh", "-c",
                           "x=aaaaaaaa; while true; do x=$x$x; done"], env=env,
                          capture_output=True, text=True, timeout=180)
     report("cli:oom", ok=True, load_rc=load.returncode, load_err=load.stderr[-2000:],
