@@ -372,6 +372,13 @@ def test_hybrid_unified_for_a_v1_controller_is_an_error(tmp_path):
         setup(root, proc, {"unified": {"memory.high": "1"}})
 
 
+def test_hybrid_cpu_weight_hints_at_shares(tmp_path):
+    root, proc = hybrid_host(tmp_path)
+    with pytest.raises(RuntimeSetupError, match="cpu.weight") as info:
+        setup(root, proc, {"unified": {"cpu.weight": "100"}})
+    assert "--cpu-shares" in info.value.hint
+
+
 def test_v1_cpuset_inherits_parent(tmp_path):
     root, proc = hybrid_host(tmp_path)
     cg = setup(root, proc, {"cpu": {"cpus": "1"}})
