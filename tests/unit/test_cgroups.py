@@ -368,7 +368,7 @@ def test_hybrid_limits_go_to_v1_children_filter_to_v2(tmp_path):
 
 def test_hybrid_unified_for_a_v1_controller_is_an_error(tmp_path):
     root, proc = hybrid_host(tmp_path)
-    with pytest.raises(RuntimeSetupError, match="on v1"):
+    with pytest.raises(RuntimeSetupError, match="on cgroup v1"):
         setup(root, proc, {"unified": {"memory.high": "1"}})
 
 
