@@ -10,7 +10,8 @@ written to ``cgroup.procs``; limits are the controller's files in the directory.
 - **hybrid** (this project's machines): a v2 tree at ``/sys/fs/cgroup/unified`` that holds few or
   no controllers, and v1 trees per controller (``/sys/fs/cgroup/memory`` ...). Each requested
   controller goes to the tree that has it; the device filter goes to the v2 tree, which works
-  even with no controller in it. Pure v1 works too, except device rules (no eBPF there).
+  even with no controller in it. Pure v1 works too, device rules going to the v1 devices
+  controller's allow/deny lists (cgroup_v1.devices_files).
 
 Placement (cgroup_layout.py): a child ``minictr-<id>`` of the launcher's own cgroup in each
 tree (from /proc/self/cgroup), or ``linux.cgroupsPath`` when given (absolute: from the tree's
@@ -213,9 +214,16 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
                 "user namespace; the user namespace already keeps the container from mknod and "
                 "from devices the user cannot open")
     if attach_filter and layout.v2_mount is None:
-        raise RuntimeSetupError("device rules need a cgroup v2 tree for the eBPF filter and this "
-                                "host has none mounted",
-                                hint="mount -t cgroup2 none /sys/fs/cgroup/unified")
+        # pure v1: the devices controller's allow/deny lists instead of an eBPF program
+        if "devices" not in layout.v1_mounts:
+            raise RuntimeSetupError("device rules need a cgroup v2 tree (eBPF) or the v1 devices "
+                                    "controller, and this host has neither mounted",
+                                    hint="mount -t cgroup2 none /sys/fs/cgroup/unified")
+        wanted["devices"] = rules
+        attach_filter = False
+        if explain:
+            explain("device rules go to the cgroup v1 devices controller (no cgroup v2 tree here "
+                    "for an eBPF filter)")
     targets = plan_targets(layout, wanted, resources, cgroups_path=cgroups_path,
                            container_id=container_id, rootless=rootless,
                            attach_filter=attach_filter)
