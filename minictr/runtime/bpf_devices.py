@@ -217,14 +217,14 @@ def load_program(kernel, program: bytes, *, explain: Callable[[str], None] | Non
         fd = attempt(0)
     except OSError as first:
         try:
-            attempt(1)
+            fd = attempt(1)             # a transient failure may pass the second time: keep it
         except OSError:
-            pass
-        verifier_log = ffi.string(log).decode(errors="replace").strip()
-        raise RuntimeSetupError(
-            f"cannot load the eBPF device filter: {first.strerror or first}"
-            + (f"; verifier log: {verifier_log}" if verifier_log else ""),
-            hint=hint_for("bpf", first.errno)) from first
+            # one line, as every error a user sees
+            verifier_log = " | ".join(ffi.string(log).decode(errors="replace").split("\n")).strip(" |")
+            raise RuntimeSetupError(
+                f"cannot load the eBPF device filter: {first.strerror or first}"
+                + (f"; verifier log: {verifier_log}" if verifier_log else ""),
+                hint=hint_for("bpf", first.errno)) from first
     if explain:
         explain(f"bpf(BPF_PROG_LOAD, BPF_PROG_TYPE_CGROUP_DEVICE, {instruction_count(program)} "
                 f"instructions, license GPL) = fd {fd}")

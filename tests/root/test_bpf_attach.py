@@ -124,3 +124,13 @@ def test_pure_v1_devices_controller(tmp_path):
         cg.destroy()
     assert results == [0, errno.EPERM]
     assert not any(os.path.exists(p) for p in paths)
+
+
+def test_a_rejected_program_reports_the_verifier_log():
+    from minictr.errors import RuntimeSetupError
+    from minictr.runtime.syscalls import Syscalls
+
+    exit_without_r0 = bpf_devices.insn(bpf_devices.JMP_EXIT)
+    with pytest.raises(RuntimeSetupError, match="verifier log: .*R0 !read_ok") as info:
+        bpf_devices.load_program(Syscalls(), exit_without_r0)
+    assert "\n" not in str(info.value)
