@@ -151,7 +151,8 @@ def apply_v1(fs, target: Target, created: list[str], explain: Explain) -> None:
     for name, part in target.controllers.items():
         if name == "memory":
             files += cgroup_v1.memory_files(
-                part, memsw_exists=fs.exists(os.path.join(target.path, "memory.memsw.limit_in_bytes")),
+                part,
+                memsw_exists=fs.exists(os.path.join(target.path, "memory.memsw.limit_in_bytes")),
                 host_has_swap=fs.host_has_swap())
         else:
             files += getattr(cgroup_v1, f"{name}_files")(part)
@@ -245,7 +246,8 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
                 make_dirs(fs, target, cgroup.created, explain)
             except OSError as err:
                 if target.required:
-                    hint = DELEGATE_HINT if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else None
+                    denied = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                    hint = DELEGATE_HINT if denied else None
                     raise RuntimeSetupError(f"cannot create cgroup {target.path}: {err.strerror}",
                                             hint=hint) from err
                 if explain:
@@ -318,7 +320,7 @@ class Cgroup:
 
     @staticmethod
     def _keyed(text: str, key: str) -> int | None:
-        """The value of ``key`` in a flat-keyed file ("key value" lines: memory.events, cpu.stat)."""
+        """The value of ``key`` in a flat-keyed file ("key value" lines: memory.events)."""
         for line in text.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == key:

@@ -425,7 +425,8 @@ def rule(allow, kind="a", major=None, minor=None, access="rwm"):
     ([rule(False), rule(True, "a", 7, None, "m")],
      [("devices.deny", "a"), ("devices.allow", "c 7:* m"), ("devices.allow", "b 7:* m")]),
     # default allow with a hole
-    ([rule(True), rule(False, "c", 1, None)], [("devices.allow", "a"), ("devices.deny", "c 1:* rwm")]),
+    ([rule(True), rule(False, "c", 1, None)],
+     [("devices.allow", "a"), ("devices.deny", "c 1:* rwm")]),
     # a later rule back to the default takes bits out of the exceptions it covers
     ([rule(False), rule(True, "c", 1, 3), rule(True, "c", 1, 5), rule(False, "c", 1, None, "w")],
      [("devices.deny", "a"), ("devices.allow", "c 1:3 rwm"), ("devices.allow", "c 1:5 rwm"),
