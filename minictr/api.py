@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from minictr.config import Paths
-from minictr.errors import ImageError, MinictrError, UsageError
+from minictr.errors import ImageError, MinictrError, RegistryError, UsageError
 
 Explain = Callable[[str], None] | None
 
@@ -103,7 +103,13 @@ def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=
     except ImageError:
         if pull_policy == "never":
             raise
-    return store.resolve(pull(paths, ref, progress=progress))
+    try:
+        return store.resolve(pull(paths, ref, progress=progress))
+    except RegistryError as err:
+        # Say first what the user most likely needs to know: it is not here.
+        raise RegistryError(f"image {ref!r} is not in the store, and pulling it failed: {err}",
+                            hint=err.hint or "minictr images lists stored images; "
+                            "minictr load FILE loads a tarball") from err
 
 
 # ---------------------------------------------------------------- plan
