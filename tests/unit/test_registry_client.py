@@ -223,3 +223,13 @@ def test_config_digest_mismatch_stores_nothing():
     with pytest.raises(RegistryError, match="config blob digest mismatch"):
         registry.pull(NoStore(), "reg.test/team/app:v1", hosts_config=hosts.HostsConfig(),
                       env={}, authfile="/nonexistent", session_factory=lambda ep: session)
+
+
+def test_rate_limit_after_retries_has_a_hint():
+    limited = b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}'
+    client, sleeps = _client([("GET", "/v2/", Response(200))] +
+                             [("GET", "/manifests/v1", Response(429, limited))] * 6)
+    with pytest.raises(RegistryError, match="TOOMANYREQUESTS: pull rate limit") as err:
+        client.get_manifest("v1", manifests.ACCEPT, 100)
+    assert "rate-limits" in err.value.hint
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]          # exponential backoff without Retry-After
