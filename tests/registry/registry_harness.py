@@ -93,8 +93,11 @@ class Layout:
 
 
 def skopeo_push(layout: str, tag: str, dest: str, creds: str | None = None,
-                all_platforms: bool = False) -> None:
+                all_platforms: bool = False, fmt: str | None = None) -> None:
+    """Push with skopeo; ``fmt="v2s2"`` converts to Docker's schema 2 media types."""
     cmd = ["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "-q"]
+    if fmt:
+        cmd += ["--format", fmt]
     if all_platforms:
         cmd.append("--all")
     if creds:

@@ -158,3 +158,20 @@ def test_failing_mirror_falls_back_to_the_registry(plain, layout, store, authfil
 
     assert _pull(store, f"{plain.host}/test/app:v1", hosts, authfile, progress=Progress())
     assert "cannot reach registry" in messages[0] and "trying the next" in messages[0]
+
+
+def test_docker_schema2_image(empty_registry, layout, store, no_hosts, authfile):
+    """The same image converted by skopeo to Docker's v2 schema 2 media types."""
+    from registry_harness import skopeo_push
+
+    skopeo_push(layout["layouts"]["v1"], "v1", f"{empty_registry.host}/test/docker:v1",
+                fmt="v2s2")
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{empty_registry.host}/v2/test/docker/manifests/v1",
+                                 headers={"Accept": manifests.ACCEPT})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers["Content-Type"] == manifests.DOCKER_MANIFEST
+    _pull(store, f"{empty_registry.host}/test/docker:v1", no_hosts, authfile)
+    _, chains = _chain_ids(layout, store, layout["v1"])
+    assert all(store.has_layer(c) for c in chains)      # same diff_ids, so the same ChainIDs
