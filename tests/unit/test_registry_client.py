@@ -84,6 +84,13 @@ def test_endpoints():
     assert hosts.endpoints("localhost:5000", tls_verify=True)[0].schemes == ("https",)
 
 
+def test_is_loopback():
+    for host in ("localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"):
+        assert hosts.is_loopback(host), host
+    for host in ("reg.io", "10.0.0.1:5000", "localhost.example.com", "[fe80::1]:5000"):
+        assert not hosts.is_loopback(host), host
+
+
 def test_registries_json_mirrors_and_certs_dir(tmp_path):
     conf = tmp_path / "registries.json"
     conf.write_text(json.dumps({"registries": {"docker.io": {"mirrors": [
