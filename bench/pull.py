@@ -3,16 +3,19 @@ floor (curl of the layer blob, then tar -xzf; and curl | tar -xz streaming).
 
     python -m bench.pull [--layout DIR[:TAG]] [--work DIR] [--reps N]
 
-The image is a Debian bookworm minbase in one gzip layer (~47 MB compressed, ~10,000 files):
+The image is a Debian bookworm minbase in one gzip layer (~49 MB compressed, ~10,000 files):
 ``--layout`` takes an existing OCI layout (e.g. the unpack benchmark's
 /tmp/minictr-bench-unpack/oci-one:bench), otherwise one is built under --work with
 ``debootstrap --variant=minbase`` (needs root and the Debian mirror). A docker-registry is
 started on 127.0.0.1 (plain http, storage under --work) and the image pushed with skopeo.
 Each rep runs every tool once, interleaved, into fresh directories after ``sync``; deleting
-the results is not timed. The table gives the median wall time of each and minictr's ratio to
-podman and to the download + tar floor. Every tool runs as a fresh process: minictr as
-``python -c 'minictr.api.pull(...)'`` (what the CLI calls; ``--cli`` times the entry point
-itself), so Python's start-up and imports are counted.
+the results is not timed. The table gives the median wall time of each (and the median CPU
+time, user + sys, which the machine's other load disturbs less) and minictr's ratio to podman
+and to the download + tar floor. "minictr store import" is the store alone importing the same
+layer from the local blob file: the difference to "minictr pull" is what the registry side
+costs. Every tool runs as a fresh process: minictr as ``python -c 'minictr.api.pull(...)'``
+(what the CLI calls; ``--cli`` times the entry point itself), so Python's start-up and imports
+are counted.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -134,11 +138,28 @@ API_PULL = ("import sys; from minictr import api, config; "
             "api.pull(config.default_paths(root=sys.argv[1]), sys.argv[2], tls_verify=False)")
 
 
-def contenders(host: str, digest: str, minictr: list[str]) -> dict:
+# the store's share alone: import the same layer from the local blob file, no registry
+STORE_IMPORT = """
+import json, sys
+from minictr.image.store import Store
+layout, root = sys.argv[1:3]
+blob = lambda d: f"{layout}/blobs/sha256/{d[7:]}"
+manifest = json.load(open(blob(json.load(open(f"{layout}/index.json"))["manifests"][0]["digest"])))
+diff_id = json.load(open(blob(manifest["config"]["digest"])))["rootfs"]["diff_ids"][0]
+layer = manifest["layers"][0]
+with open(blob(layer["digest"]), "rb") as f:
+    Store(root).import_layer(f, media_type=layer["mediaType"], digest=layer["digest"],
+                             diff_id=diff_id, chain_id=diff_id)
+"""
+
+
+def contenders(host: str, digest: str, minictr: list[str], layout: str) -> dict:
     ref = f"{host}/{REPO}"
     blob_url = f"http://{host}/v2/{REPO.split(':')[0]}/blobs/{digest}"
     return {
         "minictr pull": lambda d: [minictr + [f"{d}/store", ref]],
+        "minictr store import (no network)": lambda d: [
+            [sys.executable, "-c", STORE_IMPORT, layout.partition(":")[0], f"{d}/store"]],
         "podman pull": lambda d: [["podman", "--root", f"{d}/root", "--runroot", f"{d}/run",
                                    "--storage-driver", "overlay", "pull", "-q",
                                    "--tls-verify=false", ref]],
@@ -156,13 +177,17 @@ def contenders(host: str, digest: str, minictr: list[str]) -> dict:
     }
 
 
-def time_one(commands, d: str) -> float:
+def time_one(commands, d: str) -> tuple[float, float]:
+    """Wall time and CPU time (user + sys of the children, getrusage(2) RUSAGE_CHILDREN)."""
     os.makedirs(d)
     sh("sync")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     for cmd in commands(d):
         sh(*cmd, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv=None) -> int:
@@ -184,17 +209,24 @@ def main(argv=None) -> int:
                                             digest[7:]))
         print(f"image: {layout} (one gzip layer, {size / 1e6:.1f} MB), registry {host}, "
               f"{args.reps} reps, median wall time")
+        missing = [t for t in ("podman", "umoci", "curl", "tar") if not shutil.which(t)]
         minictr = ([os.path.join(os.path.dirname(sys.executable), "minictr"), "pull", "-q",
                     "--tls-verify=false", "--root"] if args.cli
                    else [sys.executable, "-c", API_PULL])
-        tools = contenders(host, digest, minictr)
+        tools = {name: cmds for name, cmds in contenders(host, digest, minictr, layout).items()
+                 if not any(t in name for t in missing)}
+        for t in missing:
+            print(f"  (skipped what needs {t}: not installed)")
         times: dict[str, list[float]] = {name: [] for name in tools}
+        cpu: dict[str, list[float]] = {name: [] for name in tools}
         runs = os.path.join(args.work, "runs")
         for rep in range(args.reps):
             for name, commands in tools.items():
                 d = os.path.join(runs, f"{rep}-{len(times[name])}-{name.split()[0]}")
                 shutil.rmtree(d, ignore_errors=True)
-                times[name].append(time_one(commands, d))
+                wall, used = time_one(commands, d)
+                times[name].append(wall)
+                cpu[name].append(used)
                 subprocess.run(["rm", "-rf", d])
     finally:
         proc.kill()
@@ -202,12 +234,14 @@ def main(argv=None) -> int:
     med = {name: statistics.median(v) for name, v in times.items()}
     for name, m in med.items():
         spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
-        print(f"  {name:34s} {m:6.2f} s   (min-max {spread})")
+        print(f"  {name:34s} {m:6.2f} s   (min-max {spread})   cpu "
+              f"{statistics.median(cpu[name]):5.2f} s")
     mc = med["minictr pull"]
-    floor = med["curl blob, then tar -xzf"]
-    print(f"  minictr / podman pull           {mc / med['podman pull']:.2f}x  (target <= 0.5x)")
-    print(f"  minictr / (curl + tar -xzf)     {mc / floor:.2f}x  (target <= 1.2x)")
-    print(f"  minictr / (curl | tar streaming) {mc / med['curl | tar -xz (streaming)']:.2f}x")
+    for other, target in (("podman pull", " (target <= 0.5x)"),
+                          ("curl blob, then tar -xzf", " (target <= 1.2x)"),
+                          ("curl | tar -xz (streaming)", "")):
+        if other in med:
+            print(f"  minictr pull / {other:28s} {mc / med[other]:.2f}x{target}")
     return 0
 
 

@@ -285,6 +285,11 @@ class Client:
         with r:
             if r.status_code == 404:
                 return None, ""
+            if r.status_code == 429:
+                raise RegistryError(f"{self.name} keeps refusing: {error_text(r)}",
+                                    hint="the registry rate-limits pulls (Docker Hub limits "
+                                    "anonymous ones): log in, wait, or configure a mirror in "
+                                    "registries.json")
             if r.status_code != 200:
                 raise RegistryError(f"manifest {self.repository}:{reference} from {self.name}: "
                                     f"{error_text(r)}")

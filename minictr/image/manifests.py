@@ -30,7 +30,12 @@ LAYERS = ("application/vnd.oci.image.layer.v1.tar",
           "application/vnd.oci.image.layer.v1.tar+gzip",
           "application/vnd.oci.image.layer.v1.tar+zstd",
           "application/vnd.docker.image.rootfs.diff.tar.gzip",
-          "application/vnd.docker.image.rootfs.diff.tar")
+          "application/vnd.docker.image.rootfs.diff.tar",
+          # deprecated "non-distributable" forms: accepted when the registry itself has the blob
+          "application/vnd.oci.image.layer.nondistributable.v1.tar",
+          "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+          "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+          "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
 MAX_MANIFEST = 4 << 20          # containerd's limit: a bigger manifest is an attack
 MAX_CONFIG = 8 << 20
 DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")

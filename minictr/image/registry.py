@@ -176,7 +176,6 @@ def pull(store, ref: str, platform: str | None = None, tls_verify: bool | None =
         if (sleep or transfers.cancel.wait)(seconds) is True or transfers.cancel.is_set():
             raise Cancelled()
 
-    errors = []
     try:
         for endpoint in hosts.endpoints(parsed.registry, tls_verify, config):
             client = Client(endpoint, parsed.repository,
@@ -188,7 +187,6 @@ def pull(store, ref: str, platform: str | None = None, tls_verify: bool | None =
             except RegistryError as err:
                 if not endpoint.mirror:
                     raise
-                errors.append(f"mirror {endpoint.host}: {err}")
                 progress.message(f"mirror {endpoint.host} failed ({err}); trying the next")
             finally:
                 client.session.close()

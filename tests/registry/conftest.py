@@ -79,7 +79,7 @@ def push(layout, registry_host: str, repo: str, tag: str = "v1", creds=None) -> 
 
 
 @pytest.fixture
-def registry(tmp_path):
+def empty_registry(tmp_path):
     """A plain-http registry (empty; `plain` pushes test/app:v1 to it)."""
     (tmp_path / "registry").mkdir()
     server = RegistryServer(str(tmp_path / "registry"))
@@ -89,9 +89,9 @@ def registry(tmp_path):
 
 
 @pytest.fixture
-def plain(registry, layout):
-    push(layout, registry.host, "test/app")
-    return registry
+def plain(empty_registry, layout):
+    push(layout, empty_registry.host, "test/app")
+    return empty_registry
 
 
 @pytest.fixture

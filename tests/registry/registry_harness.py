@@ -70,7 +70,9 @@ class Layout:
             diff_ids.append(_digest(tar))
             descs.append(self.blob(gzip.compress(tar, mtime=0),
                                    "application/vnd.oci.image.layer.v1.tar+gzip"))
-        platform = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {})}
+        platform = {"os": "linux", "architecture": arch}
+        if variant:
+            platform["variant"] = variant
         config = {**platform, "config": {"Cmd": ["/bin/sh"], "Env": [f"ARCH={arch}"]},
                   "rootfs": {"type": "layers", "diff_ids": diff_ids}}
         cdesc = self.blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
@@ -91,8 +93,11 @@ class Layout:
 
 
 def skopeo_push(layout: str, tag: str, dest: str, creds: str | None = None,
-                all_platforms: bool = False) -> None:
+                all_platforms: bool = False, fmt: str | None = None) -> None:
+    """Push with skopeo; ``fmt="v2s2"`` converts to Docker's schema 2 media types."""
     cmd = ["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "-q"]
+    if fmt:
+        cmd += ["--format", fmt]
     if all_platforms:
         cmd.append("--all")
     if creds:
@@ -259,8 +264,9 @@ class TokenServer:
 class FaultProxy:
     """An HTTP proxy in front of a registry that records requests and injects faults:
 
-    ``cut_after``: the first ``cuts`` GETs of a blob (whose path contains ``target``, if set) (without Range) sends only that many bytes of the
-    body and then closes the connection; ``on_cut`` runs at that moment (e.g. kill the registry).
+    ``cut_after``: the first ``cuts`` GETs of a blob (whose path contains ``target``, if set)
+    send only that many bytes of the body, then close the connection; ``on_cut`` runs at that
+    moment (e.g. to kill the registry).
     ``unavailable``: that many first requests get 503 with Retry-After: 0.
     ``strip_range``: forward without the Range header (a registry without range support).
     ``stall_after``: like cut_after, but hold the connection open until ``release`` is set.

@@ -76,37 +76,37 @@ def test_connection_refused_hints_at_tls_verify(store, no_hosts, authfile):
     assert "--tls-verify=false" in err.value.hint
 
 
-def test_multiarch_index_default_platform(registry, layout, store, no_hosts, authfile):
+def test_multiarch_index_default_platform(empty_registry, layout, store, no_hosts, authfile):
     from conftest import push
 
-    push(layout, registry.host, "test/multi", tag="multi")
+    push(layout, empty_registry.host, "test/multi", tag="multi")
     host = manifests.host_platform()
     if host.architecture not in ("amd64", "arm64"):
         pytest.skip(f"the test index has amd64 and arm64 images, this host is {host}")
-    _pull(store, f"{registry.host}/test/multi:multi", no_hosts, authfile)
+    _pull(store, f"{empty_registry.host}/test/multi:multi", no_hosts, authfile)
     want = layout["amd"] if host.architecture == "amd64" else layout["arm"]
     assert store.has_blob(want["digest"])
 
 
 @pytest.mark.parametrize("platform,which", [("linux/arm64", "arm"), ("linux/arm64/v8", "arm"),
                                             ("linux/amd64", "amd")])
-def test_multiarch_index_platform_option(registry, layout, store, no_hosts, authfile,
+def test_multiarch_index_platform_option(empty_registry, layout, store, no_hosts, authfile,
                                          platform, which):
     from conftest import push
 
-    push(layout, registry.host, "test/multi", tag="multi")
-    _pull(store, f"{registry.host}/test/multi:multi", no_hosts, authfile, platform=platform)
+    push(layout, empty_registry.host, "test/multi", tag="multi")
+    _pull(store, f"{empty_registry.host}/test/multi:multi", no_hosts, authfile, platform=platform)
     other = "amd" if which == "arm" else "arm"
     assert store.has_blob(layout[which]["digest"])
     assert not store.has_blob(layout[other]["digest"])
 
 
-def test_multiarch_index_missing_platform(registry, layout, store, no_hosts, authfile):
+def test_multiarch_index_missing_platform(empty_registry, layout, store, no_hosts, authfile):
     from conftest import push
 
-    push(layout, registry.host, "test/multi", tag="multi")
+    push(layout, empty_registry.host, "test/multi", tag="multi")
     with pytest.raises(RegistryError) as err:
-        _pull(store, f"{registry.host}/test/multi:multi", no_hosts, authfile,
+        _pull(store, f"{empty_registry.host}/test/multi:multi", no_hosts, authfile,
               platform="linux/s390x")
     assert "no image for platform linux/s390x" in str(err.value)
     assert "linux/amd64, linux/arm64/v8)" in str(err.value)   # the attestation is not listed
@@ -158,3 +158,20 @@ def test_failing_mirror_falls_back_to_the_registry(plain, layout, store, authfil
 
     assert _pull(store, f"{plain.host}/test/app:v1", hosts, authfile, progress=Progress())
     assert "cannot reach registry" in messages[0] and "trying the next" in messages[0]
+
+
+def test_docker_schema2_image(empty_registry, layout, store, no_hosts, authfile):
+    """The same image converted by skopeo to Docker's v2 schema 2 media types."""
+    from registry_harness import skopeo_push
+
+    skopeo_push(layout["layouts"]["v1"], "v1", f"{empty_registry.host}/test/docker:v1",
+                fmt="v2s2")
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{empty_registry.host}/v2/test/docker/manifests/v1",
+                                 headers={"Accept": manifests.ACCEPT})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers["Content-Type"] == manifests.DOCKER_MANIFEST
+    _pull(store, f"{empty_registry.host}/test/docker:v1", no_hosts, authfile)
+    _, chains = _chain_ids(layout, store, layout["v1"])
+    assert all(store.has_layer(c) for c in chains)      # same diff_ids, so the same ChainIDs

@@ -84,6 +84,13 @@ def test_endpoints():
     assert hosts.endpoints("localhost:5000", tls_verify=True)[0].schemes == ("https",)
 
 
+def test_is_loopback():
+    for host in ("localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"):
+        assert hosts.is_loopback(host), host
+    for host in ("reg.io", "10.0.0.1:5000", "localhost.example.com", "[fe80::1]:5000"):
+        assert not hosts.is_loopback(host), host
+
+
 def test_registries_json_mirrors_and_certs_dir(tmp_path):
     conf = tmp_path / "registries.json"
     conf.write_text(json.dumps({"registries": {"docker.io": {"mirrors": [
@@ -223,3 +230,13 @@ def test_config_digest_mismatch_stores_nothing():
     with pytest.raises(RegistryError, match="config blob digest mismatch"):
         registry.pull(NoStore(), "reg.test/team/app:v1", hosts_config=hosts.HostsConfig(),
                       env={}, authfile="/nonexistent", session_factory=lambda ep: session)
+
+
+def test_rate_limit_after_retries_has_a_hint():
+    limited = b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}'
+    client, sleeps = _client([("GET", "/v2/", Response(200))] +
+                             [("GET", "/manifests/v1", Response(429, limited))] * 6)
+    with pytest.raises(RegistryError, match="TOOMANYREQUESTS: pull rate limit") as err:
+        client.get_manifest("v1", manifests.ACCEPT, 100)
+    assert "rate-limits" in err.value.hint
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]          # exponential backoff without Retry-After
