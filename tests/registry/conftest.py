@@ -2,7 +2,6 @@
 TLS with a test CA, token auth), images pushed to it with skopeo, and a store to pull into."""
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -11,7 +10,6 @@ import pytest
 
 from registry_harness import (FaultProxy, Layout, RegistryServer, TokenServer,
                               make_ca_and_server_cert, skopeo_push)
-from simple_store import SimpleStore
 
 from minictr.image.hosts import HostsConfig
 
@@ -34,14 +32,9 @@ def _tools():
 
 
 def make_store(root: str):
-    """The real store when this checkout has it (with its unpacker), else the verifying
-    stand-in with the same write API (simple_store.py)."""
-    try:
-        importlib.import_module("minictr.image.unpack")     # the real store unpacks with it
-        from minictr.image.store import Store
-        return Store(root)
-    except ImportError:
-        return SimpleStore(root)
+    from minictr.image.store import Store
+
+    return Store(root)
 
 
 @pytest.fixture
