@@ -149,7 +149,7 @@ class Client:
                 errors.append(f"{scheme}: {err}")
                 continue
             except requests.exceptions.RequestException as err:
-                errors.append(f"{scheme}: {err}")
+                errors.append(f"{scheme}: {connection_reason(err)}")
                 continue
             if r.status_code not in (200, 401):
                 r.close()
@@ -160,8 +160,8 @@ class Client:
             r.close()
             self._challenge = challenges[0] if r.status_code == 401 and challenges else None
             return
-        hint = ("is the registry running? For a registry that speaks plain http or has a "
-                "self-signed certificate, use --tls-verify=false")
+        hint = ("is the registry running, and is there a network? For a registry that speaks "
+                "plain http or has a self-signed certificate, use --tls-verify=false")
         raise RegistryError(f"cannot reach registry {self.endpoint.host}: {' | '.join(errors)}",
                             hint=hint)
 
@@ -310,3 +310,17 @@ class Client:
                 raise RegistryError(f"blob {digest} unknown to {self.name}/{self.repository}")
             raise RegistryError(f"blob {digest} from {self.name}: {error_text(r)}")
         return r
+
+
+def connection_reason(err: Exception) -> str:
+    """requests' connection errors in a few words (its own text nests three exceptions)."""
+    text = str(err)
+    for needle, reason in (("Name or service not known", "host name not found"),
+                           ("Temporary failure in name resolution", "host name not found"),
+                           ("NameResolutionError", "host name not found"),
+                           ("Connection refused", "connection refused"),
+                           ("timed out", "timed out"),
+                           ("Network is unreachable", "network unreachable")):
+        if needle in text:
+            return reason
+    return text.rsplit("Caused by ", 1)[-1].strip("()") or type(err).__name__
