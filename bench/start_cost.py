@@ -1,0 +1,190 @@
+"""Where `minictr run --rm IMAGE /bin/true` spends its time (guides the start path's optimisation).
+
+    .venv/bin/python -m bench start_cost [--iterations N]
+
+Two tables, both from the installed (non-editable) minictr that `bench start` times:
+
+1. Phases. A script replays `minictr run`'s path (cli.build_parser, parse_args, api.plan, then
+   runtime.container.run: what cli.cmd_run -> api.run do) with CLOCK_MONOTONIC stamps between
+   the calls; the runtime's explain callback stamps each step as it happens, in the launcher and
+   in the container's PID 1 (the same clock across processes). The driver stamps the spawn and
+   the exit, so interpreter start-up and shut-down show too. Medians over the iterations.
+2. Imports. `PYTHONPROFILEIMPORTTIME=1 minictr run ...` (python -X importtime): per module, the
+   median over the iterations of its self and cumulative time; the top 15 of each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench import common, start
+from bench.common import say
+
+PHASE_SCRIPT = r'''
+import os, sys, time
+stamps = [("interpreter start-up (exec, site, encodings)", time.monotonic_ns())]
+def mark(label):
+    stamps.append((label, time.monotonic_ns()))
+import minictr.cli as cli
+mark("import minictr.cli")
+args = cli.build_parser().parse_args(["run", "--rm", sys.argv[1], "/bin/true"])
+mark("argparse: build_parser + parse_args")
+from minictr import api
+mark("import minictr.api")
+paths, opts, roots = cli._paths(args), cli._run_options(args), cli._gpu_roots(args)
+mark("options, paths, GPU driver roots")
+plan = api.plan(paths, opts, gpu_roots=roots, pull_policy=args.pull)
+mark("api.plan: resolve image, build spec, edits")
+from minictr.runtime import container
+mark("import minictr.runtime.container")
+def explain(text):
+    os.write(2, ("@%d %d %s\n" % (time.monotonic_ns(), os.getpid(), text)).encode())
+code = container.run(plan.spec, plan.rootfs, paths=paths, container_id=plan.container_id,
+                     name=plan.name, image=plan.image, remove=opts.rm, tty=opts.tty,
+                     interactive=opts.interactive, init=opts.init, explain=explain, warn=None)
+mark("container.run")
+os.write(1, (repr([code, os.getpid(), stamps]) + "\n").encode())
+'''
+
+
+def one_phase_run(python: str, image: str, env: dict) -> list[tuple[str, int]]:
+    """[(phase, ns)] for one run, in order."""
+    t0 = time.monotonic_ns()
+    res = subprocess.run([python, "-c", PHASE_SCRIPT, image], env=env, capture_output=True,
+                         text=True, timeout=120)
+    t_end = time.monotonic_ns()
+    if res.returncode != 0 or not res.stdout.strip():
+        raise RuntimeError(f"phase script failed: {common.first_error_line(res.stderr)}")
+    import ast
+
+    code, pid, stamps = ast.literal_eval(res.stdout.strip().splitlines()[-1])
+    steps = [(int(m.group(1)), int(m.group(2)), m.group(3))
+             for m in re.finditer(r"^@(\d+) (\d+) (.*)$", res.stderr, re.M)]
+    return split_phases(t0, t_end, stamps, steps, pid)
+
+
+def split_phases(t0: int, t_end: int, stamps: list, steps: list, pid: int):
+    """Turn stamps into durations; container.run is split at its explain steps: the launcher
+    before clone, the child's setup (clone .. execve of mcinit), then exec, the container's
+    life, the wait and cleanup."""
+    out, prev = [], t0
+    for label, t in stamps:
+        if label == "container.run" and steps:
+            clone = next((s for s in steps if s[2].startswith("clone(")), None)
+            execve = next((s for s in reversed(steps) if s[2].startswith("execve(")), None)
+            if clone and execve:
+                out.append(("container.run: state, cgroup, until clone()", clone[0] - prev))
+                child = [s for s in steps if s[1] != pid]
+                first_child = child[0][0] if child else clone[0]
+                out.append(("container.run: clone() .. child's first step", first_child - clone[0]))
+                out.append(("container.run: child setup (mounts, pivot_root, caps) .. execve",
+                            execve[0] - first_child))
+                out.append(("container.run: mcinit+/bin/true run, wait, cleanup", t - execve[0]))
+                prev = t
+                continue
+        out.append((label, t - prev))
+        prev = t
+    out.append(("interpreter exit (atexit, GC, flush) and reaping", t_end - prev))
+    return out
+
+
+def phase_table(runs: list[list[tuple[str, int]]]) -> str:
+    labels = [label for label, _ in runs[0]]
+    rows, total = [], []
+    for i, label in enumerate(labels):
+        ms = [r[i][1] / 1e6 for r in runs if len(r) == len(labels)]
+        rows.append([label, common.fmt_ms(statistics.median(ms)),
+                     common.fmt_ms(common.percentile(ms, 90))])
+    for r in runs:
+        total.append(sum(ns for _, ns in r) / 1e6)
+    rows.append(["**total (spawn to reaped)**", common.fmt_ms(statistics.median(total)),
+                 common.fmt_ms(common.percentile(total, 90))])
+    return common.markdown_table(["phase", "median ms", "p90 ms"], rows)
+
+
+IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
+
+
+def import_profile(exe: str, image: str, env: dict) -> dict[str, tuple[int, int, int]]:
+    """module -> (self us, cumulative us, depth) from one `minictr run` under -X importtime."""
+    res = subprocess.run([exe, "run", "--rm", image, "/bin/true"], capture_output=True,
+                         text=True, env=dict(env, PYTHONPROFILEIMPORTTIME="1"), timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"minictr run failed: {common.first_error_line(res.stderr)}")
+    out = {}
+    for line in res.stderr.splitlines():
+        m = IMPORT_LINE.match(line)
+        if m:
+            out[m.group(4)] = (int(m.group(1)), int(m.group(2)), (len(m.group(3)) - 1) // 2)
+    return out
+
+
+def import_tables(profiles: list[dict]) -> str:
+    names = set().union(*profiles)
+
+    def med(name, k):
+        return statistics.median(p[name][k] for p in profiles if name in p) / 1000
+    self_ms = {n: med(n, 0) for n in names}
+    cum_ms = {n: med(n, 1) for n in names}
+    total = sum(self_ms.values())
+    mine = sum(v for n, v in self_ms.items() if n.split(".")[0] in ("minictr", "_cffi_backend"))
+    by_cum = sorted(names, key=lambda n: -cum_ms[n])[:15]
+    by_self = sorted(names, key=lambda n: -self_ms[n])[:15]
+    rows_cum = [[f"`{n}`", common.fmt_ms(cum_ms[n]), common.fmt_ms(self_ms[n])] for n in by_cum]
+    rows_self = [[f"`{n}`", common.fmt_ms(self_ms[n])] for n in by_self]
+    return (f"{len(names)} modules imported, {total:.1f} ms of import time in all (median "
+            f"self times summed; importtime itself inflates this), {mine:.1f} ms in minictr's "
+            f"own modules and cffi.\n\nTop 15 by cumulative time:\n\n"
+            + common.markdown_table(["module", "cumulative ms", "self ms"], rows_cum)
+            + "\n\nTop 15 by self time:\n\n"
+            + common.markdown_table(["module", "self ms"], rows_self))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench start_cost", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iterations", "-n", type=int, default=15)
+    p.add_argument("--quick", action="store_true", help="5 iterations")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.iterations = 5
+    if os.geteuid() != 0:
+        say("bench start_cost: needs root (it times the root start path)")
+        return 1
+    ws = tempfile.mkdtemp(prefix="minictr-bench-cost-")
+    try:
+        bindir = start.ensure_bench_venv(say)
+        mc = start.Minictr(bindir, os.path.join(ws, "store"), os.path.join(ws, "state"),
+                           start.base_env("/root", "root"))
+        image = start.IMAGE_NAME.format("busybox")
+        mc.load(start.build_busybox(ws), image)
+        one_phase_run(mc.python, image, mc.env)                    # warm the page cache
+        say(f"phases: {args.iterations} runs")
+        runs = [one_phase_run(mc.python, image, mc.env) for _ in range(args.iterations)]
+        say(f"imports: {args.iterations} runs under -X importtime")
+        profiles = [import_profile(mc.exe, image, mc.env) for _ in range(args.iterations)]
+    except RuntimeError as err:
+        say(f"bench start_cost: {err}")
+        return 1
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+    text = (f"## Start cost breakdown ({common.machine_info()}, load {common.load_average()})\n\n"
+            f"`python -m bench start_cost -n {args.iterations}`, `{mc.exe}`\n\n"
+            f"### Phases of `minictr run --rm busybox /bin/true` (root)\n\n"
+            f"{phase_table(runs)}\n\n### Imports\n\n{import_tables(profiles)}\n")
+    path = common.write_results("start_cost", text, {"phases_ns": runs, "imports": profiles})
+    print(text)
+    say(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
