@@ -110,7 +110,8 @@ def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=
 
 
 def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
-         container_id: str | None = None) -> Plan:
+         container_id: str | None = None, scratch_dir: str | None = None,
+         warn: Explain = None) -> Plan:
     """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute."""
     from minictr.runtime import state as state_mod
     from minictr.runtime.rootfs import RootfsPlan
@@ -138,13 +139,14 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=lambda path: store.read_image_file(image, path),
         uid_mappings=uid_mappings, gid_mappings=gid_mappings)
-    for edits in _edits_for(opts, spec, gpu_roots, image.config, lambda p: store.read_image_file(image, p)):
+    read_file = lambda p: store.read_image_file(image, p)  # noqa: E731
+    for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
                 image=image.name)
 
 
-def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file):
+def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file, scratch_dir, warn):
     """Container edits from --device (host nodes and CDI names) and GPUs."""
     from minictr.spec import devices
 
@@ -158,7 +160,8 @@ def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file):
         yield cdi.edits_for_names(cdi_names)
     from minictr.gpu import inject
 
-    gpu_edits = inject.edits_for_request(opts, spec, gpu_roots, image_config, read_file)
+    gpu_edits = inject.edits_for_request(opts, spec, gpu_roots, image_config, read_file,
+                                         scratch_dir, warn=warn)
     if gpu_edits is not None:
         yield gpu_edits
 
@@ -185,7 +188,12 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
     if dry_run and explain is None:
         raise UsageError("--dry-run only makes sense with --explain",
                          hint="minictr run --dry-run --explain IMAGE CMD")
-    p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress)
+    from minictr.runtime import state as state_mod
+
+    container_id = state_mod.new_id()
+    p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
+             container_id=container_id, warn=warn,
+             scratch_dir=None if dry_run else state_mod.container_dir(paths.state, container_id))
     return container.run(p.spec, p.rootfs, paths=paths, container_id=p.container_id,
                          name=p.name, image=p.image, remove=opts.rm, tty=opts.tty,
                          interactive=opts.interactive, init=opts.init,

@@ -16,10 +16,12 @@ GPUS_HELP = (
     "Unlike docker, a bare number is an index: --gpus 0 means GPU 0, not zero GPUs")
 
 
-def _add_store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", help="store directory (default /var/lib/minictr, or "
+def _add_store_args(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    """Both before and after the subcommand (`minictr --root DIR load ...` or `minictr load
+    --root DIR ...`); SUPPRESS keeps a subcommand from resetting a value given before it."""
+    p.add_argument("--root", default=default, help="store directory (default /var/lib/minictr, or "
                    "$XDG_DATA_HOME/minictr when not root; env MINICTR_ROOT)")
-    p.add_argument("--state", help="state directory (default /run/minictr, or "
+    p.add_argument("--state", default=default, help="state directory (default /run/minictr, or "
                    "$XDG_RUNTIME_DIR/minictr; env MINICTR_STATE)")
 
 
@@ -173,9 +175,10 @@ def cmd_images(args: argparse.Namespace) -> int:
         _print_json(rows)
     elif args.quiet:
         for r in rows:
-            print(r["id"][:12])
+            print(r["id"].removeprefix("sha256:")[:12])
     else:
-        _table([[r["repository"], r["tag"], r["id"][:12], _human(r["size"])] for r in rows],
+        _table([[r["repository"], r["tag"], r["id"].removeprefix("sha256:")[:12],
+                 _human(r["size"])] for r in rows],
                ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"])
     return 0
 
@@ -358,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minictr", description="Run OCI containers, GPU-ready, with no daemon and no root.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version="minictr 0.1.0")
+    _add_store_args(parser, default=None)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def add(name, func, help_, **kw):
@@ -368,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run a command in a new container")
     _add_run_args(p)
-    p.add_argument("--explain", "-v", action="store_true",
+    p.add_argument("--explain", action="store_true",
                    help="print each step (namespaces, mounts, pivot_root, cgroups, execve) as it happens")
     p.add_argument("--dry-run", action="store_true",
                    help="with --explain: print the steps without doing them")

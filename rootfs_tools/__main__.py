@@ -103,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         if err.hint:
             print(f"rootfs_tools: hint: {err.hint}", file=sys.stderr)
         return 1
-    print(json.dumps({"layout": os.path.abspath(args.out), "tag": args.tag,
-                      "manifest": desc.digest, "ref": f"oci:{os.path.abspath(args.out)}:{args.tag}"}))
+    except OSError as err:
+        print(f"rootfs_tools: error: {err}", file=sys.stderr)
+        return 1
+    layout = os.path.abspath(args.out)
+    print(json.dumps({"layout": layout, "tag": args.tag, "manifest": desc.digest,
+                      "ref": f"oci:{layout}:{args.tag}"}))
     return 0
 
 

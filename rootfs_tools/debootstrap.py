@@ -1,9 +1,10 @@
 """A real Debian root filesystem from debootstrap(8), packed into one or several layers.
 
-Used by the layer-unpack benchmark: a minbase bookworm is ~10,000 files, the size of a real base
-image. With ``layers=N`` (N >= 2) the files are spread over N-1 layers of about equal size and a
-last layer deletes things with whiteouts (documentation, an opaque /var/cache), as images built
-with ``RUN apt-get ... && rm -rf ...`` do. Needs root (debootstrap chroots) and the Debian mirror.
+Used by the layer-unpack benchmark: a minbase bookworm is ~4,000 entries and 80 MB (~50 MB
+gzipped), the size of a real base image; building it takes ~1.5 min. With ``layers=N`` (N >= 2)
+the files are spread over N-1 layers of about equal size and a last layer deletes things with
+whiteouts (documentation, an opaque /var/cache/debconf), as images built with
+``RUN apt-get ... && rm -rf ...`` do. Needs root (debootstrap chroots) and the Debian mirror.
 Generated images are large: never commit them.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 
 from . import ToolError, ToolMissing
-from .tarball import Normalize, TarBuilder, walk_tree
+from .tarball import Normalize, TarBuilder, changeset, walk_tree
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # deleted by the whiteout layer: whole directories made opaque / single paths whited out
@@ -34,7 +35,8 @@ def _sources_entries(text: str, deb822: bool) -> list[tuple[str, list[str]]]:
                     k, _, v = line.partition(":")
                     fields[k.strip().lower()] = v.strip()
             if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
-                out += [(uri, fields.get("suites", "").split()) for uri in fields.get("uris", "").split()]
+                suites = fields.get("suites", "").split()
+                out += [(uri, suites) for uri in fields.get("uris", "").split()]
     else:
         for line in text.splitlines():
             words = [w for w in line.split("#", 1)[0].split() if not w.startswith("[")]
@@ -118,24 +120,10 @@ def _missing_parents(rel: str, have: set[str]) -> list[str]:
 def whiteout_layer(root: str) -> TarBuilder:
     """Delete documentation from the final filesystem with opaque markers and whiteouts, and
     add one new file so the layer also adds something."""
-    tb, have = TarBuilder(), set()
-
-    def parents(rel: str) -> None:
-        for parent in _missing_parents(rel, have):
-            tb.dir(parent)
-            have.add(parent)
-
-    for rel in OPAQUE_DIRS:
-        if os.path.isdir(os.path.join(root, rel)):
-            parents(rel + "/x")
-            tb.opaque(rel)
-    for rel in WHITED_OUT:
-        if os.path.lexists(os.path.join(root, rel)):
-            parents(rel)
-            tb.whiteout(rel)
-    parents("etc/minictr-bench")
-    tb.file("etc/minictr-bench", b"built by rootfs_tools debootstrap --layers\n")
-    return tb
+    return changeset(
+        opaque=[rel for rel in OPAQUE_DIRS if os.path.isdir(os.path.join(root, rel))],
+        deleted=[rel for rel in WHITED_OUT if os.path.lexists(os.path.join(root, rel))],
+        files={"etc/minictr-bench": b"built by rootfs_tools debootstrap --layers\n"})
 
 
 def debootstrap_layers(out_layout, *, layers: int = 1, mirror: str | None = None,

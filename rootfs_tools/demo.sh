@@ -17,7 +17,8 @@ section "Who am I?" \
     "A user namespace can map uid 0 inside to an ordinary uid outside (user_namespaces(7))." \
     "Rootless, 'root' here owns nothing on the host."
 id
-[ -r /proc/self/uid_map ] && echo "uid_map (inside outside count):" && sed 's/^/   /' /proc/self/uid_map
+echo "uid_map (inside outside count):"
+sed 's/^/   /' /proc/self/uid_map
 
 section "Which machine?" \
     "A UTS namespace gives the container its own hostname (uts_namespaces(7))."
@@ -31,7 +32,9 @@ ps -o pid,user,args
 section "Which files?" \
     "A mount namespace plus pivot_root(2) makes the image the root directory." \
     "The first mounts of this container (from /proc/self/mountinfo, mount point and type):"
-awk '{ for (i = 7; $i != "-"; i++); printf "   %-24s %s\n", $5, $(i + 1) }' /proc/self/mountinfo | head -n 15
+# mountinfo fields (proc(5)): 5 = mount point, then optional fields up to "-", then the type
+awk '{ for (i = 7; $i != "-"; i++); printf "   %-24s %s\n", $5, $(i + 1) }' /proc/self/mountinfo |
+    head -n 15
 echo "   ... $(wc -l < /proc/self/mountinfo) mounts in all; the host has its own, unseen."
 
 section "What may I do?" \

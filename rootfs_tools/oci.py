@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import ToolError
-from .tarball import CompressingWriter, Normalize, TarBuilder, add_tree, tar_tree, walk_tree
+from .tarball import (CompressingWriter, Normalize, TarBuilder, add_tree, changeset, tar_tree,
+                      walk_tree)
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -184,6 +185,14 @@ class Layout:
             while chunk := source.read(1 << 20):
                 sink.write(chunk)
         return self._layer(write, compression)
+
+    def add_whiteout_layer(self, *, deleted: Iterable[str] = (), opaque: Iterable[str] = (),
+                           files: dict[str, bytes] | None = None,
+                           compression: str = "gzip") -> LayerBlob:
+        """A layer that deletes paths of the layers below (``.wh.NAME``), hides directories'
+        contents (``.wh..wh..opq``) and adds ``files`` (see ``tarball.changeset``)."""
+        return self.add_layer_from_tar(changeset(deleted=deleted, opaque=opaque, files=files),
+                                       compression=compression)
 
     def add_layer(self, source, *, compression: str = "gzip",
                   norm: Normalize = Normalize()) -> LayerBlob:

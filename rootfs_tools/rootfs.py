@@ -61,7 +61,7 @@ def find_busybox(candidates=BUSYBOX_CANDIDATES) -> str:
     for path in candidates:
         if os.path.isfile(path) and read_elf(path).interp is None:
             return path
-    raise ToolMissing("no statically linked busybox found (looked at " + ", ".join(candidates) + ")",
+    raise ToolMissing(f"no statically linked busybox found (looked at {', '.join(candidates)})",
                       hint="apt-get install busybox-static")
 
 

@@ -91,7 +91,8 @@ class CompressingWriter(io.RawIOBase):
     def __init__(self, out, compression: str = "gzip", level: int | None = None):
         super().__init__()
         if compression not in COMPRESSIONS:
-            raise ToolError(f"unknown compression {compression!r}", hint=f"use one of {COMPRESSIONS}")
+            raise ToolError(f"unknown compression {compression!r}",
+                            hint=f"use one of {', '.join(COMPRESSIONS)}")
         self.out, self.compression = out, compression
         self.diff_hash, self.blob_hash, self.size = hashlib.sha256(), hashlib.sha256(), 0
         if compression == "gzip":
@@ -171,7 +172,8 @@ class TarBuilder:
         info.linkname = target
         return self.add(info)
 
-    def device(self, name: str, kind: str, major: int, minor: int, mode: int = 0o666) -> "TarBuilder":
+    def device(self, name: str, kind: str, major: int, minor: int,
+               mode: int = 0o666) -> "TarBuilder":
         info = self._info(name, tarfile.CHRTYPE if kind == "c" else tarfile.BLKTYPE, mode)
         info.devmajor, info.devminor = major, minor
         return self.add(info)
@@ -197,6 +199,33 @@ class TarBuilder:
         buf = io.BytesIO()
         self.write_to(buf)
         return buf.getvalue()
+
+
+def changeset(*, deleted: Iterable[str] = (), opaque: Iterable[str] = (),
+              files: dict[str, bytes] | None = None) -> TarBuilder:
+    """A layer that deletes ``deleted`` paths (whiteouts), empties ``opaque`` directories (opaque
+    markers) and adds ``files``; parent directories are written once each, before their
+    children, as image builders do."""
+    tb, have = TarBuilder(), set()
+
+    def parents(rel: str) -> None:
+        parts = rel.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            if parent not in have:
+                tb.dir(parent)
+                have.add(parent)
+
+    for directory in opaque:
+        parents(directory.strip("/") + "/" + OPAQUE_MARKER)
+        tb.opaque(directory)
+    for path in deleted:
+        parents(path)
+        tb.whiteout(path)
+    for path, data in (files or {}).items():
+        parents(path)
+        tb.file(path.strip("/"), data)
+    return tb
 
 
 def is_whiteout(name: str) -> bool:

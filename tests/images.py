@@ -1,7 +1,7 @@
 """Test images, built once and cached by content (for every tier's fixtures).
 
     from tests.images import build_busybox
-    image = build_busybox(cache_dir)        # -> BuiltImage; image.ref == "oci:/.../busybox-KEY:latest"
+    image = build_busybox(cache_dir)    # a BuiltImage: image.ref == "oci:/.../busybox-KEY:latest"
 
 Each image is an OCI layout directory named after a hash of everything that goes into it (the
 rootfs_tools sources, the host files copied in, the build options), so a changed input makes a

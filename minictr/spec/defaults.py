@@ -119,7 +119,9 @@ def default_device_rules(*, privileged: bool) -> list[dict]:
 
     mknod of any node is allowed (``m``) so that images can carry device files; opening needs
     an explicit rule. 136 is the Unix98 pty slave major (/dev/pts/N), 5:2 is /dev/ptmx.
-    --privileged allows everything, as docker does.
+    --privileged allows everything in the device cgroup, as docker does; unlike docker it
+    creates no node for each host device (that would read the host's /dev here, in pure code):
+    name the ones wanted with --device.
     """
     if privileged:
         return [{"allow": True, "access": "rwm"}]

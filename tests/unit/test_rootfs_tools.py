@@ -19,7 +19,8 @@ import tarfile
 
 import pytest
 
-from rootfs_tools import ToolError, __main__ as cli, build, debootstrap, elf, oci
+from rootfs_tools import ToolError, ToolMissing, build, debootstrap, elf, oci, rootfs
+from rootfs_tools import __main__ as cli
 from rootfs_tools.tarball import Normalize, TarBuilder
 from tests import images
 
@@ -141,6 +142,19 @@ def test_whiteout_layer_holds_markers(tmp_path):
     assert "etc/.wh.gone" in members and members["etc/.wh.gone"].size == 0
     assert "var/cache/.wh..wh..opq" in members
     assert "var/cache/new" in members
+
+
+def test_add_whiteout_layer_writes_parents_once(tmp_path):
+    layout = oci.Layout(str(tmp_path / "out"))
+    blob = layout.add_whiteout_layer(deleted=["usr/share/man", "usr/share/info"],
+                                     opaque=["usr/share/doc"], files={"etc/added": b"a"},
+                                     compression="none")
+    layout.add_image([blob], oci.ImageConfig(), "latest")
+    _, _, [tar] = verify_layout(tmp_path / "out")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        names = [m.name.rstrip("/") for m in tf.getmembers()]
+    assert names == ["usr", "usr/share", "usr/share/doc", "usr/share/doc/.wh..wh..opq",
+                     "usr/share/.wh.man", "usr/share/.wh.info", "etc", "etc/added"]
 
 
 def test_tarbuilder_writes_hostile_names_verbatim():
@@ -351,3 +365,36 @@ def test_umoci_unpacks_layout(cache, tmp_path):
     assert os.path.samefile(rootfs / "bin" / "sh", rootfs / "bin" / "busybox")
     assert os.readlink(rootfs / "bin" / "ls") == "busybox"
     assert os.access(rootfs / "probe", os.X_OK)
+
+
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci not installed")
+def test_umoci_applies_our_whiteouts(tmp_path):
+    base = TarBuilder().dir("etc").file("etc/keep", b"k").file("etc/gone", b"g").dir("var") \
+        .dir("var/cache").file("var/cache/old", b"o")
+    top = TarBuilder().dir("etc").whiteout("etc/gone").dir("var").dir("var/cache") \
+        .opaque("var/cache").file("var/cache/new", b"n")
+    oci.write_image(str(tmp_path / "img"), [base, top], oci.ImageConfig())
+    cmd = ["umoci", "raw", "unpack"] + ([] if os.geteuid() == 0 else ["--rootless"])
+    out = subprocess.run(cmd + ["--image", f"{tmp_path / 'img'}:latest", str(tmp_path / "r")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path / "r" / "etc")) == ["keep"]
+    assert sorted(os.listdir(tmp_path / "r" / "var" / "cache")) == ["new"]
+
+
+def test_demo_script_runs_under_busybox_without_errors(tmp_path):
+    """demo.sh only uses busybox applets: run it with a PATH of nothing but busybox links."""
+    try:
+        busybox = rootfs.find_busybox()
+    except ToolMissing as err:
+        pytest.skip(str(err))
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        os.symlink(busybox, tmp_path / applet)
+    script = os.path.join(os.path.dirname(rootfs.__file__), "demo.sh")
+    out = subprocess.run([busybox, "sh", script], capture_output=True, text=True,
+                         env={"PATH": str(tmp_path)})
+    assert (out.returncode, out.stderr) == (0, "")
+    for heading in ("Who am I?", "Which processes?", "My namespaces", "CapEff decoded:"):
+        assert heading in out.stdout

@@ -328,3 +328,18 @@ def test_malformed_image_config(config, match):
 def test_image_env_without_equals_is_dropped():
     env = build({"config": {"Cmd": ["sh"], "Env": ["JUNK", "A=1"]}})["process"]["env"]
     assert env[0] == "A=1" and not any(e == "JUNK" for e in env)
+
+
+def test_env_file_read_from_the_host_by_default(tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("FROM_DISK=yes\n")
+    opts = RunOptions(image="x", env_files=(str(env_file),))
+    spec = build_spec({"config": {"Cmd": ["sh"]}}, opts, rootless=False,
+                      container_id=CID, rootfs_path="/r", read_file=lambda p: None, host_env={})
+    assert spec["process"]["env"][-1] == "FROM_DISK=yes"
+
+
+def test_image_without_config_object_needs_a_command():
+    with pytest.raises(SpecError, match="no command"):
+        build({"architecture": "amd64"})
+    assert build({}, command=("true",))["process"]["args"] == ["true"]

@@ -18,6 +18,7 @@ wheel:x:10:alice,bob
 video:x:44:bob
 alice:x:1000:
 oops:x:nan:alice
+short:x
 """
 FILES = {"/etc/passwd": PASSWD, "/etc/group": GROUP}
 

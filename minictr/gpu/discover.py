@@ -1,0 +1,361 @@
+"""Describe the host's NVIDIA driver from files alone: no NVML, no libcuda loaded.
+
+Sources (see docs/gpus.md and libnvidia-container ``src/nvc_info.c``):
+
+* ``PROC/driver/nvidia/version``: the kernel module's version.
+* ``PROC/driver/nvidia/gpus/<pci bus id>/information``: Model, GPU UUID, Bus Location, Device
+  Minor. The index of a GPU is its rank in PCI bus order (nvidia-smi's order); its device node
+  is ``/dev/nvidia<Device Minor>``, which need not equal the index.
+* ``PROC/devices``: majors of ``nvidia-uvm`` and ``nvidia-caps`` (dynamic); ``nvidia-frontend``
+  (or ``nvidia``) is 195.
+* ``PROC/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>/ci<C>/access``: MIG instances and the
+  minors of their ``/dev/nvidia-caps/nvidia-cap<N>`` nodes.
+* ``DRIVER/etc/ld.so.cache``: the driver's libraries; only files whose version suffix equals the
+  kernel module's are used (a mismatch means a driver upgrade without reboot).
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections import deque
+from dataclasses import dataclass, field
+
+from minictr.errors import GPUError
+from minictr.gpu import capabilities as caps
+from minictr.gpu import ldcache
+from minictr.gpu.require import cuda_version_for_driver
+
+NVIDIA_MAJOR = 195
+CTL_MINOR = 255
+MODESET_MINOR = 254
+BIN_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
+_KEEP = ldcache.key_pattern(caps.ALL_STEMS)
+_VERSION_RE = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+
+
+@dataclass(frozen=True)
+class DriverRoots:
+    """Where to look. Tests point these at a fake driver; real hosts use the defaults, or a
+    containerised driver (``/run/nvidia/driver``) as the driver root."""
+
+    driver_root: str = "/"
+    dev_root: str = "/"
+    proc_root: str = "/proc"
+    mps_pipe_dir: str | None = None       # None: $CUDA_MPS_PIPE_DIRECTORY or /tmp/nvidia-mps
+
+    @classmethod
+    def from_args(cls, driver_root=None, dev_root=None, proc_root=None) -> "DriverRoots":
+        return cls(driver_root or "/", dev_root or "/", proc_root or "/proc")
+
+    def host(self, root: str, path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+
+@dataclass(frozen=True)
+class Node:
+    """A character device the container needs: its path inside, and what the host has."""
+
+    path: str                 # /dev/nvidia0 (same path inside the container)
+    major: int
+    minor: int
+    host_path: str            # where it is on the host (under dev_root)
+    file_mode: int = 0o666
+    present: bool = True
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    gpu_index: int
+    index: int                # rank among this GPU's MIG devices, for NVIDIA_VISIBLE_DEVICES=g:m
+    gi: int
+    ci: int
+    nodes: tuple[Node, ...]   # /dev/nvidia-caps/nvidia-capN for the GI and the CI access
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    minor: int
+    uuid: str
+    model: str
+    bus_id: str
+    proc_dir: str             # PROC/driver/nvidia/gpus/<bus>
+    node: Node
+    mig: tuple[MigDevice, ...] = ()
+
+
+@dataclass(frozen=True)
+class Library:
+    stem: str                 # libcuda
+    capability: str
+    x86_64: bool              # False: the i386 copy (compat32)
+    host_path: str            # the real file, under driver_root
+    real_name: str            # libcuda.so.580.65.06
+    sonames: tuple[str, ...]  # libcuda.so.1 (the cache keys that name this file)
+
+
+@dataclass(frozen=True)
+class Driver:
+    roots: DriverRoots
+    version: str
+    cuda_version: str | None
+    gpus: tuple[GPU, ...]
+    control: dict[str, Node]            # nvidiactl, nvidia-modeset, nvidia-uvm, nvidia-uvm-tools
+    libraries: tuple[Library, ...]
+    binaries: dict[str, str]            # name -> host path
+    firmware: tuple[str, ...]           # host paths (container path: minus driver_root)
+    ipc: tuple[str, ...]                # host socket paths (container path: minus driver_root)
+    stale: tuple[str, ...] = ()         # library files whose version is not the module's
+    warnings: tuple[str, ...] = field(default=())
+
+    def container_path(self, host_path: str) -> str:
+        """The path a driver file gets inside the container: its path under driver_root."""
+        rel = os.path.relpath(host_path, self.roots.driver_root)
+        return "/" + rel
+
+    def to_dict(self) -> dict:
+        by_cap: dict[str, list[str]] = {}
+        for lib in self.libraries:
+            key = lib.capability if lib.x86_64 else "compat32"
+            by_cap.setdefault(key, []).append(lib.host_path)
+        return {
+            "driver_version": self.version,
+            "cuda_version": self.cuda_version,
+            "gpus": [{"index": g.index, "minor": g.minor, "uuid": g.uuid, "model": g.model,
+                      "bus_id": g.bus_id, "device": g.node.path,
+                      "mig": [f"{m.gpu_index}:{m.index} (gi {m.gi}, ci {m.ci})"
+                              for m in g.mig]} for g in self.gpus],
+            "control_nodes": {n.path: f"{n.major}:{n.minor}" + ("" if n.present else " missing")
+                              for n in self.control.values()},
+            "libraries": by_cap,
+            "binaries": dict(self.binaries),
+            "firmware": list(self.firmware),
+            "ipc_sockets": list(self.ipc),
+            "stale_libraries": list(self.stale),
+            "warnings": list(self.warnings),
+        }
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def read_driver_version(roots: DriverRoots) -> str:
+    path = os.path.join(roots.proc_root, "driver/nvidia/version")
+    text = _read(path)
+    if text is None:
+        raise GPUError(f"no NVIDIA driver: {path} does not exist",
+                       hint="is the nvidia kernel module loaded (lsmod | grep nvidia)? For a "
+                       "driver elsewhere see --nvidia-driver-root / --nvidia-proc-root")
+    m = _VERSION_RE.search(text)
+    if not m:
+        raise GPUError(f"cannot read the driver version from {path}: {text.strip()[:80]!r}")
+    return m.group(1)
+
+
+def char_majors(roots: DriverRoots) -> dict[str, int]:
+    """Character device majors by name from PROC/devices (proc(5))."""
+    text = _read(os.path.join(roots.proc_root, "devices")) or ""
+    block = text.split("Block devices:")[0]
+    majors = {}
+    for line in block.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            majors[parts[1]] = int(parts[0])
+    return majors
+
+
+def _node(roots: DriverRoots, path: str, major: int, minor: int) -> Node:
+    host = roots.host(roots.dev_root, path)
+    try:
+        st = os.stat(host)
+    except OSError:
+        return Node(path, major, minor, host, present=False)
+    return Node(path, major, minor, host, file_mode=stat.S_IMODE(st.st_mode))
+
+
+def _info_fields(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _mig_devices(roots: DriverRoots, gpu_index: int, minor: int, caps_major: int | None):
+    base = os.path.join(roots.proc_root, f"driver/nvidia/capabilities/gpu{minor}/mig")
+    found = []
+    for gi in _listdir(base):
+        if not gi.startswith("gi") or not gi[2:].isdigit():
+            continue
+        gi_minor = _access_minor(os.path.join(base, gi, "access"))
+        for ci in _listdir(os.path.join(base, gi)):
+            if not ci.startswith("ci") or not ci[2:].isdigit():
+                continue
+            ci_minor = _access_minor(os.path.join(base, gi, ci, "access"))
+            if gi_minor is None or ci_minor is None or caps_major is None:
+                continue
+            found.append((int(gi[2:]), int(ci[2:]), gi_minor, ci_minor))
+    return tuple(
+        MigDevice(gpu_index, i, g, c, tuple(
+            _node(roots, f"/dev/nvidia-caps/nvidia-cap{m}", caps_major, m) for m in (gm, cm)))
+        for i, (g, c, gm, cm) in enumerate(sorted(found)))
+
+
+def _access_minor(path: str) -> int | None:
+    text = _read(path)
+    m = re.search(r"DeviceFileMinor:\s*(\d+)", text or "")
+    return int(m.group(1)) if m else None
+
+
+def read_gpus(roots: DriverRoots, nvidia_major: int, caps_major: int | None,
+              warnings: list[str]) -> tuple[GPU, ...]:
+    gpus_dir = os.path.join(roots.proc_root, "driver/nvidia/gpus")
+    out = []
+    # the directory names are PCI bus ids; sorted = PCI bus order = nvidia-smi's index order
+    for index, bus in enumerate(sorted(_listdir(gpus_dir), key=str.lower)):
+        proc_dir = os.path.join(gpus_dir, bus)
+        info = _info_fields(_read(os.path.join(proc_dir, "information")) or "")
+        try:
+            minor = int(info["Device Minor"])
+        except (KeyError, ValueError):
+            warnings.append(f"{proc_dir}/information has no Device Minor; GPU skipped")
+            continue
+        node = _node(roots, f"/dev/nvidia{minor}", nvidia_major, minor)
+        if not node.present:
+            warnings.append(f"{node.host_path} is missing (GPU {index}); "
+                            "create it with nvidia-modprobe -c=" + str(minor))
+        out.append(GPU(index=index, minor=minor, uuid=info.get("GPU UUID", ""),
+                       model=info.get("Model", ""), bus_id=info.get("Bus Location", bus),
+                       proc_dir=proc_dir, node=node,
+                       mig=_mig_devices(roots, index, minor, caps_major)))
+    return tuple(out)
+
+
+def control_nodes(roots: DriverRoots, majors: dict[str, int], warnings: list[str]):
+    nv = majors.get("nvidia-frontend", majors.get("nvidia", NVIDIA_MAJOR))
+    nodes = {"nvidiactl": _node(roots, "/dev/nvidiactl", nv, CTL_MINOR),
+             "nvidia-modeset": _node(roots, "/dev/nvidia-modeset", nv, MODESET_MINOR)}
+    uvm = majors.get("nvidia-uvm")
+    if uvm is None:
+        warnings.append("nvidia-uvm is not loaded (no entry in /proc/devices): CUDA will fail; "
+                        "load it with nvidia-modprobe -u -c=0")
+    else:
+        nodes["nvidia-uvm"] = _node(roots, "/dev/nvidia-uvm", uvm, 0)
+        nodes["nvidia-uvm-tools"] = _node(roots, "/dev/nvidia-uvm-tools", uvm, 1)
+    if not nodes["nvidiactl"].present:
+        warnings.append(f"{nodes['nvidiactl'].host_path} is missing: run nvidia-modprobe")
+    return nv, nodes
+
+
+def resolve_in_root(root: str, path: str, max_links: int = 40) -> str:
+    """``path`` with every symlink resolved as if ``root`` were ``/``: absolute targets and
+    ``..`` never leave ``root`` (a containerised driver root must not point us at the host)."""
+    parts = deque(p for p in path.split("/") if p)
+    cur: list[str] = []
+    links = 0
+    while parts:
+        part = parts.popleft()
+        if part == ".":
+            continue
+        if part == "..":
+            if cur:
+                cur.pop()
+            continue
+        try:
+            target = os.readlink(os.path.join(root, *cur, part))
+        except OSError:
+            cur.append(part)
+            continue
+        links += 1
+        if links > max_links:
+            raise OSError(40, "too many levels of symbolic links", path)
+        if target.startswith("/"):
+            cur = []
+        parts.extendleft(reversed([p for p in target.split("/") if p]))
+    return os.path.join(root, *cur)
+
+
+def read_libraries(roots: DriverRoots, version: str, warnings: list[str]):
+    """The driver's libraries from DRIVER/etc/ld.so.cache, grouped by real file, and the
+    stale copies (version suffix != kernel module version) that were left out."""
+    cache_path = roots.host(roots.driver_root, "/etc/ld.so.cache")
+    try:
+        with open(cache_path, "rb") as f:
+            entries = ldcache.parse(f.read(), _KEEP)
+    except FileNotFoundError:
+        warnings.append(f"{cache_path} does not exist: no driver libraries found")
+        return (), ()
+    except ldcache.LdCacheError as err:
+        warnings.append(f"{cache_path}: {err}")
+        return (), ()
+    files: dict[str, dict] = {}
+    stale: dict[str, None] = {}
+    for e in entries:
+        stem = e.key.split(".so")[0]
+        if e.key.endswith(".so") or stem not in caps.STEM_CAPABILITY:
+            continue                      # dev links (libcuda.so) are not SONAMEs
+        real = resolve_in_root(roots.driver_root, e.value)
+        name = os.path.basename(real)
+        if name != f"{stem}.so.{version}":
+            if name.startswith(stem + ".so."):
+                stale[real] = None
+            continue
+        if not os.path.exists(real):
+            continue
+        lib = files.setdefault(real, {"stem": stem, "x86_64": e.is_x86_64, "sonames": []})
+        if e.key != name and e.key not in lib["sonames"]:
+            lib["sonames"].append(e.key)
+    for path in stale:
+        warnings.append(f"{path} does not match the kernel module {version} and is not "
+                        "injected (driver upgraded without a reboot?)")
+    libs = tuple(Library(stem=v["stem"], capability=caps.STEM_CAPABILITY[v["stem"]],
+                         x86_64=v["x86_64"], host_path=k, real_name=os.path.basename(k),
+                         sonames=tuple(v["sonames"])) for k, v in files.items())
+    return libs, tuple(stale)
+
+
+def find_binaries(roots: DriverRoots) -> dict[str, str]:
+    found = {}
+    for names in caps.BINARIES.values():
+        for name in names:
+            for d in BIN_DIRS:
+                path = os.path.join(roots.driver_root, d, name)
+                if os.path.isfile(path):
+                    found[name] = path
+                    break
+    return found
+
+
+def discover(roots: DriverRoots | None = None) -> Driver:
+    """Everything minictr knows about the host's driver, read from files (no NVML)."""
+    roots = roots or DriverRoots()
+    version = read_driver_version(roots)
+    warnings: list[str] = []
+    cuda, note = cuda_version_for_driver(version)
+    if note:
+        warnings.append(note)
+    majors = char_majors(roots)
+    nv_major, control = control_nodes(roots, majors, warnings)
+    gpus = read_gpus(roots, nv_major, majors.get("nvidia-caps"), warnings)
+    libraries, stale = read_libraries(roots, version, warnings)
+    fw_dir = os.path.join(roots.driver_root, "lib/firmware/nvidia", version)
+    firmware = tuple(os.path.join(fw_dir, n) for n in _listdir(fw_dir) if n.endswith(".bin"))
+    ipc = tuple(roots.host(roots.driver_root, p) for sockets in caps.IPC_SOCKETS.values()
+                for p in sockets if os.path.exists(roots.host(roots.driver_root, p)))
+    return Driver(roots=roots, version=version, cuda_version=cuda, gpus=gpus, control=control,
+                  libraries=libraries, binaries=find_binaries(roots), firmware=firmware,
+                  ipc=ipc, stale=stale, warnings=tuple(warnings))

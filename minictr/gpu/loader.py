@@ -1,0 +1,172 @@
+"""Make the injected libraries loadable inside the image without running anything from it.
+
+libnvidia-container runs the image's ``ldconfig`` inside the container; the CDI hooks run
+``nvidia-ctk hook update-ldcache``. minictr instead (a) bind-mounts each driver library into the
+image's own library directory twice, at its real name and at its SONAME (the same file; no
+symlink is created in the image), and (b) writes a new ``/etc/ld.so.cache`` in Python: the
+image's own entries plus the injected SONAMEs, mounted read-only over the image's. No binary from
+an untrusted image runs, no symlink the image planted is followed, and it costs microseconds.
+
+The image is only *read* through ``read_file(path) -> bytes | None`` (a missing file may also
+raise OSError or a MinictrError): its ``/etc/ld.so.cache``, ``/etc/os-release`` and the CUDA
+forward-compatibility library ``/usr/local/cuda/compat/libcuda.so.1``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+from minictr.errors import GPUError, MinictrError
+from minictr.gpu import capabilities as caps
+from minictr.gpu import ldcache
+from minictr.gpu.require import version_tuple
+
+DEBIAN_LIBDIR = "/usr/lib/x86_64-linux-gnu"
+DEBIAN_LIBDIR32 = "/usr/lib/i386-linux-gnu"
+RPM_LIBDIR = "/usr/lib64"
+RPM_LIBDIR32 = "/usr/lib"
+COMPAT_DIR = "/usr/local/cuda/compat"
+COMPAT_SONAMES = ("libcuda.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4")
+FLAG_I386 = ldcache.FLAG_ELF_LIBC6
+_IMAGE_KEEP = ldcache.key_pattern(("libc",) + caps.ALL_STEMS)
+_DRIVER_MARKERS = (b"nvidia", b"libcuda", b"libnvcuvid", b"libnvoptix")
+_KNOWN_IDS = {"debian", "ubuntu", "fedora", "rhel", "centos", "suse", "opensuse", "sles",
+              "amzn", "rocky", "almalinux", "ol"}
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """What the image's loader looks like, read from its files."""
+
+    libdir: str                          # where injected x86-64 libraries go
+    libdir32: str                        # where i386 copies go (compat32)
+    cache: bytes | None                  # the image's own /etc/ld.so.cache, if readable
+    entries: tuple[ldcache.Entry, ...]   # its libc and NVIDIA driver entries (nothing else)
+    musl: bool = False
+
+
+def read_optional(read_file, path: str) -> bytes | None:
+    try:
+        return read_file(path)
+    except (OSError, MinictrError, KeyError, ValueError):
+        return None
+
+
+def _os_release(read_file) -> dict[str, str]:
+    raw = read_optional(read_file, "/etc/os-release") or \
+        read_optional(read_file, "/usr/lib/os-release") or b""
+    out = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def inspect_image(read_file) -> ImageLoader:
+    """Pick the image's library directory by distribution (os-release: Debian/Ubuntu use the
+    multiarch dir, others /usr/lib64 as Fedora/RHEL/SUSE), else by where its ld.so.cache says
+    libc lives. The cache is only scanned for libc and for NVIDIA libraries baked into the
+    image, and only when it mentions them at all (a substring test, cheaper than the scan)."""
+    raw = read_optional(read_file, "/etc/ld.so.cache")
+    release = _os_release(read_file)
+    ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
+    musl = "alpine" in ids or bool(read_optional(read_file, "/etc/ld-musl-x86_64.path"))
+    decided = bool(ids & _KNOWN_IDS)
+    entries: tuple[ldcache.Entry, ...] = ()
+    if raw and (not decided or any(m in raw for m in _DRIVER_MARKERS)):
+        try:
+            entries = tuple(ldcache.parse(raw, _IMAGE_KEEP))
+        except ldcache.LdCacheError:
+            raw = None        # a broken cache is replaced; the loader would ignore it anyway
+    if decided:
+        debian_like = bool(ids & {"debian", "ubuntu"})
+    else:
+        debian_like = any("x86_64-linux-gnu" in e.value for e in entries
+                          if e.key == "libc.so.6" and e.is_x86_64)
+    if debian_like:
+        return ImageLoader(DEBIAN_LIBDIR, DEBIAN_LIBDIR32, raw, entries, musl)
+    return ImageLoader(RPM_LIBDIR, RPM_LIBDIR32, raw, entries, musl)
+
+
+def baked_driver_libraries(image: ImageLoader) -> list[str]:
+    """Driver libraries the image's loader cache lists (a copy baked in at build time)."""
+    return [e.value for e in image.entries
+            if e.key.split(".so")[0] in caps.STEM_CAPABILITY and not e.key.endswith(".so")]
+
+
+def compat_entries(read_file, image_env: dict[str, str], driver_cuda: str | None,
+                   wanted: frozenset[str]) -> list[ldcache.Entry]:
+    """CUDA forward compatibility: the image's /usr/local/cuda/compat libraries win over the
+    host's only when the image's CUDA (CUDA_VERSION) is newer than the driver's, as the
+    toolkit's enable-cuda-compat hook decides (it compares their driver majors; the CUDA version
+    ordering is the same). Datacenter GPUs only; on others libcuda will report an error."""
+    if "compute" not in wanted or not driver_cuda:
+        return []
+    image_cuda = image_env.get("CUDA_VERSION", "")
+    if not image_cuda or version_tuple(image_cuda)[:2] <= version_tuple(driver_cuda)[:2]:
+        return []
+    out = []
+    for soname in COMPAT_SONAMES:
+        path = f"{COMPAT_DIR}/{soname}"
+        if read_optional(read_file, path):
+            out.append(ldcache.Entry(soname, path))
+    return out
+
+
+def _private_dir(base: str) -> str:
+    """A directory only this user can write, refusing one someone else planted."""
+    path = os.path.join(base, f"minictr-ldcache-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.geteuid() or \
+            st.st_mode & 0o022:
+        raise GPUError(f"{path} is not a private directory of this user",
+                       hint="remove it, or give minictr a scratch directory")
+    return path
+
+
+def new_cache(image: ImageLoader, injected: list[ldcache.Entry]) -> bytes:
+    """The image's cache plus the injected entries (ldcache.splice); a cache too damaged to
+    splice is dropped, as the loader would ignore it too."""
+    try:
+        return ldcache.splice(image.cache, injected)
+    except ldcache.LdCacheError:
+        return ldcache.write(injected)
+
+
+def write_cache(data: bytes, scratch_dir: str | None) -> str:
+    """Write the cache and return its path.
+
+    In ``scratch_dir`` (the container's own directory, removed with it and never reused) the
+    file is written in place: nothing else reads it before the container starts. Without one,
+    the file goes to a private directory under $TMPDIR, named by its content so identical runs
+    share it, and is written to a temporary name and renamed so no reader sees half a file.
+    """
+    if scratch_dir is not None:
+        os.makedirs(scratch_dir, exist_ok=True)
+        path = os.path.join(scratch_dir, "ld.so.cache")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+    directory = _private_dir(tempfile.gettempdir())
+    path = os.path.join(directory, "ld.so.cache-" + hashlib.sha256(data).hexdigest()[:32])
+    if os.path.exists(path):
+        return path
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ld.so.cache.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

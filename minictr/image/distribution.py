@@ -1,0 +1,307 @@
+"""An HTTP client for the OCI distribution API (opencontainers/distribution-spec, spec.md).
+
+One ``Client`` talks to one endpoint about one repository over a pooled ``requests.Session``:
+``ping`` (``GET /v2/``) picks the scheme and learns how to authenticate, ``get_manifest``
+(``GET /v2/NAME/manifests/REF``) and ``open_blob`` (``GET /v2/NAME/blobs/DIGEST``, optionally
+with ``Range``) fetch content. Authentication follows distribution's token spec
+(docs/spec/auth/token.md): a ``Bearer`` challenge sends the client to a token server (with basic
+credentials if it has any, anonymously otherwise); a ``Basic`` challenge takes the credentials
+directly. Transient failures (connection errors, 429, 5xx) are retried with exponential backoff,
+honouring ``Retry-After`` (RFC 9110 §10.2.3).
+"""
+from __future__ import annotations
+
+import base64
+import email.utils
+import ssl
+import threading
+import time
+from typing import Callable
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from minictr.errors import RegistryError
+from minictr.image import auth
+from minictr.image.hosts import Endpoint
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 30.0
+LOGIN_HINT = "log in first: minictr login {registry}"
+
+
+class _CAAdapter(HTTPAdapter):
+    """An adapter whose TLS context trusts the system CAs plus a registry's certs.d CAs."""
+
+    def __init__(self, ca_files, **kw):
+        self._ctx = ssl.create_default_context()
+        for path in ca_files:
+            self._ctx.load_verify_locations(cafile=path)
+        super().__init__(**kw)
+
+    def init_poolmanager(self, *args, **kw):
+        kw["ssl_context"] = self._ctx
+        return super().init_poolmanager(*args, **kw)
+
+
+class _Session(requests.Session):
+    """requests lets $REQUESTS_CA_BUNDLE override ``verify=False`` (psf/requests#3829): the
+    user's --tls-verify=false must win."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.verify is False:
+            settings["verify"] = False
+        return settings
+
+
+def make_session(endpoint: Endpoint, pool: int = 8) -> requests.Session:
+    """A Session with a connection pool big enough for the parallel blob workers."""
+    s = _Session()
+    # trust_env: HTTPS_PROXY/NO_PROXY are honoured (cluster nodes often reach the internet only
+    # through a proxy), as are REQUESTS_CA_BUNDLE and ~/.netrc
+    s.headers["User-Agent"] = "minictr/0.1"
+    plain = HTTPAdapter(pool_connections=2, pool_maxsize=pool)
+    s.mount("http://", plain)
+    if endpoint.verify:
+        # the system's CAs (a site CA installed in /etc/ssl/certs) plus certs.d, not only
+        # certifi's bundle that requests uses by default
+        s.mount("https://", _CAAdapter(endpoint.ca_files, pool_connections=2, pool_maxsize=pool))
+    else:
+        s.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
+    s.verify = endpoint.verify
+    if not endpoint.verify:
+        # the user opted out (--tls-verify=false, an insecure registry); urllib3 would print a
+        # warning per request, and library code never prints (STYLE.md §5)
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    if endpoint.client_cert:
+        s.cert = endpoint.client_cert
+    return s
+
+
+def retry_after(response, default: float) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return default
+    try:
+        delay = float(value)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        delay = when.timestamp() - time.time() if when else default
+    return min(max(delay, 0.0), MAX_RETRY_AFTER)
+
+
+def error_text(response) -> str:
+    """The registry's own error message (spec.md "Error Codes": {"errors":[{code,message}]})."""
+    try:
+        errors = response.json().get("errors") or []
+        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                         for e in errors) or f"HTTP {response.status_code}"
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code} {response.reason or ''}".strip()
+
+
+class Client:
+    """Requests to one registry endpoint for one repository (thread-safe)."""
+
+    def __init__(self, endpoint: Endpoint, repository: str, *,
+                 credentials: auth.Credentials | None = None, session=None,
+                 sleep: Callable[[float], None] = time.sleep, retries: int = 5,
+                 timeout: tuple[float, float] = (10.0, 60.0)):
+        self.endpoint = endpoint
+        self.repository = repository
+        self.credentials = credentials
+        self.session = session or make_session(endpoint)
+        self.sleep = sleep
+        self.retries = retries
+        self.timeout = timeout
+        self.base: str | None = None
+        self._challenge: auth.Challenge | None = None
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def challenge(self) -> auth.Challenge | None:
+        """How ``GET /v2/`` asked us to authenticate (None: an open registry)."""
+        return self._challenge
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.registry or self.endpoint.host
+
+    # ------------------------------------------------------------ connect and authenticate
+
+    def ping(self) -> None:
+        """``GET /v2/``: find a scheme that answers and remember the auth challenge."""
+        errors = []
+        for scheme in self.endpoint.schemes:
+            url = f"{scheme}://{self.endpoint.host}/v2/"
+            try:
+                r = self._ping_once(url)
+            except requests.exceptions.SSLError as err:
+                if "CERTIFICATE_VERIFY_FAILED" in str(err):
+                    raise RegistryError(
+                        f"TLS certificate of {self.endpoint.host} is not trusted: {err}",
+                        hint=f"put its CA in /etc/containers/certs.d/{self.endpoint.host}/ca.crt,"
+                        " or use --tls-verify=false for a test registry") from err
+                errors.append(f"{scheme}: {err}")
+                continue
+            except requests.exceptions.RequestException as err:
+                errors.append(f"{scheme}: {err}")
+                continue
+            if r.status_code not in (200, 401):
+                r.close()
+                errors.append(f"{scheme}: {error_text(r)} from {url}")
+                continue
+            self.base = f"{scheme}://{self.endpoint.host}"
+            challenges = auth.parse_challenges(r.headers.get("WWW-Authenticate"))
+            r.close()
+            self._challenge = challenges[0] if r.status_code == 401 and challenges else None
+            return
+        hint = ("is the registry running? For a registry that speaks plain http or has a "
+                "self-signed certificate, use --tls-verify=false")
+        raise RegistryError(f"cannot reach registry {self.endpoint.host}: {' | '.join(errors)}",
+                            hint=hint)
+
+    def _ping_once(self, url: str):
+        """``GET /v2/``, retrying 429 and 5xx answers (a registry restarting behind a proxy)."""
+        for attempt in range(self.retries + 1):
+            r = self._send("GET", url, {})
+            if r.status_code not in RETRY_STATUS or attempt == self.retries:
+                return r
+            r.close()
+            self.sleep(retry_after(r, min(0.5 * 2 ** attempt, 8.0)))
+        raise AssertionError("unreachable")
+
+    def _scope(self, actions: str = "pull") -> str:
+        return f"repository:{self.repository}:{actions}"
+
+    def fetch_token(self, challenge: auth.Challenge, scope: str | None,
+                    credentials: auth.Credentials | None) -> str:
+        """Ask the token server named by a Bearer challenge for a token (token.md,
+        "Requesting a Token"); anonymous when there are no credentials."""
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise RegistryError(f"registry {self.name} sent a Bearer challenge without a realm")
+        params = {k: v for k, v in (("service", challenge.params.get("service")),
+                                    ("scope", scope)) if v}
+        basic = None
+        if credentials:
+            params["account"] = credentials.username
+            basic = (credentials.username, credentials.password)
+        try:
+            r = self.session.get(realm, params=params, auth=basic, timeout=self.timeout)
+        except requests.exceptions.RequestException as err:
+            raise RegistryError(f"cannot reach the token server {realm}: {err}") from err
+        if r.status_code in (401, 403):
+            if credentials:
+                raise RegistryError(f"unauthorized: wrong username or password for {self.name}",
+                                    hint=LOGIN_HINT.format(registry=self.name))
+            raise RegistryError(f"unauthorized: {self.name} refuses anonymous access "
+                                f"({error_text(r)})", hint=LOGIN_HINT.format(registry=self.name))
+        if r.status_code != 200:
+            raise RegistryError(f"token server {realm} answered {error_text(r)}")
+        try:
+            body = r.json()
+            return body.get("token") or body["access_token"]
+        except (ValueError, KeyError) as err:
+            raise RegistryError(f"token server {realm} sent no token") from err
+
+    def _auth_header(self, scope: str | None, refresh: bool = False) -> dict[str, str]:
+        ch = self._challenge
+        if ch is None:
+            return {}
+        if ch.scheme == "basic":
+            if not self.credentials:
+                return {}
+            pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        if ch.scheme != "bearer":
+            raise RegistryError(f"registry {self.name} asks for unsupported auth {ch.scheme!r}")
+        key = scope or ""
+        with self._lock:
+            if refresh or key not in self._tokens:
+                self._tokens[key] = self.fetch_token(ch, scope, self.credentials)
+            return {"Authorization": f"Bearer {self._tokens[key]}"}
+
+    # ------------------------------------------------------------ requests with retries
+
+    def _send(self, method: str, url: str, headers: dict, stream: bool = False):
+        return self.session.request(method, url, headers=headers, stream=stream,
+                                    timeout=self.timeout, allow_redirects=True)
+
+    def request(self, method: str, path: str, headers: dict | None = None,
+                stream: bool = False):
+        """Send an API request with auth, retrying transient failures; return the response
+        (any status but 401 and the retried ones)."""
+        if self.base is None:
+            self.ping()
+        url = f"{self.base}/v2/{self.repository}/{path}"
+        scope = self._scope()
+        refreshed = False
+        for attempt in range(self.retries + 1):
+            delay = min(0.5 * 2 ** attempt, 8.0)
+            try:
+                r = self._send(method, url, {**(headers or {}), **self._auth_header(scope)},
+                               stream)
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+                if attempt == self.retries:
+                    raise RegistryError(f"{method} {url} failed: {err}",
+                                        hint="the registry stopped answering; try again") from err
+                self.sleep(delay)
+                continue
+            if r.status_code == 401 and self._challenge is not None and not refreshed:
+                # an expired token, or a scope the registry names in its new challenge
+                challenges = auth.parse_challenges(r.headers.get("WWW-Authenticate"))
+                if challenges:
+                    self._challenge = challenges[0]
+                    scope = challenges[0].params.get("scope", scope)
+                r.close()
+                refreshed = True
+                self._auth_header(scope, refresh=True)
+                continue
+            if r.status_code in RETRY_STATUS and attempt < self.retries:
+                wait = retry_after(r, delay)
+                r.close()
+                self.sleep(wait)
+                continue
+            if r.status_code == 401:
+                r.close()
+                raise RegistryError(
+                    f"unauthorized: access to {self.name}/{self.repository} denied"
+                    + (" with the stored credentials" if self.credentials else ""),
+                    hint=LOGIN_HINT.format(registry=self.name))
+            return r
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ content
+
+    def get_manifest(self, reference: str, accept: str, max_bytes: int) -> tuple[bytes, str]:
+        """The manifest's bytes and Content-Type (``None`` when the registry knows no such
+        reference: the caller words that error)."""
+        r = self.request("GET", f"manifests/{reference}", {"Accept": accept}, stream=True)
+        with r:
+            if r.status_code == 404:
+                return None, ""
+            if r.status_code != 200:
+                raise RegistryError(f"manifest {self.repository}:{reference} from {self.name}: "
+                                    f"{error_text(r)}")
+            data = r.raw.read(max_bytes + 1, decode_content=True)
+            if len(data) > max_bytes:
+                raise RegistryError(f"manifest {reference} from {self.name} is larger than "
+                                    f"{max_bytes} bytes: refused")
+            return data, r.headers.get("Content-Type", "").split(";")[0].strip()
+
+    def open_blob(self, digest: str, offset: int = 0):
+        """A streaming response for a blob from ``offset`` (status 200: whole blob; 206: the
+        requested range, RFC 9110 §14.2). The caller closes it."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        r = self.request("GET", f"blobs/{digest}", headers, stream=True)
+        if r.status_code not in (200, 206):
+            r.close()
+            if r.status_code == 404:
+                raise RegistryError(f"blob {digest} unknown to {self.name}/{self.repository}")
+            raise RegistryError(f"blob {digest} from {self.name}: {error_text(r)}")
+        return r

@@ -1,0 +1,228 @@
+"""Pulling an image from an OCI/Docker registry into the store.
+
+The sequence (distribution-spec spec.md, "Pull"):
+
+1. resolve the reference: ``GET /v2/NAME/manifests/TAG|DIGEST`` accepting OCI and Docker
+   manifests and indexes; the digest of the bytes received is always computed, and must equal
+   the reference's digest when pulling by digest;
+2. an index (multi-platform image) is narrowed to one platform's manifest, fetched by digest and
+   verified the same way;
+3. the config blob (small) is fetched and verified; its ``rootfs.diff_ids`` give each layer's
+   ChainID, the key the store unpacks layers under;
+4. layers missing from the store are downloaded in parallel, each streamed straight into
+   ``store.import_layer``, which hashes and unpacks it as it arrives and keeps it only if both
+   the blob digest and the uncompressed diff_id match;
+5. ``store.add_image`` records the manifest and config under the reference's name.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from minictr.errors import ImageError, RegistryError
+from minictr.image import auth, hosts, manifests
+from minictr.image.distribution import Client
+from minictr.image.transfer import BlobStream, Cancelled, Transfers, run_parallel
+
+WORKERS = 4
+
+
+def _reference(ref: str):
+    from minictr.image import reference
+
+    try:
+        return reference.parse(ref)
+    except ImageError:
+        raise
+    except ValueError as err:
+        raise ImageError(f"invalid image reference {ref!r}: {err}") from err
+
+
+class _Pull:
+    """One pull from one endpoint: the client, the store, progress and the transfer state."""
+
+    def __init__(self, store, ref, client: Client, progress, transfers: Transfers,
+                 sleep: Callable[[float], None]):
+        self.store, self.ref, self.client = store, ref, client
+        self.progress, self.transfers, self.sleep = progress, transfers, sleep
+        self.where = f"{client.name}/{ref.repository}"
+
+    # ------------------------------------------------------------ manifests
+
+    def fetch_manifest(self, reference: str, expect_digest: str | None) -> tuple[bytes, str, str]:
+        data, ctype = self.client.get_manifest(reference, manifests.ACCEPT, manifests.MAX_MANIFEST)
+        if data is None:
+            raise RegistryError(f"manifest unknown: {self.ref}",
+                                hint=f"no tag or digest {reference!r} in {self.where}; "
+                                "check the name and tag (the registry's tags are listed at "
+                                f"/v2/{self.ref.repository}/tags/list)")
+        digest = manifests.sha256_digest(data)
+        if expect_digest and digest != expect_digest:
+            raise RegistryError(f"manifest digest mismatch for {self.where}@{expect_digest}: "
+                                f"received {digest}", hint="the registry or a proxy altered "
+                                "the manifest; nothing was stored")
+        return data, ctype, digest
+
+    def resolve(self, want: manifests.Platform) -> tuple[bytes, str]:
+        """The image manifest's bytes and digest for ``want``, following an index."""
+        name = self.ref.digest or self.ref.tag or "latest"
+        data, ctype, digest = self.fetch_manifest(name, self.ref.digest)
+        for _depth in range(2):        # an index may (rarely) point at a nested index
+            kind, doc = manifests.load(data, ctype, f"{self.where}@{digest}")
+            if kind == "manifest":
+                return data, digest
+            chosen = manifests.choose(doc, want, f"{self.where}@{digest}")
+            data, ctype, digest = self.fetch_manifest(chosen.digest, chosen.digest)
+        raise RegistryError(f"{self.where}: indexes nested too deeply")
+
+    # ------------------------------------------------------------ blobs
+
+    def fetch_config(self, desc: manifests.Descriptor) -> bytes:
+        if self.store.has_blob(desc.digest):
+            with open(self.store.blob_path(desc.digest), "rb") as f:
+                return f.read()
+        stream = self.blob_stream(desc, on_bytes=None)
+        with stream:
+            data = b"".join(iter(lambda: stream.read(1 << 16), b""))
+        if manifests.sha256_digest(data) != desc.digest:
+            raise RegistryError(f"config blob digest mismatch for {self.where}: expected "
+                                f"{desc.digest}", hint="nothing was stored")
+        return data
+
+    def blob_stream(self, desc: manifests.Descriptor, on_bytes) -> BlobStream:
+        return BlobStream(lambda offset: self.client.open_blob(desc.digest, offset), desc.size,
+                          desc.digest, self.transfers, on_bytes=on_bytes, sleep=self.sleep)
+
+    def layer_job(self, desc: manifests.Descriptor, diff_id: str, chain_id: str):
+        """A job that brings one layer into the store (download only what is missing)."""
+        key = desc.digest
+        label = desc.digest.split(":")[1][:12]
+
+        def job() -> str:
+            if self.store.has_layer(chain_id):
+                self.progress.finish(key, label, "exists")
+                return "exists"
+            if self.store.has_blob(desc.digest):
+                self.store.import_layer_from_blob(desc.digest, media_type=desc.media_type,
+                                                  diff_id=diff_id, chain_id=chain_id)
+                self.progress.finish(key, label, "unpacked")
+                return "unpacked"
+            self.progress.start(key, label, desc.size)
+            stream = self.blob_stream(desc, lambda n: self.progress.update(key, n))
+            try:
+                with stream:
+                    self.store.import_layer(stream, media_type=desc.media_type,
+                                            digest=desc.digest, diff_id=diff_id,
+                                            chain_id=chain_id)
+            except (Cancelled, RegistryError):
+                self.progress.finish(key, label, "failed")
+                raise
+            except ImageError as err:       # the store's verification: name the source
+                self.progress.finish(key, label, "failed")
+                raise RegistryError(f"layer {desc.digest} from {self.where}: {err}",
+                                    hint=err.hint or "nothing was stored") from err
+            if self.transfers.cancel.is_set():
+                raise Cancelled()
+            self.progress.finish(key, label, "done")
+            return "done"
+
+        return job
+
+    def run(self, want: manifests.Platform) -> str:
+        manifest_bytes, digest = self.resolve(want)
+        self.progress.message(f"{self.ref}: manifest {digest}")
+        manifest = manifests.load(manifest_bytes, "", f"{self.where}@{digest}")[1]
+        config_desc, layers = manifests.image_parts(manifest, f"{self.where}@{digest}")
+        config_bytes = self.fetch_config(config_desc)
+        ids = manifests.diff_ids(config_bytes, len(layers), f"{self.where}@{digest}")
+        jobs = [self.layer_job(d, diff_id, chain)
+                for d, diff_id, chain in zip(layers, ids, manifests.chain_ids(ids))]
+        run_parallel(jobs, self.transfers, workers=WORKERS)
+        name = str(self.ref)
+        self.store.add_image([name], manifest_bytes, config_bytes)
+        return name
+
+
+class _Quiet:
+    def message(self, text): pass
+    def start(self, key, label, total): pass
+    def update(self, key, n): pass
+    def finish(self, key, label, status): pass
+    def close(self): pass
+
+
+def _credentials(ref, endpoint: hosts.Endpoint, authfile, env) -> auth.Credentials | None:
+    # a mirror has its own credentials, if any; the registry's must not be sent to it
+    name = endpoint.host if endpoint.mirror else ref.registry
+    return auth.lookup(name, ref.repository, authfile=authfile, env=env)
+
+
+def pull(store, ref: str, platform: str | None = None, tls_verify: bool | None = None,
+         progress=None, *, authfile: str | None = None, hosts_config=None, env=None,
+         session_factory=None, sleep: Callable[[float], None] | None = None) -> str:
+    """Pull ``ref`` into ``store``; return the stored image's name.
+
+    ``session_factory(endpoint)`` and ``sleep`` are seams for tests; ``hosts_config`` defaults to
+    registries.json and the certs.d directories (see hosts.py)."""
+    env = os.environ if env is None else env
+    parsed = _reference(ref)
+    want = manifests.parse_platform(platform) or manifests.host_platform()
+    config = hosts_config if hosts_config is not None else hosts.load_config(env=env)
+    progress = progress or _Quiet()
+    transfers = Transfers()
+
+    def wait(seconds: float) -> None:
+        # cancel-aware sleep: Ctrl-C must not wait out a Retry-After
+        if (sleep or transfers.cancel.wait)(seconds) is True or transfers.cancel.is_set():
+            raise Cancelled()
+
+    errors = []
+    try:
+        for endpoint in hosts.endpoints(parsed.registry, tls_verify, config):
+            client = Client(endpoint, parsed.repository,
+                            credentials=_credentials(parsed, endpoint, authfile, env),
+                            session=session_factory(endpoint) if session_factory else None,
+                            sleep=wait)
+            try:
+                return _Pull(store, parsed, client, progress, transfers, wait).run(want)
+            except RegistryError as err:
+                if not endpoint.mirror:
+                    raise
+                errors.append(f"mirror {endpoint.host}: {err}")
+                progress.message(f"mirror {endpoint.host} failed ({err}); trying the next")
+            finally:
+                client.session.close()
+    except Cancelled as err:
+        raise ImageError(f"pull of {parsed} interrupted") from err
+    finally:
+        progress.close()
+    raise AssertionError("unreachable: the registry itself is always the last endpoint")
+
+
+def check_login(registry: str, username: str, password: str, tls_verify: bool | None = None,
+                *, hosts_config=None, session_factory=None) -> None:
+    """Check credentials against ``registry`` as `docker login` does: a Bearer registry's token
+    server must grant a token for them; a Basic registry must accept them on ``GET /v2/``."""
+    config = hosts_config if hosts_config is not None else hosts.load_config()
+    registry = auth.normalise_registry(registry)        # "https://host:5000/v2/" → host:5000
+    endpoint = hosts.endpoints(registry, tls_verify, config)[-1]
+    creds = auth.Credentials(username, password)
+    client = Client(endpoint, "", credentials=creds,
+                    session=session_factory(endpoint) if session_factory else None)
+    try:
+        client.ping()
+        challenge = client.challenge
+        if challenge is None:
+            return                       # an open registry: nothing to check, as docker does
+        if challenge.scheme == "bearer":
+            client.fetch_token(challenge, None, creds)
+            return
+        r = client.session.get(f"{client.base}/v2/", auth=(username, password),
+                               timeout=client.timeout)
+        r.close()
+        if r.status_code == 401:
+            raise RegistryError(f"unauthorized: wrong username or password for {registry}")
+        if r.status_code != 200:
+            raise RegistryError(f"login to {registry} failed: HTTP {r.status_code}")
+    finally:
+        client.session.close()

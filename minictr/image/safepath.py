@@ -1,0 +1,157 @@
+"""Filesystem access confined to one directory: every operation is relative to a dir fd.
+
+An image is untrusted: its tar can name ``../../etc/passwd``, plant a symlink ``etc -> /etc``
+and then write ``etc/shadow``, or replace a directory by a symlink after files were written
+into it. The classic defences that check a path string and then use it race with, or are fooled
+by, symlinks. Here nothing is ever opened by a host path built from tar names:
+
+* a parent directory is opened with ``openat2(root_fd, path, O_DIRECTORY, RESOLVE_IN_ROOT |
+  RESOLVE_NO_MAGICLINKS)`` (openat2(2)): the kernel resolves ``..`` and every symlink as if
+  ``root_fd`` were ``/`` (the way the container itself will see them), so resolution cannot
+  leave the layer directory, and ``/proc/self/fd``-style magic links are refused;
+* the last component is always a single name used with that parent fd and a no-follow form of
+  the call (``O_CREAT|O_EXCL|O_NOFOLLOW``, ``mkdirat``, ``symlinkat``, ``linkat`` without
+  ``AT_SYMLINK_FOLLOW``, ``fchownat``/``utimensat`` with ``AT_SYMLINK_NOFOLLOW``), so a symlink
+  in the tar is never followed when creating, chmod-ing, chown-ing or timestamping an entry.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+
+from minictr.errors import ImageError
+from minictr.runtime import syscalls
+
+RESOLVE_SCOPED = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+DIR_CACHE_LIMIT = 256       # open parent-dir fds kept between entries (tar is grouped by dir)
+
+
+def clean_path(name: str) -> str:
+    """The tar name as a path relative to the root, ``..`` clamped at ``/``.
+
+    ``/etc/passwd``, ``./etc/passwd`` and ``../../etc/passwd`` all become ``etc/passwd``: the
+    same answer RESOLVE_IN_ROOT gives, and what containerd and GNU tar do with such names.
+    ``""`` is the root itself.
+    """
+    path = posixpath.normpath("/" + name)
+    return path.lstrip("/")
+
+
+def split_path(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+class ScopedRoot:
+    """A directory tree that tar names are resolved inside of (a layer being unpacked, or a
+    lower layer read for a hardlink)."""
+
+    def __init__(self, path: str, kernel, *, create: bool):
+        self.path = path
+        self.kernel = kernel
+        self.create = create
+        self.fd = os.open(path, O_DIR)
+        self._dirs: dict[str, int] = {"": self.fd}
+        self._stale = False
+
+    def close(self) -> None:
+        self._forget_dirs()
+        os.close(self.fd)
+
+    def _forget_dirs(self) -> None:
+        for path, fd in self._dirs.items():
+            if path:
+                os.close(fd)
+        self._dirs = {"": self.fd}
+
+    def begin_entry(self) -> None:
+        """Drop cached dir fds when they may be wrong or too many. Only here, between entries,
+        so an fd handed out for the current entry is never closed under its user."""
+        if self._stale or len(self._dirs) > DIR_CACHE_LIMIT:
+            self._forget_dirs()
+            self._stale = False
+
+    def entry_removed(self) -> None:
+        """Something in the tree was replaced: cached parents may now name dead directories."""
+        self._stale = True
+
+    # ---------------------------------------------------------------- resolution
+    def dir_fd(self, path: str, create: bool = True) -> int:
+        """An fd for directory ``path`` (clean, relative), resolved inside the root. Missing
+        directories are created (mode 0755, fixed later by the entry's own header if any), or
+        with ``create=False`` FileNotFoundError is raised."""
+        fd = self._dirs.get(path)
+        if fd is not None:
+            return fd
+        try:
+            fd = self.kernel.openat2(self.fd, path, O_DIR, RESOLVE_SCOPED)
+        except OSError as err:
+            if err.errno == errno.ENOENT and not (create and self.create):
+                raise FileNotFoundError(errno.ENOENT, f"{path}: no such directory") from err
+            if err.errno != errno.ENOENT:
+                raise _path_error(path, err) from err
+            fd = self._make_dir(path)
+        self._dirs[path] = fd
+        return fd
+
+    def _make_dir(self, path: str) -> int:
+        parent, name = split_path(path)
+        pfd = self.dir_fd(parent)
+        try:
+            os.mkdir(name, 0o755, dir_fd=pfd)
+        except FileExistsError:
+            # openat2 said ENOENT, yet the name exists: it is a dangling symlink (its target is
+            # missing inside the root). GNU tar fails here too; we never create the target.
+            raise ImageError(f"layer: cannot create {path}/...: {path} is a symlink to "
+                             "nothing inside the image", hint=_ATTACK_HINT) from None
+        # a single component with O_NOFOLLOW: the directory we just made, never a symlink
+        return os.open(name, O_DIR | os.O_NOFOLLOW, dir_fd=pfd)
+
+    def lstat(self, pfd: int, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def remove(self, pfd: int, name: str, st: os.stat_result) -> None:
+        """Remove ``name`` in ``pfd``; a directory tree is removed with shutil.rmtree's fd-based
+        walk, which never follows symlinks inside it."""
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=pfd)
+        else:
+            os.unlink(name, dir_fd=pfd)
+        self.entry_removed()
+
+    def open_dir_nofollow(self, path: str) -> int | None:
+        """An fd for ``path`` only if it is still a real directory (not a symlink) in the root:
+        used when directory metadata is applied at the end, after later entries may have
+        replaced the directory by a symlink (containerd CVE-2021-32760 chmod-ed through one)."""
+        if not path:
+            return os.dup(self.fd)
+        parent, name = split_path(path)
+        try:
+            pfd = self.kernel.openat2(self.fd, parent, O_DIR, RESOLVE_SCOPED) if parent \
+                else os.dup(self.fd)
+        except OSError:
+            return None
+        try:
+            return os.open(name, O_DIR | os.O_NOFOLLOW, dir_fd=pfd)
+        except OSError:
+            return None
+        finally:
+            os.close(pfd)
+
+
+_ATTACK_HINT = "the image's layer is malformed or crafted to write outside its root"
+
+
+def _path_error(path: str, err: OSError) -> ImageError:
+    why = {errno.ENOTDIR: "a path component is not a directory",
+           errno.ELOOP: "too many levels of symlinks",
+           errno.EXDEV: "the path leaves the layer root",
+           errno.ENOENT: "no such directory"}.get(err.errno, os.strerror(err.errno or 0))
+    return ImageError(f"layer: cannot open directory {path or '/'}: {why}", hint=_ATTACK_HINT)

@@ -1,0 +1,316 @@
+"""Unpack one OCI layer into overlayfs "lowerdir" form (OCI image-spec layer.md).
+
+The result is the layer alone, ready to be one of overlayfs's lower directories
+(Documentation/filesystems/overlayfs.rst):
+
+* a whiteout ``.wh.NAME`` becomes a character device 0/0 named NAME ("whiteout"); since Linux
+  5.8 creating one needs no CAP_MKNOD, so this works rootless too;
+* an opaque marker ``.wh..wh..opq`` becomes the xattr ``trusted.overlay.opaque=y`` on its
+  directory (rootless: ``user.overlay.opaque=y``, read by overlay's ``userxattr`` mount option);
+  siblings from the same layer stay, wherever the marker sits in the tar, because this layer's
+  files are in this directory and only lower layers are hidden;
+* marker files never appear; other names in the reserved ``.wh..wh.`` space are rejected.
+
+Security (images are untrusted): all writes go through :mod:`minictr.image.safepath` (dir fds,
+openat2 RESOLVE_IN_ROOT, no-follow calls on the last component); an image cannot plant overlay
+xattrs (``trusted.overlay.*``/``user.overlay.*`` are dropped from its PAX records). Rootless:
+no chown (a layer naming uid 1000 or 0 changes nothing), ``trusted.*``/``security.*``/
+``system.*`` xattrs are dropped, device nodes are skipped with a warning. setuid/setgid bits
+are kept in both modes: as root they mean what the image says; rootless the file is owned by
+the unpacking user, so setuid only ever grants that user's own identity - no host privilege.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+from minictr.errors import ImageError
+from minictr.image import tarstream as ts
+from minictr.image.layerstream import LAYER_MEDIA_TYPES, open_layer
+from minictr.image.lowercopy import copy_from_lowers
+from minictr.image.safepath import ScopedRoot, clean_path, split_path
+from minictr.runtime.syscalls import Syscalls
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+RESERVED_PREFIX = ".wh..wh."
+O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_HINT = "the image's layer is malformed or crafted to escape its root"
+
+__all__ = ["open_layer", "unpack_layer", "UnpackStats", "LAYER_MEDIA_TYPES"]
+
+
+@dataclass
+class UnpackStats:
+    files: int = 0           # regular files written (hardlinks counted in links)
+    bytes: int = 0           # regular-file bytes written
+    dirs: int = 0
+    symlinks: int = 0
+    links: int = 0
+    whiteouts: int = 0
+    opaque_dirs: int = 0
+    skipped: int = 0         # devices (rootless) and unknown member types
+    tar_bytes: int = 0       # the uncompressed stream, trailing padding included
+
+
+def unpack_layer(tar_stream, dest: str, *, rootless: bool,
+                 lower_lookup: Callable[[], list[str]] | None = None,
+                 warn: Callable[[str], None] | None = None, kernel=None) -> UnpackStats:
+    """Extract the tar stream into the existing empty directory ``dest`` in overlay form.
+
+    ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first; it is called
+    only if a hardlink names a file this layer does not hold. The stream is read to its end.
+    """
+    unpacker = _Unpacker(ScopedRoot(dest, kernel or Syscalls(), create=True), rootless,
+                         lower_lookup, warn or (lambda msg: None))
+    try:
+        reader = ts.TarReader(tar_stream)
+        for entry in reader:
+            unpacker.root.begin_entry()
+            try:
+                unpacker.apply(entry, reader)
+            except (OSError, ValueError) as err:    # ValueError: a NUL byte in a PAX name
+                raise _entry_error(entry, err) from err
+        unpacker.finish()
+        unpacker.stats.tar_bytes = reader.drain()
+    finally:
+        unpacker.root.close()
+    return unpacker.stats
+
+
+def _entry_error(entry: ts.TarEntry, err: Exception) -> ImageError:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return ImageError(f"layer entry {entry.name!r}: no space left on the store's "
+                          "filesystem", hint="free space or point the store elsewhere")
+    why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return ImageError(f"layer entry {entry.name!r}: {why}", hint=_HINT)
+
+
+def allowed_xattr(name: str, rootless: bool) -> bool:
+    """Whether an xattr from the image may be set. Overlay's own xattrs never: an image that
+    plants ``trusted.overlay.opaque``/``redirect``/``metacopy`` would change how the kernel
+    merges layers. Rootless only ``user.*``: the rest need privilege or name host ids."""
+    if name.startswith(("trusted.overlay.", "user.overlay.")):
+        return False
+    if rootless:
+        return name.startswith("user.")
+    return name.startswith(("user.", "trusted.", "security.", "system."))
+
+
+class _Unpacker:
+    def __init__(self, root: ScopedRoot, rootless: bool, lower_lookup, warn):
+        self.root, self.rootless, self.warn = root, rootless, warn
+        self.lower_lookup = lower_lookup
+        self.lowers: list[str] | None = None
+        self.stats = UnpackStats()
+        self.dirs: dict[str, ts.TarEntry | None] = {}   # metadata applied last, in finish()
+        self.opaque_xattr = "user.overlay.opaque" if rootless else "trusted.overlay.opaque"
+
+    # ---------------------------------------------------------------- dispatch
+    def apply(self, e: ts.TarEntry, reader: ts.TarReader) -> None:
+        path = clean_path(e.name)
+        parent, name = split_path(path)
+        if "/" + WHITEOUT_PREFIX in "/" + parent:
+            raise ImageError(f"layer entry {e.name!r} is inside a whiteout marker", hint=_HINT)
+        if name.startswith(WHITEOUT_PREFIX):
+            self.whiteout(parent, name, e)
+            return
+        if not path:
+            if e.type != ts.DIRECTORY:
+                raise ImageError(f"layer entry {e.name!r} ({e.type}) would replace the root",
+                                 hint=_HINT)    # umoci CVE-2021-29136: a symlink for "/."
+            self.dirs[""] = e
+            return
+        pfd = self.root.dir_fd(parent)
+        if e.type == ts.REGULAR:
+            self.regular(pfd, name, e, reader)
+        elif e.type == ts.DIRECTORY:
+            self.directory(pfd, path, name, e)
+        elif e.type == ts.SYMLINK:
+            self.symlink(pfd, name, e)
+        elif e.type == ts.HARDLINK:
+            self.hardlink(pfd, path, name, e)
+        elif e.type in (ts.CHAR, ts.BLOCKDEV, ts.FIFO):
+            self.special(pfd, path, name, e)
+        else:
+            self.warn(f"layer: skipping {e.name!r}: unsupported tar type {e.typeflag!r}")
+            self.stats.skipped += 1
+
+    def make_room(self, pfd: int, name: str, keep_dir: bool = False) -> bool:
+        """Later entries win (as tar): remove what this layer already put at ``name``.
+        Returns True when an existing directory is kept (a directory entry over a directory)."""
+        st = self.root.lstat(pfd, name)
+        if st is None:
+            return False
+        if keep_dir and stat.S_ISDIR(st.st_mode):
+            return True
+        self.root.remove(pfd, name, st)
+        return False
+
+    # ---------------------------------------------------------------- entry kinds
+    def regular(self, pfd: int, name: str, e: ts.TarEntry, reader: ts.TarReader) -> None:
+        try:
+            fd = os.open(name, O_NEWFILE, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            self.make_room(pfd, name)
+            fd = os.open(name, O_NEWFILE, 0o600, dir_fd=pfd)
+        try:
+            write = os.write
+            for chunk in reader.data(e):
+                while chunk:
+                    chunk = chunk[write(fd, chunk):]
+            self.set_metadata_fd(fd, e)
+        finally:
+            os.close(fd)
+        self.stats.files += 1
+        self.stats.bytes += e.size
+
+    def directory(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
+        try:
+            os.mkdir(name, 0o755, dir_fd=pfd)
+        except FileExistsError:
+            if not self.make_room(pfd, name, keep_dir=True):
+                os.mkdir(name, 0o755, dir_fd=pfd)
+        # mode, owner, xattrs and mtime later: children would change the mtime, and a
+        # read-only mode would stop a rootless unpack from creating them
+        self.dirs.pop(path, None)
+        self.dirs[path] = e
+        self.stats.dirs += 1
+
+    def symlink(self, pfd: int, name: str, e: ts.TarEntry) -> None:
+        try:
+            os.symlink(e.linkname, name, dir_fd=pfd)
+        except FileExistsError:
+            self.make_room(pfd, name)
+            os.symlink(e.linkname, name, dir_fd=pfd)
+        if not self.rootless:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        if e.xattrs:
+            self.warn(f"layer: xattrs on symlink {e.name!r} not set")
+        self.stats.symlinks += 1
+
+    def hardlink(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
+        """A hardlink names a path inside the layer root (``..`` clamped like any name).
+        linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target."""
+        target = clean_path(e.linkname)
+        if target == path:
+            return
+        tparent, tname = split_path(target)
+        if not tname:
+            raise ImageError(f"layer: hardlink {e.name!r} to the root", hint=_HINT)
+        try:
+            tpfd = self.root.dir_fd(tparent, create=False)
+            try:
+                os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+            except FileExistsError:
+                self.make_room(pfd, name)
+                os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            self.copy_from_lower(pfd, name, target, e)
+        except OSError as err:
+            raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: "
+                             f"{os.strerror(err.errno or 0)}", hint=_HINT) from err
+        self.stats.links += 1
+
+    def copy_from_lower(self, pfd: int, name: str, target: str, e: ts.TarEntry) -> None:
+        if self.lowers is None:     # may block until the store has the lower layers
+            self.lowers = list(self.lower_lookup()) if self.lower_lookup else []
+        self.make_room(pfd, name)
+        if not copy_from_lowers(self.lowers, target, pfd, name, self.root.kernel):
+            raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: target is in "
+                             "neither this layer nor a lower one", hint=_HINT)
+        if stat.S_ISLNK(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            self.set_metadata_fd(fd, e)
+        finally:
+            os.close(fd)
+
+    def special(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
+        if e.type != ts.FIFO and self.rootless:
+            self.warn(f"layer: skipping device node /{path} (rootless: cannot create devices)")
+            self.stats.skipped += 1
+            return
+        kind = {ts.CHAR: stat.S_IFCHR, ts.BLOCKDEV: stat.S_IFBLK, ts.FIFO: stat.S_IFIFO}[e.type]
+        device = os.makedev(e.devmajor, e.devminor) if e.type != ts.FIFO else 0
+        try:
+            os.mknod(name, kind | 0o600, device, dir_fd=pfd)
+        except FileExistsError:
+            self.make_room(pfd, name)
+            os.mknod(name, kind | 0o600, device, dir_fd=pfd)
+        # never open a device or FIFO (side effects, blocking): *at calls with NOFOLLOW
+        if not self.rootless:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chmod(name, e.mode, dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    # ---------------------------------------------------------------- whiteouts
+    def whiteout(self, parent: str, name: str, e: ts.TarEntry) -> None:
+        if name == OPAQUE_MARKER:
+            self.mark_opaque(parent, self.root.dir_fd(parent))
+            return
+        hidden = name[len(WHITEOUT_PREFIX):]
+        if name.startswith(RESERVED_PREFIX) or hidden in ("", ".", ".."):
+            raise ImageError(f"layer entry {e.name!r} uses the reserved whiteout prefix",
+                             hint="OCI layer.md reserves .wh..wh. for the opaque marker")
+        pfd = self.root.dir_fd(parent)
+        if self.root.lstat(pfd, hidden) is not None:
+            return   # this layer's own entry already hides the lower one (layer.md: whiteouts
+            # apply only to lower layers)
+        try:
+            os.mknod(hidden, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+        except PermissionError as err:
+            raise ImageError(f"layer: cannot create whiteout {parent}/{hidden}",
+                             hint="overlay whiteouts are 0/0 character devices; unprivileged "
+                                  "creation needs Linux >= 5.8") from err
+        self.stats.whiteouts += 1
+
+    # ---------------------------------------------------------------- metadata
+    def set_metadata_fd(self, fd: int, e: ts.TarEntry) -> None:
+        """Owner before mode (chown(2) clears setuid/setgid), xattrs, then times."""
+        if not self.rootless:
+            os.fchown(fd, e.uid, e.gid)
+        os.fchmod(fd, e.mode)
+        if e.xattrs:
+            self.set_xattrs(fd, e)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+
+    def set_xattrs(self, fd: int, e: ts.TarEntry) -> None:
+        for key, value in e.xattrs.items():
+            if not allowed_xattr(key, self.rootless):
+                self.warn(f"layer: dropping xattr {key} on {e.name!r}")
+                continue
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as err:
+                if err.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL):
+                    raise
+                self.warn(f"layer: xattr {key} on {e.name!r} not set: {err.strerror}")
+
+    def mark_opaque(self, path: str, dir_fd: int) -> None:
+        """Set the opaque xattr now, on the directory the marker's parent resolves to (in the
+        root, like every parent); later directory entries only add metadata, never clear it."""
+        try:
+            os.setxattr(dir_fd, self.opaque_xattr, b"y")
+        except OSError as err:
+            raise ImageError(f"layer: cannot mark /{path} opaque ({self.opaque_xattr}): "
+                             f"{err.strerror}", hint="the store's filesystem must support "
+                             "trusted.* (root) or user.* (rootless) xattrs") from err
+        self.stats.opaque_dirs += 1
+
+    def finish(self) -> None:
+        """Directory metadata last (tar's "delay directory restore"): owners, modes, xattrs and
+        mtimes of each directory that is still a real directory at its path."""
+        for path, e in reversed(self.dirs.items()):
+            fd = self.root.open_dir_nofollow(path)
+            if fd is None:
+                continue
+            try:
+                self.set_metadata_fd(fd, e)
+            finally:
+                os.close(fd)

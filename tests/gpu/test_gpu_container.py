@@ -1,0 +1,62 @@
+"""`minictr run --gpus` against the fake driver, through the CLI and the runtime.
+
+Inside a container from a small glibc image, the probe dlopens libcuda.so.1 (the fake driver's
+library, found through the injected mounts and loader cache), opens the selected GPU's node
+(ENXIO: allowed by the device filter, but no driver behind major 195 on this machine) and a
+node of the *other* GPU made with mknod inside (EPERM: refused by the device filter).
+"""
+import errno
+import os
+import subprocess
+
+import pytest
+
+from probeimage import runtime_available, write_oci_layout
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not runtime_available(), reason="needs runtime")]
+
+
+@pytest.fixture(scope="module")
+def layout(probe_rootfs, tmp_path_factory):
+    return write_oci_layout(probe_rootfs, str(tmp_path_factory.mktemp("oci") / "probe"))
+
+
+def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    env = {**os.environ, **fake_driver.env(), "MINICTR_ROOT": str(tmp_path / "store"),
+           "MINICTR_STATE": str(tmp_path / "state")}
+    cmd = [cli, "run", "--rm", "--cap-add", "MKNOD"]
+    if gpus is not None:
+        cmd += ["--gpus", gpus]
+    res = subprocess.run(cmd + [f"oci:{layout}", *args], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_selected_gpu_is_reachable_and_the_other_is_filtered(minictr_cli, fake_driver, tmp_path,
+                                                              layout):
+    # GPU index 0 is bus 0000:01:00.0 with Device Minor 1; GPU index 1 has minor 0
+    out = minictr_run(minictr_cli, fake_driver, tmp_path, layout, "/probe", "/dev/nvidia1",
+                      "/dev/nvidia0", "mknod:195:0", gpus="0")
+    assert "cuDeviceGetCount=2 from /usr/lib/x86_64-linux-gnu/libcuda.so.1" in out
+    assert f"open /dev/nvidia1 errno={errno.ENXIO}" in out
+    assert f"open /dev/nvidia0 errno={errno.ENOENT}" in out
+    assert "mknod 195:0 errno=0" in out
+    assert f"open /dev/probe-195-0 errno={errno.EPERM}" in out
+
+
+def test_without_gpus_nothing_is_injected(minictr_cli, fake_driver, tmp_path, layout):
+    out = minictr_run(minictr_cli, fake_driver, tmp_path, layout, "/probe", "/dev/nvidia1")
+    assert "dlopen failed" in out
+    assert f"open /dev/nvidia1 errno={errno.ENOENT}" in out
+
+
+def test_nvidia_smi_is_injected(minictr_cli, fake_driver, tmp_path, layout):
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("needs busybox-static for /bin/sh in the image")
+    out = minictr_run(minictr_cli, fake_driver, tmp_path, layout, "/usr/bin/nvidia-smi",
+                      gpus="all")
+    assert "NVIDIA-SMI 580.65.06" in out

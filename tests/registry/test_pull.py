@@ -1,0 +1,160 @@
+"""Pulling from a real docker-registry: plain http, multi-arch indexes, errors, skipping what
+the store has."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from minictr.errors import ImageError, RegistryError
+from minictr.image import manifests, registry
+
+pytestmark = pytest.mark.registry
+
+
+def _pull(store, ref, no_hosts, authfile, **kw):
+    return registry.pull(store, ref, hosts_config=no_hosts, authfile=authfile, env={}, **kw)
+
+
+def _chain_ids(layout, store, manifest_desc):
+    with open(os.path.join(layout["layouts"]["v1"], "blobs", "sha256",
+                           manifest_desc["digest"][7:]), "rb") as f:
+        manifest = json.load(f)
+    with open(os.path.join(layout["layouts"]["v1"], "blobs", "sha256",
+                           manifest["config"]["digest"][7:]), "rb") as f:
+        config = json.load(f)
+    return manifest, manifests.chain_ids(config["rootfs"]["diff_ids"])
+
+
+def test_pull_plain_http_stores_every_layer(plain, layout, store, no_hosts, authfile):
+    name = _pull(store, f"{plain.host}/test/app:v1", no_hosts, authfile)
+
+    assert name == f"{plain.host}/test/app:v1"
+    manifest, chains = _chain_ids(layout, store, layout["v1"])
+    assert all(store.has_layer(c) for c in chains)
+    assert all(store.has_blob(d["digest"]) for d in manifest["layers"])
+    assert store.has_blob(layout["v1"]["digest"])            # the manifest, by add_image
+    big = os.path.join(store.layer_dir(chains[1]), "data", "big.bin")
+    assert os.path.getsize(big) == 3 << 20
+
+
+def test_second_pull_downloads_no_blob(proxy, layout, store, no_hosts, authfile):
+    ref = f"{proxy.host}/test/app:v1"
+    _pull(store, ref, no_hosts, authfile, tls_verify=False)
+    first = len(proxy.blob_gets())
+    _pull(store, ref, no_hosts, authfile, tls_verify=False)
+
+    assert first == 3                                         # config + two layers
+    assert len(proxy.blob_gets()) == first
+
+
+def test_pull_by_digest(plain, layout, store, no_hosts, authfile):
+    ref = f"{plain.host}/test/app@{layout['v1']['digest']}"
+    assert _pull(store, ref, no_hosts, authfile) == ref
+    assert store.has_blob(layout["v1"]["digest"])
+
+
+def test_unknown_tag_is_a_clear_error(plain, store, no_hosts, authfile):
+    with pytest.raises(RegistryError) as err:
+        _pull(store, f"{plain.host}/test/app:nope", no_hosts, authfile)
+    assert str(err.value) == f"manifest unknown: {plain.host}/test/app:nope"
+    assert "tags/list" in err.value.hint
+
+
+def test_unknown_repository_is_a_clear_error(plain, store, no_hosts, authfile):
+    with pytest.raises(RegistryError, match="manifest unknown"):
+        _pull(store, f"{plain.host}/nobody/here:v1", no_hosts, authfile)
+
+
+def test_connection_refused_hints_at_tls_verify(store, no_hosts, authfile):
+    from registry_harness import free_port
+
+    with pytest.raises(RegistryError) as err:
+        _pull(store, f"127.0.0.1:{free_port()}/x/y:v1", no_hosts, authfile)
+    assert "cannot reach registry" in str(err.value)
+    assert "--tls-verify=false" in err.value.hint
+
+
+def test_multiarch_index_default_platform(registry, layout, store, no_hosts, authfile):
+    from conftest import push
+
+    push(layout, registry.host, "test/multi", tag="multi")
+    host = manifests.host_platform()
+    if host.architecture not in ("amd64", "arm64"):
+        pytest.skip(f"the test index has amd64 and arm64 images, this host is {host}")
+    _pull(store, f"{registry.host}/test/multi:multi", no_hosts, authfile)
+    want = layout["amd"] if host.architecture == "amd64" else layout["arm"]
+    assert store.has_blob(want["digest"])
+
+
+@pytest.mark.parametrize("platform,which", [("linux/arm64", "arm"), ("linux/arm64/v8", "arm"),
+                                            ("linux/amd64", "amd")])
+def test_multiarch_index_platform_option(registry, layout, store, no_hosts, authfile,
+                                         platform, which):
+    from conftest import push
+
+    push(layout, registry.host, "test/multi", tag="multi")
+    _pull(store, f"{registry.host}/test/multi:multi", no_hosts, authfile, platform=platform)
+    other = "amd" if which == "arm" else "arm"
+    assert store.has_blob(layout[which]["digest"])
+    assert not store.has_blob(layout[other]["digest"])
+
+
+def test_multiarch_index_missing_platform(registry, layout, store, no_hosts, authfile):
+    from conftest import push
+
+    push(layout, registry.host, "test/multi", tag="multi")
+    with pytest.raises(RegistryError) as err:
+        _pull(store, f"{registry.host}/test/multi:multi", no_hosts, authfile,
+              platform="linux/s390x")
+    assert "no image for platform linux/s390x" in str(err.value)
+    assert "linux/amd64, linux/arm64/v8)" in str(err.value)   # the attestation is not listed
+
+
+def test_invalid_platform(plain, store, no_hosts, authfile):
+    with pytest.raises(ImageError, match="invalid platform"):
+        _pull(store, f"{plain.host}/test/app:v1", no_hosts, authfile, platform="linux")
+
+
+def test_progress_reports_each_layer(plain, store, no_hosts, authfile):
+    import io
+
+    from minictr.progress import make_progress
+
+    out = io.StringIO()
+    _pull(store, f"{plain.host}/test/app:v1", no_hosts, authfile, progress=make_progress(out))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"{plain.host}/test/app:v1: manifest sha256:")
+    assert sum(line.endswith(": pulled") for line in lines) == 2
+
+
+def test_mirror_serves_the_pull(plain, layout, store, authfile):
+    """registries.json: a mirror for an unreachable registry name is used in its place."""
+    from minictr.image.hosts import HostsConfig, RegistryConf
+
+    hosts = HostsConfig(registries={"registry.invalid:5000": RegistryConf(
+        mirrors=((plain.host, True),))})
+    name = _pull(store, "registry.invalid:5000/test/app:v1", hosts, authfile)
+    assert name == "registry.invalid:5000/test/app:v1"
+    assert store.has_blob(layout["v1"]["digest"])
+
+
+def test_failing_mirror_falls_back_to_the_registry(plain, layout, store, authfile):
+    from registry_harness import free_port
+
+    from minictr.image.hosts import HostsConfig, RegistryConf
+
+    hosts = HostsConfig(registries={plain.host: RegistryConf(
+        mirrors=((f"127.0.0.1:{free_port()}", True),))})
+    messages = []
+
+    class Progress:
+        def message(self, text): messages.append(text)
+        def start(self, *a): pass
+        def update(self, *a): pass
+        def finish(self, *a): pass
+        def close(self): pass
+
+    assert _pull(store, f"{plain.host}/test/app:v1", hosts, authfile, progress=Progress())
+    assert "cannot reach registry" in messages[0] and "trying the next" in messages[0]
