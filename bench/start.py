@@ -385,7 +385,6 @@ def run_section(title: str, peers: list[Peer], agents: dict[str, Agent], refs: l
     table, summary = common.results_table(peers, samples, refs)
     text = (f"### {title}\n\nload average before/after: {load_before} / "
             f"{common.load_average()}\n\n{table}\n\nCommands:\n\n{common.commands_list(peers)}\n")
-    say(text)
     return text, {"peers": [vars(p) for p in peers], "summary": summary, "samples_ns": samples}
 
 
@@ -447,7 +446,7 @@ def main(argv=None) -> int:
     ws = tempfile.mkdtemp(prefix="minictr-bench-start-")
     os.chmod(ws, 0o755)
     report = [f"## Start latency ({common.machine_info()})",
-              f"`python -m bench start {' '.join(argv or [])}`: {args.iterations} paired "
+              f"`{' '.join(['python -m bench start', *(argv or [])])}`: {args.iterations} paired "
               f"iterations after {args.warmup} warm-up, median/p90/min in ms, ratios of medians."]
     data = {"args": vars(args)}
     agents: dict[str, Agent] = {}

@@ -55,11 +55,11 @@ os.write(1, (repr([code, os.getpid(), stamps]) + "\n").encode())
 '''
 
 
-def one_phase_run(python: str, image: str, env: dict) -> list[tuple[str, int]]:
-    """[(phase, ns)] for one run, in order."""
+def one_phase_run(mc: start.Minictr, image: str):
+    """([(phase, ns)], [(explain step, ns since the previous step)]) for one run, in order."""
     t0 = time.monotonic_ns()
-    res = subprocess.run([python, "-c", PHASE_SCRIPT, image], env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run([*mc.prefix, mc.python, "-c", PHASE_SCRIPT, image], env=mc.env,
+                         capture_output=True, text=True, timeout=120)
     t_end = time.monotonic_ns()
     if res.returncode != 0 or not res.stdout.strip():
         raise RuntimeError(f"phase script failed: {common.first_error_line(res.stderr)}")
@@ -68,7 +68,34 @@ def one_phase_run(python: str, image: str, env: dict) -> list[tuple[str, int]]:
     code, pid, stamps = ast.literal_eval(res.stdout.strip().splitlines()[-1])
     steps = [(int(m.group(1)), int(m.group(2)), m.group(3))
              for m in re.finditer(r"^@(\d+) (\d+) (.*)$", res.stderr, re.M)]
-    return split_phases(t0, t_end, stamps, steps, pid)
+    return split_phases(t0, t_end, stamps, steps, pid), step_deltas(stamps, steps, pid)
+
+
+HEX_ID = re.compile(r"[0-9a-f]{12,}")
+
+
+def step_deltas(stamps: list, steps: list, pid: int) -> list[tuple[str, int]]:
+    """Each explain step with the time since the previous one (the first: since container.run
+    began); [child] marks steps of the container's PID 1. Ids are replaced by ID."""
+    start = next(t for label, t in stamps if label == "import minictr.runtime.container")
+    out, prev = [], start
+    for t, spid, text in steps:
+        label = ("[child] " if spid != pid else "") + HEX_ID.sub("ID", text)[:90]
+        out.append((label, t - prev))
+        prev = t
+    end = next(t for label, t in stamps if label == "container.run")
+    out.append(("(exec'd program runs and exits; wait, cgroup removal, state cleanup)", end - prev))
+    return out
+
+
+def steps_table(traces: list[list[tuple[str, int]]]) -> str:
+    """Median time before each step, over the runs that had the same number of steps."""
+    n = statistics.mode(len(t) for t in traces)
+    same = [t for t in traces if len(t) == n]
+    rows = [[label.replace("|", "/"), common.fmt_ms(statistics.median(t[i][1] / 1e6 for t in same))]
+            for i, (label, _) in enumerate(same[0])]
+    return common.markdown_table(["step (time is spent *before* the step is printed)", "ms"],
+                                 rows)
 
 
 def split_phases(t0: int, t_end: int, stamps: list, steps: list, pid: int):
@@ -113,10 +140,11 @@ def phase_table(runs: list[list[tuple[str, int]]]) -> str:
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 
 
-def import_profile(exe: str, image: str, env: dict) -> dict[str, tuple[int, int, int]]:
+def import_profile(mc: start.Minictr, image: str) -> dict[str, tuple[int, int, int]]:
     """module -> (self us, cumulative us, depth) from one `minictr run` under -X importtime."""
-    res = subprocess.run([exe, "run", "--rm", image, "/bin/true"], capture_output=True,
-                         text=True, env=dict(env, PYTHONPROFILEIMPORTTIME="1"), timeout=120)
+    res = subprocess.run([*mc.prefix, mc.exe, "run", "--rm", image, "/bin/true"],
+                         capture_output=True, text=True,
+                         env=dict(mc.env, PYTHONPROFILEIMPORTTIME="1"), timeout=120)
     if res.returncode != 0:
         raise RuntimeError(f"minictr run failed: {common.first_error_line(res.stderr)}")
     out = {}
@@ -148,39 +176,59 @@ def import_tables(profiles: list[dict]) -> str:
             + common.markdown_table(["module", "self ms"], rows_self))
 
 
+def make_minictr(bindir: str, ws: str, rootless: bool) -> start.Minictr:
+    """The installed CLI with a private store: as root, or as the benchmark user (then the
+    store and state dirs are the user's)."""
+    if not rootless:
+        return start.Minictr(bindir, os.path.join(ws, "store"), os.path.join(ws, "state"),
+                             start.base_env("/root", "root"))
+    pw = start.ensure_user()
+    start.prepare_user_workspace(ws, pw)
+    uws = os.path.join(ws, "user")
+    return start.Minictr(bindir, os.path.join(uws, "store"), os.path.join(uws, "state"),
+                         start.base_env(pw.pw_dir, pw.pw_name), prefix=start.user_prefix(pw))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench start_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", "-n", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="5 iterations")
+    p.add_argument("--rootless", action="store_true",
+                   help=f"run as the unprivileged user {start.USER} (created if absent)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.iterations = 5
     if os.geteuid() != 0:
-        say("bench start_cost: needs root (it times the root start path)")
+        say("bench start_cost: needs root (it times the root start path, or becomes the user)")
         return 1
     ws = tempfile.mkdtemp(prefix="minictr-bench-cost-")
+    os.chmod(ws, 0o755)
     try:
         bindir = start.ensure_bench_venv(say)
-        mc = start.Minictr(bindir, os.path.join(ws, "store"), os.path.join(ws, "state"),
-                           start.base_env("/root", "root"))
+        mc = make_minictr(bindir, ws, args.rootless)
         image = start.IMAGE_NAME.format("busybox")
         mc.load(start.build_busybox(ws), image)
-        one_phase_run(mc.python, image, mc.env)                    # warm the page cache
+        one_phase_run(mc, image)                                   # warm the page cache
         say(f"phases: {args.iterations} runs")
-        runs = [one_phase_run(mc.python, image, mc.env) for _ in range(args.iterations)]
+        results = [one_phase_run(mc, image) for _ in range(args.iterations)]
+        runs, traces = [r[0] for r in results], [r[1] for r in results]
         say(f"imports: {args.iterations} runs under -X importtime")
-        profiles = [import_profile(mc.exe, image, mc.env) for _ in range(args.iterations)]
+        profiles = [import_profile(mc, image) for _ in range(args.iterations)]
     except RuntimeError as err:
         say(f"bench start_cost: {err}")
         return 1
     finally:
         shutil.rmtree(ws, ignore_errors=True)
+    mode = f"rootless, as {start.USER}" if args.rootless else "root"
     text = (f"## Start cost breakdown ({common.machine_info()}, load {common.load_average()})\n\n"
-            f"`python -m bench start_cost -n {args.iterations}`, `{mc.exe}`\n\n"
-            f"### Phases of `minictr run --rm busybox /bin/true` (root)\n\n"
-            f"{phase_table(runs)}\n\n### Imports\n\n{import_tables(profiles)}\n")
-    path = common.write_results("start_cost", text, {"phases_ns": runs, "imports": profiles})
+            f"`python -m bench start_cost -n {args.iterations}"
+            f"{' --rootless' if args.rootless else ''}`, `{mc.exe}`\n\n"
+            f"### Phases of `minictr run --rm busybox /bin/true` ({mode})\n\n"
+            f"{phase_table(runs)}\n\n### Inside container.run, step by step (explain lines)\n\n"
+            f"{steps_table(traces)}\n\n### Imports\n\n{import_tables(profiles)}\n")
+    path = common.write_results("start_cost", text, {"phases_ns": runs, "steps_ns": traces,
+                                                     "imports": profiles})
     print(text)
     say(f"results written to {path}")
     return 0
