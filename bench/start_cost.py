@@ -88,12 +88,20 @@ def step_deltas(stamps: list, steps: list, pid: int) -> list[tuple[str, int]]:
     return out
 
 
-def steps_table(traces: list[list[tuple[str, int]]]) -> str:
-    """Median time before each step, over the runs that had the same number of steps."""
+def steps_table(traces: list[list[tuple[str, int]]], floor_ms: float = 0.3) -> str:
+    """Median time before each step, over the runs that had the same number of steps; steps
+    under ``floor_ms`` are summed into one row."""
     n = statistics.mode(len(t) for t in traces)
     same = [t for t in traces if len(t) == n]
-    rows = [[label.replace("|", "/"), common.fmt_ms(statistics.median(t[i][1] / 1e6 for t in same))]
-            for i, (label, _) in enumerate(same[0])]
+    rows, small, small_ms = [], 0, 0.0
+    for i, (label, _) in enumerate(same[0]):
+        ms = statistics.median(t[i][1] / 1e6 for t in same)
+        if ms < floor_ms:
+            small, small_ms = small + 1, small_ms + ms
+            continue
+        rows.append([label.replace("|", "/"), common.fmt_ms(ms)])
+    if small:
+        rows.append([f"({small} other steps, each under {floor_ms} ms)", common.fmt_ms(small_ms)])
     return common.markdown_table(["step (time is spent *before* the step is printed)", "ms"],
                                  rows)
 
