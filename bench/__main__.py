@@ -44,6 +44,29 @@ def _broken(name: str, err: Exception):
     return main
 
 
+def call_main(main, name: str, argv: list[str]) -> int:
+    """Run one benchmark's main: ``main(argv)``, or ``main()`` with sys.argv set when it takes no
+    parameter. SystemExit and errors become a status, so the other benchmarks still run."""
+    import inspect
+    import traceback
+
+    saved = sys.argv
+    try:
+        if inspect.signature(main).parameters:
+            status = main(argv)
+        else:
+            sys.argv = [f"bench/{name}.py", *argv]
+            status = main()
+    except SystemExit as err:
+        status = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    except Exception:                       # noqa: BLE001 - report, then the next benchmark
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.argv = saved
+    return status or 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):
@@ -68,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in argv or list(benchmarks):
         print(f"bench: === {name} ===", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        status = benchmarks[name](list(extra)) or 0
+        status = call_main(benchmarks[name], name, list(extra))
         print(f"bench: {name} finished with status {status} in {time.monotonic() - t0:.0f} s",
               file=sys.stderr, flush=True)
         worst = max(worst, status)

@@ -498,12 +498,16 @@ def main(argv=None) -> int:
 
 
 def cleanup(ws: str) -> None:
-    """The workspace holds root-owned and user-owned trees, and podman's storage (its overlay
-    layers are removed by podman itself)."""
+    """The workspace holds root-owned and user-owned trees, and podman's private storage: podman
+    removes its own containers and images first (its overlay layers may be mounted). Not
+    `podman system reset`, which also removes host-wide networks."""
     podman = os.path.join(ws, "podman")
-    if os.path.isdir(podman):
-        subprocess.run(["podman", "--root", os.path.join(podman, "root"), "--runroot",
-                        os.path.join(podman, "run"), "system", "reset", "-f"],
+    if os.path.isdir(podman) and shutil.which("podman"):
+        store = ["podman", "--root", os.path.join(podman, "root"), "--runroot",
+                 os.path.join(podman, "run")]
+        subprocess.run(store + ["rm", "-a", "-f"], capture_output=True)
+        subprocess.run(store + ["rmi", "-a", "-f"], capture_output=True)
+        subprocess.run(["umount", "-R", "-l", os.path.join(podman, "root", "overlay")],
                        capture_output=True)
     shutil.rmtree(ws, ignore_errors=True)
 

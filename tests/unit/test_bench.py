@@ -84,3 +84,25 @@ def test_split_phases_cuts_container_run_at_clone_and_execve():
     assert phases["container.run: child setup (mounts, pivot_root, caps) .. execve"] == 20
     assert phases["container.run: mcinit+/bin/true run, wait, cleanup"] == 40
     assert sum(phases.values()) == 110
+
+
+def test_runner_calls_main_with_or_without_argv():
+    from bench.__main__ import call_main
+
+    seen = []
+
+    def with_argv(argv):
+        seen.append(argv)
+        return 3
+
+    def without_argv():
+        seen.append(sys.argv[1:])
+        raise SystemExit(4)
+
+    def broken(argv):
+        raise RuntimeError("boom")
+
+    assert call_main(with_argv, "a", ["-x"]) == 3
+    assert call_main(without_argv, "b", ["-y"]) == 4
+    assert call_main(broken, "c", []) == 1
+    assert seen == [["-x"], ["-y"]]
