@@ -59,7 +59,7 @@ def _common_edits(driver: Driver) -> dict:
             mounts.append(_cdi_mount(driver, lib.host_path, f"{os.path.dirname(target)}/{soname}"))
         if os.path.dirname(target) not in folders:
             folders.append(os.path.dirname(target))
-    mounts += [_cdi_mount(driver, p) for p in driver.binaries.values()]
+    mounts += [_cdi_mount(driver, p, f"/usr/bin/{name}") for name, p in driver.binaries.items()]
     mounts += [_cdi_mount(driver, p) for p in driver.firmware]
     mounts += [{**_cdi_mount(driver, p), "options": ["nosuid", "nodev", "rbind"]}
                for p in driver.ipc]

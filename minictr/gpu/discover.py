@@ -10,27 +10,25 @@ Sources (see docs/gpus.md and libnvidia-container ``src/nvc_info.c``):
   (or ``nvidia``) is 195.
 * ``PROC/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>/ci<C>/access``: MIG instances and the
   minors of their ``/dev/nvidia-caps/nvidia-cap<N>`` nodes.
-* ``DRIVER/etc/ld.so.cache``: the driver's libraries; only files whose version suffix equals the
-  kernel module's are used (a mismatch means a driver upgrade without reboot).
+* ``DRIVER/etc/ld.so.cache``: the driver's libraries (driverlibs.py); only files whose version
+  suffix equals the kernel module's are used (a mismatch means a driver upgrade without reboot).
 """
 from __future__ import annotations
 
 import os
 import re
 import stat
-from collections import deque
 from dataclasses import dataclass, field
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
-from minictr.gpu import ldcache
+from minictr.gpu.driverlibs import Library, read_libraries
 from minictr.gpu.require import cuda_version_for_driver
 
 NVIDIA_MAJOR = 195
 CTL_MINOR = 255
 MODESET_MINOR = 254
 BIN_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
-_KEEP = ldcache.key_pattern(caps.ALL_STEMS)
 _VERSION_RE = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
 
 
@@ -83,16 +81,6 @@ class GPU:
     proc_dir: str             # PROC/driver/nvidia/gpus/<bus>
     node: Node
     mig: tuple[MigDevice, ...] = ()
-
-
-@dataclass(frozen=True)
-class Library:
-    stem: str                 # libcuda
-    capability: str
-    x86_64: bool              # False: the i386 copy (compat32)
-    host_path: str            # the real file, under driver_root
-    real_name: str            # libcuda.so.580.65.06
-    sonames: tuple[str, ...]  # libcuda.so.1 (the cache keys that name this file)
 
 
 @dataclass(frozen=True)
@@ -259,73 +247,6 @@ def control_nodes(roots: DriverRoots, majors: dict[str, int], warnings: list[str
     if not nodes["nvidiactl"].present:
         warnings.append(f"{nodes['nvidiactl'].host_path} is missing: run nvidia-modprobe")
     return nv, nodes
-
-
-def resolve_in_root(root: str, path: str, max_links: int = 40) -> str:
-    """``path`` with every symlink resolved as if ``root`` were ``/``: absolute targets and
-    ``..`` never leave ``root`` (a containerised driver root must not point us at the host)."""
-    parts = deque(p for p in path.split("/") if p)
-    cur: list[str] = []
-    links = 0
-    while parts:
-        part = parts.popleft()
-        if part == ".":
-            continue
-        if part == "..":
-            if cur:
-                cur.pop()
-            continue
-        try:
-            target = os.readlink(os.path.join(root, *cur, part))
-        except OSError:
-            cur.append(part)
-            continue
-        links += 1
-        if links > max_links:
-            raise OSError(40, "too many levels of symbolic links", path)
-        if target.startswith("/"):
-            cur = []
-        parts.extendleft(reversed([p for p in target.split("/") if p]))
-    return os.path.join(root, *cur)
-
-
-def read_libraries(roots: DriverRoots, version: str, warnings: list[str]):
-    """The driver's libraries from DRIVER/etc/ld.so.cache, grouped by real file, and the
-    stale copies (version suffix != kernel module version) that were left out."""
-    cache_path = roots.host(roots.driver_root, "/etc/ld.so.cache")
-    try:
-        with open(cache_path, "rb") as f:
-            entries = ldcache.parse(f.read(), _KEEP)
-    except FileNotFoundError:
-        warnings.append(f"{cache_path} does not exist: no driver libraries found")
-        return (), ()
-    except ldcache.LdCacheError as err:
-        warnings.append(f"{cache_path}: {err}")
-        return (), ()
-    files: dict[str, dict] = {}
-    stale: dict[str, None] = {}
-    for e in entries:
-        stem = e.key.split(".so")[0]
-        if e.key.endswith(".so") or stem not in caps.STEM_CAPABILITY:
-            continue                      # dev links (libcuda.so) are not SONAMEs
-        real = resolve_in_root(roots.driver_root, e.value)
-        name = os.path.basename(real)
-        if name != f"{stem}.so.{version}":
-            if name.startswith(stem + ".so."):
-                stale[real] = None
-            continue
-        if not os.path.exists(real):
-            continue
-        lib = files.setdefault(real, {"stem": stem, "x86_64": e.is_x86_64, "sonames": []})
-        if e.key != name and e.key not in lib["sonames"]:
-            lib["sonames"].append(e.key)
-    for path in stale:
-        warnings.append(f"{path} does not match the kernel module {version} and is not "
-                        "injected (driver upgraded without a reboot?)")
-    libs = tuple(Library(stem=v["stem"], capability=caps.STEM_CAPABILITY[v["stem"]],
-                         x86_64=v["x86_64"], host_path=k, real_name=os.path.basename(k),
-                         sonames=tuple(v["sonames"])) for k, v in files.items())
-    return libs, tuple(stale)
 
 
 def find_binaries(roots: DriverRoots) -> dict[str, str]:

@@ -27,9 +27,13 @@ Warn = Callable[[str], None] | None
 
 def device(node: Node) -> dict:
     """An OCI ``linux.devices`` entry (config-linux.md "Devices"); apply_edits adds the allow
-    rule to ``linux.resources.devices`` beside it."""
-    return {"path": node.path, "type": "c", "major": node.major, "minor": node.minor,
-            "fileMode": node.file_mode, "uid": 0, "gid": 0}
+    rule to ``linux.resources.devices`` beside it. ``hostPath`` (CDI's name) when the host node
+    is elsewhere: in a user namespace nodes cannot be made, so the runtime bind-mounts it."""
+    out = {"path": node.path, "type": "c", "major": node.major, "minor": node.minor,
+           "fileMode": node.file_mode, "uid": 0, "gid": 0}
+    if node.host_path != node.path:
+        out["hostPath"] = node.host_path
+    return out
 
 
 def bind(source: str, destination: str, options=None) -> dict:
@@ -124,9 +128,8 @@ def file_mounts(driver: Driver, selection: Selection, wanted: frozenset[str]) ->
     out = []
     for cap in sorted(wanted):
         for name in caps.BINARIES.get(cap, ()):
-            if name in driver.binaries:
-                host = driver.binaries[name]
-                out.append(bind(host, driver.container_path(host)))
+            if name in driver.binaries:       # /usr/bin is on every image's PATH
+                out.append(bind(driver.binaries[name], f"/usr/bin/{name}"))
     out += [bind(fw, driver.container_path(fw)) for fw in driver.firmware]
     if "utility" in wanted:
         out += [bind(s, driver.container_path(s), RW) for s in driver.ipc]

@@ -54,6 +54,17 @@ def read_optional(read_file, path: str) -> bytes | None:
         return None
 
 
+def file_present(read_file, path: str) -> bool:
+    """Whether the image has a regular file at ``path``. A store that refuses to read it
+    (a driver library is larger than what the store reads whole) still proves it is there."""
+    try:
+        return read_file(path) is not None
+    except MinictrError:
+        return True
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def _os_release(read_file) -> dict[str, str]:
     raw = read_optional(read_file, "/etc/os-release") or \
         read_optional(read_file, "/usr/lib/os-release") or b""
@@ -73,8 +84,9 @@ def inspect_image(read_file) -> ImageLoader:
     raw = read_optional(read_file, "/etc/ld.so.cache")
     release = _os_release(read_file)
     ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
-    musl = "alpine" in ids or bool(read_optional(read_file, "/etc/ld-musl-x86_64.path"))
-    decided = bool(ids & _KNOWN_IDS)
+    decided = bool(ids & _KNOWN_IDS)     # a known glibc distribution
+    musl = "alpine" in ids or (not decided and
+                               bool(read_optional(read_file, "/etc/ld-musl-x86_64.path")))
     entries: tuple[ldcache.Entry, ...] = ()
     if raw and (not decided or any(m in raw for m in _DRIVER_MARKERS)):
         try:
@@ -111,7 +123,7 @@ def compat_entries(read_file, image_env: dict[str, str], driver_cuda: str | None
     out = []
     for soname in COMPAT_SONAMES:
         path = f"{COMPAT_DIR}/{soname}"
-        if read_optional(read_file, path):
+        if file_present(read_file, path):
             out.append(ldcache.Entry(soname, path))
     return out
 

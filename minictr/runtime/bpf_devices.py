@@ -1,11 +1,12 @@
-"""The eBPF device allow-list: ``linux.resources.devices`` → a BPF_PROG_TYPE_CGROUP_DEVICE program.
+"""The eBPF device allow-list: ``linux.resources.devices`` → a cgroup device eBPF program.
 
 cgroup v2 has no ``devices.allow`` file. Instead the kernel runs a small eBPF program attached to
 the cgroup (attach type BPF_CGROUP_DEVICE) on every open(2) and mknod(2) of a device node by a
 process in it; the program returns 1 to allow, 0 to deny (EPERM). Its input is
 ``struct bpf_cgroup_dev_ctx`` (include/uapi/linux/bpf.h)::
 
-    u32 access_type;   /* (access << 16) | type;  type: BLOCK=1 CHAR=2; access: MKNOD=1 READ=2 WRITE=4 */
+    u32 access_type;   /* (access << 16) | type; type: BLOCK=1 CHAR=2;
+                                                  access: MKNOD=1 READ=2 WRITE=4 */
     u32 major;
     u32 minor;
 
@@ -217,14 +218,15 @@ def load_program(kernel, program: bytes, *, explain: Callable[[str], None] | Non
         fd = attempt(0)
     except OSError as first:
         try:
-            attempt(1)
+            fd = attempt(1)             # a transient failure may pass the second time: keep it
         except OSError:
-            pass
-        verifier_log = ffi.string(log).decode(errors="replace").strip()
-        raise RuntimeSetupError(
-            f"cannot load the eBPF device filter: {first.strerror or first}"
-            + (f"; verifier log: {verifier_log}" if verifier_log else ""),
-            hint=hint_for("bpf", first.errno)) from first
+            # one line, as every error a user sees
+            lines = ffi.string(log).decode(errors="replace").splitlines()
+            verifier_log = " | ".join(line for line in lines if line.strip())
+            raise RuntimeSetupError(
+                f"cannot load the eBPF device filter: {first.strerror or first}"
+                + (f"; verifier log: {verifier_log}" if verifier_log else ""),
+                hint=hint_for("bpf", first.errno)) from first
     if explain:
         explain(f"bpf(BPF_PROG_LOAD, BPF_PROG_TYPE_CGROUP_DEVICE, {instruction_count(program)} "
                 f"instructions, license GPL) = fd {fd}")

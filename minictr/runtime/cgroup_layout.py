@@ -17,6 +17,8 @@ MEMORY_KEYS = ("limit", "reservation", "swap", "kernel", "kernelTCP", "swappines
 CPU_KEYS = ("shares", "quota", "period", "realtimeRuntime", "realtimePeriod", "idle")
 CPUSET_KEYS = ("cpus", "mems")
 STATS_CONTROLLERS = ("memory", "pids", "cpuacct")     # made even unrequested, for stats
+UNIFIED_HINTS = {"cpu.weight": "--cpu-weight is the cgroup v2 scale; on cgroup v1 give "
+                               "--cpu-shares (2-262144, default 1024) instead"}
 
 
 @dataclass
@@ -152,10 +154,12 @@ def plan_targets(layout: Layout, wanted: dict, resources: dict, *, cgroups_path,
     for filename, value in unified.items():
         controller = cgroup_v2.controller_of(filename)
         if v2 is None or (controller and controller not in layout.v2_controllers):
+            where = "on cgroup v1" if controller in layout.v1_mounts else "nowhere"
             raise RuntimeSetupError(
                 f"linux.resources.unified[{filename!r}] needs the {controller} controller in "
-                f"cgroup v2, and this host has it {'on v1' if controller in layout.v1_mounts else 'nowhere'}",
-                hint="unified{} is for cgroup v2 only (config-linux.md); use the v1 fields")
+                f"cgroup v2, and this host has it {where}",
+                hint=UNIFIED_HINTS.get(filename, "unified{} is for cgroup v2 only "
+                                                 "(config-linux.md); use the v1 fields"))
         v2.unified[filename] = value
         v2.required = True
     if not rootless:

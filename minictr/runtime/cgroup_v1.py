@@ -82,3 +82,71 @@ def cpuset_inherit(fs, parent: str, child: str, explain) -> None:
     for name in ("cpuset.cpus", "cpuset.mems"):
         if not fs.read(f"{child}/{name}").strip():
             fs.write(f"{child}/{name}", fs.read(f"{parent}/{name}").strip(), explain)
+
+
+# ---------------------------------------------------------------- devices (no eBPF on v1)
+
+
+def _overlaps(a: tuple, b: tuple) -> bool:
+    """Whether two (type, major, minor) selectors (None = any) can name the same device."""
+    return all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _device_lines(dev_type: int | None, major: int | None, minor: int | None,
+                  access: int) -> list[str]:
+    """devices.allow/deny lines: "c 1:3 rwm"; type "a" is only valid with *:* (devices.rst),
+    so "a 1:3" becomes one line for each of c and b."""
+    from minictr.runtime import bpf_devices as bd
+
+    letters = "".join(ch for ch, bit in bd.ACCESS_BITS.items() if access & bit)
+    letters = "".join(sorted(letters, key="rwm".index))
+    numbers = f"{'*' if major is None else major}:{'*' if minor is None else minor}"
+    if dev_type is None:
+        if major is None and minor is None and access == bd.ACCESS_ALL:
+            return ["a"]
+        return [f"c {numbers} {letters}", f"b {numbers} {letters}"]
+    return [f"{'c' if dev_type == bd.BPF_DEVCG_DEV_CHAR else 'b'} {numbers} {letters}"]
+
+
+def devices_files(rules: list[dict]) -> list[tuple[str, str]]:
+    """linux.resources.devices → ordered writes to devices.allow / devices.deny (cgroup-v1
+    devices.rst). v1 keeps a default (allow or deny all) plus exceptions: writing "a" sets the
+    default and clears the exceptions; a rule against the default adds an exception; a rule
+    with the default's verdict removes only exceptions with the very same type:major:minor.
+
+    So we start from the last rule that names every device with rwm (or an implicit deny-all,
+    the OCI default), then add each later rule against the default as an exception; a later rule
+    back to the default is written once per earlier exception it covers, with that exception's
+    own numbers. One that would cut into a wider exception (``allow c 136:*`` then
+    ``deny c 136:1``) cannot be expressed on v1: an error, not a silently wider allow-list.
+    """
+    from minictr.runtime import bpf_devices as bd
+
+    normal = [bd.normalize_rule(rule) for rule in rules]
+    start = max((i for i, (_, t, ma, mi, acc) in enumerate(normal)
+                 if t is None and ma is None and mi is None and acc == bd.ACCESS_ALL), default=-1)
+    default_allow = normal[start][0] if start >= 0 else False
+    writes = [("devices.allow" if default_allow else "devices.deny", "a")]
+    exceptions: list[tuple] = []
+    for index, (allow, dev_type, major, minor, access) in enumerate(normal[start + 1:], start + 1):
+        key = (dev_type, major, minor)
+        target = "devices.allow" if allow else "devices.deny"
+        if allow != default_allow:
+            exceptions.append(key)
+            writes += [(target, line) for line in _device_lines(*key, access)]
+            continue
+        # back to the default: take the access bits out of each earlier exception it covers
+        clashing = [e for e in exceptions if _overlaps(e, key)]
+        if any(not _covers(key, e) for e in clashing):
+            raise RuntimeSetupError(
+                f"device rule {index} ({bd.describe_rule(rules[index])}) cuts into an earlier "
+                f"wider rule, which cgroup v1's devices controller cannot express",
+                hint="reorder the rules, or use a host with cgroup v2 (eBPF device filter)")
+        for exception in clashing:
+            writes += [(target, line) for line in _device_lines(*exception, access)]
+    return writes
+
+
+def _covers(wide: tuple, narrow: tuple) -> bool:
+    """Whether selector ``wide`` names every device ``narrow`` does."""
+    return all(w is None or w == n for w, n in zip(wide, narrow))

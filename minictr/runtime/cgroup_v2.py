@@ -17,14 +17,15 @@ import os
 
 from minictr.errors import RuntimeSetupError
 
-LEAF = "minictr-init"     # where the launcher's cgroup's own processes move (see enable_controllers)
+LEAF = "minictr-init"     # the launcher's cgroup's processes move here (see enable_controllers)
 
 
 def _unsupported(what: str, hint: str | None = None) -> RuntimeSetupError:
     return RuntimeSetupError(f"{what} cannot be applied on cgroup v2", hint=hint)
 
 
-def memory_files(memory: dict, *, swap_max_exists: bool, host_has_swap: bool) -> list[tuple[str, str]]:
+def memory_files(memory: dict, *, swap_max_exists: bool,
+                 host_has_swap: bool) -> list[tuple[str, str]]:
     """memory.limit → memory.max; memory.swap (memory+swap, the v1 memsw meaning) →
     memory.swap.max = swap - limit; memory.reservation → memory.low."""
     files = []

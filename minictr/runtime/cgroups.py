@@ -10,11 +10,12 @@ written to ``cgroup.procs``; limits are the controller's files in the directory.
 - **hybrid** (this project's machines): a v2 tree at ``/sys/fs/cgroup/unified`` that holds few or
   no controllers, and v1 trees per controller (``/sys/fs/cgroup/memory`` ...). Each requested
   controller goes to the tree that has it; the device filter goes to the v2 tree, which works
-  even with no controller in it. Pure v1 works too, except device rules (no eBPF there).
+  even with no controller in it. Pure v1 works too, device rules going to the v1 devices
+  controller's allow/deny lists (cgroup_v1.devices_files).
 
-Placement: a child ``minictr-<id>`` of the launcher's own cgroup in each tree (from
-/proc/self/cgroup), or ``linux.cgroupsPath`` when given (absolute: from the tree's root,
-relative: under the launcher's cgroup). We only ever create children: the launcher's own
+Placement (cgroup_layout.py): a child ``minictr-<id>`` of the launcher's own cgroup in each
+tree (from /proc/self/cgroup), or ``linux.cgroupsPath`` when given (absolute: from the tree's
+root, relative: under the launcher's cgroup). We only ever create children: the launcher's own
 cgroup may belong to someone else (a supervisor, Slurm, systemd) and its limits are not ours.
 
 Ordering with the runtime (the caller): ``setup`` runs in the parent before the container's
@@ -89,6 +90,7 @@ class CgroupFiles:
 
 # ---------------------------------------------------------------- setup
 
+
 def check_delegation(fs, target: Target, *, needed: bool, explain: Explain) -> bool:
     """Rootless, only a delegated v2 subtree is writable: the nearest existing ancestor of the
     container's directory must be owned by us (systemd chowns a Delegate=yes unit's directory and
@@ -149,7 +151,8 @@ def apply_v1(fs, target: Target, created: list[str], explain: Explain) -> None:
     for name, part in target.controllers.items():
         if name == "memory":
             files += cgroup_v1.memory_files(
-                part, memsw_exists=fs.exists(os.path.join(target.path, "memory.memsw.limit_in_bytes")),
+                part,
+                memsw_exists=fs.exists(os.path.join(target.path, "memory.memsw.limit_in_bytes")),
                 host_has_swap=fs.host_has_swap())
         else:
             files += getattr(cgroup_v1, f"{name}_files")(part)
@@ -212,9 +215,16 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
                 "user namespace; the user namespace already keeps the container from mknod and "
                 "from devices the user cannot open")
     if attach_filter and layout.v2_mount is None:
-        raise RuntimeSetupError("device rules need a cgroup v2 tree for the eBPF filter and this "
-                                "host has none mounted",
-                                hint="mount -t cgroup2 none /sys/fs/cgroup/unified")
+        # pure v1: the devices controller's allow/deny lists instead of an eBPF program
+        if "devices" not in layout.v1_mounts:
+            raise RuntimeSetupError("device rules need a cgroup v2 tree (eBPF) or the v1 devices "
+                                    "controller, and this host has neither mounted",
+                                    hint="mount -t cgroup2 none /sys/fs/cgroup/unified")
+        wanted["devices"] = rules
+        attach_filter = False
+        if explain:
+            explain("device rules go to the cgroup v1 devices controller (no cgroup v2 tree here "
+                    "for an eBPF filter)")
     targets = plan_targets(layout, wanted, resources, cgroups_path=cgroups_path,
                            container_id=container_id, rootless=rootless,
                            attach_filter=attach_filter)
@@ -236,7 +246,8 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
                 make_dirs(fs, target, cgroup.created, explain)
             except OSError as err:
                 if target.required:
-                    hint = DELEGATE_HINT if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else None
+                    denied = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                    hint = DELEGATE_HINT if denied else None
                     raise RuntimeSetupError(f"cannot create cgroup {target.path}: {err.strerror}",
                                             hint=hint) from err
                 if explain:
@@ -309,7 +320,7 @@ class Cgroup:
 
     @staticmethod
     def _keyed(text: str, key: str) -> int | None:
-        """The value of ``key`` in a flat-keyed file ("key value" lines: memory.events, cpu.stat)."""
+        """The value of ``key`` in a flat-keyed file ("key value" lines: memory.events)."""
         for line in text.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == key:

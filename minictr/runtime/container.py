@@ -41,6 +41,10 @@ from minictr.runtime.process import Supervisor
 Explain = Callable[[str], None] | None
 
 MCINIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mcinit")
+# ioctl_tty(2) numbers (asm-generic/ioctls.h); Python's termios lacks the newer ones.
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+TIOCSCTTY = 0x540E
 RLIMITS = {"RLIMIT_AS": 9, "RLIMIT_CORE": 4, "RLIMIT_CPU": 0, "RLIMIT_DATA": 2, "RLIMIT_FSIZE": 1,
            "RLIMIT_LOCKS": 10, "RLIMIT_MEMLOCK": 8, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
            "RLIMIT_NOFILE": 7, "RLIMIT_NPROC": 6, "RLIMIT_RSS": 5, "RLIMIT_RTPRIO": 14,
@@ -60,7 +64,7 @@ def namespace_flags(spec: dict) -> int:
 
 
 def setup_container(kernel, spec: dict, plan, explain: Explain, *, init_fd: int | None,
-                    err_fd: int, init: bool, rootless: bool) -> None:
+                    err_fd: int, init: bool, rootless: bool, tty_socket=None) -> None:
     """Everything PID 1 does between clone and execve, in runc's order (reference/RUNTIME.md,
     "Order of the final steps"). Does not return when it succeeds: it execs mcinit."""
     linux = spec.get("linux", {})
@@ -82,6 +86,8 @@ def setup_container(kernel, spec: dict, plan, explain: Explain, *, init_fd: int 
         kernel.sethostname(spec["hostname"])
     rootfs_mod.pivot_into(kernel, root_path, explain)
     rootfs_mod.finish_rootfs(kernel, spec, explain)
+    if tty_socket is not None:
+        make_console(kernel, tty_socket, explain)
     for rl in process.get("rlimits", ()):
         _say(explain, f"setrlimit({rl['type']}, {rl['soft']}, {rl['hard']})")
         kernel.setrlimit(RLIMITS[rl["type"]], rl["soft"], rl["hard"])
@@ -94,6 +100,30 @@ def setup_container(kernel, spec: dict, plan, explain: Explain, *, init_fd: int 
     enter_cwd(kernel, process.get("cwd", "/"), explain)
     capabilities.apply_sets(kernel, caps, explain)
     exec_process(kernel, process, init_fd, err_fd, init, explain)
+
+
+def make_console(kernel, sock, explain: Explain) -> None:
+    """Open a pty in the container's own devpts and send its master to the launcher.
+
+    The pty must come from the container's devpts instance (newinstance): a host pty would not
+    exist under the container's /dev/pts, so ttyname(3) and job control would fail. runc does
+    the same, passing the master over a unix socket (unix(7), SCM_RIGHTS). TIOCGPTPEER opens the
+    slave from the master without a path lookup (ioctl_tty(2)).
+    """
+    import fcntl
+    import socket
+    import struct
+
+    _say(explain, "open /dev/ptmx; ioctl(TIOCGPTPEER); send the master to the launcher")
+    master = kernel.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    socket.send_fds(sock, [b"M"], [master])
+    os.close(master)
+    fcntl.ioctl(slave, TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        kernel.dup2(slave, fd)
+    os.close(slave)
 
 
 def set_user(kernel, user: dict, rootless: bool, explain: Explain) -> None:
@@ -161,7 +191,7 @@ def load_mcinit() -> int:
     return fd
 
 
-def _child_main(kernel, spec, plan, explain, sync_r, err_w, tty_slave, interactive, init,
+def _child_main(kernel, spec, plan, explain, sync_r, err_w, tty_socket, interactive, init,
                 rootless) -> None:
     """Runs in the cloned child. Never returns: it execs, or reports an error and _exits."""
     code = EXIT_LAUNCHER
@@ -171,18 +201,11 @@ def _child_main(kernel, spec, plan, explain, sync_r, err_w, tty_slave, interacti
             os._exit(EXIT_LAUNCHER)
         os.close(sync_r)
         kernel.setsid()
-        if tty_slave is not None:
-            import fcntl
-            import termios
-
-            fcntl.ioctl(tty_slave, termios.TIOCSCTTY, 0)
-            for fd in (0, 1, 2):
-                kernel.dup2(tty_slave, fd)
-        elif not interactive:
-            kernel.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+        if tty_socket is None and not interactive:
+            kernel.dup2(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 0)
         init_fd = load_mcinit()
         setup_container(kernel, spec, plan, explain, init_fd=init_fd, err_fd=err_w, init=init,
-                        rootless=rootless)
+                        rootless=rootless, tty_socket=tty_socket)
     except MinictrError as err:
         _report(err_w, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
     except OSError as err:
@@ -220,6 +243,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
     state_dir = state_mod.container_dir(paths.state, container_id)
     cgroup = None
     pid = None
+    rootfs_mod.check_upper_filesystem(plan)
     os.makedirs(spec["root"]["path"], mode=0o700, exist_ok=True)
     if plan is not None and plan.upperdir:
         os.makedirs(plan.upperdir, mode=0o755, exist_ok=True)
@@ -234,41 +258,49 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
         _say(explain, f"clone({sc.ns_flag_names(flags)})")
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        master = slave = None
+        ours = theirs = master = None
         if tty:
-            master, slave = os.openpty()
+            import socket
+
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = kernel.clone(flags)
         if pid == 0:
             os.close(sync_w)
             os.close(err_r)
-            if master is not None:
-                os.close(master)
-            _child_main(kernel, spec, plan, explain, sync_r, err_w, slave, interactive, init,
+            if ours is not None:
+                ours.close()
+            _child_main(kernel, spec, plan, explain, sync_r, err_w, theirs, interactive, init,
                         paths.rootless)
         os.close(sync_r)
         os.close(err_w)
-        if slave is not None:
-            os.close(slave)
-        linux = spec.get("linux", {})
-        if flags & sc.CLONE_NEWUSER:
-            from minictr.runtime import idmap
-
-            idmap.write_id_maps(pid, linux.get("uidMappings", []), linux.get("gidMappings", []),
-                                explain)
-        if cgroup is not None:
-            cgroup.add_process(pid)
-        os.write(sync_w, b"G")
-        os.close(sync_w)
-        _wait_for_exec(err_r, pid, spec["process"]["args"][0])
-        state_mod.record(paths.state, container_id, status="running", pid=pid,
-                         cgroup_paths=list(cgroup.paths) if cgroup else None)
+        if theirs is not None:
+            theirs.close()
+        # Forward signals from here on: one that arrives while the container is being set up
+        # must not kill the launcher and leave the container behind.
         with Supervisor(pid, explain) as sup:
+            linux = spec.get("linux", {})
+            if flags & sc.CLONE_NEWUSER:
+                from minictr.runtime import idmap
+
+                idmap.write_id_maps(pid, linux.get("uidMappings", []),
+                                    linux.get("gidMappings", []), explain)
+            if cgroup is not None:
+                cgroup.add_process(pid)
+            os.write(sync_w, b"G")
+            os.close(sync_w)
+            if ours is not None:
+                master = _receive_console(ours)
+            _wait_for_exec(err_r, pid, spec["process"]["args"][0])
+            state_mod.record(paths.state, container_id, status="running", pid=pid,
+                             cgroup_paths=list(cgroup.paths) if cgroup else None)
             code = sup.relay_tty(master) if master is not None else sup.wait()
-        pid = None
-        if cgroup is not None and cgroup.oom_kills() and warn:
-            limit = spec.get("linux", {}).get("resources", {}).get("memory", {}).get("limit")
-            warn(f"the container was killed by the kernel's OOM killer: it reached its memory "
-                 f"limit ({limit} bytes)")
+            pid = None
+            if master is not None:
+                os.close(master)
+            if cgroup is not None and cgroup.oom_kills() and warn:
+                limit = spec.get("linux", {}).get("resources", {}).get("memory", {}).get("limit")
+                warn("the container was killed by the kernel's OOM killer: it reached its "
+                     f"memory limit ({limit} bytes)")
         return code
     finally:
         if pid:                                  # setup failed or we were interrupted
@@ -276,6 +308,17 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
         if cgroup is not None:
             cgroup.destroy()
         _cleanup(paths, container_id, plan, remove)
+
+
+def _receive_console(sock) -> int | None:
+    """The pty master the container sends (make_console); None if it failed before that."""
+    import socket
+
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    finally:
+        sock.close()
+    return fds[0] if fds else None
 
 
 def _wait_for_exec(err_r: int, pid: int, command: str) -> None:
@@ -341,9 +384,10 @@ def _cleanup(paths, container_id: str, plan, remove: bool) -> None:
     (and with --rm the writable layer)."""
     state_dir = state_mod.container_dir(paths.state, container_id)
     if remove:
+        config = _read_config(paths.state, container_id) or {}
         shutil.rmtree(state_dir, ignore_errors=True)
-        container_dir = os.path.join(paths.containers, container_id)
-        shutil.rmtree(container_dir, ignore_errors=True)
+        remove_tree(os.path.join(paths.containers, container_id), paths.rootless,
+                    config.get("linux", {}))
     else:
         try:
             os.rmdir(os.path.join(state_dir, "rootfs"))
@@ -477,5 +521,77 @@ def remove(paths, name: str, force: bool = False) -> None:
             if not state_mod.alive(st["pid"], st.get("pid_start")):
                 break
             time.sleep(0.05)
+    if st.get("cgroup_paths"):
+        # A launcher killed with SIGKILL could not remove its container's cgroup: do it here.
+        from minictr.runtime import cgroups
+
+        try:
+            cgroups.Cgroup.from_paths(st["cgroup_paths"]).destroy()
+        except (OSError, MinictrError):
+            pass
+    config = _read_config(paths.state, st["id"])
     shutil.rmtree(state_mod.container_dir(paths.state, st["id"]), ignore_errors=True)
-    shutil.rmtree(os.path.join(paths.containers, st["id"]), ignore_errors=True)
+    remove_tree(os.path.join(paths.containers, st["id"]), paths.rootless,
+                config.get("linux", {}) if config else {})
+
+
+def _read_config(state_root: str, container_id: str) -> dict | None:
+    try:
+        with open(os.path.join(state_mod.container_dir(state_root, container_id),
+                               "config.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def remove_tree(path: str, rootless: bool, linux: dict, kernel=None) -> None:
+    """Remove a container's writable layer.
+
+    overlayfs leaves its work/work directory with mode 000, and in a rootless container with
+    subordinate ids the files belong to ids the user cannot touch on the host. So, rootless,
+    the removal runs in a fresh user namespace with the container's own id maps, where we are
+    root over those ids (what `podman unshare rm` does)."""
+    if not os.path.lexists(path):
+        return
+    maps = (linux.get("uidMappings") or [], linux.get("gidMappings") or [])
+    if not rootless or len(maps[0]) <= 1:
+        _rmtree_forcing(path)
+        return
+    kernel = kernel or sc.Syscalls()
+    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+    pid = kernel.clone(sc.CLONE_NEWUSER)
+    if pid == 0:
+        code = 1
+        try:
+            os.close(sync_w)
+            if os.read(sync_r, 1) == b"G":
+                _rmtree_forcing(path)
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(sync_r)
+    try:
+        from minictr.runtime import idmap
+
+        idmap.write_id_maps(pid, *maps, None)
+        os.write(sync_w, b"G")
+    finally:
+        os.close(sync_w)
+        os.waitpid(pid, 0)
+
+
+def _rmtree_forcing(path: str) -> None:
+    """rmtree, after making every directory we own searchable and writable (overlayfs's
+    work/work is mode 000)."""
+    def open_up(directory: str) -> None:
+        try:
+            os.chmod(directory, 0o700)
+            entries = list(os.scandir(directory))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                open_up(entry.path)
+
+    open_up(path)
+    shutil.rmtree(path, ignore_errors=True)

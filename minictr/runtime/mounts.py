@@ -65,12 +65,18 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+MAX_SYMLINKS = 40   # as the kernel's own limit (path_resolution(7))
+
+
 def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
                     mode: int = 0o755) -> int:
     """Open ``path`` inside the root held by ``root_fd`` as an O_PATH fd, never leaving it.
 
     ``create`` = "dir" or "file" makes missing components (directories, then the last one as
-    ``create`` says). Existing symlinks are followed, but only within the root (RESOLVE_IN_ROOT).
+    ``create`` says). Existing symlinks are followed, but only within the root: the kernel does
+    that for us (RESOLVE_IN_ROOT); a dangling symlink on the way (``/data -> /etc`` in an image
+    without /etc) is followed by hand, the way runc's securejoin.MkdirAll does, so the directory
+    is created where the link points *inside* the root.
     """
     rel = path.lstrip("/") or "."
     try:
@@ -78,20 +84,40 @@ def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
     except FileNotFoundError:
         if create is None:
             raise
-    parent, _, name = rel.rpartition("/")
-    # An O_PATH directory fd serves as dir_fd for mkdirat/openat (open(2), O_PATH).
-    parent_fd = resolve_in_root(kernel, root_fd, parent or ".", create="dir")
-    try:
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    for _ in range(MAX_SYMLINKS + len(parts)):
+        if not parts:
+            return kernel.openat2(root_fd, "/".join(done) or ".", O_PATH, RESOLVE)
+        name = parts.pop(0)
+        if name == "..":
+            done = done[:-1]
+            continue
         try:
-            if create == "dir":
-                kernel.mkdirat(parent_fd, name, mode)
-            else:
+            kernel.close(kernel.openat2(root_fd, "/".join(done + [name]), O_PATH, RESOLVE))
+            done.append(name)
+            continue
+        except FileNotFoundError:
+            pass
+        parent_fd = kernel.openat2(root_fd, "/".join(done) or ".", O_PATH, RESOLVE)
+        try:
+            link = kernel.readlinkat(parent_fd, name)
+            if link is not None:                 # a dangling symlink: follow it by hand
+                parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+                if link.startswith("/"):
+                    done = []
+                continue
+            last = not parts
+            if last and create == "file":
                 kernel.create_file_at(parent_fd, name)
+            else:
+                kernel.mkdirat(parent_fd, name, mode)
+            done.append(name)
         except FileExistsError:
-            pass      # created meanwhile, or a dangling symlink: the openat2 below decides
-        return kernel.openat2(parent_fd, name, O_PATH, RESOLVE)
-    finally:
-        kernel.close(parent_fd)
+            done.append(name)                    # made meanwhile: resolve it on the next turn
+        finally:
+            kernel.close(parent_fd)
+    raise OSError(errno.ELOOP, f"too many symlinks resolving {path!r} in the container")
 
 
 def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool = False) -> None:
@@ -111,6 +137,7 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
         kind = "dir"
     target_fd = resolve_in_root(kernel, root_fd, dest, create=kind)
     try:
+        refuse_root_itself(kernel, root_fd, target_fd, dest)
         target = fd_path(target_fd)
         if is_bind:
             # A bind ignores every flag but MS_REC on the first call; the others need a remount
@@ -137,6 +164,14 @@ def with_new_mount(kernel, root_fd: int, dest: str, action) -> None:
         action(fd_path(fd))
     finally:
         kernel.close(fd)
+
+
+def refuse_root_itself(kernel, root_fd: int, target_fd: int, dest: str) -> None:
+    """A destination that resolves to the root itself (an image whose /dev is a symlink to /)
+    would hide the whole image under the mount: refuse it with a clear message."""
+    if dest.strip("/") and kernel.same_file(root_fd, target_fd):
+        raise OSError(errno.EINVAL, f"mount destination {dest} resolves to the container's "
+                                    "root (a symlink in the image?)")
 
 
 def remount_keep_locked(kernel, target: str, add_flags: int, explain: Explain,

@@ -47,6 +47,45 @@ class RootfsPlan:
         return data
 
 
+# Network and cluster filesystems overlayfs refuses as an upper dir (no d_type/xattr/rename
+# whiteout support); clusters put home directories on them.
+NETWORK_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "glusterfs",
+              "fuse.sshfs", "panfs", "wekafs", "9p"}
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem holding ``path``: the longest mount point above it
+    (proc(5), /proc/PID/mountinfo: field 5 is the mount point, after " - " the type)."""
+    path = os.path.realpath(path)
+    best, fstype = "", None
+    with open(mountinfo) as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            point = fields.split()[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fstype = point, rest.split()[0]
+    return fstype
+
+
+def check_upper_filesystem(plan: "RootfsPlan", mountinfo: str = "/proc/self/mountinfo") -> None:
+    """Refuse early, with the fix, when the container's writable layer would sit on NFS or a
+    cluster filesystem (overlayfs would fail later with a bare EINVAL)."""
+    if plan is None or plan.upperdir is None:
+        return
+    probe = plan.upperdir
+    while not os.path.exists(probe) and probe != "/":
+        probe = os.path.dirname(probe)
+    fstype = filesystem_type(probe, mountinfo)
+    if fstype in NETWORK_FS:
+        from minictr.errors import RuntimeSetupError
+
+        raise RuntimeSetupError(
+            f"the store is on {fstype} ({probe}): overlayfs cannot keep a container's writes there",
+            hint="put the store on node-local disk: --root /tmp/$USER/minictr "
+                 "(or MINICTR_ROOT), or run with --read-only")
+
+
 def make_mounts_private(kernel, explain: Explain) -> None:
     """Stop mount events propagating back to the host: MS_REC|MS_SLAVE on "/" (runc's default
     rootfsPropagation). Slave still lets host unmounts reach us, which is harmless."""

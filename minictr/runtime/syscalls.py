@@ -7,6 +7,7 @@ Each method carries the man page's name and argument order and raises
 """
 from __future__ import annotations
 
+import errno
 import os
 import resource as _resource
 from typing import Any, Callable
@@ -240,6 +241,19 @@ class Syscalls:
 
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+
+    def readlinkat(self, dirfd: int, name: str) -> str | None:
+        """The target of symlink ``name`` in ``dirfd``, or None if it is not a symlink."""
+        try:
+            return os.readlink(name, dir_fd=dirfd)
+        except (OSError, ValueError) as err:
+            if getattr(err, "errno", None) in (errno.EINVAL, errno.ENOENT):
+                return None
+            raise
+
+    def same_file(self, fd1: int, fd2: int) -> bool:
+        a, b = os.fstat(fd1), os.fstat(fd2)
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
     def is_dir(self, path: str) -> bool:
         import stat

@@ -129,8 +129,10 @@ def _information(bus: str, minor: int, uuid: str, model: str) -> str:
 
 
 def build(tmp: str, *, mig: bool = False, stale: bool = True, with_uvm: bool = True,
-          extra_cache_entries=()) -> FakeDriver:
-    """Lay out the fake driver under ``tmp`` and return its roots."""
+          extra_cache_entries=(), libdir: str = LIBDIR, in_cache: bool = True) -> FakeDriver:
+    """Lay out the fake driver under ``tmp`` and return its roots. ``libdir`` and
+    ``in_cache=False`` model a driver mounted by a container platform (/usr/local/nvidia/lib64,
+    not in the loader cache)."""
     driver_root, dev_root, proc_root = (os.path.join(tmp, n) for n in ("driver", "dev", "proc"))
     nv = os.path.join(proc_root, "driver/nvidia")
     _write(os.path.join(nv, "version"),
@@ -163,16 +165,19 @@ def build(tmp: str, *, mig: bool = False, stale: bool = True, with_uvm: bool = T
                 _node(os.path.join(dev_root, f"dev/nvidia-caps/nvidia-cap{m}"), CAPS_MAJOR, m)
 
     libs = compiled_libraries()
-    libdir = os.path.join(driver_root, LIBDIR.lstrip("/"))
-    os.makedirs(libdir, exist_ok=True)
+    host_libdir = os.path.join(driver_root, libdir.lstrip("/"))
+    os.makedirs(host_libdir, exist_ok=True)
     entries = [ldcache.Entry("libc.so.6", f"{LIBDIR}/libc.so.6")]
+    listed = []
     for stem in ("libcuda", "libnvidia-ml"):
         real = f"{stem}.so.{VERSION}"
-        shutil.copy(libs[real], os.path.join(libdir, real))
-        os.symlink(real, os.path.join(libdir, f"{stem}.so.1"))
-        entries.append(ldcache.Entry(f"{stem}.so.1", f"{LIBDIR}/{stem}.so.1"))
-    os.symlink("libcuda.so.1", os.path.join(libdir, "libcuda.so"))
-    entries.append(ldcache.Entry("libcuda.so", f"{LIBDIR}/libcuda.so"))
+        shutil.copy(libs[real], os.path.join(host_libdir, real))
+        os.symlink(real, os.path.join(host_libdir, f"{stem}.so.1"))
+        listed.append(ldcache.Entry(f"{stem}.so.1", f"{libdir}/{stem}.so.1"))
+    os.symlink("libcuda.so.1", os.path.join(host_libdir, "libcuda.so"))
+    listed.append(ldcache.Entry("libcuda.so", f"{libdir}/libcuda.so"))
+    if in_cache:
+        entries += listed
     if stale:
         old = os.path.join(driver_root, "usr/local/lib")
         os.makedirs(old, exist_ok=True)

@@ -88,14 +88,19 @@ def build_probe_rootfs(rootfs: str, libdir: str = "/usr/lib/x86_64-linux-gnu",
     with open(src, "w") as f:
         f.write(PROBE_C)
     subprocess.run(["gcc", "-O1", "-o", os.path.join(rootfs, "probe"), src], check=True)
-    _copy_lib("/lib/x86_64-linux-gnu/libc.so.6", rootfs, f"{libdir}/libc.so.6")
+    # libc, plus what a real libcuda and nvidia-smi also need (DT_NEEDED)
+    for name in ("libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1"):
+        if os.path.exists(f"/lib/x86_64-linux-gnu/{name}"):
+            _copy_lib(f"/lib/x86_64-linux-gnu/{name}", rootfs, f"{libdir}/{name}")
     _copy_lib("/lib64/ld-linux-x86-64.so.2", rootfs, f"{libdir}/ld-linux-x86-64.so.2")
     os.makedirs(os.path.join(rootfs, "lib64"), exist_ok=True)
     os.symlink(f"{libdir}/ld-linux-x86-64.so.2",
                os.path.join(rootfs, "lib64/ld-linux-x86-64.so.2"))
     os.makedirs(os.path.join(rootfs, "etc"), exist_ok=True)
     with open(os.path.join(rootfs, "etc/ld.so.cache"), "wb") as f:
-        f.write(ldcache.write([ldcache.Entry("libc.so.6", f"{libdir}/libc.so.6")]))
+        f.write(ldcache.write([ldcache.Entry(n, f"{libdir}/{n}") for n in
+                               sorted(os.listdir(os.path.join(rootfs, libdir.lstrip("/"))))
+                               if n.startswith("lib")]))
     with open(os.path.join(rootfs, "etc/os-release"), "w") as f:
         f.write(os_release)
     for d in ("tmp", "dev", "proc", "sys", "usr/bin", "bin"):

@@ -39,11 +39,11 @@ def _image(tmp_path, os_release: str, libdir: str):
 def _run_chrooted(rootfs, mounts, *args):
     lines = ["set -e"]
     for m in mounts:
-        dest = os.path.join(rootfs, m["destination"].lstrip("/"))
+        dest = os.path.join(rootfs, m.container_path.lstrip("/"))
         lines.append(f"mkdir -p {shlex.quote(os.path.dirname(dest))}")
         lines.append(f"[ -e {shlex.quote(dest)} ] || touch {shlex.quote(dest)}")
-        lines.append(f"mount --bind {shlex.quote(m['source'])} {shlex.quote(dest)}")
-        if "ro" in m["options"]:
+        lines.append(f"mount --bind {shlex.quote(m.host_path)} {shlex.quote(dest)}")
+        if "ro" in m.options:
             lines.append(f"mount -o remount,bind,ro {shlex.quote(dest)}")
     lines.append(f"exec chroot {shlex.quote(rootfs)} /probe " + " ".join(args))
     res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -71,7 +71,7 @@ def test_lib64_image_finds_libcuda_only_through_the_generated_cache(fake_driver,
     _needs_root()
     rootfs, read_file = _image(tmp_path, "ID=fedora\n", "/usr/lib64")
     mounts = _edits(fake_driver, tmp_path, read_file).mounts
-    assert any(m["destination"] == "/usr/lib64/libcuda.so.1" for m in mounts)
-    without_cache = [m for m in mounts if m["destination"] != "/etc/ld.so.cache"]
+    assert any(m.container_path == "/usr/lib64/libcuda.so.1" for m in mounts)
+    without_cache = [m for m in mounts if m.container_path != "/etc/ld.so.cache"]
     assert "dlopen failed" in _run_chrooted(rootfs, without_cache)
     assert "cuDeviceGetCount=2 from /usr/lib64/libcuda.so.1" in _run_chrooted(rootfs, mounts)

@@ -1,4 +1,4 @@
-"""The eBPF device filter is enforced by this kernel (root, a cgroup2 mount).
+"""The device allow-list is enforced by this kernel (root, a cgroup2 mount; v1 devices too).
 
 On the hybrid machines the v2 tree at /sys/fs/cgroup/unified has no controllers, but a
 BPF_PROG_TYPE_CGROUP_DEVICE program attached to a child of it is still run on open(2)/mknod(2).
@@ -98,3 +98,39 @@ def test_detach_takes_only_our_program(tmp_path):
         os.close(foreign)
         cg.destroy()
     assert not os.path.exists(v2)
+
+
+def test_pure_v1_devices_controller(tmp_path):
+    """The same allow-list through the v1 devices controller: a cgroup root that shows only this
+    host's v1 mounts (symlinks, no unified/) is a pure v1 host to cgroups.setup."""
+    if not os.path.exists("/sys/fs/cgroup/devices/devices.allow"):
+        pytest.skip("no cgroup v1 devices controller mounted")
+    root = tmp_path / "v1"
+    root.mkdir()
+    for name in ("devices", "pids"):
+        os.symlink(f"/sys/fs/cgroup/{name}", root / name)
+    node = tmp_path / "zero"
+    os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    cg = cgroups.setup({"devices": ONLY_NULL}, container_id=f"test-v1dev-{os.getpid()}",
+                       cgroups_path=None, rootless=False, cgroup_root=str(root))
+    paths = [os.path.realpath(p) for p in cg.paths]
+    try:
+        assert cg.prog_fd is None
+        with open(os.path.join(paths[0], "devices.list")) as f:
+            assert f.read().split("\n")[0] == "c 1:3 rwm"
+        results = _run_in(cg, [lambda: open("/dev/null", "wb").close(),
+                               lambda: open(node, "rb").close()])
+    finally:
+        cg.destroy()
+    assert results == [0, errno.EPERM]
+    assert not any(os.path.exists(p) for p in paths)
+
+
+def test_a_rejected_program_reports_the_verifier_log():
+    from minictr.errors import RuntimeSetupError
+    from minictr.runtime.syscalls import Syscalls
+
+    exit_without_r0 = bpf_devices.insn(bpf_devices.JMP_EXIT)
+    with pytest.raises(RuntimeSetupError, match="verifier log: .*R0 !read_ok") as info:
+        bpf_devices.load_program(Syscalls(), exit_without_r0)
+    assert "\n" not in str(info.value)

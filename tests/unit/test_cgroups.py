@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from minictr.errors import RuntimeSetupError
-from minictr.runtime import cgroup_layout, cgroup_v2, cgroups
+from minictr.runtime import cgroup_layout, cgroup_v1, cgroup_v2, cgroups
 from minictr.runtime.syscalls import RecordingSyscalls
 
 V2_FILES = {"memory": ["memory.max", "memory.swap.max", "memory.low", "memory.current",
@@ -368,8 +368,15 @@ def test_hybrid_limits_go_to_v1_children_filter_to_v2(tmp_path):
 
 def test_hybrid_unified_for_a_v1_controller_is_an_error(tmp_path):
     root, proc = hybrid_host(tmp_path)
-    with pytest.raises(RuntimeSetupError, match="on v1"):
+    with pytest.raises(RuntimeSetupError, match="on cgroup v1"):
         setup(root, proc, {"unified": {"memory.high": "1"}})
+
+
+def test_hybrid_cpu_weight_hints_at_shares(tmp_path):
+    root, proc = hybrid_host(tmp_path)
+    with pytest.raises(RuntimeSetupError, match="cpu.weight") as info:
+        setup(root, proc, {"unified": {"cpu.weight": "100"}})
+    assert "--cpu-shares" in info.value.hint
 
 
 def test_v1_cpuset_inherits_parent(tmp_path):
@@ -380,11 +387,61 @@ def test_v1_cpuset_inherits_parent(tmp_path):
     cg.destroy()
 
 
-def test_pure_v1_device_rules_need_v2(tmp_path):
+def test_pure_v1_device_rules_go_to_the_devices_controller(tmp_path):
     root, proc = hybrid_host(tmp_path)
     os.remove(os.path.join(root, "unified/cgroup.controllers"))
-    with pytest.raises(RuntimeSetupError, match="cgroup v2 tree"):
+    _tree(root, {"devices/devices.allow": "", "devices/devices.deny": "",
+                 "devices/cgroup.procs": ""})
+    kernel, log = RecordingSyscalls(), []
+    rules = [{"allow": False}, {"allow": True, "type": "c", "major": 1, "minor": 3}]
+    cg = setup(root, proc, {"devices": rules}, kernel=kernel, log=log)
+    path = os.path.join(root, "devices/minictr-c1")
+    assert path in cg.paths and not kernel.calls                  # no eBPF on pure v1
+    writes = [line for line in log if line.startswith("write ") and "/devices." in line]
+    assert writes == [f"write a > {path}/devices.deny", f"write c 1:3 rwm > {path}/devices.allow"]
+    cg.destroy()
+
+
+def test_pure_v1_without_devices_controller(tmp_path):
+    root, proc = hybrid_host(tmp_path)
+    os.remove(os.path.join(root, "unified/cgroup.controllers"))
+    with pytest.raises(RuntimeSetupError, match="neither"):
         setup(root, proc, {"devices": [{"allow": True}]})
+
+
+def rule(allow, kind="a", major=None, minor=None, access="rwm"):
+    return {"allow": allow, "type": kind, "major": major, "minor": minor, "access": access}
+
+
+@pytest.mark.parametrize("rules, writes", [
+    ([], [("devices.deny", "a")]),                                     # OCI default: deny
+    ([rule(True)], [("devices.allow", "a")]),
+    ([rule(False), rule(True, "c", 1, 3), rule(True, "c", 136, None, "rw")],
+     [("devices.deny", "a"), ("devices.allow", "c 1:3 rwm"), ("devices.allow", "c 136:* rw")]),
+    # a rule before the last deny-all is moot
+    ([rule(True, "c", 1, 3), rule(False), rule(True, "b", 8, 0, "r")],
+     [("devices.deny", "a"), ("devices.allow", "b 8:0 r")]),
+    # type "a" with numbers is two lines on v1
+    ([rule(False), rule(True, "a", 7, None, "m")],
+     [("devices.deny", "a"), ("devices.allow", "c 7:* m"), ("devices.allow", "b 7:* m")]),
+    # default allow with a hole
+    ([rule(True), rule(False, "c", 1, None)],
+     [("devices.allow", "a"), ("devices.deny", "c 1:* rwm")]),
+    # a later rule back to the default takes bits out of the exceptions it covers
+    ([rule(False), rule(True, "c", 1, 3), rule(True, "c", 1, 5), rule(False, "c", 1, None, "w")],
+     [("devices.deny", "a"), ("devices.allow", "c 1:3 rwm"), ("devices.allow", "c 1:5 rwm"),
+      ("devices.deny", "c 1:3 w"), ("devices.deny", "c 1:5 w")]),
+    # ...and one that touches nothing allowed is a no-op
+    ([rule(False), rule(True, "c", 1, 3), rule(False, "b", None, None)],
+     [("devices.deny", "a"), ("devices.allow", "c 1:3 rwm")]),
+])
+def test_v1_devices_files(rules, writes):
+    assert cgroup_v1.devices_files(rules) == writes
+
+
+def test_v1_devices_cannot_cut_into_a_wider_rule():
+    with pytest.raises(RuntimeSetupError, match="cannot express"):
+        cgroup_v1.devices_files([rule(False), rule(True, "c", 136, None), rule(False, "c", 136, 1)])
 
 
 # ---------------------------------------------------------------- rootless

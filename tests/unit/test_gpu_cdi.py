@@ -45,15 +45,15 @@ def test_yaml_and_json_read_back_to_the_same_edits(fake, tmp_path):
     a = cdi.edits_for_names(["nvidia.com/gpu=0"], [str(tmp_path / "yaml")])
     b = cdi.edits_for_names(["nvidia.com/gpu=0"], [str(tmp_path / "json")])
     assert a == b
-    paths = [n["path"] for n in a.device_nodes]
+    paths = [n.path for n in a.device_nodes]
     assert "/dev/nvidia1" in paths and "/dev/nvidia0" not in paths and "/dev/nvidiactl" in paths
-    assert all(n["type"] == "c" for n in a.device_nodes)
-    assert any(m["destination"] == "/usr/lib/x86_64-linux-gnu/libcuda.so.1" for m in a.mounts)
+    assert all(n.type == "c" for n in a.device_nodes)
+    assert any(m.container_path == "/usr/lib/x86_64-linux-gnu/libcuda.so.1" for m in a.mounts)
     assert "NVIDIA_VISIBLE_DEVICES=void" in a.env
     both = cdi.edits_for_names(["nvidia.com/gpu=0", "nvidia.com/gpu=1"], [str(tmp_path / "yaml")])
     # the spec-level edits come once, each device's nodes once
-    assert [n["path"] for n in both.device_nodes].count("/dev/nvidiactl") == 1
-    assert {"/dev/nvidia0", "/dev/nvidia1"} <= {n["path"] for n in both.device_nodes}
+    assert [n.path for n in both.device_nodes].count("/dev/nvidiactl") == 1
+    assert {"/dev/nvidia0", "/dev/nvidia1"} <= {n.path for n in both.device_nodes}
     assert yaml.safe_load(cdi.generate(d)) == json.loads(cdi.generate(d, fmt="json"))
 
 
@@ -76,18 +76,20 @@ def test_later_directory_wins_and_hooks_keep_their_stage(tmp_path):
          "mounts": [{"hostPath": "/etc/hosts", "containerPath": "/etc/hosts2"}]})))
     e = cdi.edits_for_names(["example.com/dev=x"], [str(first), str(second)])
     assert "FROM=run" in e.env and "FROM=etc" not in e.env
-    assert e.hooks == ({"hookName": "createContainer", "path": "/bin/true", "args": ["true"]},)
+    assert [h.to_cdi() for h in e.hooks] == [
+        {"hookName": "createContainer", "path": "/bin/true", "args": ["true"]}]
     assert e.additional_gids == (44,)
-    assert e.mounts[0] == {"destination": "/etc/hosts2", "source": "/etc/hosts", "type": "bind",
-                           "options": ["rbind"]}
-    assert e.device_nodes[0]["major"] == 1 and e.device_nodes[0]["minor"] == 3
+    m = e.mounts[0]
+    assert (m.container_path, m.host_path, m.type, m.options) == \
+        ("/etc/hosts2", "/etc/hosts", "bind", ("rbind",))
+    assert (e.device_nodes[0].major, e.device_nodes[0].minor) == (1, 3)
 
 
 def test_device_numbers_are_read_from_the_host_node_when_absent(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(_spec("example.com/null", [
         {"name": "n", "containerEdits": {"deviceNodes": [{"path": "/dev/null"}]}}])))
     node = cdi.edits_for_names(["example.com/null=n"], [str(tmp_path)]).device_nodes[0]
-    assert (node["type"], node["major"], node["minor"]) == ("c", 1, 3)
+    assert (node.type, node.major, node.minor) == ("c", 1, 3)
 
 
 def test_unknown_device_lists_known_ones(fake, tmp_path):

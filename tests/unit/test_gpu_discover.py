@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from minictr.errors import GPUError
-from minictr.gpu import discover, ldcache
+from minictr.gpu import discover, driverlibs, elf, ldcache
 from minictr.gpu.require import cuda_version_for_driver
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "gpu"))
@@ -90,8 +90,8 @@ def test_symlinks_resolve_inside_the_driver_root(tmp_path):
     (root / "lib/real.so.1").write_bytes(b"")
     os.symlink("/lib/real.so.1", root / "lib/abs.so")       # absolute: re-rooted
     os.symlink("../../../../etc/passwd", root / "lib/escape")  # .. stops at the root
-    assert discover.resolve_in_root(str(root), "/lib/abs.so") == str(root / "lib/real.so.1")
-    assert discover.resolve_in_root(str(root), "/lib/escape") == str(root / "etc/passwd")
+    assert driverlibs.resolve_in_root(str(root), "/lib/abs.so") == str(root / "lib/real.so.1")
+    assert driverlibs.resolve_in_root(str(root), "/lib/escape") == str(root / "etc/passwd")
 
 
 def test_library_symlink_escaping_root_is_not_injected(tmp_path):
@@ -117,3 +117,23 @@ def test_cuda_version_of_unknown_branch_is_flagged():
     cuda, note = cuda_version_for_driver("999.1")
     assert cuda == "13.1" and "newer than minictr's CUDA table" in note
     assert cuda_version_for_driver("340.108")[0] is None
+
+
+def test_libraries_outside_the_loader_cache_are_found_by_listing(tmp_path):
+    """A platform-mounted driver (/usr/local/nvidia/lib64, found through LD_LIBRARY_PATH on
+    the host) is not in ld.so.cache: the usual directories are listed, SONAMEs read from ELF."""
+    fake = fakedriver.build(str(tmp_path), libdir="/usr/local/nvidia/lib64", in_cache=False,
+                            stale=False)
+    d = discover.discover(fake.roots)
+    libs = {lib.stem: lib for lib in d.libraries}
+    assert set(libs) == {"libcuda", "libnvidia-ml"}
+    assert libs["libcuda"].sonames == ("libcuda.so.1",)
+    assert libs["libcuda"].host_path.endswith("usr/local/nvidia/lib64/libcuda.so.580.65.06")
+    assert any("/usr/local/nvidia/lib64" in w for w in d.warnings)
+
+
+def test_elf_soname_reader():
+    libs = fakedriver.compiled_libraries()
+    assert elf.soname(libs["libcuda.so.580.65.06"]) == "libcuda.so.1"
+    assert elf.soname(libs["libnvidia-ml.so.580.65.06"]) == "libnvidia-ml.so.1"
+    assert elf.soname(__file__) is None

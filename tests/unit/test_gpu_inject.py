@@ -33,16 +33,18 @@ def edits(fake, tmp_path, *, gpus=None, env=(), image_env=(), files=DEBIAN_FILES
 
 
 def dests(e):
-    return {m["destination"]: m for m in e.mounts}
+    return {m.container_path: m for m in e.mounts}
 
 
 def test_gpu_0_gets_its_own_minor_and_control_nodes_only(fake, tmp_path):
     e = edits(fake, tmp_path, gpus="0")
-    assert [(d["path"], d["major"], d["minor"]) for d in e.device_nodes] == [
+    assert [(d.path, d.major, d.minor) for d in e.device_nodes] == [
         ("/dev/nvidia1", 195, 1), ("/dev/nvidiactl", 195, 255),
         ("/dev/nvidia-uvm", fakedriver.UVM_MAJOR, 0),
         ("/dev/nvidia-uvm-tools", fakedriver.UVM_MAJOR, 1)]
-    assert all(d["type"] == "c" for d in e.device_nodes)
+    assert all(d.type == "c" for d in e.device_nodes)
+    # rootless runtimes bind-mount the host node, which lives under the fake dev root here
+    assert e.device_nodes[0].host_path == os.path.join(fake.dev_root, "dev/nvidia1")
     assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in e.env
     assert f"NVIDIA_VISIBLE_DEVICES={fakedriver.GPUS[1][2]}" in e.env
 
@@ -53,10 +55,10 @@ def test_libraries_mounted_at_real_name_and_soname_read_only(fake, tmp_path):
     for name in ("libcuda.so.580.65.06", "libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1",
                  "libnvidia-ml.so.580.65.06"):
         mount = m[f"{DEB}/{name}"]
-        assert mount["type"] == "bind" and mount["options"] == ["rbind", "ro", "nosuid", "nodev"]
-    assert m[f"{DEB}/libcuda.so.1"]["source"] == real
-    assert not any("570.00.00" in x["source"] for x in m.values())
-    assert m["/usr/bin/nvidia-smi"]["source"].endswith("driver/usr/bin/nvidia-smi")
+        assert mount.type == "bind" and mount.options == ("rbind", "ro", "nosuid", "nodev")
+    assert m[f"{DEB}/libcuda.so.1"].host_path == real
+    assert not any("570.00.00" in x.host_path for x in m.values())
+    assert m["/usr/bin/nvidia-smi"].host_path.endswith("driver/usr/bin/nvidia-smi")
     assert "/lib/firmware/nvidia/580.65.06/gsp_ga10x.bin" in m
     assert "/run/nvidia-persistenced/socket" in m
 
@@ -64,15 +66,15 @@ def test_libraries_mounted_at_real_name_and_soname_read_only(fake, tmp_path):
 def test_generated_cache_is_image_plus_injected(fake, tmp_path):
     m = dests(edits(fake, tmp_path, gpus="0"))
     cache = m["/etc/ld.so.cache"]
-    assert "ro" in cache["options"]
-    with open(cache["source"], "rb") as f:
+    assert "ro" in cache.options
+    with open(cache.host_path, "rb") as f:
         got = {(e.key, e.value) for e in ldcache.parse(f.read())}
     assert got == {("libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6"),
                    ("libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1"),
                    ("libcuda.so.1", f"{DEB}/libcuda.so.1"), ("libcuda.so", f"{DEB}/libcuda.so"),
                    ("libnvidia-ml.so.1", f"{DEB}/libnvidia-ml.so.1")}
     if shutil.which("ldconfig"):
-        out = subprocess.run(["ldconfig", "-p", "-C", cache["source"]], capture_output=True,
+        out = subprocess.run(["ldconfig", "-p", "-C", cache.host_path], capture_output=True,
                              text=True, check=True).stdout
         assert f"libcuda.so.1 (libc6,x86-64) => {DEB}/libcuda.so.1" in out
 
@@ -108,18 +110,18 @@ def test_image_request_without_driver_runs_without_gpus(tmp_path):
 
 def test_none_gives_driver_files_but_no_gpu(fake, tmp_path):
     e = edits(fake, tmp_path, env=["NVIDIA_VISIBLE_DEVICES=none"])
-    assert [d["path"] for d in e.device_nodes] == ["/dev/nvidiactl", "/dev/nvidia-uvm",
+    assert [d.path for d in e.device_nodes] == ["/dev/nvidiactl", "/dev/nvidia-uvm",
                                                   "/dev/nvidia-uvm-tools"]
     assert "NVIDIA_VISIBLE_DEVICES=none" in e.env and f"{DEB}/libcuda.so.1" in dests(e)
 
 
 def test_capabilities_choose_nodes_and_libraries(fake, tmp_path):
     e = edits(fake, tmp_path, gpus="capabilities=utility,device=1")
-    assert [d["path"] for d in e.device_nodes] == ["/dev/nvidia0", "/dev/nvidiactl"]
+    assert [d.path for d in e.device_nodes] == ["/dev/nvidia0", "/dev/nvidiactl"]
     m = dests(e)
     assert f"{DEB}/libnvidia-ml.so.1" in m and f"{DEB}/libcuda.so.1" not in m
     e = edits(fake, tmp_path, gpus="0", env=["NVIDIA_DRIVER_CAPABILITIES=display"])
-    assert "/dev/nvidia-modeset" in [d["path"] for d in e.device_nodes]
+    assert "/dev/nvidia-modeset" in [d.path for d in e.device_nodes]
 
 
 def test_requirement_mismatch_names_requirement_and_cuda(fake, tmp_path):
@@ -150,7 +152,7 @@ def test_baked_driver_library_is_replaced_and_explained(fake, tmp_path):
     said = []
     m = dests(edits(fake, tmp_path, gpus="0", files=files, warn=said.append))
     assert any("/usr/local/nvidia/lib64/libcuda.so.1" in s for s in said)
-    with open(m["/etc/ld.so.cache"]["source"], "rb") as f:
+    with open(m["/etc/ld.so.cache"].host_path, "rb") as f:
         assert [e.value for e in ldcache.parse(f.read()) if e.key == "libcuda.so.1"] == \
             [f"{DEB}/libcuda.so.1"]
 
@@ -160,7 +162,7 @@ def test_cuda_compat_libraries_win_only_when_newer(fake, tmp_path):
 
     def libcuda_target(image_env):
         m = dests(edits(fake, tmp_path, gpus="0", files=files, image_env=image_env))
-        with open(m["/etc/ld.so.cache"]["source"], "rb") as f:
+        with open(m["/etc/ld.so.cache"].host_path, "rb") as f:
             return [e.value for e in ldcache.parse(f.read()) if e.key == "libcuda.so.1"]
 
     newer = ["CUDA_VERSION=13.2.0", "NVIDIA_DISABLE_REQUIRE=1"]
@@ -184,7 +186,7 @@ def test_gpu_memory_needs_a_running_mps_daemon(fake, tmp_path):
     # host GPU 1 is the container's CUDA device 0
     assert "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=10G,1=20G" in e.env
     assert f"CUDA_MPS_PIPE_DIRECTORY={pipe}" in e.env
-    assert dests(e)[pipe]["options"] == ["rbind", "nosuid", "nodev"]
+    assert dests(e)[pipe].options == ("rbind", "nosuid", "nodev")
     with pytest.raises(GPUError, match="not selected"):
         edits(fake, tmp_path, gpus="0", gpu_memory="1=1G")
     with pytest.raises(GPUError, match="cannot parse"):
@@ -193,13 +195,29 @@ def test_gpu_memory_needs_a_running_mps_daemon(fake, tmp_path):
 
 def test_mig_device_nodes(fake, tmp_path):
     e = edits(fake, tmp_path, gpus="1:0")
-    assert [d["path"] for d in e.device_nodes][:3] == [
+    assert [d.path for d in e.device_nodes][:3] == [
         "/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]
     assert "NVIDIA_VISIBLE_DEVICES=1:0" in e.env
 
 
 def test_legacy_cuda_image_gets_every_gpu_and_its_cuda_requirement(fake, tmp_path):
     e = edits(fake, tmp_path, image_env=["CUDA_VERSION=12.2.2"])
-    assert {d["path"] for d in e.device_nodes} >= {"/dev/nvidia0", "/dev/nvidia1"}
+    assert {d.path for d in e.device_nodes} >= {"/dev/nvidia0", "/dev/nvidia1"}
     with pytest.raises(GPUError, match="cuda>=13.1"):
         edits(fake, tmp_path, image_env=["CUDA_VERSION=13.1.0"])
+
+
+def test_compat_library_too_large_for_the_store_still_counts(fake, tmp_path):
+    from minictr.errors import ImageError
+
+    def read_file(path):
+        if path == "/usr/local/cuda/compat/libcuda.so.1":
+            raise ImageError(f"{path} in the image is 99999999 bytes, more than minictr reads")
+        return DEBIAN_FILES.get(path)
+
+    opts = RunOptions(image="img", gpus="0")
+    e = inject.edits_for_request(opts, {}, fake.roots, {"config": {"Env": [
+        "CUDA_VERSION=13.2.0", "NVIDIA_DISABLE_REQUIRE=1"]}}, read_file, str(tmp_path / "s"))
+    with open(dests(e)["/etc/ld.so.cache"].host_path, "rb") as f:
+        assert [x.value for x in ldcache.parse(f.read()) if x.key == "libcuda.so.1"] == \
+            ["/usr/local/cuda/compat/libcuda.so.1"]

@@ -151,3 +151,30 @@ def test_real_syscall_errors_name_the_call(tmp_path):
     with pytest.raises(OSError) as info:
         sc.Syscalls().pivot_root(str(tmp_path / "missing"), str(tmp_path))
     assert "pivot_root(" in str(info.value) and info.value.errno == 2
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:40 / /home rw,relatime shared:20 - nfs4 server:/home rw,vers=4.2
+41 22 0:41 / /home/local rw,relatime shared:21 - xfs /dev/sdb1 rw
+"""
+
+
+def test_filesystem_type_takes_the_longest_mount_point(tmp_path):
+    mi = tmp_path / "mountinfo"
+    mi.write_text(MOUNTINFO)
+    assert rootfs.filesystem_type("/home/alice/x", str(mi)) == "nfs4"
+    assert rootfs.filesystem_type("/home/local/x", str(mi)) == "xfs"
+    assert rootfs.filesystem_type("/var/lib", str(mi)) == "ext4"
+
+
+def test_upper_dir_on_nfs_is_refused_with_a_hint(tmp_path):
+    from minictr.errors import RuntimeSetupError
+
+    mi = tmp_path / "mountinfo"
+    mi.write_text(MOUNTINFO.replace("/home rw", f"{tmp_path} rw"))
+    plan = RootfsPlan(lowerdirs=("/l",), upperdir=str(tmp_path / "c" / "upper"),
+                      workdir=str(tmp_path / "c" / "work"), target="/t")
+    with pytest.raises(RuntimeSetupError) as info:
+        rootfs.check_upper_filesystem(plan, str(mi))
+    assert "nfs4" in str(info.value) and "--root" in info.value.hint

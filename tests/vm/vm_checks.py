@@ -4,9 +4,10 @@ Not a test module: it drives minictr.runtime.cgroups directly and prints one lin
 ``MINICTR-VM {json}``, which the host-side tests assert on. Stages, in one boot:
   1. pure v2 at /sys/fs/cgroup: OOM kill under memory.max, pids.max, cpu.max throttling,
      the device filter, removal;
-  2. a hybrid layout built here: v1 memory/pids/cpu/cpuacct mounted on a tmpfs beside a cgroup2
+  2. rootless in a delegated subtree (as systemd's Delegate=yes makes one), as user nobody;
+  3. a hybrid layout built here: v1 memory/pids/cpu/cpuacct mounted on a tmpfs beside a cgroup2
      mount (the layout of the project's dev machines), the same checks;
-  3. ``minictr run --memory 32m`` end to end (needs the runtime and an image layout, argv[1]).
+  4. ``minictr run --memory 32m`` end to end (needs the runtime and an image layout, argv[1]).
 """
 import json
 import os
@@ -105,13 +106,17 @@ def cpu_stat(cgroup) -> dict:
     return {}
 
 
-def check(stage, name, resources, child, root, gather):
+def check(stage, name, resources, child, root, gather, rootless=False):
     """One cgroup, one child; report what the kernel did and whether destroy left anything."""
     try:
+        log = []
         cg = cgroups.setup(resources, container_id=f"{stage}-{name}", cgroups_path=None,
-                           rootless=False, cgroup_root=root)
+                           rootless=rootless, cgroup_root=root, explain=log.append)
         status, out = in_cgroup(cg, child)
         fields = gather(cg, status, out)
+        if rootless:
+            fields["explain"] = log
+            fields["own"] = open("/proc/self/cgroup").read().strip()
         paths = list(cg.paths)
         cg.destroy()
         report(f"{stage}:{name}", ok=True, paths=paths,
@@ -131,14 +136,18 @@ def events(cg, name):
     return ""
 
 
-def run_stage(stage, root):
+def run_stage(stage, root, rootless=False):
     check(stage, "oom", {"memory": {"limit": 32 * MIB, "swap": 32 * MIB}}, hog, root,
           lambda cg, st, out: {"signal": os.WTERMSIG(st) if os.WIFSIGNALED(st) else None,
                                "oom_kills": cg.oom_kills(),
                                "events": events(cg, "memory.events")
-                               or events(cg, "memory.oom_control")})
+                               or events(cg, "memory.oom_control")}, rootless)
     check(stage, "pids", {"pids": {"limit": 8}}, fork_until_refused, root,
-          lambda cg, st, out: json.loads(out or b"{}"))
+          lambda cg, st, out: json.loads(out or b"{}"), rootless)
+    if rootless:
+        check(stage, "devices", {"devices": [{"allow": False}]}, open_devices, root,
+              lambda cg, st, out: {"errnos": json.loads(out or b"[]")}, rootless)
+        return
     check(stage, "cpu", {"cpu": {"quota": 50000, "period": 100000}}, spin, root,
           lambda cg, st, out: {"cpu_stat": cpu_stat(cg), "stats": cg.stats()})
     check(stage, "devices", {"devices": [{"allow": False, "access": "rwm"},
@@ -197,19 +206,64 @@ def run_cli(layout):
     minictr = os.path.join(os.path.dirname(sys.executable), "minictr")
     load = subprocess.run([minictr, "load", f"oci:{layout}:busybox"], env=env,
                           capture_output=True, text=True)
-    run = subprocess.run([minictr, "run", "--rm", "--memory", "32m", "busybox", "sh", "-c",
+    names = [line.split(": ", 1)[1] for line in load.stdout.splitlines()
+             if line.startswith("Loaded image: ")]
+    image = names[0] if names else "busybox"
+    run = subprocess.run([minictr, "run", "--rm", "--memory", "32m", image, "sh", "-c",
                           "x=aaaaaaaa; while true; do x=$x$x; done"], env=env,
                          capture_output=True, text=True, timeout=180)
     report("cli:oom", ok=True, load_rc=load.returncode, load_err=load.stderr[-2000:],
            rc=run.returncode, stderr=run.stderr[-2000:])
 
 
+def run_rootless(user=65534):
+    """A delegated subtree, as systemd makes one for Delegate=yes: a cgroup whose directory,
+    cgroup.procs, cgroup.subtree_control and cgroup.threads belong to the user, with memory and
+    pids enabled above it. The checks then run as that user from inside it (their own cgroup
+    has processes: setup must move them to a leaf to enable controllers). The user cannot read
+    the venv under /root, so the package and the cffi backend are copied to a tmpfs and run by
+    the system's python3 (same 3.11 ABI)."""
+    import glob
+    import shutil
+
+    deleg, copy = "/sys/fs/cgroup/deleg", "/tmp/rl"
+    sh("echo '+memory +pids' > /sys/fs/cgroup/cgroup.subtree_control")
+    os.mkdir(deleg)
+    for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+        os.chown(os.path.join(deleg, name), user, user)
+    os.makedirs(copy, exist_ok=True)
+    sh(f"mount -t tmpfs tmpfs {copy}")
+    import minictr
+    shutil.copytree(os.path.dirname(minictr.__file__), f"{copy}/minictr")
+    import _cffi_backend
+    shutil.copy(_cffi_backend.__file__, copy)
+    for extra in glob.glob(os.path.join(os.path.dirname(_cffi_backend.__file__), "cffi")):
+        shutil.copytree(extra, f"{copy}/cffi")
+    shutil.copy(__file__, f"{copy}/vm_checks.py")
+    sh(f"chmod -R a+rX {copy}")
+    res = sh(f"echo $$ > {deleg}/cgroup.procs && exec setpriv --reuid {user} --regid {user} "
+             f"--clear-groups env PYTHONPATH={copy} /usr/bin/python3 -S {copy}/vm_checks.py "
+             f"--rootless")
+    sys.stdout.write(res.stdout)
+    if res.returncode:
+        report("rootless:run", ok=False, error=res.stderr[-2000:])
+    sh(f"rmdir {deleg}/{cgroups.cgroup_v2.LEAF} {deleg}")
+    sh("echo '-memory -pids' > /sys/fs/cgroup/cgroup.subtree_control")
+
+
 def main():
+    if sys.argv[1:] == ["--rootless"]:
+        run_stage("rootless", "/sys/fs/cgroup", rootless=True)
+        return
     layout = sys.argv[1] if len(sys.argv) > 1 else ""
     report("env", kernel=os.uname().release,
            controllers=open("/sys/fs/cgroup/cgroup.controllers").read().split(),
            swaps=open("/proc/swaps").read().count("\n") - 1)
     run_stage("v2", "/sys/fs/cgroup")
+    try:
+        run_rootless()
+    except Exception as err:
+        report("rootless:run", ok=False, error=f"{type(err).__name__}: {err}")
     problem = make_hybrid()
     if problem:
         report("hybrid:setup", ok=False, error=problem)

@@ -1,0 +1,76 @@
+"""minictr run without root: the probe inside, files through bind mounts, setuid, cleanup."""
+import os
+import stat
+
+import pytest
+
+pytestmark = pytest.mark.rootless
+
+
+def test_user_is_root_inside_and_mapped_outside(user_mc):
+    p = user_mc.probe(probe_args=("--only", "ids,idmap,caps,ns"))
+    assert p["uid"] == 0 and p["gid"] == 0
+    maps = [line.split() for line in p["uid_map"]]
+    assert maps[0][:2] == ["0", str(user_mc.pw.pw_uid)]
+    # with subordinate ids newuidmap maps the whole range; without, only the user's own id
+    assert len(maps) == (2 if user_mc.kind == "with-subids" else 1)
+    # the capabilities exist only in the container's own user namespace
+    assert p["ns"]["user"] != os.stat("/proc/self/ns/user").st_ino
+
+
+def test_no_host_processes(user_mc):
+    p = user_mc.probe(probe_args=("--only", "pids"))
+    assert p["pids"] == [1]
+
+
+def test_files_through_a_bind_mount_are_owned_by_the_user(user_mc):
+    vol = os.path.join(user_mc.home, "vol")
+    os.makedirs(vol, exist_ok=True)
+    os.chown(vol, user_mc.pw.pw_uid, user_mc.pw.pw_gid)
+    res = user_mc("run", "--rm", "-v", f"{vol}:/vol", "busybox:test", "sh", "-c",
+                  "echo made > /vol/new.txt")
+    assert res.returncode == 0, res.stderr
+    st = os.stat(os.path.join(vol, "new.txt"))
+    assert st.st_uid == user_mc.pw.pw_uid
+
+
+def test_setuid_root_binary_gives_no_host_privilege(user_mc):
+    # Inside, as uid 1000, run a setuid-root copy of the probe made in the container: with
+    # no_new_privs and a user namespace, it reports no elevation; and on the host the file is
+    # owned by the user (or a subordinate id), never by root.
+    if user_mc.kind == "with-subids":       # uid 1000 exists inside only with a range
+        res = user_mc("run", "--rm", "-u", "1000:1000", "probe:test", "/probe", "--only", "ids")
+        assert res.returncode == 0, res.stderr
+        import json
+
+        assert json.loads(res.stdout)["euid"] == 1000
+    layers = os.path.join(user_mc.root, "layers")
+    for dirpath, dirnames, filenames in os.walk(layers):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_ISUID:
+                assert st.st_uid != 0, os.path.join(dirpath, name)
+
+
+def test_exit_code_and_nothing_left_behind(user_mc):
+    assert user_mc("run", "--rm", "busybox:test", "sh", "-c", "exit 5").returncode == 5
+    with open("/proc/self/mountinfo") as f:
+        assert not [ln for ln in f if user_mc.home in ln]
+    state = user_mc.state
+    assert not os.path.isdir(state) or all(
+        not os.listdir(os.path.join(state, d)) for d in os.listdir(state))
+    containers = os.path.join(user_mc.root, "containers")
+    assert not os.path.isdir(containers) or not os.listdir(containers)
+
+
+def test_keep_id(user_mc):
+    p = user_mc.probe("--userns", "keep-id", probe_args=("--only", "ids"))
+    assert p["uid"] == user_mc.pw.pw_uid
+
+
+def test_limit_without_delegation_is_an_error(user_mc):
+    res = user_mc("run", "--rm", "--memory", "64m", "busybox:test", "true")
+    # Either a delegated cgroup was found (then the limit applies) or a clear error says why.
+    if res.returncode != 0:
+        assert res.returncode == 125
+        assert "cgroup" in res.stderr.lower()
