@@ -255,11 +255,13 @@ def machine_info() -> str:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("model name")), "")
     except OSError:
         pass
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs ({cpu}), "
-            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+            f"Python {platform.python_version()}, {when}")
 
 
 def load_average() -> str:
