@@ -15,7 +15,6 @@ Two tables, both from the installed (non-editable) minictr that `bench start` ti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from bench import common, start
+from bench import common, startenv
 from bench.common import say
 
 PHASE_SCRIPT = r'''
@@ -55,7 +54,7 @@ os.write(1, (repr([code, os.getpid(), stamps]) + "\n").encode())
 '''
 
 
-def one_phase_run(mc: start.Minictr, image: str):
+def one_phase_run(mc: startenv.Minictr, image: str):
     """([(phase, ns)], [(explain step, ns since the previous step)]) for one run, in order."""
     t0 = time.monotonic_ns()
     res = subprocess.run([*mc.prefix, mc.python, "-c", PHASE_SCRIPT, image], env=mc.env,
@@ -84,7 +83,8 @@ def step_deltas(stamps: list, steps: list, pid: int) -> list[tuple[str, int]]:
         out.append((label, t - prev))
         prev = t
     end = next(t for label, t in stamps if label == "container.run")
-    out.append(("(exec'd program runs and exits; wait, cgroup removal, state cleanup)", end - prev))
+    out.append(("(exec'd program runs and exits; wait, cgroup removal, state cleanup)",
+                end - prev))
     return out
 
 
@@ -119,7 +119,8 @@ def split_phases(t0: int, t_end: int, stamps: list, steps: list, pid: int):
                 out.append(("container.run: state, cgroup, until clone()", clone[0] - prev))
                 child = [s for s in steps if s[1] != pid]
                 first_child = child[0][0] if child else clone[0]
-                out.append(("container.run: clone() .. child's first step", first_child - clone[0]))
+                out.append(("container.run: clone() .. child's first step",
+                            first_child - clone[0]))
                 out.append(("container.run: child setup (mounts, pivot_root, caps) .. execve",
                             execve[0] - first_child))
                 out.append(("container.run: mcinit+/bin/true run, wait, cleanup", t - execve[0]))
@@ -148,7 +149,7 @@ def phase_table(runs: list[list[tuple[str, int]]]) -> str:
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 
 
-def import_profile(mc: start.Minictr, image: str) -> dict[str, tuple[int, int, int]]:
+def import_profile(mc: startenv.Minictr, image: str) -> dict[str, tuple[int, int, int]]:
     """module -> (self us, cumulative us, depth) from one `minictr run` under -X importtime."""
     res = subprocess.run([*mc.prefix, mc.exe, "run", "--rm", image, "/bin/true"],
                          capture_output=True, text=True,
@@ -184,17 +185,18 @@ def import_tables(profiles: list[dict]) -> str:
             + common.markdown_table(["module", "self ms"], rows_self))
 
 
-def make_minictr(bindir: str, ws: str, rootless: bool) -> start.Minictr:
+def make_minictr(bindir: str, ws: str, rootless: bool) -> startenv.Minictr:
     """The installed CLI with a private store: as root, or as the benchmark user (then the
     store and state dirs are the user's)."""
     if not rootless:
-        return start.Minictr(bindir, os.path.join(ws, "store"), os.path.join(ws, "state"),
-                             start.base_env("/root", "root"))
-    pw = start.ensure_user()
-    start.prepare_user_workspace(ws, pw)
+        return startenv.Minictr(bindir, os.path.join(ws, "store"), os.path.join(ws, "state"),
+                                startenv.base_env("/root", "root"))
+    pw = startenv.ensure_user()
+    startenv.prepare_user_workspace(ws, pw)
     uws = os.path.join(ws, "user")
-    return start.Minictr(bindir, os.path.join(uws, "store"), os.path.join(uws, "state"),
-                         start.base_env(pw.pw_dir, pw.pw_name), prefix=start.user_prefix(pw))
+    return startenv.Minictr(bindir, os.path.join(uws, "store"), os.path.join(uws, "state"),
+                            startenv.base_env(pw.pw_dir, pw.pw_name),
+                            prefix=startenv.user_prefix(pw))
 
 
 def main(argv=None) -> int:
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", "-n", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="5 iterations")
     p.add_argument("--rootless", action="store_true",
-                   help=f"run as the unprivileged user {start.USER} (created if absent)")
+                   help=f"run as the unprivileged user {startenv.USER} (created if absent)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.iterations = 5
@@ -213,10 +215,10 @@ def main(argv=None) -> int:
     ws = tempfile.mkdtemp(prefix="minictr-bench-cost-")
     os.chmod(ws, 0o755)
     try:
-        bindir = start.ensure_bench_venv(say)
+        bindir = startenv.ensure_bench_venv(say)
         mc = make_minictr(bindir, ws, args.rootless)
-        image = start.IMAGE_NAME.format("busybox")
-        mc.load(start.build_busybox(ws), image)
+        image = startenv.IMAGE_NAME.format("busybox")
+        mc.load(startenv.build_busybox(ws), image)
         one_phase_run(mc, image)                                   # warm the page cache
         say(f"phases: {args.iterations} runs")
         results = [one_phase_run(mc, image) for _ in range(args.iterations)]
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         shutil.rmtree(ws, ignore_errors=True)
-    mode = f"rootless, as {start.USER}" if args.rootless else "root"
+    mode = f"rootless, as {startenv.USER}" if args.rootless else "root"
     text = (f"## Start cost breakdown ({common.machine_info()}, load {common.load_average()})\n\n"
             f"`python -m bench start_cost -n {args.iterations}"
             f"{' --rootless' if args.rootless else ''}`, `{mc.exe}`\n\n"

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from bench import common, start, start_cost
+from bench import common, start_cost, startenv
 from bench.__main__ import discover
 
 
@@ -61,8 +61,8 @@ def test_runner_rejects_unknown_names():
 
 def test_peer_config_points_at_bundle_rootfs_and_drops_devices_rootless():
     spec = {"root": {"path": "/var/run/x/rootfs"}, "linux": {"devices": [{"path": "/dev/null"}]}}
-    root = start.peer_config(spec, rootless=False)
-    rootless = start.peer_config(spec, rootless=True)
+    root = startenv.peer_config(spec, rootless=False)
+    rootless = startenv.peer_config(spec, rootless=True)
     assert root["root"]["path"] == "rootfs" and root["linux"]["devices"]
     assert "devices" not in rootless["linux"]
     assert spec["root"]["path"] == "/var/run/x/rootfs"        # the input is not changed
