@@ -185,6 +185,33 @@ def import_tables(profiles: list[dict]) -> str:
             + common.markdown_table(["module", "self ms"], rows_self))
 
 
+ALONE = ("minictr.cli", "minictr.api", "minictr.config", "minictr.image.store",
+         "minictr.image.archive", "minictr.spec.builder", "minictr.gpu.discover",
+         "minictr.gpu.inject", "minictr.runtime.state", "minictr.runtime.container",
+         "argparse", "dataclasses", "typing", "re", "json", "secrets", "hashlib", "logging",
+         "concurrent.futures", "tarfile", "cffi")
+
+
+def alone_table(mc: startenv.Minictr, iterations: int, scratch: str) -> str:
+    """Each module imported alone in a fresh interpreter, minus `python -c pass`: what leaving
+    it (and everything it pulls in) off the run path would save. Paired like bench start, so
+    the rows overlap (api includes dataclasses) and are not to be summed."""
+    agent = common.Agent("alone", mc.prefix, scratch_dir=scratch)
+    peers = [common.Peer("pass", [mc.python, "-c", "pass"], "alone", mc.env)]
+    peers += [common.Peer(m, [mc.python, "-c", f"import {m}"], "alone", mc.env) for m in ALONE]
+    try:
+        common.check_peers(peers, {"alone": agent}, say)
+        samples = common.run_paired(peers, {"alone": agent}, iterations, 2, lambda _: None)
+    finally:
+        agent.close()
+    base = statistics.median(samples["pass"]) / 1e6
+    rows = [[f"`{p.name}`", common.fmt_ms(statistics.median(samples[p.name]) / 1e6 - base)]
+            for p in peers[1:] if not p.skip]
+    rows.sort(key=lambda r: -float(r[1]))
+    return (f"`python -c pass` takes {base:.1f} ms (median) with this interpreter.\n\n"
+            + common.markdown_table(["import alone", "ms over python -c pass"], rows))
+
+
 def make_minictr(bindir: str, ws: str, rootless: bool) -> startenv.Minictr:
     """The installed CLI with a private store: as root, or as the benchmark user (then the
     store and state dirs are the user's)."""
@@ -225,6 +252,8 @@ def main(argv=None) -> int:
         runs, traces = [r[0] for r in results], [r[1] for r in results]
         say(f"imports: {args.iterations} runs under -X importtime")
         profiles = [import_profile(mc, image) for _ in range(args.iterations)]
+        say(f"imports alone: {args.iterations} paired runs")
+        alone = alone_table(mc, args.iterations, ws)
     except RuntimeError as err:
         say(f"bench start_cost: {err}")
         return 1
@@ -236,7 +265,8 @@ def main(argv=None) -> int:
             f"{' --rootless' if args.rootless else ''}`, `{mc.exe}`\n\n"
             f"### Phases of `minictr run --rm busybox /bin/true` ({mode})\n\n"
             f"{phase_table(runs)}\n\n### Inside container.run, step by step (explain lines)\n\n"
-            f"{steps_table(traces)}\n\n### Imports\n\n{import_tables(profiles)}\n")
+            f"{steps_table(traces)}\n\n### Imports\n\n{import_tables(profiles)}\n\n"
+            f"### Each module imported alone\n\n{alone}\n")
     path = common.write_results("start_cost", text, {"phases_ns": runs, "steps_ns": traces,
                                                      "imports": profiles})
     print(text)
