@@ -197,6 +197,9 @@ def alone_table(mc: startenv.Minictr, iterations: int, scratch: str) -> str:
     it (and everything it pulls in) off the run path would save. Paired like bench start, so
     the rows overlap (api includes dataclasses) and are not to be summed."""
     agent = common.Agent("alone", mc.prefix, scratch_dir=scratch)
+    if mc.prefix:                       # the agent runs as the benchmark user
+        pw = startenv.ensure_user()
+        agent.chown_scratch(pw.pw_uid, pw.pw_gid)
     peers = [common.Peer("pass", [mc.python, "-c", "pass"], "alone", mc.env)]
     peers += [common.Peer(m, [mc.python, "-c", f"import {m}"], "alone", mc.env) for m in ALONE]
     try:
