@@ -11,7 +11,7 @@ IMAGES  := .test-images
 DEB_BUILD := build-essential libcap-dev libffi-dev python3-venv
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl qemu-system-x86 linux-image-amd64 \
-             slurm-wlm munge golang-github-opencontainers-specs-dev
+             slurm-wlm munge golang-github-opencontainers-specs-dev podman charliecloud-runtime
 
 .PHONY: install deps test unit run bench clean
 
