@@ -1,5 +1,3 @@
-import sys
+from minictr.cli import entry
 
-from minictr.cli import main
-
-sys.exit(main())
+entry()

@@ -90,10 +90,12 @@ def logout(paths: Paths, registry_name: str, *, authfile: str | None = None) -> 
 def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=None):
     """The stored image for ``ref``; loads transports (oci:, oci-archive:, docker-archive:) and
     pulls from a registry per ``pull_policy``."""
-    from minictr.image import archive
+    from minictr.image.reference import is_transport
 
     store = _store(paths)
-    if archive.is_transport(ref):
+    if is_transport(ref):
+        from minictr.image import archive
+
         names = archive.load(store, ref)
         return store.resolve(names[0])
     if pull_policy == "always":
@@ -135,7 +137,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
         workdir=None if opts.read_only else os.path.join(container_dir, "work"),
         target=os.path.join(paths.state, container_id, "rootfs"),
-        rootless=paths.rootless)
+        rootless=paths.rootless, volatile=opts.rm)
     uid_mappings = gid_mappings = None
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
@@ -164,12 +166,36 @@ def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file, scrat
         from minictr.gpu import cdi
 
         yield cdi.edits_for_names(cdi_names)
-    from minictr.gpu import inject
+    if _may_want_gpus(opts, image_config):
+        from minictr.gpu import inject
 
-    gpu_edits = inject.edits_for_request(opts, spec, gpu_roots, image_config, read_file,
-                                         scratch_dir, warn=warn)
-    if gpu_edits is not None:
-        yield gpu_edits
+        gpu_edits = inject.edits_for_request(opts, spec, driver_roots(gpu_roots), image_config,
+                                             read_file, scratch_dir, warn=warn)
+        if gpu_edits is not None:
+            yield gpu_edits
+
+
+# Environment variables through which an image or -e can ask for GPUs (GPU.md, "Selecting").
+_GPU_ENV = ("NVIDIA_VISIBLE_DEVICES=", "CUDA_VERSION=")
+
+
+def _may_want_gpus(opts, image_config: dict) -> bool:
+    """A cheap over-approximation of gpu.select.request_for, so that a run without GPUs never
+    imports the GPU code (it costs more than the container's setup)."""
+    if opts.gpus or opts.gpu_memory:
+        return True
+    image_env = (image_config.get("config") or {}).get("Env") or []
+    return any(isinstance(e, str) and e.startswith(_GPU_ENV)
+               for e in [*image_env, *opts.env]) or "NVIDIA_VISIBLE_DEVICES" in opts.env
+
+
+def driver_roots(raw):
+    """The CLI passes the three --nvidia-*-root values as a tuple; build DriverRoots late."""
+    from minictr.gpu.discover import DriverRoots
+
+    if raw is None or isinstance(raw, DriverRoots):
+        return raw
+    return DriverRoots.from_args(*raw)
 
 
 def write_bundle(spec: dict, bundle: str) -> None:
@@ -246,13 +272,13 @@ def rm(paths: Paths, name: str, force: bool = False) -> None:
 def gpus(roots) -> dict:
     from minictr.gpu import discover
 
-    return discover.discover(roots).to_dict()
+    return discover.discover(driver_roots(roots) or discover.DriverRoots()).to_dict()
 
 
 def cdi_generate(roots, fmt: str = "yaml") -> str:
     from minictr.gpu import cdi, discover
 
-    return cdi.generate(discover.discover(roots), fmt=fmt)
+    return cdi.generate(discover.discover(driver_roots(roots) or discover.DriverRoots()), fmt=fmt)
 
 
 __all__ = ["Plan", "MinictrError", "load", "images", "inspect", "rmi", "gc", "pull", "plan",

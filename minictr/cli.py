@@ -103,11 +103,9 @@ def _run_options(args: argparse.Namespace):
         gpu_memory=args.gpu_memory, annotations=tuple(args.annotation))
 
 
-def _gpu_roots(args: argparse.Namespace):
-    from minictr.gpu.discover import DriverRoots
-
-    return DriverRoots.from_args(args.nvidia_driver_root, args.nvidia_dev_root,
-                                 args.nvidia_proc_root)
+def _gpu_roots(args: argparse.Namespace) -> tuple:
+    """The --nvidia-*-root values; api turns them into DriverRoots only when GPUs are used."""
+    return (args.nvidia_driver_root, args.nvidia_dev_root, args.nvidia_proc_root)
 
 
 def _paths(args: argparse.Namespace):
@@ -356,7 +354,28 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(125)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the parser of a subcommand that this invocation does not use: building
+    all of them costs more than a container's whole setup (bench/README.md, "Start cost")."""
+
+    def add_argument(self, *args, **kwargs) -> None:
+        pass
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in argv (skipping the global options and their values)."""
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in ("--root", "--state"):
+            skip_value = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="minictr", description="Run OCI containers, GPU-ready, with no daemon and no root.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -365,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def add(name, func, help_, **kw):
+        if only is not None and name != only:
+            return _Skipped()
         p = sub.add_parser(name, help=help_, description=help_, **kw)
         p.set_defaults(func=func)
         _add_store_args(p)
@@ -462,8 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "login", "logout",
+            "ps", "stats", "exec", "kill", "rm", "gpus", "cdi")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    named = _command_in(argv)
+    parser = build_parser(only=named if named in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -486,3 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def entry() -> None:
+    """The console script: main(), then leave without the interpreter's teardown (it costs
+    ~20 ms, more than a container's setup; there is nothing left to clean up by then)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    os._exit(code if isinstance(code, int) else 1)

@@ -26,7 +26,7 @@ from minictr.errors import ImageError, MinictrError
 from minictr.image import oci, reference
 from minictr.image.sources import open_source
 
-TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+from minictr.image.reference import TRANSPORTS, is_transport  # noqa: F401 (re-exported)
 NAME_ANNOTATION = "io.containerd.image.name"           # full name (containerd, docker >= 25)
 REF_ANNOTATION = "org.opencontainers.image.ref.name"    # a tag or a full name (image-layout.md)
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -42,10 +42,6 @@ class _Image:
     config_bytes: bytes
     layers: list = field(default_factory=list)        # store.LayerRecord, bottom first
     layer_paths: list[str] = field(default_factory=list)
-
-
-def is_transport(ref: str) -> bool:
-    return ref.startswith(TRANSPORTS)
 
 
 def load(store, source: str, tag: str | None = None, *, platform: dict | None = None,

@@ -144,3 +144,11 @@ def looks_like_id(text: str) -> bool:
     """True for ``sha256:HEX`` or bare lower-case hex that may abbreviate an image id."""
     hexpart = text[len("sha256:"):] if text.startswith("sha256:") else text
     return bool(re.fullmatch(r"[a-f0-9]{1,64}", hexpart))
+
+
+# Skopeo-style transports accepted wherever an image is named (archive.py reads them).
+TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def is_transport(ref: str) -> bool:
+    return ref.startswith(TRANSPORTS)

@@ -229,6 +229,10 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
                            container_id=container_id, rootless=rootless,
                            attach_filter=attach_filter)
     needed = bool(wanted or resources.get("unified"))
+    if not needed and any(t.version == 2 for t in targets):
+        # Nothing to limit: the v2 directory (device filter, usage) is enough. Joining the v1
+        # hierarchies of a hybrid host would cost ~10 ms (memory) for no limit at all.
+        targets = [t for t in targets if t.version == 2]
     if rootless:
         targets = [t for t in targets if t.version == 2]
         if not targets:

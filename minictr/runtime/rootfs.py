@@ -32,6 +32,7 @@ class RootfsPlan:
     workdir: str | None
     target: str                      # where it is mounted: the spec's root.path
     rootless: bool = False
+    volatile: bool = False           # the upper dir is thrown away after the run (--rm)
 
     def overlay_data(self) -> str:
         """The overlayfs mount data (Documentation/filesystems/overlayfs.rst)."""
@@ -41,6 +42,11 @@ class RootfsPlan:
         data = "lowerdir=" + ":".join(self.lowerdirs)
         if self.upperdir:
             data += f",upperdir={self.upperdir},workdir={self.workdir}"
+            if self.volatile:
+                # No syncfs of the upper filesystem at unmount (overlayfs.rst, "Volatile
+                # mount"): a --rm container's writes are deleted anyway, and that sync was most
+                # of a short container's run time.
+                data += ",volatile"
         if self.rootless:
             # Unprivileged overlay keeps its whiteout/opaque marks in user.overlay.* (kernel 5.11)
             data += ",userxattr"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal as signal_mod
 import time
 
@@ -19,7 +18,7 @@ STATE_FILE = "state.json"
 
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()
 
 
 def default_name(container_id: str) -> str:

@@ -178,3 +178,10 @@ def test_upper_dir_on_nfs_is_refused_with_a_hint(tmp_path):
     with pytest.raises(RuntimeSetupError) as info:
         rootfs.check_upper_filesystem(plan, str(mi))
     assert "nfs4" in str(info.value) and "--root" in info.value.hint
+
+
+def test_volatile_upper_only_for_throwaway_containers():
+    plan = RootfsPlan(lowerdirs=("/l",), upperdir="/u", workdir="/w", target="/t", volatile=True)
+    assert plan.overlay_data().endswith(",volatile")
+    kept = RootfsPlan(lowerdirs=("/l",), upperdir="/u", workdir="/w", target="/t")
+    assert "volatile" not in kept.overlay_data()
