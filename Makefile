@@ -6,12 +6,14 @@ PYTEST  ?= $(PY) -m pytest
 BOOTSTRAP_PYTHON ?= python3
 IMAGES  := .test-images
 
-# Debian packages: libcap-dev builds python-prctl; the rest are the peers and servers the test
-# tiers and benchmarks use (docker-registry, skopeo, umoci, runc, crun, bwrap, qemu for the VM tier).
-DEB_BUILD := build-essential libcap-dev libffi-dev python3-venv
+# Debian packages: libcap-dev builds python-prctl; python3-dev and python3-venv let the rootless
+# tier install minictr for its unprivileged users with /usr/bin/python3. The rest are the peers
+# and servers the test tiers and benchmarks use (docker-registry, skopeo, umoci, runc, crun,
+# bwrap, podman, ch-run; qemu and a Debian kernel for the VM tier).
+DEB_BUILD := build-essential libcap-dev libffi-dev python3-venv python3-dev
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
-             runc crun bubblewrap debootstrap zstd openssl qemu-system-x86 linux-image-amd64 \
-             slurm-wlm munge golang-github-opencontainers-specs-dev podman charliecloud-runtime
+             runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
+             golang-github-opencontainers-specs-dev podman charliecloud-runtime
 
 .PHONY: install compile deps test unit run bench clean
 
@@ -22,7 +24,7 @@ deps:
 	  missing=$$(for p in $(DEB_BUILD) $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi; \
 	else echo "not root: skipping Debian packages ($(DEB_BUILD))"; fi
 
