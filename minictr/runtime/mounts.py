@@ -218,11 +218,18 @@ def create_device(kernel, root_fd: int, dev: dict, rootless: bool, explain: Expl
         kernel.close(dir_fd)
 
 
+def _open_existing(kernel, root_fd: int, path: str) -> int | None:
+    """An O_PATH fd for ``path`` in the root, or None when the image has no such path."""
+    try:
+        return resolve_in_root(kernel, root_fd, path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def mask_path(kernel, root_fd: int, path: str, explain: Explain) -> None:
     """Hide ``path``: /dev/null over a file, an empty read-only tmpfs over a directory."""
-    try:
-        fd = resolve_in_root(kernel, root_fd, path)
-    except (FileNotFoundError, NotADirectoryError):
+    fd = _open_existing(kernel, root_fd, path)
+    if fd is None:
         return
     try:
         target = fd_path(fd)
@@ -238,9 +245,8 @@ def mask_path(kernel, root_fd: int, path: str, explain: Explain) -> None:
 
 def make_readonly(kernel, root_fd: int, path: str, explain: Explain) -> None:
     """Bind ``path`` onto itself, then remount it read-only (runc's readonlyPath)."""
-    try:
-        fd = resolve_in_root(kernel, root_fd, path)
-    except (FileNotFoundError, NotADirectoryError):
+    fd = _open_existing(kernel, root_fd, path)
+    if fd is None:
         return
     try:
         target = fd_path(fd)
