@@ -55,12 +55,11 @@ def parse_number(field: bytes) -> int:
         if field[0] & 0x40:                    # two's complement negative
             value -= 1 << (len(field) * 8 - 1)
         return value
-    digits = _cstr(field).strip(b" ")
-    if not digits:
-        return 0
     try:
-        return int(digits, 8)
+        return int(field.partition(b"\0")[0], 8)   # int() ignores the spaces tar pads with
     except ValueError:
+        if not field.partition(b"\0")[0].strip():
+            return 0
         raise ImageError(f"layer tar: bad numeric field {field!r}", hint=_HINT) from None
 
 
@@ -264,8 +263,11 @@ class TarReader:
             raise ImageError("layer tar: negative size", hint=_HINT)
         e.mtime_ns = (_pax_time_ns(pax["mtime"]) if "mtime" in pax
                       else parse_number(header[136:148]) * 1_000_000_000)
-        e.devmajor = parse_number(header[329:337])
-        e.devminor = parse_number(header[337:345])
+        if e.type in (CHAR, BLOCKDEV):
+            e.devmajor = parse_number(header[329:337])
+            e.devminor = parse_number(header[337:345])
+        else:
+            e.devmajor = e.devminor = 0
         e.xattrs = {}
         for key, value in pax.items():
             xattr = _pax_xattr(key, value)

@@ -293,8 +293,35 @@ def test_unknown_member_types_are_skipped_with_a_warning(dest):
 
 
 def test_decoder_thread_stops_when_the_reader_is_closed():
-    blob = gzip.compress(os.urandom(1 << 20) * 12, compresslevel=1)
+    blob = gzip.compress(b"x" * (16 << 20), compresslevel=1)
     stream = open_layer(io.BytesIO(blob), OCI_GZIP)
     assert stream.read(10)
     stream.close()
     assert not stream._thread.is_alive()
+
+
+def test_hardlink_target_under_an_opaque_lower_directory_is_hidden(tmp_path, dest):
+    top, bottom = tmp_path / "top", tmp_path / "bottom"
+    (bottom / "d").mkdir(parents=True)
+    (bottom / "d/f").write_bytes(b"hidden")
+    (top / "d").mkdir(parents=True)
+    os.setxattr(top / "d", "trusted.overlay.opaque", b"y")
+    with pytest.raises(ImageError, match="neither this layer nor a lower one"):
+        unpack([H("g", "d/f")], dest, lower_lookup=lambda: [str(top), str(bottom)])
+
+
+def test_parent_directories_are_resolved_through_the_kernel_face(dest):
+    from minictr.runtime.syscalls import RESOLVE_IN_ROOT, Syscalls
+
+    class Counting(Syscalls):
+        def __init__(self):
+            self.resolves = []
+
+        def openat2(self, dirfd, path, flags, resolve, mode=0):
+            self.resolves.append((path, resolve))
+            return super().openat2(dirfd, path, flags, resolve, mode)
+
+    face = Counting()
+    unpack([D("a"), F("a/f1"), F("a/f2"), F("b/c/f3")], dest, kernel=face)
+    assert face.resolves and all(r & RESOLVE_IN_ROOT for _, r in face.resolves)
+    assert [p for p, _ in face.resolves].count("a") == 1      # parent fds are cached
