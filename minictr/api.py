@@ -28,20 +28,21 @@ class Plan:
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
 
 
-def _store(paths: Paths):
+def _store(paths: Paths, warn: Explain = None):
+    """The store; ``warn`` receives what unpacking skips (device nodes in a rootless store...)."""
     from minictr.image.store import Store
 
-    return Store(paths.store, rootless=paths.rootless)
+    return Store(paths.store, rootless=paths.rootless, warn=warn)
 
 
 # ---------------------------------------------------------------- images
 
 
-def load(paths: Paths, source: str, tag: str | None = None) -> list[str]:
+def load(paths: Paths, source: str, tag: str | None = None, warn: Explain = None) -> list[str]:
     """Load an OCI layout dir, oci-archive or docker-archive; return the stored image names."""
     from minictr.image import archive
 
-    return archive.load(_store(paths), source, tag=tag)
+    return archive.load(_store(paths, warn), source, tag=tag)
 
 
 def images(paths: Paths) -> list[dict]:
@@ -66,10 +67,10 @@ def gc(paths: Paths) -> dict:
 
 
 def pull(paths: Paths, ref: str, *, platform: str | None = None, tls_verify: bool | None = None,
-         progress=None) -> str:
+         progress=None, warn: Explain = None) -> str:
     from minictr.image import registry
 
-    return registry.pull(_store(paths), ref, platform=platform, tls_verify=tls_verify,
+    return registry.pull(_store(paths, warn), ref, platform=platform, tls_verify=tls_verify,
                          progress=progress)
 
 
@@ -87,26 +88,27 @@ def logout(paths: Paths, registry_name: str, *, authfile: str | None = None) -> 
     auth.remove(registry_name, authfile=authfile)
 
 
-def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=None):
+def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=None,
+                   warn: Explain = None):
     """The stored image for ``ref``; loads transports (oci:, oci-archive:, docker-archive:) and
     pulls from a registry per ``pull_policy``."""
     from minictr.image.reference import is_transport
 
-    store = _store(paths)
+    store = _store(paths, warn)
     if is_transport(ref):
         from minictr.image import archive
 
         names = archive.load(store, ref)
         return store.resolve(names[0])
     if pull_policy == "always":
-        return store.resolve(pull(paths, ref, progress=progress))
+        return store.resolve(pull(paths, ref, progress=progress, warn=warn))
     try:
         return store.resolve(ref)
     except ImageError:
         if pull_policy == "never":
             raise
     try:
-        return store.resolve(pull(paths, ref, progress=progress))
+        return store.resolve(pull(paths, ref, progress=progress, warn=warn))
     except RegistryError as err:
         # Say first what the user most likely needs to know: it is not here.
         raise RegistryError(f"image {ref!r} is not in the store, and pulling it failed: {err}",
@@ -126,7 +128,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     from minictr.spec import builder
     from minictr.spec.edits import apply_edits
 
-    image = _resolve_image(paths, opts.image, pull_policy, progress)
+    image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
     store = _store(paths)
     container_id = container_id or state_mod.new_id()
     name = opts.name or state_mod.default_name(container_id)

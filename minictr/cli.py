@@ -160,7 +160,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from minictr import api
 
-    for img in api.load(_paths(args), args.path, tag=args.tag):
+    for img in api.load(_paths(args), args.path, tag=args.tag, warn=_warn):
         print(f"Loaded image: {img}")
     return 0
 
@@ -217,7 +217,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from minictr import api
 
     ref = api.pull(_paths(args), args.image, platform=args.platform,
-                   tls_verify=args.tls_verify, progress=_progress(args))
+                   tls_verify=args.tls_verify, progress=_progress(args), warn=_warn)
     print(ref)
     return 0
 

@@ -74,3 +74,24 @@ def test_limit_without_delegation_is_an_error(user_mc):
     if res.returncode != 0:
         assert res.returncode == 125
         assert "cgroup" in res.stderr.lower()
+
+
+def test_device_nodes_in_a_layer_are_skipped_with_a_warning(user_mc, shared_dir):
+    from rootfs_tools.oci import ImageConfig, Layout
+    from rootfs_tools.tarball import TarBuilder
+
+    out = os.path.join(shared_dir, f"devlayer-{user_mc.kind}")
+    if not os.path.exists(out):
+        layout = Layout(out)
+        tar = (TarBuilder().dir("dev").device("dev/sda", "b", 8, 0)
+               .file("bin/suid", b"#!/bin/sh\n", mode=0o4755).file("etc/ok", b"ok\n"))
+        layout.add_image([layout.add_layer_from_tar(tar)], ImageConfig(cmd=["sh"]), "latest")
+        os.system(f"chmod -R a+rX {out}")
+    res = user_mc("load", "--tag", "devlayer:test", f"oci:{out}:latest")
+    assert res.returncode == 0, res.stderr
+    assert "warning" in res.stderr and "dev/sda" in res.stderr
+    # the setuid file is owned by the user (or a subordinate id) on the host, never root
+    for dirpath, _, files in os.walk(os.path.join(user_mc.root, "layers")):
+        if "suid" in files:
+            st = os.lstat(os.path.join(dirpath, "suid"))
+            assert st.st_uid != 0
