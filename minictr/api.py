@@ -139,7 +139,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
         workdir=None if opts.read_only else os.path.join(container_dir, "work"),
         target=os.path.join(paths.state, container_id, "rootfs"),
-        rootless=paths.rootless, volatile=opts.rm)
+        rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver())
     uid_mappings = gid_mappings = None
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
@@ -154,6 +154,17 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         spec = apply_edits(spec, edits)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
                 image=image.name)
+
+
+def _overlay_driver() -> str:
+    """MINICTR_OVERLAY=fuse-overlayfs picks the user-space overlay (kernels or filesystems where
+    the kernel's refuses an unprivileged mount); the default is the kernel's overlayfs, with
+    fuse-overlayfs as the fallback when that mount fails rootless."""
+    driver = os.environ.get("MINICTR_OVERLAY", "overlay")
+    if driver not in ("overlay", "fuse-overlayfs"):
+        raise UsageError(f"MINICTR_OVERLAY={driver!r} is not a known overlay driver",
+                         hint="use overlay (default) or fuse-overlayfs")
+    return driver
 
 
 def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file, scratch_dir, warn):

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -33,6 +34,7 @@ class RootfsPlan:
     target: str                      # where it is mounted: the spec's root.path
     rootless: bool = False
     volatile: bool = False           # the upper dir is thrown away after the run (--rm)
+    driver: str = "overlay"          # "overlay" (the kernel's) or "fuse-overlayfs"
 
     def overlay_data(self) -> str:
         """The overlayfs mount data (Documentation/filesystems/overlayfs.rst)."""
@@ -107,9 +109,46 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
         _say(explain, f"mount --rbind {source} {root_path}")
         kernel.mount(source, root_path, None, sc.MS_BIND | sc.MS_REC)
         return
+    if plan.driver == "fuse-overlayfs":
+        mount_fuse_overlay(kernel, plan, root_path, explain)
+        return
     data = plan.overlay_data()
     _say(explain, f"mount -t overlay overlay {root_path} -o {data}")
-    kernel.mount("overlay", root_path, "overlay", 0, data)
+    try:
+        kernel.mount("overlay", root_path, "overlay", 0, data)
+    except OSError as err:
+        # Unprivileged overlayfs needs Linux >= 5.11 (userxattr); some kernels and filesystems
+        # still refuse it. fuse-overlayfs reads the same layer format from user space.
+        if not plan.rootless or err.errno not in (errno.EINVAL, errno.EPERM, errno.ENODEV):
+            raise
+        import shutil
+
+        if not shutil.which("fuse-overlayfs"):
+            raise OSError(err.errno, f"{err.strerror}; the kernel refused an unprivileged overlay "
+                                     "mount and fuse-overlayfs is not installed (apt-get install "
+                                     "fuse-overlayfs), or run with --read-only") from err
+        _say(explain, f"kernel overlayfs refused ({os.strerror(err.errno)}): "
+                      "falling back to fuse-overlayfs")
+        mount_fuse_overlay(kernel, plan, root_path, explain)
+
+
+def mount_fuse_overlay(kernel, plan: RootfsPlan, root_path: str, explain: Explain) -> None:
+    """Mount the layers with fuse-overlayfs (user space; it understands overlay's whiteouts
+    and the user.overlay.opaque xattr). It runs inside the container's namespaces and dies with
+    them."""
+    data = f"lowerdir={':'.join(plan.lowerdirs)}"
+    if plan.upperdir:
+        data += f",upperdir={plan.upperdir},workdir={plan.workdir}"
+    import subprocess
+
+    _say(explain, f"fuse-overlayfs -o {data} {root_path}")
+    # It daemonizes once the mount is ready; its daemon keeps whatever stdout/stderr it got,
+    # so give it none that we would wait on.
+    res = subprocess.run(["fuse-overlayfs", "-o", data, root_path], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise OSError(errno.EIO, f"fuse-overlayfs exited {res.returncode}: run it by hand with "
+                                 f"-d to see why ({' '.join(['fuse-overlayfs', '-o', data])})")
 
 
 def mount_all(kernel, root_fd: int, spec: dict, rootless: bool, explain: Explain) -> None:

@@ -13,8 +13,7 @@ from registry_harness import (FaultProxy, Layout, RegistryServer, TokenServer,
 
 from minictr.image.hosts import HostsConfig
 
-USER, PASSWORD = "alice", "s3cret-pass"
-BIG = 3 << 20       # an incompressible layer big enough to cut mid-transfer
+from registry_harness import BIG, PASSWORD, USER, make_store, push  # noqa: F401 (shared)
 
 
 def _missing_tools() -> str | None:
@@ -29,12 +28,6 @@ def _tools():
     reason = _missing_tools()
     if reason:
         pytest.skip(reason)
-
-
-def make_store(root: str):
-    from minictr.image.store import Store
-
-    return Store(root)
 
 
 @pytest.fixture
@@ -64,11 +57,6 @@ def layout(tmp_path_factory):
         Layout(sub).tag(desc, tag)
         layouts[tag] = sub
     return {"layouts": layouts, "v1": v1, "amd": amd, "arm": arm, "index": index}
-
-
-def push(layout, registry_host: str, repo: str, tag: str = "v1", creds=None) -> None:
-    skopeo_push(layout["layouts"][tag], tag, f"{registry_host}/{repo}:{tag}", creds=creds,
-                all_platforms=(tag == "multi"))
 
 
 @pytest.fixture

@@ -382,3 +382,20 @@ def http_get(url: str) -> int:
             return r.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+# Shared by the conftest and the tests. They live here, not in conftest.py: several tiers have a
+# conftest.py, and `from conftest import ...` gets whichever was imported first.
+USER, PASSWORD = "alice", "s3cret-pass"
+BIG = 3 << 20       # an incompressible layer big enough to cut mid-transfer
+
+
+def make_store(root: str):
+    from minictr.image.store import Store
+
+    return Store(root)
+
+
+def push(layout, registry_host: str, repo: str, tag: str = "v1", creds=None) -> None:
+    skopeo_push(layout["layouts"][tag], tag, f"{registry_host}/{repo}:{tag}", creds=creds,
+                all_platforms=(tag == "multi"))

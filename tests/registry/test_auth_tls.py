@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import PASSWORD, USER
+from registry_harness import PASSWORD, USER
 from minictr.errors import RegistryError
 from minictr.image import auth, registry
 from minictr.image.hosts import HostsConfig

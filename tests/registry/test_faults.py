@@ -106,7 +106,7 @@ def test_ctrl_c_stops_workers_and_stores_nothing(proxy, layout, tmp_path):
     script = f"""
 import sys
 sys.path.insert(0, {HERE!r})
-from conftest import make_store
+from registry_harness import make_store
 from minictr.image import registry
 from minictr.image.hosts import HostsConfig
 registry.pull(make_store({root!r}), {proxy.host + '/test/app:v1'!r}, tls_verify=False,
@@ -122,7 +122,7 @@ registry.pull(make_store({root!r}), {proxy.host + '/test/app:v1'!r}, tls_verify=
             child.kill()
     assert child.returncode != 0
     assert b"KeyboardInterrupt" in err
-    from conftest import make_store
+    from registry_harness import make_store
 
     store = make_store(root)
     assert not store.has_layer(chain)

@@ -77,7 +77,7 @@ def test_connection_refused_hints_at_tls_verify(store, no_hosts, authfile):
 
 
 def test_multiarch_index_default_platform(empty_registry, layout, store, no_hosts, authfile):
-    from conftest import push
+    from registry_harness import push
 
     push(layout, empty_registry.host, "test/multi", tag="multi")
     host = manifests.host_platform()
@@ -92,7 +92,7 @@ def test_multiarch_index_default_platform(empty_registry, layout, store, no_host
                                             ("linux/amd64", "amd")])
 def test_multiarch_index_platform_option(empty_registry, layout, store, no_hosts, authfile,
                                          platform, which):
-    from conftest import push
+    from registry_harness import push
 
     push(layout, empty_registry.host, "test/multi", tag="multi")
     _pull(store, f"{empty_registry.host}/test/multi:multi", no_hosts, authfile, platform=platform)
@@ -102,7 +102,7 @@ def test_multiarch_index_platform_option(empty_registry, layout, store, no_hosts
 
 
 def test_multiarch_index_missing_platform(empty_registry, layout, store, no_hosts, authfile):
-    from conftest import push
+    from registry_harness import push
 
     push(layout, empty_registry.host, "test/multi", tag="multi")
     with pytest.raises(RegistryError) as err:

@@ -95,3 +95,22 @@ def test_device_nodes_in_a_layer_are_skipped_with_a_warning(user_mc, shared_dir)
         if "suid" in files:
             st = os.lstat(os.path.join(dirpath, "suid"))
             assert st.st_uid != 0
+
+
+def test_fuse_overlayfs_driver(user_mc):
+    import shutil
+
+    if not shutil.which("fuse-overlayfs"):
+        pytest.skip("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)")
+    env = user_mc.env()
+    env["MINICTR_OVERLAY"] = "fuse-overlayfs"
+    import subprocess
+
+    res = subprocess.run(user_mc.cmdline("run", "--rm", "--explain", "busybox:test", "sh", "-c",
+                                         "grep -c fuse /proc/self/mountinfo; echo hi > /f; "
+                                         "cat /f"),
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "fuse-overlayfs -o lowerdir=" in res.stderr
+    assert res.stdout.split()[-1] == "hi"
+    assert int(res.stdout.split()[0]) >= 1

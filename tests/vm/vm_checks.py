@@ -239,6 +239,10 @@ def run_rootless(user=65534):
     shutil.copy(_cffi_backend.__file__, copy)
     for extra in glob.glob(os.path.join(os.path.dirname(_cffi_backend.__file__), "cffi")):
         shutil.copytree(extra, f"{copy}/cffi")
+    import _prctl  # the syscall face imports python-prctl at load time
+    import prctl
+    shutil.copy(_prctl.__file__, copy)
+    shutil.copy(prctl.__file__, copy)
     shutil.copy(__file__, f"{copy}/vm_checks.py")
     sh(f"chmod -R a+rX {copy}")
     res = sh(f"echo $$ > {deleg}/cgroup.procs && exec setpriv --reuid {user} --regid {user} "
