@@ -135,20 +135,38 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
 def mount_fuse_overlay(kernel, plan: RootfsPlan, root_path: str, explain: Explain) -> None:
     """Mount the layers with fuse-overlayfs (user space; it understands overlay's whiteouts
     and the user.overlay.opaque xattr). It runs inside the container's namespaces and dies with
-    them."""
+    them.
+
+    pivot_root(2) moves every process whose root is the old root to the new one; the daemon
+    would then look up its own paths through its own mount and deadlock. So it runs chrooted
+    in a recursive bind of the old root (a different mount, which pivot_root leaves alone and
+    MNT_DETACH only hides), mounts there, and its mount is moved onto root_path.
+    """
+    import subprocess
+
     data = f"lowerdir={':'.join(plan.lowerdirs)}"
     if plan.upperdir:
         data += f",upperdir={plan.upperdir},workdir={plan.workdir}"
-    import subprocess
+    jail = os.path.join(os.path.dirname(root_path), "fuse-root")
+    os.makedirs(jail, mode=0o700, exist_ok=True)
+    _say(explain, f"mount --rbind / {jail}  (fuse-overlayfs's own root)")
+    kernel.mount("/", jail, None, sc.MS_BIND | sc.MS_REC)
+    _say(explain, f"chroot {jail} fuse-overlayfs -o {data} {root_path}")
 
-    _say(explain, f"fuse-overlayfs -o {data} {root_path}")
+    def enter_jail() -> None:
+        os.chroot(jail)
+        os.chdir("/")
+
     # It daemonizes once the mount is ready; its daemon keeps whatever stdout/stderr it got,
     # so give it none that we would wait on.
     res = subprocess.run(["fuse-overlayfs", "-o", data, root_path], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=enter_jail)
     if res.returncode != 0:
         raise OSError(errno.EIO, f"fuse-overlayfs exited {res.returncode}: run it by hand with "
                                  f"-d to see why ({' '.join(['fuse-overlayfs', '-o', data])})")
+    _say(explain, f"mount --move {jail}{root_path} {root_path}")
+    kernel.mount(jail + root_path, root_path, None, sc.MS_MOVE)
 
 
 def mount_all(kernel, root_fd: int, spec: dict, rootless: bool, explain: Explain) -> None:
