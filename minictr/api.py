@@ -181,9 +181,11 @@ def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file, scrat
         yield cdi.edits_for_names(cdi_names)
     if _may_want_gpus(opts, image_config):
         from minictr.gpu import inject
+        from minictr.hpc import slurm
 
         gpu_edits = inject.edits_for_request(opts, spec, driver_roots(gpu_roots), image_config,
-                                             read_file, scratch_dir, warn=warn)
+                                             read_file, scratch_dir, warn=warn,
+                                             allocation=slurm.gpu_allocation(os.environ))
         if gpu_edits is not None:
             yield gpu_edits
 

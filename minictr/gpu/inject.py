@@ -156,12 +156,14 @@ def visible_value(request: Request, selection: Selection) -> str:
 
 def edits_for_request(opts, spec: dict, gpu_roots: DriverRoots | None, image_config: dict,
                       read_file, scratch_dir: str | None = None, *, warn: Warn = None,
-                      discover_fn=discover) -> ContainerEdits | None:
+                      discover_fn=discover,
+                      allocation: frozenset[int] | None = None) -> ContainerEdits | None:
     """The GPU edits for a run, or None when no GPU is requested.
 
     ``scratch_dir``: where the generated ld.so.cache goes (the container's own directory);
     without it a private, content-named file under $TMPDIR is used. ``warn`` receives
-    explanations (stale libraries, driver libraries baked into the image).
+    explanations (stale libraries, driver libraries baked into the image). ``allocation``:
+    the device minors of a Slurm job's GPU allocation (hpc/slurm.py), or None.
     """
     image_env = _image_env(image_config)
     user_env = env_dict(getattr(opts, "env", ()) or ())
@@ -183,7 +185,7 @@ def edits_for_request(opts, spec: dict, gpu_roots: DriverRoots | None, image_con
     for w in driver.warnings:
         if warn:
             warn(w)
-    selection = select(driver, request)
+    selection = select(driver, request, allocation)
     wanted = request.capabilities
     check_requirements(driver, selection, env)
     check_essentials(driver, wanted)

@@ -161,12 +161,30 @@ def _one(driver: Driver, token: str) -> GPU | MigDevice | str:
     raise _unknown(driver, token)
 
 
-def select(driver: Driver, request: Request) -> Selection:
-    """Resolve the request's tokens to host GPUs (each once, in the order asked)."""
+def select(driver: Driver, request: Request,
+           allocation: frozenset[int] | None = None) -> Selection:
+    """Resolve the request's tokens to host GPUs (each once, in the order asked).
+
+    ``allocation``: the device minors a batch system (Slurm) gave this job; ``all`` then means
+    all of those, and a GPU outside it is an error."""
+    selection = _select(driver, request, allocation)
+    if allocation is not None:
+        outside = [g for g in selection.gpus if g.minor not in allocation]
+        if outside:
+            g = outside[0]
+            raise GPUError(f"GPU {g.index} (/dev/nvidia{g.minor}) is outside this job's GPU "
+                           f"allocation (minors {','.join(map(str, sorted(allocation)))})",
+                           hint="ask for the GPUs Slurm gave the job, or --gpus all")
+    return selection
+
+
+def _select(driver: Driver, request: Request, allocation: frozenset[int] | None) -> Selection:
     if request.devices == ("none",):
         return Selection(())
     if "all" in request.devices:
         gpus = driver.gpus
+        if allocation is not None:
+            gpus = [g for g in gpus if g.minor in allocation]
         if request.count is not None:
             if request.count > len(gpus):
                 raise GPUError(f"--gpus count={request.count}: only {len(gpus)} GPUs exist",

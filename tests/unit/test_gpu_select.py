@@ -95,3 +95,20 @@ def test_mig_by_index_and_by_uuid(driver):
     assert sel.mig_uuids == ("MIG-0f0e0d0c-1111-2222-3333-444455556666",)
     with pytest.raises(GPUError, match="unknown MIG device '0:0': 1:0; 1:1"):
         select(driver, request_for("0:0", {}, {}))
+
+
+def test_slurm_allocation_narrows_all_and_refuses_outside(driver):
+    from minictr.hpc.slurm import gpu_allocation
+
+    alloc = gpu_allocation({"SLURM_JOB_GPUS": "0"})          # minor 0 = index 1 (bus 41)
+    assert alloc == frozenset({0})
+    assert gpu_allocation({"SLURM_STEP_GPUS": "1", "SLURM_JOB_GPUS": "0,1"}) == {1}
+    assert gpu_allocation({}) is None
+    every = select(driver, request_for("all", {}, {}), alloc)
+    assert [g.minor for g in every.gpus] == [0]
+    assert [g.minor for g in select(driver, request_for("1", {}, {}), alloc).gpus] == [0]
+    with pytest.raises(GPUError) as info:
+        select(driver, request_for("0", {}, {}), alloc)       # index 0 is minor 1
+    assert "allocation" in str(info.value)
+    with pytest.raises(GPUError):
+        gpu_allocation({"SLURM_JOB_GPUS": "gpu0"})
