@@ -7,8 +7,8 @@ execute the plan. Imports are lazy so that each command loads only what it uses.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
+from minictr.records import record
+from collections.abc import Callable
 
 from minictr.config import Paths
 from minictr.errors import ImageError, MinictrError, RegistryError, UsageError
@@ -16,7 +16,7 @@ from minictr.errors import ImageError, MinictrError, RegistryError, UsageError
 Explain = Callable[[str], None] | None
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """Everything ``run`` will do, computed before anything touches the kernel."""
 

@@ -7,10 +7,10 @@ Computed once, at start, and passed down: nothing changes it mid-run (STYLE.md Â
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from minictr.records import record
 
 
-@dataclass(frozen=True)
+@record
 class Paths:
     store: str        # content-addressed blobs, layers, images (persistent)
     state: str        # running containers' state (volatile)

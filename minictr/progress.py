@@ -7,7 +7,7 @@ Library code never prints (STYLE.md §5); the CLI makes one of these with ``make
 """
 from __future__ import annotations
 
-import threading
+import _thread
 import time
 
 BAR = 24
@@ -26,7 +26,7 @@ class LineProgress:
 
     def __init__(self, stream):
         self.stream = stream
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()   # threading.Lock, without importing threading
         self._sizes: dict[str, int] = {}
 
     def _write(self, line: str) -> None:

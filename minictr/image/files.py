@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 
 _CHUNK = 1 << 20
@@ -79,6 +78,7 @@ class HashingReader:
     def __init__(self, raw, copy_to=None):
         self._raw = raw
         self._copy = copy_to
+        import hashlib  # not at module level: it is off the run path
         self.hash = hashlib.sha256()
         self.size = 0
 

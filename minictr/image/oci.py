@@ -7,7 +7,6 @@ manifest and manifest list have the same shapes under other media types.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -53,6 +52,7 @@ def hex_of(digest) -> str:
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # not at module level: it is off the run path
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -15,7 +15,7 @@ the short one a user types (``busybox:latest``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from minictr.records import record
 
 from minictr.errors import ImageError
 
@@ -34,7 +34,7 @@ _HEX = {"sha256": 64, "sha512": 128}
 _ANCHORED_HEX64 = re.compile(r"[a-f0-9]{64}")
 
 
-@dataclass(frozen=True)
+@record
 class Reference:
     registry: str
     repository: str

@@ -23,13 +23,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import threading
+import _thread
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import ImageError, MinictrError
 from minictr.image import oci as mf
@@ -37,12 +35,13 @@ from minictr.image import reference
 from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
                                  unlink_size)
 from minictr.image.merged import MergedView
+from minictr.records import record
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
 MAX_READ_FILE = 64 << 20
 
 
-@dataclass(frozen=True)
+@record
 class LayerRecord:
     digest: str          # of the blob as stored/transferred (compressed)
     media_type: str
@@ -51,17 +50,30 @@ class LayerRecord:
     chain_id: str        # identifies the layer together with everything below it
 
 
-@dataclass(frozen=True)
+@record
 class ImageRecord:
     id: str              # the config's digest, as docker's image id
     manifest_digest: str
     name: str            # the name it was resolved by, normalised
     names: tuple[str, ...]
-    config: dict = field(compare=False, hash=False)
+    config: dict = None  # the parsed image config (not part of equality or the hash)
     layers: tuple[LayerRecord, ...] = ()
+
+    def _key(self) -> tuple:
+        return (self.id, self.manifest_digest, self.name, self.names, self.layers)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # not at module level: it is off the run path
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -87,6 +99,7 @@ class BlobWriter:
         self._hex = mf.hex_of(expected_digest)
         self._file = None
         self._tmp = ""
+        import hashlib  # not at module level: it is off the run path
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -105,6 +118,7 @@ class BlobWriter:
     def restart(self) -> None:
         self._file.seek(0)
         self._file.truncate()
+        import hashlib  # not at module level: it is off the run path
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -134,7 +148,7 @@ class Store:
         self.root = os.path.abspath(root)
         self.rootless = rootless
         self._warn = warn
-        self._mutex = threading.Lock()
+        self._mutex = _thread.allocate_lock()   # threading.Lock, without importing threading
         self._writer_fd: int | None = None
 
     # ------------------------------------------------------------ paths
@@ -330,7 +344,7 @@ class Store:
         refs = [str(reference.parse(n)) for n in names]
         manifest_digest = sha256_digest(manifest_bytes)
         record = {"manifest_digest": manifest_digest, "id": config_desc["digest"],
-                  "layers": [l.__dict__ for l in layers], "loaded": int(time.time()),
+                  "layers": [l._asdict() for l in layers], "loaded": int(time.time()),
                   "size": sum(self._layer_meta(l.chain_id).get("unpacked_size", 0)
                               for l in layers)}
         try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import RuntimeSetupError, SpecError, hint_for
 

@@ -9,7 +9,7 @@ through the syscall face (which uses python-prctl), so a dry run can record them
 from __future__ import annotations
 
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import prctl
 

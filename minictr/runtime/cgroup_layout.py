@@ -7,7 +7,6 @@ Pure planning: it reads /proc/self/cgroup and the trees' cgroup.controllers, wri
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from minictr.errors import RuntimeSetupError
 from minictr.runtime import cgroup_v2
@@ -21,13 +20,21 @@ UNIFIED_HINTS = {"cpu.weight": "--cpu-weight is the cgroup v2 scale; on cgroup v
                                "--cpu-shares (2-262144, default 1024) instead"}
 
 
-@dataclass
 class Layout:
-    v2_mount: str | None = None
-    v2_controllers: set = field(default_factory=set)
-    v1_mounts: dict = field(default_factory=dict)      # controller -> mount directory
-    own_v2: str | None = None                          # "0::PATH" of /proc/self/cgroup
-    own_v1: dict = field(default_factory=dict)         # controller -> PATH
+    """The host's cgroup trees and the launcher's place in them (filled in by detect_layout).
+    A plain class, not a dataclass: see minictr/records.py for why the run path avoids those."""
+
+    def __init__(self, v2_mount: str | None = None, v2_controllers: set | None = None,
+                 v1_mounts: dict | None = None, own_v2: str | None = None,
+                 own_v1: dict | None = None):
+        self.v2_mount = v2_mount
+        self.v2_controllers = set() if v2_controllers is None else v2_controllers
+        self.v1_mounts = {} if v1_mounts is None else v1_mounts  # controller -> mount directory
+        self.own_v2 = own_v2                                     # "0::PATH" of /proc/self/cgroup
+        self.own_v1 = {} if own_v1 is None else own_v1           # controller -> PATH
+
+    def __repr__(self) -> str:
+        return f"Layout({vars(self)})"
 
     @property
     def kind(self) -> str:
@@ -108,16 +115,24 @@ def container_path(mount: str, own: str | None, cgroups_path: str | None,
     return os.path.normpath(os.path.join(mount, rel.lstrip("/")))
 
 
-@dataclass
 class Target:
     """The container's cgroup in one tree, and what goes into it."""
 
-    version: int
-    mount: str
-    path: str
-    controllers: dict = field(default_factory=dict)   # controller -> its part of linux.resources
-    unified: dict = field(default_factory=dict)
-    required: bool = True
+    def __init__(self, version: int, mount: str, path: str, controllers: dict | None = None,
+                 unified: dict | None = None, required: bool = True):
+        self.version = version
+        self.mount = mount
+        self.path = path
+        # controller -> its part of linux.resources
+        self.controllers = {} if controllers is None else controllers
+        self.unified = {} if unified is None else unified
+        self.required = required
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Target({vars(self)})"
 
 
 def plan_targets(layout: Layout, wanted: dict, resources: dict, *, cgroups_path, container_id,

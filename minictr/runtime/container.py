@@ -26,11 +26,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
-import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
                             MinictrError, RuntimeSetupError, hint_for)
@@ -236,7 +234,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
     """Create, start and wait for the container; return its exit code."""
     if dry_run:
         return _dry_run(spec, plan, explain, init=init, rootless=paths.rootless)
-    if threading.active_count() > 1:
+    if len(os.listdir("/proc/self/task")) > 1:     # any thread, Python's or a library's
         raise RuntimeSetupError("cannot start a container from a multi-threaded launcher",
                                 hint="this is a bug in minictr: please report it")
     kernel = kernel or sc.Syscalls()
@@ -385,7 +383,7 @@ def _cleanup(paths, container_id: str, plan, remove: bool) -> None:
     state_dir = state_mod.container_dir(paths.state, container_id)
     if remove:
         config = _read_config(paths.state, container_id) or {}
-        shutil.rmtree(state_dir, ignore_errors=True)
+        _rmtree(state_dir)
         remove_tree(os.path.join(paths.containers, container_id), paths.rootless,
                     config.get("linux", {}))
     else:
@@ -530,7 +528,7 @@ def remove(paths, name: str, force: bool = False) -> None:
         except (OSError, MinictrError):
             pass
     config = _read_config(paths.state, st["id"])
-    shutil.rmtree(state_mod.container_dir(paths.state, st["id"]), ignore_errors=True)
+    _rmtree(state_mod.container_dir(paths.state, st["id"]))
     remove_tree(os.path.join(paths.containers, st["id"]), paths.rootless,
                 config.get("linux", {}) if config else {})
 
@@ -594,4 +592,10 @@ def _rmtree_forcing(path: str) -> None:
                 open_up(entry.path)
 
     open_up(path)
+    _rmtree(path)
+
+
+def _rmtree(path: str) -> None:
+    import shutil        # only at cleanup: it is not needed to start the container
+
     shutil.rmtree(path, ignore_errors=True)

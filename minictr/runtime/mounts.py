@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.runtime import syscalls as sc
 

@@ -21,7 +21,7 @@ import struct
 import sys
 import termios
 import tty as tty_mod
-from typing import Callable
+from collections.abc import Callable
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)

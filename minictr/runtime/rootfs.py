@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
-from typing import Callable
+from minictr.records import record
+from collections.abc import Callable
 
 from minictr.runtime import mounts
 from minictr.runtime import syscalls as sc
@@ -24,7 +24,7 @@ DEV_SYMLINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
                 ("/proc/kcore", "core"))
 
 
-@dataclass(frozen=True)
+@record
 class RootfsPlan:
     """The overlay that becomes the container's root (docs/architecture.md, "The rootfs plan")."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import resource as _resource
-from typing import Any, Callable
+from collections.abc import Callable
 
 # Imported here, not lazily: the container side calls these after pivot_root(2), when the host's
 # site-packages are no longer reachable.
@@ -147,7 +147,7 @@ class Syscalls:
         return _check(lib.mc_openat2(dirfd, _b(path), flags, mode, resolve),
                       f"openat2({dirfd}, {path!r}, flags={flags:#x}, resolve={resolve:#x})")
 
-    def bpf(self, cmd: int, attr: Any, size: int) -> int:
+    def bpf(self, cmd: int, attr: object, size: int) -> int:
         return _check(lib.mc_bpf(cmd, attr, size), f"bpf(cmd={cmd})")
 
     def close_range(self, first: int, last: int, flags: int = 0) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import SpecError
 from minictr.spec import defaults, mounts as mounts_mod, process as proc

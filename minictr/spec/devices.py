@@ -6,10 +6,9 @@ device cgroup. ``stat`` is a parameter so tests can describe nodes that do not e
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat as stat_mod
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from minictr.errors import SpecError
 from minictr.spec.edits import ContainerEdits, DeviceNode
@@ -88,8 +87,8 @@ def fill_device_nodes(edits: ContainerEdits, stat: Stat = os.stat) -> ContainerE
             host = node.host_path or node.path
             found = node_from_stat(node.path, host, _stat(stat, host, "CDI device"),
                                    node.permissions)
-            node = dataclasses.replace(
-                node, type=found.type, major=found.major, minor=found.minor,
+            node = node._replace(
+                type=found.type, major=found.major, minor=found.minor,
                 file_mode=node.file_mode if node.file_mode is not None else found.file_mode)
         filled.append(node)
-    return dataclasses.replace(edits, device_nodes=tuple(filled))
+    return edits._replace(device_nodes=tuple(filled))

@@ -7,16 +7,16 @@ SPEC.md, "containerEdits"): env, deviceNodes, mounts, hooks, additionalGids.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 from minictr.errors import SpecError
+from minictr.records import record
 from minictr.spec.mounts import check_destination
 
 HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
                "poststop")
 
 
-@dataclass(frozen=True)
+@record
 class DeviceNode:
     """A device node to create in the container (CDI deviceNodes[], config-linux.md devices)."""
 
@@ -44,7 +44,7 @@ class DeviceNode:
         return {k: v for k, v in out.items() if v is not None}
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     """CDI mounts[]: a host path (or a filesystem source) at a container path."""
 
@@ -69,7 +69,7 @@ class Mount:
                 "type": self.type, "options": list(self.options)}
 
 
-@dataclass(frozen=True)
+@record
 class Hook:
     """CDI hooks[]: an OCI hook (config.md "POSIX-platform Hooks") and the stage it runs at."""
 
@@ -95,29 +95,28 @@ class Hook:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class ContainerEdits:
-    """The edits. Entries may be given as the dataclasses above or as plain dicts (CDI's JSON
+    """The edits. Entries may be given as the records above or as plain dicts (CDI's JSON
     form, or for devices and mounts the OCI config.json form); they are converted on creation,
-    so a ContainerEdits always holds the dataclasses, in tuples."""
+    so a ContainerEdits always holds the records, in tuples."""
 
     env: tuple[str, ...] = ()
     device_nodes: tuple[DeviceNode, ...] = ()
     mounts: tuple[Mount, ...] = ()
     hooks: tuple[Hook, ...] = ()
-    additional_gids: tuple[int, ...] = field(default=())
+    additional_gids: tuple[int, ...] = ()
 
-    def __post_init__(self):
+    @classmethod
+    def _normalize(cls, v: dict) -> dict:
+        """Dicts become the records above; lists become tuples (records.record's hook)."""
         def conv(items, kind):
             return tuple(kind.from_cdi(x) if isinstance(x, dict) else x for x in items or ())
         try:
-            # frozen: object.__setattr__ is the documented way to normalise in __post_init__
-            object.__setattr__(self, "env", tuple(self.env or ()))
-            object.__setattr__(self, "device_nodes", conv(self.device_nodes, DeviceNode))
-            object.__setattr__(self, "mounts", conv(self.mounts, Mount))
-            object.__setattr__(self, "hooks", conv(self.hooks, Hook))
-            object.__setattr__(self, "additional_gids",
-                               tuple(int(g) for g in self.additional_gids or ()))
+            return {"env": tuple(v["env"] or ()),
+                    "device_nodes": conv(v["device_nodes"], DeviceNode),
+                    "mounts": conv(v["mounts"], Mount), "hooks": conv(v["hooks"], Hook),
+                    "additional_gids": tuple(int(g) for g in v["additional_gids"] or ())}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SpecError(f"malformed CDI containerEdits: {err!r}") from err
 

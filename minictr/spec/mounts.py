@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import SpecError
 from minictr.spec.units import parse_bytes

@@ -5,10 +5,10 @@ spec. Field names follow docker's flags.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from minictr.records import record
 
 
-@dataclass(frozen=True)
+@record
 class RunOptions:
     image: str
     command: tuple[str, ...] = ()            # after IMAGE; replaces the image's Cmd
@@ -47,4 +47,4 @@ class RunOptions:
     # GPUs (issue 6)
     gpus: str | None = None
     gpu_memory: str | None = None
-    annotations: tuple[str, ...] = field(default=())
+    annotations: tuple[str, ...] = ()

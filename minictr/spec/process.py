@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import SpecError
 from minictr.spec import defaults

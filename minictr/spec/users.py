@@ -13,8 +13,8 @@ input, so malformed lines are skipped, never trusted partially.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from minictr.records import record
+from collections.abc import Callable
 
 from minictr.errors import SpecError
 
@@ -22,7 +22,7 @@ ReadFile = Callable[[str], "bytes | None"]
 MAX_ID = 2**31 - 1     # ids are uid_t, and docker refuses anything above int32
 
 
-@dataclass(frozen=True)
+@record
 class PasswdEntry:
     name: str
     uid: int
@@ -30,14 +30,14 @@ class PasswdEntry:
     home: str
 
 
-@dataclass(frozen=True)
+@record
 class GroupEntry:
     name: str
     gid: int
     members: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class ExecUser:
     """Who the container's process runs as: process.user plus the HOME the shell expects."""
 
