@@ -261,11 +261,11 @@ def stats(paths: Paths, name: str) -> dict:
 
 def exec_(paths: Paths, name: str, command: list[str], *, env=(), tty=False, workdir=None,
           user=None) -> int:
-    from minictr.runtime import container
+    from minictr.runtime import nsenter
 
     if not command:
         raise UsageError("exec needs a command", hint="minictr exec NAME sh")
-    return container.exec_in(paths, name, command, env=list(env), tty=tty, workdir=workdir,
+    return nsenter.exec_in(paths, name, command, env=list(env), tty=tty, workdir=workdir,
                              user=user)
 
 
@@ -276,9 +276,9 @@ def kill(paths: Paths, name: str, signal_name: str) -> None:
 
 
 def rm(paths: Paths, name: str, force: bool = False) -> None:
-    from minictr.runtime import container
+    from minictr.runtime import cleanup
 
-    container.remove(paths, name, force=force)
+    cleanup.remove(paths, name, force=force)
 
 
 # ---------------------------------------------------------------- GPUs

@@ -35,13 +35,13 @@ from minictr.image import reference
 from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
                                  unlink_size)
 from minictr.image.merged import MergedView
-from minictr.records import record
+from minictr.records import record as _record
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
 MAX_READ_FILE = 64 << 20
 
 
-@record
+@_record
 class LayerRecord:
     digest: str          # of the blob as stored/transferred (compressed)
     media_type: str
@@ -50,7 +50,7 @@ class LayerRecord:
     chain_id: str        # identifies the layer together with everything below it
 
 
-@record
+@_record
 class ImageRecord:
     id: str              # the config's digest, as docker's image id
     manifest_digest: str

@@ -27,12 +27,11 @@ import errno
 import json
 import os
 import signal
-import time
 from collections.abc import Callable
 
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
                             MinictrError, RuntimeSetupError, hint_for)
-from minictr.runtime import capabilities, rootfs as rootfs_mod, state as state_mod
+from minictr.runtime import capabilities, cleanup, rootfs as rootfs_mod, state as state_mod
 from minictr.runtime import syscalls as sc
 from minictr.runtime.process import Supervisor
 
@@ -205,18 +204,18 @@ def _child_main(kernel, spec, plan, explain, sync_r, err_w, tty_socket, interact
         setup_container(kernel, spec, plan, explain, init_fd=init_fd, err_fd=err_w, init=init,
                         rootless=rootless, tty_socket=tty_socket)
     except MinictrError as err:
-        _report(err_w, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
+        report_error(err_w, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
     except OSError as err:
         text = err.strerror or str(err)
         if err.filename:
             text = f"{text}: {err.filename}"
-        _report(err_w, text, hint_for(text.split("(")[0], err.errno or 0), code, err.errno)
+        report_error(err_w, text, hint_for(text.split("(")[0], err.errno or 0), code, err.errno)
     except BaseException as err:   # noqa: BLE001 - anything else must still reach the launcher
-        _report(err_w, f"{type(err).__name__}: {err}", None, code)
+        report_error(err_w, f"{type(err).__name__}: {err}", None, code)
     os._exit(code)
 
 
-def _report(err_w: int, message: str, hint: str | None, code: int, errno_: int | None = None):
+def report_error(err_w: int, message: str, hint: str | None, code: int, errno_: int | None = None):
     data = json.dumps({"message": message, "hint": hint, "exit": code, "errno": errno_})
     try:
         os.write(err_w, data.encode())
@@ -287,8 +286,8 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
             os.write(sync_w, b"G")
             os.close(sync_w)
             if ours is not None:
-                master = _receive_console(ours)
-            _wait_for_exec(err_r, pid, spec["process"]["args"][0])
+                master = receive_console(ours)
+            wait_for_exec(err_r, pid, spec["process"]["args"][0])
             state_mod.record(paths.state, container_id, status="running", pid=pid,
                              cgroup_paths=list(cgroup.paths) if cgroup else None)
             code = sup.relay_tty(master) if master is not None else sup.wait()
@@ -308,7 +307,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
         _cleanup(paths, container_id, plan, remove)
 
 
-def _receive_console(sock) -> int | None:
+def receive_console(sock) -> int | None:
     """The pty master the container sends (make_console); None if it failed before that."""
     import socket
 
@@ -319,7 +318,7 @@ def _receive_console(sock) -> int | None:
     return fds[0] if fds else None
 
 
-def _wait_for_exec(err_r: int, pid: int, command: str) -> None:
+def wait_for_exec(err_r: int, pid: int, command: str) -> None:
     """Read the error pipe until EOF: EOF alone means the container's program was exec'd."""
     chunks = []
     while True:
@@ -382,10 +381,10 @@ def _cleanup(paths, container_id: str, plan, remove: bool) -> None:
     (and with --rm the writable layer)."""
     state_dir = state_mod.container_dir(paths.state, container_id)
     if remove:
-        config = _read_config(paths.state, container_id) or {}
-        _rmtree(state_dir)
-        remove_tree(os.path.join(paths.containers, container_id), paths.rootless,
-                    config.get("linux", {}))
+        config = cleanup.read_config(paths.state, container_id) or {}
+        cleanup.rmtree(state_dir)
+        cleanup.remove_tree(os.path.join(paths.containers, container_id), paths.rootless,
+                            config.get("linux", {}))
     else:
         try:
             os.rmdir(os.path.join(state_dir, "rootfs"))
@@ -407,195 +406,3 @@ def _dry_run(spec: dict, plan, explain: Explain, *, init: bool, rootless: bool) 
 def _say(explain: Explain, text: str) -> None:
     if explain:
         explain(text)
-
-
-# ---------------------------------------------------------------- exec, rm
-
-# setns(2) order: the user namespace first (it grants the capabilities the others need), the
-# mount namespace late (it changes our root, hiding /proc/PID/ns of the host), pid last (it only
-# applies to children: we fork after it).
-EXEC_NS_ORDER = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"),
-                 ("cgroup", "cgroup"), ("pid", "pid"), ("mount", "mnt"))
-
-
-def exec_in(paths, name: str, command: list[str], *, env: list[str] | None = None,
-            tty: bool = False, workdir: str | None = None, user: str | None = None,
-            kernel=None) -> int:
-    """Run ``command`` inside a running container: join its namespaces and cgroup, apply its
-    process settings (env, cwd, user, capabilities, no_new_privs), exec through mcinit."""
-    kernel = kernel or sc.Syscalls()
-    st = state_mod.find(paths.state, name)
-    if st.get("status") != "running":
-        raise RuntimeSetupError(f"container {name} is not running")
-    with open(os.path.join(state_mod.container_dir(paths.state, st["id"]), "config.json")) as f:
-        spec = json.load(f)
-    process = dict(spec["process"], args=list(command), terminal=tty)
-    if env:
-        merged = dict(e.split("=", 1) for e in process.get("env", ()) if "=" in e)
-        merged.update(e.split("=", 1) if "=" in e else (e, os.environ.get(e, "")) for e in env)
-        process["env"] = [f"{k}={v}" for k, v in merged.items()]
-    if workdir:
-        process["cwd"] = workdir
-    if user:
-        uid, _, gid = user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            raise RuntimeSetupError("exec -u takes numeric UID[:GID]",
-                                    hint="names are resolved by `minictr run -u` only")
-        process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
-    pid = st["pid"]
-    types = {ns["type"] for ns in spec.get("linux", {}).get("namespaces", ())}
-    ns_fds = [(os.open(f"/proc/{pid}/ns/{proc_name}", os.O_RDONLY | os.O_CLOEXEC), t)
-              for t, proc_name in EXEC_NS_ORDER if t in types]
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    master = slave = None
-    if tty:
-        master, slave = os.openpty()
-    init_fd = load_mcinit()
-    child = os.fork()
-    if child == 0:
-        _exec_child(kernel, process, ns_fds, err_w, slave, init_fd, st.get("rootless", False))
-    os.close(err_w)
-    for fd, _ in ns_fds:
-        os.close(fd)
-    os.close(init_fd)
-    if slave is not None:
-        os.close(slave)
-    if st.get("cgroup_paths"):
-        from minictr.runtime import cgroups
-
-        cgroups.Cgroup.from_paths(st["cgroup_paths"]).add_process(child)
-    _wait_for_exec(err_r, child, command[0])
-    with Supervisor(child) as sup:
-        return sup.relay_tty(master) if master is not None else sup.wait()
-
-
-def _exec_child(kernel, process, ns_fds, err_w, tty_slave, init_fd, rootless) -> None:
-    try:
-        capabilities.die_with_parent(kernel)
-        for fd, ns_type in ns_fds:
-            kernel.setns(fd, sc.NAMESPACE_FLAGS[ns_type])
-        # Entering the PID namespace affects children only: fork once more (setns(2)).
-        grandchild = os.fork()
-        if grandchild:
-            os.close(err_w)
-            with Supervisor(grandchild) as sup:
-                os._exit(sup.wait())
-        kernel.setsid()
-        if tty_slave is not None:
-            import fcntl
-            import termios
-
-            fcntl.ioctl(tty_slave, termios.TIOCSCTTY, 0)
-            for fd in (0, 1, 2):
-                kernel.dup2(tty_slave, fd)
-        if process.get("noNewPrivileges"):
-            capabilities.set_no_new_privs(kernel, None)
-        caps = process.get("capabilities", {})
-        capabilities.drop_bounding_set(kernel, caps, None)
-        set_user(kernel, process.get("user", {}), rootless, None)
-        capabilities.die_with_parent(kernel)
-        enter_cwd(kernel, process.get("cwd", "/"), None)
-        capabilities.apply_sets(kernel, caps, None)
-        exec_process(kernel, dict(process, preserveFds=0), init_fd, err_w, False, None)
-    except MinictrError as err:
-        _report(err_w, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
-    except BaseException as err:  # noqa: BLE001
-        _report(err_w, f"{getattr(err, 'strerror', None) or err}", None, EXIT_LAUNCHER)
-    os._exit(EXIT_LAUNCHER)
-
-
-def remove(paths, name: str, force: bool = False) -> None:
-    """Remove a stopped container's state and writable layer (with force, kill it first)."""
-    st = state_mod.find(paths.state, name)
-    if st.get("status") == "running":
-        if not force:
-            raise RuntimeSetupError(f"container {name} is running",
-                                    hint="stop it first, or use minictr rm -f")
-        try:
-            os.kill(st["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for _ in range(100):                 # its launcher reaps it and cleans up
-            if not state_mod.alive(st["pid"], st.get("pid_start")):
-                break
-            time.sleep(0.05)
-    if st.get("cgroup_paths"):
-        # A launcher killed with SIGKILL could not remove its container's cgroup: do it here.
-        from minictr.runtime import cgroups
-
-        try:
-            cgroups.Cgroup.from_paths(st["cgroup_paths"]).destroy()
-        except (OSError, MinictrError):
-            pass
-    config = _read_config(paths.state, st["id"])
-    _rmtree(state_mod.container_dir(paths.state, st["id"]))
-    remove_tree(os.path.join(paths.containers, st["id"]), paths.rootless,
-                config.get("linux", {}) if config else {})
-
-
-def _read_config(state_root: str, container_id: str) -> dict | None:
-    try:
-        with open(os.path.join(state_mod.container_dir(state_root, container_id),
-                               "config.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def remove_tree(path: str, rootless: bool, linux: dict, kernel=None) -> None:
-    """Remove a container's writable layer.
-
-    overlayfs leaves its work/work directory with mode 000, and in a rootless container with
-    subordinate ids the files belong to ids the user cannot touch on the host. So, rootless,
-    the removal runs in a fresh user namespace with the container's own id maps, where we are
-    root over those ids (what `podman unshare rm` does)."""
-    if not os.path.lexists(path):
-        return
-    maps = (linux.get("uidMappings") or [], linux.get("gidMappings") or [])
-    if not rootless or len(maps[0]) <= 1:
-        _rmtree_forcing(path)
-        return
-    kernel = kernel or sc.Syscalls()
-    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-    pid = kernel.clone(sc.CLONE_NEWUSER)
-    if pid == 0:
-        code = 1
-        try:
-            os.close(sync_w)
-            if os.read(sync_r, 1) == b"G":
-                _rmtree_forcing(path)
-                code = 0
-        finally:
-            os._exit(code)
-    os.close(sync_r)
-    try:
-        from minictr.runtime import idmap
-
-        idmap.write_id_maps(pid, *maps, None)
-        os.write(sync_w, b"G")
-    finally:
-        os.close(sync_w)
-        os.waitpid(pid, 0)
-
-
-def _rmtree_forcing(path: str) -> None:
-    """rmtree, after making every directory we own searchable and writable (overlayfs's
-    work/work is mode 000)."""
-    def open_up(directory: str) -> None:
-        try:
-            os.chmod(directory, 0o700)
-            entries = list(os.scandir(directory))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                open_up(entry.path)
-
-    open_up(path)
-    _rmtree(path)
-
-
-def _rmtree(path: str) -> None:
-    import shutil        # only at cleanup: it is not needed to start the container
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from registry_harness import (FaultProxy, Layout, RegistryServer, TokenServer,
-                              make_ca_and_server_cert, skopeo_push)
+                              make_ca_and_server_cert)
 
 from minictr.image.hosts import HostsConfig
 

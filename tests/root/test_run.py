@@ -251,3 +251,32 @@ def _wait_running(mc) -> int:
             return rows[-1]["pid"]
         time.sleep(0.05)
     raise AssertionError("container did not start")
+
+
+def test_exec_with_a_tty(mc):
+    import pty
+
+    proc = mc.popen("run", "--name", "ttysvc", "busybox:test", "sleep", "1000",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_running(mc)
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(mc.exe, [mc.exe, "exec", "--root", mc.root, "--state", mc.state, "-t",
+                              "ttysvc", "tty"])
+        out = b""
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, out
+        assert b"/dev/pts/" in out, out
+    finally:
+        proc.kill()
+        proc.wait()
+        mc("rm", "-f", "ttysvc")

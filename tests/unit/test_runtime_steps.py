@@ -1,5 +1,4 @@
 """The container side's steps against a recording syscall face: order and arguments."""
-import os
 
 import pytest
 
