@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from minictr.records import record
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
@@ -32,7 +32,7 @@ BIN_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
 _VERSION_RE = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
 
 
-@dataclass(frozen=True)
+@record
 class DriverRoots:
     """Where to look. Tests point these at a fake driver; real hosts use the defaults, or a
     containerised driver (``/run/nvidia/driver``) as the driver root."""
@@ -50,7 +50,7 @@ class DriverRoots:
         return os.path.join(root, path.lstrip("/"))
 
 
-@dataclass(frozen=True)
+@record
 class Node:
     """A character device the container needs: its path inside, and what the host has."""
 
@@ -62,7 +62,7 @@ class Node:
     present: bool = True
 
 
-@dataclass(frozen=True)
+@record
 class MigDevice:
     gpu_index: int
     index: int                # rank among this GPU's MIG devices, for NVIDIA_VISIBLE_DEVICES=g:m
@@ -71,7 +71,7 @@ class MigDevice:
     nodes: tuple[Node, ...]   # /dev/nvidia-caps/nvidia-capN for the GI and the CI access
 
 
-@dataclass(frozen=True)
+@record
 class GPU:
     index: int
     minor: int
@@ -83,7 +83,7 @@ class GPU:
     mig: tuple[MigDevice, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Driver:
     roots: DriverRoots
     version: str
@@ -95,7 +95,7 @@ class Driver:
     firmware: tuple[str, ...]           # host paths (container path: minus driver_root)
     ipc: tuple[str, ...]                # host socket paths (container path: minus driver_root)
     stale: tuple[str, ...] = ()         # library files whose version is not the module's
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
     def container_path(self, host_path: str) -> str:
         """The path a driver file gets inside the container: its path under driver_root."""

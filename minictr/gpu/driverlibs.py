@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass
+from minictr.records import record
 
 from minictr.gpu import capabilities as caps
 from minictr.gpu import elf, ldcache
@@ -20,7 +20,7 @@ FALLBACK_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "lib/x86_64-linux-gnu"
                  "usr/local/nvidia/lib64", "usr/lib")
 
 
-@dataclass(frozen=True)
+@record
 class Library:
     stem: str                 # libcuda
     capability: str

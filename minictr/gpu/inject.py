@@ -8,7 +8,7 @@ and where minictr differs from the NVIDIA Container Toolkit.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 import struct
 from array import array
-from typing import NamedTuple
+
+from minictr.records import record
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"
@@ -41,7 +42,8 @@ ENDIAN_LITTLE = 2
 HWCAP_EXTENSION = 1 << 62
 
 
-class Entry(NamedTuple):
+@record
+class Entry:
     """One cache line: ``ldconfig -p`` prints it as ``key (libc6,x86-64) => value``.
     (A NamedTuple rather than a dataclass: parsing makes hundreds, and this is 5x cheaper.)"""
 

@@ -13,10 +13,9 @@ forward-compatibility library ``/usr/local/cuda/compat/libcuda.so.1``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from dataclasses import dataclass
+
+from minictr.records import record
 
 from minictr.errors import GPUError, MinictrError
 from minictr.gpu import capabilities as caps
@@ -36,7 +35,7 @@ _KNOWN_IDS = {"debian", "ubuntu", "fedora", "rhel", "centos", "suse", "opensuse"
               "amzn", "rocky", "almalinux", "ol"}
 
 
-@dataclass(frozen=True)
+@record
 class ImageLoader:
     """What the image's loader looks like, read from its files."""
 
@@ -168,6 +167,9 @@ def write_cache(data: bytes, scratch_dir: str | None) -> str:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return path
+    import hashlib          # only here: `run` always passes a scratch dir, and these imports
+    import tempfile         # would cost more than the rest of GPU injection
+
     directory = _private_dir(tempfile.gettempdir())
     path = os.path.join(directory, "ld.so.cache-" + hashlib.sha256(data).hexdigest()[:32])
     if os.path.exists(path):

@@ -15,7 +15,7 @@ Driver Versions"): each driver branch ships libcuda of exactly one CUDA minor ve
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from minictr.records import record
 
 # driver branch (major) -> the CUDA driver API version its libcuda reports
 CUDA_BY_BRANCH = (
@@ -73,7 +73,7 @@ def brand_of(model: str) -> str:
     return "unknown"
 
 
-@dataclass(frozen=True)
+@record
 class Facts:
     """What a requirement is checked against (one GPU's view; arch/brand None if unknown)."""
 

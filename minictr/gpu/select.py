@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from minictr.records import record
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
@@ -18,7 +18,7 @@ from minictr.gpu.discover import GPU, Driver, MigDevice
 VOID = ("", "void")
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     devices: tuple[str, ...]          # ("all",) | ("none",) | 0, GPU-.., bus id, 0:1, MIG-..
     capabilities: frozenset[str]
@@ -26,7 +26,7 @@ class Request:
     count: int | None = None          # docker's count=N: the first N GPUs
 
 
-@dataclass(frozen=True)
+@record
 class Selection:
     gpus: tuple[GPU, ...]             # whole GPUs, and the parents of selected MIG devices
     mig: tuple[MigDevice, ...] = ()
