@@ -1,5 +1,5 @@
 """Limits enforced by a real kernel with pure cgroup v2, and with v1 controllers in a hybrid
-layout, driven through minictr.runtime.cgroups inside one VM boot (see conftest.py)."""
+layout, driven through minictr.runtime.cgroups in two VM boots (see conftest.py)."""
 import errno
 import signal
 
