@@ -1,13 +1,13 @@
 """Runs INSIDE the virtme-ng VM (pure cgroup v2 kernel), driven by tests/vm/conftest.py.
 
 Not a test module: it drives minictr.runtime.cgroups directly and prints one line per check,
-``MINICTR-VM {json}``, which the host-side tests assert on. Stages, in one boot:
+``MINICTR-VM {json}``, which the host-side tests assert on. First boot:
   1. pure v2 at /sys/fs/cgroup: OOM kill under memory.max, pids.max, cpu.max throttling,
      the device filter, removal;
   2. rootless in a delegated subtree (as systemd's Delegate=yes makes one), as user nobody;
-  3. a hybrid layout built here: v1 memory/pids/cpu/cpuacct mounted on a tmpfs beside a cgroup2
-     mount (the layout of the project's dev machines), the same checks;
-  4. ``minictr run --memory 32m`` end to end (needs the runtime and an image layout, argv[1]).
+  3. ``minictr run --memory 32m`` end to end (needs an image layout, argv[1]).
+Second boot (``--hybrid``): a hybrid layout built here: v1 memory/pids/cpu/cpuacct mounted on a
+tmpfs beside a cgroup2 mount (the layout of the project's dev machines), the same checks.
 """
 import json
 import os
