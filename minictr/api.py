@@ -25,6 +25,7 @@ class Plan:
     container_id: str
     name: str
     image: str                 # the image's normalised name, for `ps`
+    layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
 
 
@@ -57,13 +58,22 @@ def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
     store = _store(paths)
     out = [f"Untagged: {store.remove_image(ref)}" for ref in refs]
     if prune:
-        res = store.gc()
+        res = store.gc(keep_layers=_layers_in_use(paths))
         out.append(f"Pruned {res['blobs']} blobs and {res['layers']} layers")
     return out
 
 
 def gc(paths: Paths) -> dict:
-    return _store(paths).gc()
+    return _store(paths).gc(keep_layers=_layers_in_use(paths))
+
+
+def _layers_in_use(paths: Paths) -> set[str]:
+    """Chain ids of the layers under every container that still exists (running or stopped,
+    until `minictr rm`): their overlay needs them even after `rmi` removed the image."""
+    from minictr.runtime import state
+
+    return {layer for st in state.list_containers(paths.state, all_=True)
+            for layer in st.get("layers") or ()}
 
 
 def pull(paths: Paths, ref: str, *, platform: str | None = None, tls_verify: bool | None = None,
@@ -153,7 +163,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image.name)
+                image=image.name, layers=tuple(layer.chain_id for layer in image.layers))
 
 
 def _overlay_driver() -> str:
@@ -243,7 +253,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
              scratch_dir=None if dry_run else state_mod.container_dir(paths.state, container_id))
     return container.run(p.spec, p.rootfs, paths=paths, container_id=p.container_id,
                          name=p.name, image=p.image, remove=opts.rm, tty=opts.tty,
-                         interactive=opts.interactive, init=opts.init,
+                         interactive=opts.interactive, init=opts.init, layers=p.layers,
                          explain=explain, warn=warn, dry_run=dry_run)
 
 

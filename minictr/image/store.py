@@ -525,20 +525,21 @@ class Store:
 
     # ------------------------------------------------------------ gc
 
-    def gc(self) -> dict:
+    def gc(self, keep_layers=()) -> dict:
         """Remove blobs and layers no image record uses, and temporaries left by killed
-        processes. Holds the writers' lock exclusively, so nothing is being written meanwhile."""
+        processes. Holds the writers' lock exclusively, so nothing is being written meanwhile.
+        ``keep_layers``: chain ids still in use by containers (their image may be gone)."""
         self.close()            # our own shared lock would deadlock against our exclusive one
         if not os.path.isdir(self._path("locks")):
             return {"blobs": 0, "layers": 0, "bytes": 0}
         fd = lock_file(self._path("locks", "store.lock"), fcntl.LOCK_EX)
         try:
-            return self._collect()
+            return self._collect(set(keep_layers))
         finally:
             os.close(fd)
 
-    def _collect(self) -> dict:
-        live_blobs, live_layers = set(), set()
+    def _collect(self, live_layers: set) -> dict:
+        live_blobs = set()
         for record in self._records():
             live_blobs.update((record["manifest_digest"], record["id"]))
             for layer in record["layers"]:

@@ -228,8 +228,8 @@ def report_error(err_w: int, message: str, hint: str | None, code: int, errno_: 
 
 def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
         remove: bool = False, tty: bool = False, interactive: bool = False, init: bool = False,
-        explain: Explain = None, warn: Explain = None, dry_run: bool = False,
-        kernel=None) -> int:
+        layers: tuple = (), explain: Explain = None, warn: Explain = None,
+        dry_run: bool = False, kernel=None) -> int:
     """Create, start and wait for the container; return its exit code."""
     if dry_run:
         return _dry_run(spec, plan, explain, init=init, rootless=paths.rootless)
@@ -247,7 +247,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
         os.makedirs(plan.workdir, mode=0o700, exist_ok=True)
     state_mod.record(paths.state, container_id, name=name, image=image, status="creating",
                      command=spec["process"]["args"], bundle=state_dir, rm=remove,
-                     rootless=paths.rootless)
+                     rootless=paths.rootless, layers=list(layers))
     _save_config(state_dir, spec)
     try:
         cgroup = _setup_cgroup(spec, container_id, paths.rootless, kernel, explain)

@@ -280,3 +280,38 @@ def test_exec_with_a_tty(mc):
         proc.kill()
         proc.wait()
         mc("rm", "-f", "ttysvc")
+
+
+def test_gc_keeps_the_layers_of_an_existing_container(mc, tmp_path):
+    import json
+    import shutil
+
+    from rootfs_tools import build, rootfs
+    from rootfs_tools.oci import ImageConfig
+
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    shutil.copy(rootfs.find_busybox(), tree / "bin" / "busybox")
+    for applet in ("sh", "sleep", "cat"):
+        os.symlink("busybox", tree / "bin" / applet)
+    (tree / "marker").write_text(os.urandom(8).hex())   # a layer no other image shares
+    build.from_dir(str(tmp_path / "layout"), str(tree), ImageConfig(cmd=["sh"]), tag="latest")
+    mc("load", "--tag", "gcvictim:test", f"oci:{tmp_path / 'layout'}:latest", check=True)
+    chain = json.loads(mc("inspect", "gcvictim:test", check=True).stdout)[0]["layers"][0]
+    layer_dir = os.path.join(mc.root, "layers", chain["chain_id"].split(":")[1])
+    assert os.path.isdir(layer_dir)
+    proc = mc.popen("run", "--name", "gcsvc", "gcvictim:test", "sleep", "1000",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_running(mc)
+        mc("rmi", "gcvictim:test", check=True)
+        mc("gc", check=True)
+        assert os.path.isdir(layer_dir)                 # the container still stands on it
+        res = mc("exec", "gcsvc", "cat", "/marker")
+        assert res.returncode == 0 and res.stdout == (tree / "marker").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+        mc("rm", "-f", "gcsvc")
+    mc("gc", check=True)
+    assert not os.path.isdir(layer_dir)                 # and goes once the container is gone
