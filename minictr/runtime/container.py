@@ -24,9 +24,11 @@ single-threaded process, which the launcher is by the time it runs a container.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
+import struct
 from collections.abc import Callable
 
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
@@ -107,9 +109,10 @@ def make_console(kernel, sock, explain: Explain) -> None:
     the same, passing the master over a unix socket (unix(7), SCM_RIGHTS). TIOCGPTPEER opens the
     slave from the master without a path lookup (ioctl_tty(2)).
     """
-    import fcntl
+    # This runs after pivot_root, when no new module can be imported from the host: fcntl and
+    # struct are imported at the top of this module, and socket is loaded already (``sock`` is
+    # one of its objects).
     import socket
-    import struct
 
     _say(explain, "open /dev/ptmx; ioctl(TIOCGPTPEER); send the master to the launcher")
     master = kernel.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
@@ -181,8 +184,6 @@ def load_mcinit() -> int:
     fd = os.memfd_create("mcinit", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     with open(MCINIT, "rb") as src:
         os.sendfile(fd, src.fileno(), 0, os.fstat(src.fileno()).st_size)
-    import fcntl
-
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                 | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
     return fd
