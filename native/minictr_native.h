@@ -10,6 +10,7 @@ int mc_sethostname(const char *name, size_t len);
 int mc_mknodat(int dirfd, const char *path, unsigned int mode,
                unsigned int major_, unsigned int minor_);
 int mc_clone(unsigned long flags);
+int mc_clone3(unsigned long long flags, int cgroup_fd);
 int mc_openat2(int dirfd, const char *path, unsigned long long flags,
                unsigned long long mode, unsigned long long resolve);
 int mc_bpf(int cmd, void *attr, unsigned int size);

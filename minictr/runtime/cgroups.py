@@ -259,6 +259,7 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
                 continue
             cgroup.paths.append(target.path)
             if target.version == 2:
+                cgroup.v2_path = target.path
                 apply_v2(fs, target, layout, explain)
                 if attach_filter:
                     cgroup.cgroup_fd, cgroup.prog_fd = attach_device_filter(
@@ -294,6 +295,7 @@ class Cgroup:
         self.explain = explain
         self.cgroup_fd: int | None = None
         self.prog_fd: int | None = None
+        self.v2_path: str | None = None  # the v2 directory, for clone3's CLONE_INTO_CGROUP
 
     @classmethod
     def from_paths(cls, paths: list[str], *, fs: CgroupFiles | None = None) -> "Cgroup":
@@ -301,10 +303,13 @@ class Cgroup:
         state; it owns no device program (that one goes away with the cgroup)."""
         return cls(paths, fs=fs)
 
-    def add_process(self, pid: int) -> None:
+    def add_process(self, pid: int, born_in: str | None = None) -> None:
         """Move ``pid`` into the container's cgroup in every tree (cgroups(7): write the pid to
-        cgroup.procs; all its threads move with it)."""
+        cgroup.procs; all its threads move with it). ``born_in``: a path the process already
+        is in, because clone3 created it there (CLONE_INTO_CGROUP)."""
         for path in self.paths:
+            if path == born_in:
+                continue
             target = os.path.join(path, "cgroup.procs")
             try:
                 self.fs.write(target, str(pid), self.explain)

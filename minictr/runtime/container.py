@@ -253,7 +253,6 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
     try:
         cgroup = _setup_cgroup(spec, container_id, paths.rootless, kernel, explain)
         flags = namespace_flags(spec)
-        _say(explain, f"clone({sc.ns_flag_names(flags)})")
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         ours = theirs = master = None
@@ -261,7 +260,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
             import socket
 
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = kernel.clone(flags)
+        pid, born_in = _clone_into(kernel, flags, cgroup, explain)
         if pid == 0:
             os.close(sync_w)
             os.close(err_r)
@@ -283,7 +282,7 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
                 idmap.write_id_maps(pid, linux.get("uidMappings", []),
                                     linux.get("gidMappings", []), explain)
             if cgroup is not None:
-                cgroup.add_process(pid)
+                cgroup.add_process(pid, born_in=born_in)
             os.write(sync_w, b"G")
             os.close(sync_w)
             if ours is not None:
@@ -306,6 +305,25 @@ def run(spec: dict, plan, *, paths, container_id: str, name: str, image: str,
         if cgroup is not None:
             cgroup.destroy()
         _cleanup(paths, container_id, plan, remove)
+
+
+def _clone_into(kernel, flags: int, cgroup, explain: Explain) -> tuple[int, str | None]:
+    """Create the container's first process: with clone3(CLONE_INTO_CGROUP) it is born in its
+    cgroup v2 directory, which spares the ~15 ms migration of a cgroup.procs write (that write
+    waits for an RCU grace period); kernels before 5.7 get clone plus the write."""
+    where = cgroup.v2_path if cgroup is not None else None
+    if where is not None:
+        fd = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _say(explain, f"clone3({sc.ns_flag_names(flags)}, CLONE_INTO_CGROUP {where})")
+            return kernel.clone3(flags, fd), where
+        except OSError as err:
+            if err.errno not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
+                raise
+        finally:
+            os.close(fd)
+    _say(explain, f"clone({sc.ns_flag_names(flags)})")
+    return kernel.clone(flags), None
 
 
 def receive_console(sock) -> int | None:

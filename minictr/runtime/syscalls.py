@@ -122,6 +122,12 @@ class Syscalls:
         """Fork with namespace flags; returns 0 in the child, the child's pid in the parent."""
         return _check(lib.mc_clone(flags), f"clone({ns_flag_names(flags)})")
 
+    def clone3(self, flags: int, cgroup_fd: int = -1) -> int:
+        """clone3(2) with namespace flags, born into the cgroup v2 directory ``cgroup_fd``
+        (CLONE_INTO_CGROUP) when it is >= 0; 0 in the child, the child's pid in the parent."""
+        return _check(lib.mc_clone3(flags, cgroup_fd),
+                      f"clone3({ns_flag_names(flags)}, cgroup_fd={cgroup_fd})")
+
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int = 0,
               data: str | None = None) -> None:
         _check(lib.mc_mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
@@ -290,7 +296,7 @@ class RecordingSyscalls:
             if name in self.fail:
                 err = self.fail[name]
                 raise OSError(err, f"{name}{args!r}: {os.strerror(err)}")
-            if name == "clone":
+            if name in ("clone", "clone3"):
                 return self._next_pid
             if name in ("openat2", "bpf", "pidfd_open"):
                 return 99

@@ -184,3 +184,28 @@ def test_volatile_upper_only_for_throwaway_containers():
     assert plan.overlay_data().endswith(",volatile")
     kept = RootfsPlan(lowerdirs=("/l",), upperdir="/u", workdir="/w", target="/t")
     assert "volatile" not in kept.overlay_data()
+
+
+class _FakeCgroup:
+    def __init__(self, path):
+        self.v2_path = path
+
+
+def test_first_process_is_born_in_its_cgroup(tmp_path):
+    kernel = sc.RecordingSyscalls()
+    pid, born_in = container._clone_into(kernel, sc.CLONE_NEWPID, _FakeCgroup(str(tmp_path)),
+                                         None)
+    assert kernel.names() == ["clone3"] and born_in == str(tmp_path)
+    assert kernel.calls[0][1] == sc.CLONE_NEWPID and kernel.calls[0][2] >= 0
+
+
+def test_without_clone3_it_falls_back_to_clone_and_a_cgroup_write(tmp_path):
+    import errno
+
+    kernel = sc.RecordingSyscalls(fail={"clone3": errno.ENOSYS})
+    pid, born_in = container._clone_into(kernel, sc.CLONE_NEWPID, _FakeCgroup(str(tmp_path)),
+                                         None)
+    assert kernel.names() == ["clone3", "clone"] and born_in is None
+    kernel = sc.RecordingSyscalls()
+    assert container._clone_into(kernel, 0, None, None)[1] is None
+    assert kernel.names() == ["clone"]
