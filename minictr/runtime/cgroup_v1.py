@@ -9,6 +9,8 @@ machines) memory, pids and cpu live here while the device filter uses the v2 hie
 from __future__ import annotations
 
 from minictr.errors import RuntimeSetupError
+# cpuset and pids use the same file names in v1 and v2
+from minictr.runtime.cgroup_v2 import cpuset_files, pids_files  # noqa: F401
 
 
 def memory_files(memory: dict, *, memsw_exists: bool, host_has_swap: bool) -> list[tuple[str, str]]:
@@ -58,17 +60,6 @@ def cpu_files(cpu: dict) -> list[tuple[str, str]]:
     if cpu.get("idle") is not None:
         raise RuntimeSetupError("cpu.idle cannot be applied on cgroup v1")
     return files
-
-
-def cpuset_files(cpu: dict) -> list[tuple[str, str]]:
-    return [(f"cpuset.{key}", cpu[key]) for key in ("cpus", "mems") if cpu.get(key)]
-
-
-def pids_files(pids: dict) -> list[tuple[str, str]]:
-    limit = pids.get("limit")
-    if limit is None:
-        return []
-    return [("pids.max", str(limit) if limit > 0 else "max")]
 
 
 def hugetlb_files(limits: list[dict]) -> list[tuple[str, str]]:

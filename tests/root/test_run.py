@@ -219,16 +219,7 @@ def test_tty_gives_a_real_terminal(mc):
     if pid == 0:
         os.execv(mc.exe, [mc.exe, "run", "--root", mc.root, "--state", mc.state, "--rm", "-t",
                           "busybox:test", "sh", "-c", "tty; stty size"])
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
+    out, status = _read_pty_until_exit(pid, fd)
     assert os.waitstatus_to_exitcode(status) == 0, out
     assert b"/dev/pts/" in out or b"/dev/console" in out, out
 
@@ -239,6 +230,20 @@ def test_dry_run_explains_without_doing(mc):
     for step in ("clone(", "mount -t proc", "pivot_root", "PR_SET_NO_NEW_PRIVS", "execve("):
         assert step in res.stderr
     assert not os.path.exists(os.path.join(mc.state, "nonexistent"))
+
+
+def _read_pty_until_exit(pid: int, fd: int) -> tuple[bytes, int]:
+    """All a pty.fork() child wrote (EIO once it is gone), then its wait status."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out, os.waitpid(pid, 0)[1]
 
 
 def _wait_running(mc) -> int:
@@ -264,16 +269,7 @@ def test_exec_with_a_tty(mc):
         if pid == 0:
             os.execv(mc.exe, [mc.exe, "exec", "--root", mc.root, "--state", mc.state, "-t",
                               "ttysvc", "tty"])
-        out = b""
-        while True:
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        _, status = os.waitpid(pid, 0)
+        out, status = _read_pty_until_exit(pid, fd)
         assert os.waitstatus_to_exitcode(status) == 0, out
         assert b"/dev/pts/" in out, out
     finally:
