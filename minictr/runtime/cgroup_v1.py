@@ -9,8 +9,12 @@ machines) memory, pids and cpu live here while the device filter uses the v2 hie
 from __future__ import annotations
 
 from minictr.errors import RuntimeSetupError
-# cpuset and pids use the same file names in v1 and v2
-from minictr.runtime.cgroup_v2 import cpuset_files, pids_files  # noqa: F401
+from minictr.runtime import cgroup_v2
+
+# cpuset and pids use the same file names in v1 and v2 (cgroups.apply_v1 looks the writers up
+# by controller name in this module)
+cpuset_files = cgroup_v2.cpuset_files
+pids_files = cgroup_v2.pids_files
 
 
 def memory_files(memory: dict, *, memsw_exists: bool, host_has_swap: bool) -> list[tuple[str, str]]:
