@@ -403,8 +403,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = add("spec", cmd_spec, "print the OCI runtime spec (config.json) that run would execute")
     _add_run_args(p)
-    p.add_argument("--bundle", help="write DIR/config.json and DIR/rootfs (a copy-free OCI "
-                   "bundle for crun/runc) instead of printing")
+    p.add_argument("--bundle", help="write DIR/config.json instead of printing it (root.path "
+                   "names where `run` would mount the image; point it at an unpacked rootfs to "
+                   "hand the bundle to crun or runc)")
 
     p = add("load", cmd_load, "load an image from an OCI layout dir, oci-archive or docker-archive")
     p.add_argument("path", help="DIR, FILE.tar, or oci:DIR[:TAG], oci-archive:FILE, "
