@@ -244,11 +244,6 @@ def _add_hook(spec: dict, hook: Hook) -> None:
                         hint=f"one of {', '.join(HOOK_STAGES)}")
     if not hook.path.startswith("/"):
         raise SpecError(f"hook path {hook.path!r} must be absolute (config.md, Hooks)")
-    entry: dict = {"path": hook.path}
-    if hook.args:
-        entry["args"] = list(hook.args)
-    if hook.env:
-        entry["env"] = list(hook.env)
-    if hook.timeout is not None:
-        entry["timeout"] = hook.timeout
+    # config.md's hook entry is CDI's without the stage name (the stage is the list it is in)
+    entry = {k: v for k, v in hook.to_cdi().items() if k != "hookName"}
     spec.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(entry)
