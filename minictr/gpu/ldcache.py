@@ -101,14 +101,18 @@ def _parse_new(data: bytes, base: int, keep: re.Pattern | None = None) -> list[E
     if first + nlibs * _NEW_ENTRY.size > len(data):
         raise LdCacheError(f"ld.so.cache claims {nlibs} entries, file too short")
     region = data[first:first + nlibs * _NEW_ENTRY.size]
-    wanted = _key_filter(data, base, keep)
-    if wanted is not None:
-        rows = (_NEW_ENTRY.unpack_from(region, i * _NEW_ENTRY.size)
-                for i in _entries_with_keys(region, _NEW_ENTRY.size, wanted))
-    else:
-        rows = _NEW_ENTRY.iter_unpack(region)
+    rows = _rows(region, _NEW_ENTRY, _key_filter(data, base, keep))
     return [Entry(_cstr(data, base + key), _cstr(data, base + value), flags, osv, hwcap)
             for flags, key, value, osv, hwcap in rows]
+
+
+def _rows(region: bytes, entry: struct.Struct, wanted):
+    """The entry tuples of ``region``: all of them, or only those whose key offset is in
+    ``wanted`` (None: no filter)."""
+    if wanted is None:
+        return entry.iter_unpack(region)
+    return (entry.unpack_from(region, i * entry.size)
+            for i in _entries_with_keys(region, entry.size, wanted))
 
 
 def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
@@ -130,12 +134,7 @@ def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
     if data[new_at:new_at + len(NEW_MAGIC)] == NEW_MAGIC:
         return _parse_new(data, new_at, keep)
     region = data[_OLD_HEADER.size:strings]
-    wanted = _key_filter(data, strings, keep)
-    if wanted is not None:
-        rows = (_OLD_ENTRY.unpack_from(region, i * _OLD_ENTRY.size)
-                for i in _entries_with_keys(region, _OLD_ENTRY.size, wanted))
-    else:
-        rows = _OLD_ENTRY.iter_unpack(region)
+    rows = _rows(region, _OLD_ENTRY, _key_filter(data, strings, keep))
     return [Entry(_cstr(data, strings + key), _cstr(data, strings + value), flags)
             for flags, key, value in rows]
 
