@@ -36,30 +36,31 @@ def busybox(out: str, *, tag: str = "latest", compression: str = "gzip",
                             history=["busybox-static applets and /etc"])
 
 
-def probe(out: str, *, tag: str = "latest", compression: str = "gzip") -> Descriptor:
-    """busybox plus /probe (a second layer); the default command runs the probe."""
+def _busybox_plus(out: str, name: str, fill, config: ImageConfig, history: str, *, tag: str,
+                  compression: str) -> Descriptor:
+    """The busybox layer plus a second layer that ``fill(root)`` makes."""
     layout = Layout(out)
     with tempfile.TemporaryDirectory() as tmp:
         base = _busybox_layer(layout, tmp, compression)
-        root = _tree(tmp, "probe")
-        rootfs.probe_tree(root)
+        root = _tree(tmp, name)
+        fill(root)
         top = layout.add_layer_from_dir(root, compression=compression, norm=BASE_NORM)
-    return layout.add_image([base, top], ImageConfig(cmd=["/probe"]), tag,
-                            history=["busybox-static applets and /etc", "the probe"])
+    return layout.add_image([base, top], config, tag,
+                            history=["busybox-static applets and /etc", history])
+
+
+def probe(out: str, *, tag: str = "latest", compression: str = "gzip") -> Descriptor:
+    """busybox plus /probe (a second layer); the default command runs the probe."""
+    return _busybox_plus(out, "probe", rootfs.probe_tree, ImageConfig(cmd=["/probe"]),
+                         "the probe", tag=tag, compression=compression)
 
 
 def demo(out: str, *, tag: str = "latest", compression: str = "gzip") -> Descriptor:
     """busybox plus /demo.sh, the tour ``make run`` shows."""
-    layout = Layout(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = _busybox_layer(layout, tmp, compression)
-        root = _tree(tmp, "demo")
-        rootfs.demo_tree(root)
-        top = layout.add_layer_from_dir(root, compression=compression, norm=BASE_NORM)
     config = ImageConfig(cmd=["/demo.sh"],
                          labels={"org.opencontainers.image.title": "minictr demo"})
-    return layout.add_image([base, top], config, tag,
-                            history=["busybox-static applets and /etc", "/demo.sh"])
+    return _busybox_plus(out, "demo", rootfs.demo_tree, config, "/demo.sh", tag=tag,
+                         compression=compression)
 
 
 def host_binaries(out: str, binaries: list[str], *, tag: str = "latest",
