@@ -11,9 +11,14 @@ from minictr.records import record
 from collections.abc import Callable
 
 from minictr.config import Paths
-from minictr.errors import ImageError, MinictrError, RegistryError, UsageError
+from minictr.errors import (ImageError, MinictrError, RegistryError, RuntimeSetupError,
+                            UsageError)
 
 Explain = Callable[[str], None] | None
+# What minictr's own CLI records about a container, in its spec's annotations.
+ANNOTATION_NAME = "org.minictr.name"
+ANNOTATION_IMAGE = "org.minictr.image"
+ANNOTATION_LAYERS = "org.minictr.layers"
 
 
 @record
@@ -70,10 +75,10 @@ def gc(paths: Paths) -> dict:
 def _layers_in_use(paths: Paths) -> set[str]:
     """Chain ids of the layers under every container that still exists (running or stopped,
     until `minictr rm`): their overlay needs them even after `rmi` removed the image."""
-    from minictr.runtime import state
-
-    return {layer for st in state.list_containers(paths.state, all_=True)
-            for layer in st.get("layers") or ()}
+    layers = set()
+    for st in _states(paths):
+        layers.update(filter(None, st["annotations"].get(ANNOTATION_LAYERS, "").split(",")))
+    return layers
 
 
 def pull(paths: Paths, ref: str, *, platform: str | None = None, tls_verify: bool | None = None,
@@ -149,7 +154,8 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
         workdir=None if opts.read_only else os.path.join(container_dir, "work"),
         target=os.path.join(paths.state, container_id, "rootfs"),
-        rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver())
+        rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver(),
+        scratch=os.path.join(paths.state, container_id, "rw") if opts.read_only else None)
     uid_mappings = gid_mappings = None
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
@@ -162,6 +168,10 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     read_file = lambda p: store.read_image_file(image, p)  # noqa: E731
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
+    # Engine data rides in the annotations: the runtime executes the spec and knows no images.
+    spec["annotations"] = {**spec.get("annotations", {}), ANNOTATION_NAME: name,
+                           ANNOTATION_IMAGE: image.name,
+                           ANNOTATION_LAYERS: ",".join(layer.chain_id for layer in image.layers)}
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
                 image=image.name, layers=tuple(layer.chain_id for layer in image.layers))
 
@@ -237,58 +247,243 @@ def write_bundle(spec: dict, bundle: str) -> None:
 # ---------------------------------------------------------------- run
 
 
+def state_root(paths: Paths):
+    from minictr.runtime.state import StateRoot
+
+    return StateRoot(paths.state)
+
+
 def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Explain = None,
         dry_run: bool = False, pull_policy: str = "missing", progress=None) -> int:
-    """Plan the container, then hand the plan to the runtime; return the container's status."""
-    from minictr.runtime import container
+    """Plan the container, then create, start and wait for it; return its status. A dry run
+    goes through the same steps against a recording syscall face."""
+    from minictr.runtime import lifecycle, spawn
+    from minictr.runtime import state as state_mod
+    from minictr.runtime.process import Supervisor
 
     if dry_run and explain is None:
         raise UsageError("--dry-run only makes sense with --explain",
                          hint="minictr run --dry-run --explain IMAGE CMD")
-    from minictr.runtime import state as state_mod
-
+    root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
     p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
              container_id=container_id, warn=warn,
-             scratch_dir=None if dry_run else state_mod.container_dir(paths.state, container_id))
-    return container.run(p.spec, p.rootfs, paths=paths, container_id=p.container_id,
-                         name=p.name, image=p.image, remove=opts.rm, tty=opts.tty,
-                         interactive=opts.interactive, init=opts.init, layers=p.layers,
-                         explain=explain, warn=warn, dry_run=dry_run)
+             scratch_dir=None if dry_run else root.dir(container_id))
+    kernel = _dry_kernel(p) if dry_run else None
+    if not dry_run:
+        root.claim_name(p.name, container_id)
+    code = None
+    try:
+        with Supervisor(None, explain) as sup:
+            try:
+                created = lifecycle.create(
+                    root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
+                    attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
+                    preserve_fds=opts.preserve_fds, rootless=paths.rootless,
+                    on_spawned=sup.attach, kernel=kernel, explain=explain)
+                lifecycle.start(root, container_id, kernel=kernel, explain=explain)
+                if dry_run:
+                    return 0
+                spawn.wait_for_exec(created.exec_pipe, p.spec["process"]["args"][0])
+            except MinictrError:
+                if sup.default_action:            # Ctrl-C during setup: as if it ran
+                    code = 128 + sup.default_action
+                    return code
+                raise
+            code = sup.relay_tty(created.console) if created.console is not None \
+                else sup.wait()
+            if created.console is not None:
+                os.close(created.console)
+        return code
+    finally:
+        if dry_run:
+            import shutil
+
+            shutil.rmtree(root.path, ignore_errors=True)
+        else:
+            _after_exit(paths, root, container_id, p, remove=opts.rm, warn=warn)
 
 
-def ps(paths: Paths, all_: bool = False, stats: bool = False) -> list[dict]:
-    from minictr.runtime import state
+def _dry_root(paths: Paths):
+    """A dry run's state lives in a throwaway directory: nothing of it is kept."""
+    import tempfile
 
-    return state.list_containers(paths.state, all_=all_, stats=stats)
+    from minictr.runtime.state import StateRoot
+
+    return StateRoot(tempfile.mkdtemp(prefix="minictr-dry-run-"))
+
+
+def _dry_kernel(p: Plan):
+    """The recording face, told where the container's paths would come from: bind sources,
+    the host's /proc and /sys, and the image's merged layers."""
+    from minictr.image.merged import MergedView
+    from minictr.runtime.syscalls import RecordingSyscalls
+
+    binds = {m["destination"]: m["source"] for m in p.spec.get("mounts", ())
+             if m.get("type") == "bind" or "bind" in m.get("options", ())
+             or "rbind" in m.get("options", ())}
+    view = MergedView(list(p.rootfs.lowerdirs))
+    kernel = RecordingSyscalls(container_root=p.spec["root"]["path"], binds=binds,
+                               lookup=view.find)
+    kernel.mounts = p.spec.get("mounts", [])
+    return kernel
+
+
+def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
+                warn: Explain) -> None:
+    """The container has stopped (or never started): report an OOM kill, free its cgroup,
+    and with --rm remove it and its writable layer."""
+    from minictr.runtime import lifecycle
+
+    try:
+        st = root.read(container_id)
+    except MinictrError:
+        return
+    if st.get("cgroup_paths") and warn:
+        from minictr.runtime import cgroups
+
+        if cgroups.Cgroup.from_paths(st["cgroup_paths"]).oom_kills():
+            limit = p.spec.get("linux", {}).get("resources", {}).get("memory", {}).get("limit")
+            warn("the container was killed by the kernel's OOM killer: it reached its memory "
+                 f"limit ({limit} bytes)")
+    if remove:
+        lifecycle.delete(root, container_id, force=True, warn=warn)
+        _remove_writable_layer(paths, container_id, p.spec.get("linux", {}))
+    else:
+        lifecycle.destroy_cgroup(st)
+        root.update(container_id, cgroup_paths=[], cgroup_v2=None)
+
+
+def _remove_writable_layer(paths: Paths, container_id: str, linux: dict) -> None:
+    from minictr.runtime import cleanup
+
+    cleanup.remove_tree(os.path.join(paths.containers, container_id), paths.rootless, linux)
+
+
+def _states(paths: Paths, warn: Explain = None) -> list[dict]:
+    from minictr.runtime import lifecycle
+    from minictr.runtime.state import StateRoot
+
+    if not os.path.isdir(paths.state):
+        return []
+    return lifecycle.list_states(StateRoot(paths.state), warn=warn)
+
+
+def find_container(root, name: str) -> str:
+    """A container's id from its name, full id or a unique id prefix."""
+    from minictr.runtime.state import NoSuchContainer
+
+    by_name = root.name_to_id(name)
+    if by_name and os.path.isdir(root.dir(by_name)):
+        return by_name
+    ids = root.ids()
+    if name in ids:
+        return name
+    matches = [cid for cid in ids if cid.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UsageError(f"{name!r} matches {len(matches)} containers", hint="give more of the id")
+    raise NoSuchContainer(name)
+
+
+def ps(paths: Paths, all_: bool = False, stats: bool = False, warn: Explain = None) -> list[dict]:
+    rows = []
+    for st in _states(paths, warn):
+        if not all_ and st["status"] not in ("running", "created", "paused"):
+            continue
+        notes = st["annotations"]
+        try:
+            args = state_root(paths).read_config(st["id"])["process"]["args"]
+        except MinictrError:
+            args = []
+        row = {"id": st["id"], "name": notes.get(ANNOTATION_NAME, st["id"][:12]),
+               "image": notes.get(ANNOTATION_IMAGE, ""), "pid": st["pid"] or None,
+               "status": st["status"], "command": args, "created": st["created"]}
+        if stats:
+            row["stats"] = _cgroup_stats(paths, st["id"])
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["created"])
+
+
+def _cgroup_stats(paths: Paths, container_id: str) -> dict | None:
+    from minictr.runtime import cgroups
+
+    st = state_root(paths).read(container_id)
+    if not st.get("cgroup_paths"):
+        return None
+    try:
+        return cgroups.Cgroup.from_paths(st["cgroup_paths"]).stats()
+    except OSError:
+        return None
 
 
 def stats(paths: Paths, name: str) -> dict:
-    from minictr.runtime import state
+    from minictr.runtime import lifecycle
 
-    return state.container_stats(paths.state, name)
+    root = state_root(paths)
+    cid = find_container(root, name)
+    if lifecycle.status(root, root.read(cid)) != "running":
+        raise MinictrError(f"container {name} is not running")
+    usage = _cgroup_stats(paths, cid)
+    if usage is None:
+        raise MinictrError(f"container {name} has no cgroup to read usage from",
+                           hint="rootless containers without a delegated cgroup have none")
+    return {"id": cid, "name": root.read(cid)["annotations"].get(ANNOTATION_NAME), **usage}
 
 
-def exec_(paths: Paths, name: str, command: list[str], *, env=(), tty=False, workdir=None,
-          user=None) -> int:
-    from minictr.runtime import nsenter
+def exec_(paths: Paths, name: str, command: list[str], *, env=(), tty=False, interactive=False,
+          workdir=None, user=None) -> int:
+    """Run ``command`` in a running container, through the spawn path its first process took."""
+    from minictr.runtime import lifecycle, spawn
+    from minictr.runtime.process import Supervisor
+    from minictr.spec.process import exec_process_settings
 
     if not command:
         raise UsageError("exec needs a command", hint="minictr exec NAME sh")
-    return nsenter.exec_in(paths, name, command, env=list(env), tty=tty, workdir=workdir,
-                             user=user)
+    root = state_root(paths)
+    cid = find_container(root, name)
+    spec = root.read_config(cid)
+    process = exec_process_settings(spec["process"], command, list(env), tty, workdir, user)
+    with Supervisor(None) as sup:
+        made = lifecycle.exec_process(root, cid, process, attached=True,
+                                      stdin_null=not (interactive or tty), on_spawned=sup.attach)
+        spawn.wait_for_exec(made.exec_pipe, command[0])
+        code = sup.relay_tty(made.console) if made.console is not None else sup.wait()
+    if made.console is not None:
+        os.close(made.console)
+    return code
 
 
 def kill(paths: Paths, name: str, signal_name: str) -> None:
-    from minictr.runtime import state
+    from minictr.runtime import lifecycle
+    from minictr.runtime.state import parse_signal
 
-    state.kill(paths.state, name, signal_name)
+    root = state_root(paths)
+    lifecycle.kill(root, find_container(root, name), parse_signal(signal_name))
 
 
-def rm(paths: Paths, name: str, force: bool = False) -> None:
-    from minictr.runtime import cleanup
+def rm(paths: Paths, name: str, force: bool = False, warn: Explain = None) -> None:
+    """Remove a stopped container (with force, a running one) and its writable layer."""
+    from minictr.runtime import lifecycle
 
-    cleanup.remove(paths, name, force=force)
+    root = state_root(paths)
+    cid = find_container(root, name)
+    try:
+        linux = root.read_config(cid).get("linux", {})
+    except MinictrError:
+        linux = {}
+    try:
+        now = lifecycle.status(root, root.read(cid))
+    except MinictrError:
+        now = "stopped"
+        if not force:
+            raise
+    if now in ("running", "paused", "created") and not force:
+        raise RuntimeSetupError(f"container {name} is {now}",
+                                hint="stop it first, or use minictr rm -f")
+    lifecycle.delete(root, cid, force=True, warn=warn)
+    _remove_writable_layer(paths, cid, linux)
 
 
 # ---------------------------------------------------------------- GPUs

@@ -251,7 +251,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     from minictr import api
 
-    rows = api.ps(_paths(args), all_=args.all, stats=args.stats)
+    rows = api.ps(_paths(args), all_=args.all, stats=args.stats, warn=_warn)
     if args.format == "json":
         _print_json(rows)
         return 0
@@ -283,7 +283,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     return api.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
-                     workdir=args.workdir, user=args.user)
+                     interactive=args.interactive, workdir=args.workdir, user=args.user)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
@@ -297,7 +297,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from minictr import api
 
     for name in args.containers:
-        api.rm(_paths(args), name, force=args.force)
+        api.rm(_paths(args), name, force=args.force, warn=_warn)
         print(name)
     return 0
 

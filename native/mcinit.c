@@ -8,12 +8,15 @@
  * therefore copies this small static program into a sealed memfd and fexecve()s it: from then
  * on /proc/self/exe names an anonymous, sealed in-memory file, not a host file.
  *
- * Usage: mcinit ERRFD MODE -- ARGV...
- *   ERRFD  a pipe to the launcher; on exec failure "errno\n" is written there.
- *   MODE   "exec": execvp ARGV (PATH from the container's environment).
- *          "init": also stay as PID 1: fork, exec ARGV in the child, forward signals to it,
+ * Usage: mcinit ERRFD MODE PATH -- ARGV...
+ *   ERRFD  a pipe to the launcher; on exec failure "errno\n" is written there. -1 when no
+ *          launcher waits (a container started by `start`): the error goes to stderr.
+ *   MODE   "exec": execve PATH with ARGV (the launcher already searched PATH: execvp's
+ *                  fallback to /bin/sh on ENOEXEC would turn a binary for another
+ *                  architecture into a shell syntax error).
+ *          "init": also stay as PID 1: fork, exec in the child, forward signals to it,
  *                  reap every zombie, and exit with its status (docker run --init).
- * Exit 127 when ARGV[0] is not found, 126 when it cannot be executed.
+ * Exit 127 when PATH is not found, 126 when it cannot be executed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,15 +28,23 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void exec_or_report(int errfd, char **argv)
+extern char **environ;
+
+static void exec_or_report(int errfd, const char *path, char **argv)
 {
     char buf[16];
-    int n;
+    int n, err;
 
-    execvp(argv[0], argv);
-    n = snprintf(buf, sizeof(buf), "%d\n", errno);
-    if (write(errfd, buf, n) < 0) { /* the launcher is gone: nothing to report to */ }
-    _exit(errno == ENOENT || errno == ENOTDIR ? 127 : 126);
+    execve(path, argv, environ);
+    err = errno;
+    if (errfd >= 0) {
+        n = snprintf(buf, sizeof(buf), "%d\n", err);
+        if (write(errfd, buf, n) < 0) { /* the launcher is gone: nothing to report to */ }
+    } else {
+        fprintf(stderr, "minictr: exec %s: %s\n", path,
+                err == ENOEXEC ? "exec format error" : strerror(err));
+    }
+    _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
 }
 
 static volatile sig_atomic_t child_pid;
@@ -44,7 +55,7 @@ static void forward(int sig)
         kill(child_pid, sig);
 }
 
-static int run_as_init(int errfd, char **argv)
+static int run_as_init(int errfd, const char *path, char **argv)
 {
     static const int sigs[] = { SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
                                 SIGWINCH, SIGCONT };
@@ -63,10 +74,11 @@ static int run_as_init(int errfd, char **argv)
         setpgid(0, 0);
         if (isatty(0))
             tcsetpgrp(0, getpid());
-        exec_or_report(errfd, argv);
+        exec_or_report(errfd, path, argv);
     }
     child_pid = pid;
-    close(errfd);
+    if (errfd >= 0)
+        close(errfd);
     /* As PID 1, every orphan in the namespace is re-parented here: reap them all,
      * and leave when the main child is gone (tini does the same). */
     for (;;) {
@@ -90,15 +102,16 @@ int main(int argc, char **argv)
 {
     int errfd;
 
-    if (argc < 5 || strcmp(argv[3], "--") != 0) {
-        fprintf(stderr, "usage: mcinit ERRFD exec|init -- ARGV...\n");
+    if (argc < 6 || strcmp(argv[4], "--") != 0) {
+        fprintf(stderr, "usage: mcinit ERRFD exec|init PATH -- ARGV...\n");
         return 125;
     }
     errfd = atoi(argv[1]);
     /* The report pipe must not leak into the container's process (CVE-2024-21626 class). */
-    fcntl(errfd, F_SETFD, FD_CLOEXEC);
+    if (errfd >= 0)
+        fcntl(errfd, F_SETFD, FD_CLOEXEC);
     if (strcmp(argv[2], "init") == 0)
-        return run_as_init(errfd, argv + 4);
-    exec_or_report(errfd, argv + 4);
+        return run_as_init(errfd, argv[3], argv + 5);
+    exec_or_report(errfd, argv[3], argv + 5);
     return 126;
 }

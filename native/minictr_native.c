@@ -129,3 +129,6 @@ int mc_pidfd_open(int pid, unsigned int flags)
     long fd = syscall(SYS_pidfd_open, pid, flags);
     return fd < 0 ? -errno : (int)fd;
 }
+
+/* setdomainname(2) */
+int mc_setdomainname(const char *name, size_t len) { RET(setdomainname(name, len)); }

@@ -276,6 +276,6 @@ def query_programs(kernel, cgroup_fd: int, max_count: int = 64) -> list[int]:
     return [ids[i] for i in range(min(count, max_count))]
 
 
-def open_cgroup_dir(path: str) -> int:
+def open_cgroup_dir(kernel, path: str) -> int:
     """The fd BPF_PROG_ATTACH takes as target: the cgroup v2 directory itself."""
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return kernel.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

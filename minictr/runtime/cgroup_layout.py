@@ -106,9 +106,10 @@ def container_path(mount: str, own: str | None, cgroups_path: str | None,
     rel = os.path.join(base, f"minictr-{container_id}")
     if cgroups_path:
         if ":" in cgroups_path and not cgroups_path.startswith("/"):
-            raise RuntimeSetupError(f"linux.cgroupsPath {cgroups_path!r}: the systemd "
-                                    f"\"slice:prefix:name\" form is not supported",
-                                    hint="give a path such as /minictr/NAME")
+            raise RuntimeSetupError(f"linux.cgroupsPath {cgroups_path!r} is in the systemd "
+                                    f"\"slice:prefix:name\" form",
+                                    hint="give --systemd-cgroup (minictr-runc), or a path such "
+                                         "as /minictr/NAME")
         if ".." in cgroups_path.split("/"):
             raise RuntimeSetupError(f"linux.cgroupsPath {cgroups_path!r} contains \"..\"")
         rel = cgroups_path if cgroups_path.startswith("/") else os.path.join(base, cgroups_path)
@@ -133,6 +134,24 @@ class Target:
 
     def __repr__(self) -> str:
         return f"Target({vars(self)})"
+
+
+def systemd_path(cgroups_path: str, rootless: bool) -> str:
+    """runc's --systemd-cgroup form "slice:prefix:name" → the cgroupfs path systemd would give
+    that unit: the slice expanded as systemd.slice(5) nests it ("a-b.slice" lives in
+    "a.slice/a-b.slice"), then "prefix-name.scope". minictr makes that directory itself; it does
+    not ask systemd for a scope unit (there may be no systemd: HPC nodes, this CI)."""
+    parts = cgroups_path.split(":")
+    if len(parts) != 3:
+        raise RuntimeSetupError(f"linux.cgroupsPath {cgroups_path!r}: expected slice:prefix:name")
+    slice_, prefix, name = parts
+    slice_ = slice_ or ("user.slice" if rootless else "system.slice")
+    if not slice_.endswith(".slice") or "/" in slice_ or "/" in prefix + name:
+        raise RuntimeSetupError(f"linux.cgroupsPath {cgroups_path!r}: bad slice or name")
+    words = slice_[:-len(".slice")].split("-")
+    dirs = ["-".join(words[:i + 1]) + ".slice" for i in range(len(words)) if words[i]]
+    unit = f"{prefix}-{name}.scope" if prefix else (name if "." in name else f"{name}.scope")
+    return "/" + "/".join(dirs + [unit])
 
 
 def plan_targets(layout: Layout, wanted: dict, resources: dict, *, cgroups_path, container_id,

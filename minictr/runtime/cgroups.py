@@ -50,32 +50,36 @@ DELEGATE_HINT = ("run minictr in a delegated cgroup: "
 class CgroupFiles:
     """Reads and writes cgroup files; the seam unit tests replace with a fake tree in tmp_path.
 
-    Writes never create files (no O_CREAT): a missing interface file means the controller is
-    not there, and must fail as on the real cgroupfs."""
+    Changes go through the syscall face ``kernel`` (a dry run records them); writes never
+    create files (no O_CREAT): a missing interface file means the controller is not there, and
+    must fail as on the real cgroupfs."""
+
+    def __init__(self, kernel=None):
+        self.kernel = kernel
+
+    def _kernel(self):
+        if getattr(self, "kernel", None) is None:
+            self.kernel = _real_kernel()
+        return self.kernel
 
     def read(self, path: str) -> str:
-        with open(path) as f:
-            return f.read()
+        return self._kernel().read_text(path)
 
     def write(self, path: str, value: str, explain: Explain = None) -> None:
         if explain:
             explain(f"write {value} > {path}")
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+        self._kernel().write_file(path, value)
 
     def exists(self, path: str) -> bool:
-        return os.path.exists(path)
+        return self._kernel().exists(path)
 
     def mkdir(self, path: str, explain: Explain = None) -> None:
         if explain:
             explain(f"mkdir {path}")
-        os.mkdir(path, 0o755)
+        self._kernel().mkdir(path, 0o755)
 
     def rmdir(self, path: str) -> None:
-        os.rmdir(path)
+        self._kernel().rmdir(path)
 
     def owner(self, path: str) -> int:
         return os.stat(path).st_uid
@@ -183,12 +187,12 @@ def attach_device_filter(kernel, target: Target, rules: list[dict], explain: Exp
         explain(f"device filter ({len(rules)} rules, last match wins, default deny): "
                 + "; ".join(bpf_devices.describe_rule(r) for r in rules))
     prog_fd = bpf_devices.load_program(kernel, program, explain=explain)
-    cgroup_fd = bpf_devices.open_cgroup_dir(target.path)
+    cgroup_fd = bpf_devices.open_cgroup_dir(kernel, target.path)
     try:
         bpf_devices.attach(kernel, cgroup_fd, prog_fd, cgroup_path=target.path, explain=explain)
     except RuntimeSetupError:
         _close(kernel, prog_fd)
-        os.close(cgroup_fd)
+        _close(kernel, cgroup_fd)
         raise
     return cgroup_fd, prog_fd
 
@@ -199,12 +203,16 @@ def _close(kernel, fd: int) -> None:
 
 
 def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootless: bool,
-          kernel=None, explain: Explain = None, cgroup_root: str = "/sys/fs/cgroup",
-          proc_self_cgroup: str = "/proc/self/cgroup", fs: CgroupFiles | None = None):
+          systemd: bool = False, kernel=None, explain: Explain = None,
+          cgroup_root: str = "/sys/fs/cgroup", proc_self_cgroup: str = "/proc/self/cgroup",
+          fs: CgroupFiles | None = None, on_plan=None):
     """Create the container's cgroup(s), write the limits of ``resources`` (linux.resources),
     load and attach the device filter (root only); return a ``Cgroup`` or None (see the module
-    docstring for placement, ordering and the failure policy)."""
-    fs = fs or CgroupFiles()
+    docstring for placement, ordering and the failure policy). ``on_plan(paths)`` is called
+    with the directories about to be made, before any is: the caller records them, so a
+    launcher killed halfway leaves a record of what to remove. ``systemd``: cgroupsPath is in
+    runc's "slice:prefix:name" form."""
+    fs = fs or CgroupFiles(kernel)
     resources = resources or {}
     layout = detect_layout(fs, cgroup_root, proc_self_cgroup)
     wanted = requested_controllers(resources)
@@ -225,6 +233,10 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
         if explain:
             explain("device rules go to the cgroup v1 devices controller (no cgroup v2 tree here "
                     "for an eBPF filter)")
+    if systemd and cgroups_path:
+        from minictr.runtime.cgroup_layout import systemd_path
+
+        cgroups_path = systemd_path(cgroups_path, rootless)
     targets = plan_targets(layout, wanted, resources, cgroups_path=cgroups_path,
                            container_id=container_id, rootless=rootless,
                            attach_filter=attach_filter)
@@ -243,6 +255,8 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
         if not check_delegation(fs, targets[0], needed=needed, explain=explain):
             return None
     kernel = kernel if kernel is not None else _real_kernel()
+    if on_plan is not None:
+        on_plan([t.path for t in targets])
     cgroup = Cgroup([], fs=fs, kernel=kernel, explain=explain)
     try:
         for target in targets:
@@ -298,10 +312,21 @@ class Cgroup:
         self.v2_path: str | None = None  # the v2 directory, for clone3's CLONE_INTO_CGROUP
 
     @classmethod
-    def from_paths(cls, paths: list[str], *, fs: CgroupFiles | None = None) -> "Cgroup":
+    def from_paths(cls, paths: list[str], *, v2_path: str | None = None,
+                   fs: CgroupFiles | None = None) -> "Cgroup":
         """A handle for ``minictr stats``/``ps``/``rm`` from the paths saved in the container's
         state; it owns no device program (that one goes away with the cgroup)."""
-        return cls(paths, fs=fs)
+        cgroup = cls(paths, fs=fs)
+        cgroup.v2_path = v2_path
+        return cgroup
+
+    def release(self) -> None:
+        """Close our fds of the device program and the cgroup without detaching: the program
+        stays attached until the cgroup is removed (from the paths in the container's state)."""
+        for fd in (self.prog_fd, self.cgroup_fd):
+            if fd is not None:
+                _close(self.kernel, fd)
+        self.prog_fd = self.cgroup_fd = None
 
     def add_process(self, pid: int, born_in: str | None = None) -> None:
         """Move ``pid`` into the container's cgroup in every tree (cgroups(7): write the pid to
@@ -380,7 +405,7 @@ class Cgroup:
         if self.prog_fd is not None:
             _close(self.kernel, self.prog_fd)
         if self.cgroup_fd is not None:
-            os.close(self.cgroup_fd)
+            _close(self.kernel, self.cgroup_fd)
         self.prog_fd = self.cgroup_fd = None
         stuck, left = [], []
         for path in reversed(self.created):
@@ -409,6 +434,36 @@ class Cgroup:
                     return err.errno
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+
+def update(paths: list[str], resources: dict, *, explain: Explain = None,
+           cgroup_root: str = "/sys/fs/cgroup", fs: CgroupFiles | None = None) -> None:
+    """New limits for an existing container's cgroup (runc update): each requested controller's
+    files are written in the directory of the tree that has it."""
+    fs = fs or CgroupFiles()
+    if resources.get("devices"):
+        raise RuntimeSetupError("linux.resources.devices cannot be updated",
+                                hint="device rules are fixed at create")
+    wanted = requested_controllers(resources)
+    layout = detect_layout(fs, cgroup_root, "/proc/self/cgroup")
+    for name, part in wanted.items():
+        if name in layout.v2_controllers and layout.v2_mount:
+            path = next((p for p in paths if p.startswith(layout.v2_mount + "/")), None)
+            version = 2
+        else:
+            mount = layout.v1_mounts.get(name)
+            path = next((p for p in paths if mount and p.startswith(mount + "/")), None)
+            version = 1
+        if path is None:
+            raise RuntimeSetupError(f"cannot update {name}: the container has no {name} cgroup",
+                                    hint="limits that were not set at create need a cgroup "
+                                         "made with them")
+        target = Target(version, layout.v2_mount if version == 2 else layout.v1_mounts[name],
+                        path, controllers={name: part})
+        if version == 2:
+            apply_v2(fs, target, layout, explain)
+        else:
+            apply_v1(fs, target, [], explain)
 
 
 def open_existing(paths: list[str]) -> Cgroup:

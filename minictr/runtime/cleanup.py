@@ -1,52 +1,9 @@
-"""Removing what a container leaves: its state, its writable layer, a dead launcher's cgroup."""
+"""Removing a container's writable layer (its overlay upper and work directories)."""
 from __future__ import annotations
 
-import json
 import os
-import signal
-import time
 
-from minictr.errors import MinictrError, RuntimeSetupError
-from minictr.runtime import state as state_mod
 from minictr.runtime import syscalls as sc
-
-
-def remove(paths, name: str, force: bool = False) -> None:
-    """Remove a stopped container's state and writable layer (with force, kill it first)."""
-    st = state_mod.find(paths.state, name)
-    if st.get("status") == "running":
-        if not force:
-            raise RuntimeSetupError(f"container {name} is running",
-                                    hint="stop it first, or use minictr rm -f")
-        try:
-            os.kill(st["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for _ in range(100):                 # its launcher reaps it and cleans up
-            if not state_mod.alive(st["pid"], st.get("pid_start")):
-                break
-            time.sleep(0.05)
-    if st.get("cgroup_paths"):
-        # A launcher killed with SIGKILL could not remove its container's cgroup: do it here.
-        from minictr.runtime import cgroups
-
-        try:
-            cgroups.Cgroup.from_paths(st["cgroup_paths"]).destroy()
-        except (OSError, MinictrError):
-            pass
-    config = read_config(paths.state, st["id"])
-    rmtree(state_mod.container_dir(paths.state, st["id"]))
-    remove_tree(os.path.join(paths.containers, st["id"]), paths.rootless,
-                config.get("linux", {}) if config else {})
-
-
-def read_config(state_root: str, container_id: str) -> dict | None:
-    try:
-        with open(os.path.join(state_mod.container_dir(state_root, container_id),
-                               "config.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def remove_tree(path: str, rootless: bool, linux: dict, kernel=None) -> None:
@@ -78,7 +35,7 @@ def remove_tree(path: str, rootless: bool, linux: dict, kernel=None) -> None:
     try:
         from minictr.runtime import idmap
 
-        idmap.write_id_maps(pid, *maps, None)
+        idmap.write_id_maps(kernel, pid, *maps, None)
         os.write(sync_w, b"G")
     finally:
         os.close(sync_w)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import subprocess
 from typing import Callable
 
 from minictr.errors import RuntimeSetupError
@@ -86,34 +85,35 @@ def _map_text(maps: list[dict]) -> str:
     return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
 
 
-def write_id_maps(pid: int, uid_maps: list[dict], gid_maps: list[dict], explain: Explain) -> None:
-    """Write the child's maps from the parent namespace (we are the parent)."""
+def write_id_maps(kernel, pid: int, uid_maps: list[dict], gid_maps: list[dict],
+                  explain: Explain) -> None:
+    """Write the child's maps from the parent namespace (we are the parent), through the
+    syscall face (a dry run records the writes and the helpers)."""
     single = len(uid_maps) == 1 and len(gid_maps) == 1 and uid_maps[0]["size"] == 1 \
         and uid_maps[0]["hostID"] == os.geteuid() and gid_maps[0]["hostID"] == os.getegid()
     if os.geteuid() == 0 or single:
         if os.geteuid() != 0:
             # setgroups must say "deny" before gid_map can be written (user_namespaces(7))
-            _write(f"/proc/{pid}/setgroups", "deny\n", explain)
-        _write(f"/proc/{pid}/uid_map", _map_text(uid_maps), explain)
-        _write(f"/proc/{pid}/gid_map", _map_text(gid_maps), explain)
+            _write(kernel, f"/proc/{pid}/setgroups", "deny\n", explain)
+        _write(kernel, f"/proc/{pid}/uid_map", _map_text(uid_maps), explain)
+        _write(kernel, f"/proc/{pid}/gid_map", _map_text(gid_maps), explain)
         return
     for helper, maps in (("newuidmap", uid_maps), ("newgidmap", gid_maps)):
         args = [helper, str(pid)] + [str(v) for m in maps
                                      for v in (m["containerID"], m["hostID"], m["size"])]
         if explain:
             explain(" ".join(args))
-        try:
-            subprocess.run(args, check=True, capture_output=True, text=True)
-        except FileNotFoundError as err:
+        path = shutil.which(helper)
+        if path is None:
             raise RuntimeSetupError(f"{helper} is not installed",
-                                    hint="apt-get install uidmap, or use a single-id mapping") from err
-        except subprocess.CalledProcessError as err:
-            raise RuntimeSetupError(f"{helper} failed: {err.stderr.strip()}",
-                                    hint="check /etc/subuid and /etc/subgid for your user") from err
+                                    hint="apt-get install uidmap, or use a single-id mapping")
+        code, output = kernel.run_program(path, args, [f"PATH={os.defpath}"], b"", 30)
+        if code != 0:
+            raise RuntimeSetupError(f"{helper} failed: {output.decode(errors='replace').strip()}",
+                                    hint="check /etc/subuid and /etc/subgid for your user")
 
 
-def _write(path: str, text: str, explain: Explain) -> None:
+def _write(kernel, path: str, text: str, explain: Explain) -> None:
     if explain:
         explain(f"write {text.strip()!r} > {path}")
-    with open(path, "w") as f:
-        f.write(text)
+    kernel.write_file(path, text)

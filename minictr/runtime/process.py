@@ -52,13 +52,25 @@ def exit_code(status: int) -> int:
 class Supervisor:
     """Forwards signals to ``pid`` and waits for it."""
 
-    def __init__(self, pid: int, explain: Callable[[str], None] | None = None):
+    def __init__(self, pid: int | None, explain: Callable[[str], None] | None = None):
         self.pid = pid
         self.explain = explain
         self.default_action: int | None = None      # a signal we applied for PID 1
         self._old: dict[int, object] = {}
+        self._pending: list[int] = []
+
+    def attach(self, pid: int) -> None:
+        """Start forwarding to ``pid`` (the handlers are in place from ``__enter__`` on, so a
+        signal that arrives while the process is being made is not lost)."""
+        self.pid = pid
+        for sig in self._pending:
+            self._forward(sig, None)
+        self._pending.clear()
 
     def _forward(self, sig: int, _frame) -> None:
+        if self.pid is None:
+            self._pending.append(sig)
+            return
         try:
             os.kill(self.pid, sig)
             if sig in TERMINATING:

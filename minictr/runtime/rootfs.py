@@ -5,6 +5,12 @@
 3. the spec's mounts (/proc, /dev, /dev/pts, ..., the user's volumes) and device nodes,
 4. pivot_root into it and detach the old root,
 5. masked and read-only paths, and a read-only root when asked.
+
+A stored layer is never written by a container, in any mode: even a read-only root is an
+overlay, with a small tmpfs as its upper layer so that mount points (/proc, /dev, a volume's
+destination, GPU library paths) can be made; the root turns read-only only at the end, as
+runc does. (Bind-mounting a layer directory itself would create those mount points inside the
+store entry, shared by every image with that ChainID.)
 """
 from __future__ import annotations
 
@@ -29,26 +35,32 @@ class RootfsPlan:
     """The overlay that becomes the container's root (docs/architecture.md, "The rootfs plan")."""
 
     lowerdirs: tuple[str, ...]       # topmost layer first, as overlayfs wants them
-    upperdir: str | None             # None: read-only root (--read-only)
+    upperdir: str | None             # None: a tmpfs at ``scratch`` holds upper and work
     workdir: str | None
     target: str                      # where it is mounted: the spec's root.path
     rootless: bool = False
     volatile: bool = False           # the upper dir is thrown away after the run (--rm)
     driver: str = "overlay"          # "overlay" (the kernel's) or "fuse-overlayfs"
+    scratch: str | None = None       # a read-only root's tmpfs upper is mounted here
+
+    def writable_dirs(self) -> tuple[str, str]:
+        """(upperdir, workdir): the container's own, or the two inside the tmpfs at scratch."""
+        if self.upperdir:
+            return self.upperdir, self.workdir
+        return os.path.join(self.scratch, "upper"), os.path.join(self.scratch, "work")
 
     def overlay_data(self) -> str:
         """The overlayfs mount data (Documentation/filesystems/overlayfs.rst)."""
-        for d in self.lowerdirs + tuple(p for p in (self.upperdir, self.workdir) if p):
+        upper, work = self.writable_dirs()
+        for d in self.lowerdirs + (upper, work):
             if any(c in d for c in ",:\\"):
                 raise ValueError(f"overlayfs cannot take a path containing ',', ':' or '\\': {d}")
-        data = "lowerdir=" + ":".join(self.lowerdirs)
-        if self.upperdir:
-            data += f",upperdir={self.upperdir},workdir={self.workdir}"
-            if self.volatile:
-                # No syncfs of the upper filesystem at unmount (overlayfs.rst, "Volatile
-                # mount"): a --rm container's writes are deleted anyway, and that sync was most
-                # of a short container's run time.
-                data += ",volatile"
+        data = "lowerdir=" + ":".join(self.lowerdirs) + f",upperdir={upper},workdir={work}"
+        if self.volatile or not self.upperdir:
+            # No syncfs of the upper filesystem at unmount (overlayfs.rst, "Volatile mount"):
+            # a --rm container's writes are deleted anyway, and that sync was most of a short
+            # container's run time. A tmpfs upper has nothing to sync.
+            data += ",volatile"
         if self.rootless:
             # Unprivileged overlay keeps its whiteout/opaque marks in user.overlay.* (kernel 5.11)
             data += ",userxattr"
@@ -94,21 +106,49 @@ def check_upper_filesystem(plan: "RootfsPlan", mountinfo: str = "/proc/self/moun
                  "(or MINICTR_ROOT), or run with --read-only")
 
 
-def make_mounts_private(kernel, explain: Explain) -> None:
-    """Stop mount events propagating back to the host: MS_REC|MS_SLAVE on "/" (runc's default
-    rootfsPropagation). Slave still lets host unmounts reach us, which is harmless."""
-    _say(explain, "mount --make-rslave /  (our mounts never propagate to the host)")
-    kernel.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+PROPAGATION = {"shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
+               "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+               "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+               "unbindable": sc.MS_UNBINDABLE, "runbindable": sc.MS_UNBINDABLE | sc.MS_REC}
+
+
+def propagation_flags(name: str | None) -> int | None:
+    """linux.rootfsPropagation → mount(2) flags; None when unset."""
+    if not name:
+        return None
+    if name not in PROPAGATION:
+        from minictr.errors import SpecError
+
+        raise SpecError(f"linux.rootfsPropagation {name!r} is not a propagation mode",
+                        hint="one of " + ", ".join(PROPAGATION))
+    return PROPAGATION[name]
+
+
+def make_mounts_private(kernel, propagation: str | None, explain: Explain) -> None:
+    """Stop mount events propagating back to the host: MS_REC|MS_SLAVE on "/" (runc's default),
+    or MS_REC|MS_PRIVATE when rootfsPropagation asks for private. Slave still lets host
+    unmounts reach us, which is harmless. A shared rootfsPropagation is applied after
+    pivot_root (finish_rootfs): pivot_root(2) refuses shared mounts."""
+    flags = sc.MS_REC | (sc.MS_PRIVATE if propagation in ("private", "rprivate") else sc.MS_SLAVE)
+    _say(explain, f"mount --make-r{'private' if flags & sc.MS_PRIVATE else 'slave'} /  "
+                  "(our mounts never propagate to the host)")
+    kernel.mount(None, "/", None, flags)
 
 
 def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Explain) -> None:
     """Mount the overlay at root_path, or, for a prepared rootfs (OCI bundle), bind it onto
     itself so that it is a mount point (pivot_root(2) requires one)."""
-    if plan is None or (plan.upperdir is None and len(plan.lowerdirs) == 1):
-        source = root_path if plan is None else plan.lowerdirs[0]
-        _say(explain, f"mount --rbind {source} {root_path}")
-        kernel.mount(source, root_path, None, sc.MS_BIND | sc.MS_REC)
+    if plan is None:
+        _say(explain, f"mount --rbind {root_path} {root_path}")
+        kernel.mount(root_path, root_path, None, sc.MS_BIND | sc.MS_REC)
         return
+    if not plan.upperdir:
+        # The read-only root's writable layer: a tmpfs private to this mount namespace.
+        _say(explain, f"mount -t tmpfs tmpfs {plan.scratch}  (upper layer for mount points; "
+                      "the root turns read-only at the end)")
+        kernel.mount("tmpfs", plan.scratch, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
+        for d in plan.writable_dirs():
+            kernel.mkdir(d, 0o755)
     if plan.driver == "fuse-overlayfs":
         mount_fuse_overlay(kernel, plan, root_path, explain)
         return
@@ -144,9 +184,8 @@ def mount_fuse_overlay(kernel, plan: RootfsPlan, root_path: str, explain: Explai
     """
     import subprocess
 
-    data = f"lowerdir={':'.join(plan.lowerdirs)}"
-    if plan.upperdir:
-        data += f",upperdir={plan.upperdir},workdir={plan.workdir}"
+    upper, work = plan.writable_dirs()
+    data = f"lowerdir={':'.join(plan.lowerdirs)},upperdir={upper},workdir={work}"
     jail = os.path.join(os.path.dirname(root_path), "fuse-root")
     os.makedirs(jail, mode=0o700, exist_ok=True)
     _say(explain, f"mount --rbind / {jail}  (fuse-overlayfs's own root)")
@@ -226,6 +265,10 @@ def finish_rootfs(kernel, spec: dict, explain: Explain) -> None:
         kernel.close(root_fd)
     if spec.get("root", {}).get("readonly"):
         mounts.remount_keep_locked(kernel, "/", sc.MS_RDONLY, explain, "/")
+    flags = propagation_flags(linux.get("rootfsPropagation"))
+    if flags is not None and flags & sc.MS_SHARED:
+        _say(explain, f"mount --make-{linux['rootfsPropagation']} /")
+        kernel.mount(None, "/", None, flags)
 
 
 def _say(explain: Explain, text: str) -> None:

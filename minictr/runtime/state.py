@@ -1,20 +1,50 @@
-"""Container state: one directory per container under the state dir, holding state.json.
+"""The state directory: one subdirectory per container, holding the OCI state and the spec.
 
-The state file is replaced atomically (write a temp file, rename), so `minictr ps` never reads a
-half-written one. A container whose launcher died (pid gone) is reported as "exited" and is cleaned
-up by `minictr rm`. The shape follows the OCI runtime state (runtime.md "State"): ociVersion, id,
-status (creating, created, running, stopped), pid, bundle, annotations; plus minictr's own fields.
+    STATE/<id>/state.json    the OCI state (runtime.md "State") plus the runtime's own fields
+    STATE/<id>/config.json   the spec being executed (mode 0600: its env may hold secrets)
+    STATE/<id>/exec.fifo     exists while the container is "created" (see lifecycle.start)
+    STATE/names/<name>       a symlink to <id>: the container names minictr's CLI hands out
+
+Trust. Everything here drives privileged actions later (`kill` signals the pid recorded here,
+`delete` removes the directories and cgroups recorded here), so the directory is trusted only if
+the caller owns it and nobody else can write to it (runc's and podman's rule for their state
+roots). Another user who pre-creates /tmp/minictr-UID with mode 777 gets a refusal, not a victim.
+Directories are 0700 and files 0600, as runc makes them.
+
+Intent records. The state entry is written *before* anything it describes is created (the
+cgroup, the writable layer, the process), so a launcher killed at any point leaves an entry that
+`rm`/`delete` and `gc` can find and clean (issue: "nothing left behind that is trusted later").
+
+A malformed entry (a half-written file from another tool, an edited file) is reported as such
+for that container: listing goes on with the others.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal as signal_mod
+import stat
 import time
 
 from minictr.errors import MinictrError, UsageError
 
 STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+FIFO = "exec.fifo"
+NAMES = "names"
+OCI_VERSION = "1.2.0"
+
+
+class StateError(MinictrError):
+    """A state directory or entry that cannot be trusted or read."""
+
+
+class NoSuchContainer(MinictrError):
+    """The id or name names no container (runc's message: "container does not exist")."""
+
+    def __init__(self, name: str):
+        super().__init__(f"container {name} does not exist",
+                         hint="minictr ps -a lists containers")
 
 
 def new_id() -> str:
@@ -25,136 +55,236 @@ def default_name(container_id: str) -> str:
     return f"minictr-{container_id[:12]}"
 
 
-def container_dir(state_root: str, container_id: str) -> str:
-    return os.path.join(state_root, container_id)
+def check_id(container_id: str) -> str:
+    """Container ids become directory names: no "/" , no "..", nothing odd (runc's rule)."""
+    ok = container_id and len(container_id) <= 1024 and container_id not in (".", "..") and \
+        all(c.isalnum() or c in "._-+" for c in container_id) and container_id != NAMES
+    if not ok:
+        raise UsageError(f"invalid container id {container_id!r}",
+                         hint="letters, digits and . _ - + only")
+    return container_id
 
 
-def write(state_root: str, container_id: str, state: dict) -> None:
-    d = container_dir(state_root, container_id)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    tmp = os.path.join(d, f".{STATE_FILE}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.rename(tmp, os.path.join(d, STATE_FILE))
+def timestamp(epoch: float | None = None) -> str:
+    """RFC 3339 with nanoseconds in UTC, as runc writes ``created``."""
+    epoch = time.time() if epoch is None else epoch
+    whole = int(epoch)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + \
+        f".{int((epoch - whole) * 1e9):09d}Z"
 
 
-def read(state_root: str, container_id: str) -> dict | None:
-    try:
-        with open(os.path.join(container_dir(state_root, container_id), STATE_FILE)) as f:
-            state = json.load(f)
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    return _refresh(state)
-
-
-def alive(pid: int | None, started: float | None) -> bool:
-    """Is ``pid`` still the process we started? Compare its start time to rule out pid reuse."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return started is None or _start_ticks(pid) == started
-
-
-def _start_ticks(pid: int) -> float | None:
-    """Field 22 of /proc/PID/stat: the start time in clock ticks since boot (proc(5))."""
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat, the start time in clock ticks since boot (proc(5)): with the
+    pid it names one process for good, even after the pid is reused."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return float(f.read().rsplit(")", 1)[1].split()[19])
+            return int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
 
 
-def _refresh(state: dict) -> dict:
-    if state.get("status") in ("running", "created", "creating") and not alive(
-            state.get("pid"), state.get("pid_start")):
-        state = dict(state, status="stopped")
-    return state
-
-
-def record(state_root: str, container_id: str, **fields) -> dict:
-    """Create or update this container's state with ``fields``."""
-    state = read(state_root, container_id) or {"ociVersion": "1.0.2", "id": container_id,
-                                                "created": time.time()}
-    state.update(fields)
-    if fields.get("pid"):
-        state["pid_start"] = _start_ticks(fields["pid"])
-    write(state_root, container_id, state)
-    return state
-
-
-def list_containers(state_root: str, all_: bool = False, stats: bool = False) -> list[dict]:
+def alive(pid: int | None, ticks: int | None) -> bool:
+    """Is ``pid`` still the process that was recorded (and not a zombie)?"""
+    if not pid:
+        return False
     try:
-        ids = sorted(os.listdir(state_root))
-    except FileNotFoundError:
-        return []
-    rows = []
-    for cid in ids:
-        st = read(state_root, cid)
-        if st is None or (not all_ and st.get("status") != "running"):
-            continue
-        if stats:
-            st["stats"] = _stats_of(st)
-        rows.append(st)
-    return sorted(rows, key=lambda s: s.get("created", 0))
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    if fields[0] in ("Z", "X"):
+        return False
+    return ticks is None or int(fields[19]) == ticks
 
 
-def find(state_root: str, name: str) -> dict:
-    """A container by name, full id or unique id prefix."""
-    matches = []
-    for st in list_containers(state_root, all_=True):
-        if name in (st.get("name"), st["id"]):
-            return st
-        if st["id"].startswith(name):
-            matches.append(st)
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise UsageError(f"{name!r} matches {len(matches)} containers", hint="give more of the id")
-    raise MinictrError(f"no such container: {name}", hint="minictr ps -a lists containers")
+class StateRoot:
+    """A trusted state directory. Opening it creates it (0700) when missing and refuses it when
+    someone else owns it or can write to it."""
+
+    def __init__(self, path: str, *, create: bool = True):
+        self.path = os.path.abspath(path)
+        self._check(create)
+
+    def _check(self, create: bool) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            if not create:
+                return
+            self._make()
+            st = os.lstat(self.path)
+        except OSError as err:
+            raise StateError(f"state directory {self.path}: {err.strerror}",
+                             hint="set MINICTR_STATE (or --state) to a directory of yours") from err
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateError(f"state directory {self.path} is not a directory"
+                             + (" (it is a symlink)" if stat.S_ISLNK(st.st_mode) else ""),
+                             hint="remove it, or set MINICTR_STATE to a directory of yours")
+        if st.st_uid != os.geteuid():
+            raise StateError(f"state directory {self.path} belongs to uid {st.st_uid}, not to "
+                             f"you (uid {os.geteuid()}): refusing to trust it",
+                             hint="another user may have planted it; set MINICTR_STATE (or "
+                                  "--state) to a directory only you can write")
+        if st.st_mode & 0o022:
+            raise StateError(f"state directory {self.path} is writable by others "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}): refusing to trust it",
+                             hint=f"chmod 700 {self.path}, or set MINICTR_STATE elsewhere")
+
+    def _make(self) -> None:
+        parent = os.path.dirname(self.path)
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            pass                                    # made meanwhile: _check inspects it
+        except OSError as err:
+            raise StateError(f"cannot create state directory {self.path}: {err.strerror}",
+                             hint="set MINICTR_STATE (or --state) to a writable directory") \
+                from err
+
+    # ------------------------------------------------------------ entries
+
+    def dir(self, container_id: str) -> str:
+        return os.path.join(self.path, container_id)
+
+    def file(self, container_id: str, name: str) -> str:
+        return os.path.join(self.path, container_id, name)
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n != NAMES and not n.startswith("."))
+
+    def add(self, container_id: str) -> str:
+        """Make a new container's directory; an existing one is an error (ids are unique)."""
+        check_id(container_id)
+        path = self.dir(container_id)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            raise UsageError(f"container {container_id} already exists",
+                             hint="choose another id, or delete the old container") from None
+        except OSError as err:
+            raise StateError(f"cannot create {path}: {err.strerror}") from err
+        return path
+
+    def read(self, container_id: str) -> dict:
+        """The recorded state of one container (not refreshed: see ``lifecycle.status``)."""
+        path = self.file(container_id, STATE_FILE)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            if os.path.isdir(self.dir(container_id)):
+                raise StateError(f"container {container_id} has no state file (a launcher "
+                                 "killed before its first write?)",
+                                 hint=f"minictr rm -f {container_id} removes what is left") \
+                    from None
+            raise NoSuchContainer(container_id) from None
+        except (OSError, ValueError) as err:
+            raise StateError(f"container {container_id}: unreadable state file {path}: {err}",
+                             hint=f"minictr rm -f {container_id} removes it") from err
+        if not isinstance(data, dict) or data.get("id") != container_id:
+            raise StateError(f"container {container_id}: malformed state file {path}",
+                             hint=f"minictr rm -f {container_id} removes it")
+        return data
+
+    def write(self, container_id: str, state: dict) -> None:
+        write_private(self.file(container_id, STATE_FILE), json.dumps(state).encode())
+
+    def update(self, container_id: str, **fields) -> dict:
+        state = self.read(container_id)
+        state.update(fields)
+        self.write(container_id, state)
+        return state
+
+    def read_config(self, container_id: str) -> dict:
+        path = self.file(container_id, CONFIG_FILE)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as err:
+            raise StateError(f"container {container_id}: cannot read {path}: {err}") from err
+
+    def remove(self, container_id: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir(check_id(container_id)), ignore_errors=True)
+        self.release_names(container_id)
+
+    # ------------------------------------------------------------ names
+
+    def names_dir(self) -> str:
+        return os.path.join(self.path, NAMES)
+
+    def claim_name(self, name: str, container_id: str) -> None:
+        """Give ``name`` to the container: a symlink names/<name> -> <id>, made atomically, so
+        two runs with the same --name cannot both succeed. A name whose container is gone is
+        taken over."""
+        check_id(name)
+        os.makedirs(self.names_dir(), mode=0o700, exist_ok=True)
+        link = os.path.join(self.names_dir(), name)
+        for _ in range(2):
+            try:
+                os.symlink(container_id, link)
+                return
+            except FileExistsError:
+                owner = os.readlink(link)
+                if os.path.isdir(self.dir(owner)):
+                    raise UsageError(f'the container name "{name}" is already in use by '
+                                     f"container {owner[:12]}",
+                                     hint=f"remove it (minictr rm {name}) or choose another "
+                                          "name") from None
+                try:
+                    os.unlink(link)                   # its container is gone: a stale name
+                except FileNotFoundError:
+                    pass
+        raise UsageError(f"could not claim the container name {name!r}: retry")
+
+    def name_to_id(self, name: str) -> str | None:
+        try:
+            return os.readlink(os.path.join(self.names_dir(), name))
+        except OSError:
+            return None
+
+    def release_names(self, container_id: str) -> None:
+        try:
+            entries = os.listdir(self.names_dir())
+        except FileNotFoundError:
+            return
+        for name in entries:
+            link = os.path.join(self.names_dir(), name)
+            try:
+                if os.readlink(link) == container_id:
+                    os.unlink(link)
+            except OSError:
+                pass
 
 
-def _stats_of(st: dict) -> dict | None:
-    paths = st.get("cgroup_paths")
-    if not paths:
-        return None
+def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write a file atomically (temp file in the same directory, then rename(2)), mode 0600."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
-        from minictr.runtime import cgroups
-
-        return cgroups.Cgroup.from_paths(paths).stats()
-    except (ImportError, OSError):
-        return None
-
-
-def container_stats(state_root: str, name: str) -> dict:
-    st = find(state_root, name)
-    if st.get("status") != "running":
-        raise MinictrError(f"container {name} is not running")
-    stats = _stats_of(st)
-    if stats is None:
-        raise MinictrError(f"container {name} has no cgroup to read usage from",
-                           hint="rootless containers without a delegated cgroup have none")
-    return {"id": st["id"], "name": st.get("name"), **stats}
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
 
 
 def parse_signal(name: str) -> int:
-    text = name.upper()
+    """A signal by name (TERM, SIGTERM) or number, as kill(1) and runc take it."""
+    text = str(name).upper()
     if text.isdigit():
-        return int(text)
+        number = int(text)
+        if not 0 < number < 65:
+            raise UsageError(f"invalid signal number {name}")
+        return number
     if not text.startswith("SIG"):
         text = "SIG" + text
     try:
         return int(signal_mod.Signals[text])
     except KeyError:
         raise UsageError(f"unknown signal {name!r}", hint="e.g. TERM, KILL, HUP, 9") from None
-
-
-def kill(state_root: str, name: str, signal_name: str) -> None:
-    st = find(state_root, name)
-    if st.get("status") != "running":
-        raise MinictrError(f"container {name} is not running")
-    os.kill(st["pid"], parse_signal(signal_name))

@@ -98,9 +98,18 @@ def ns_flag_names(flags: int) -> str:
 
 
 def _check(rc: int, call: str) -> int:
+    """Raise the OSError subclass for -rc (FileNotFoundError...) naming the call; the call's
+    name travels as data in ``err.call`` (for hints: errors.hint_for), never parsed back."""
     if rc < 0:
-        raise OSError(-rc, f"{call}: {os.strerror(-rc)}")
+        err = OSError(-rc, f"{call}: {os.strerror(-rc)}")
+        err.call = call.split("(", 1)[0]
+        raise err
     return rc
+
+
+def call_of(err: BaseException) -> str | None:
+    """The system call an OSError came from, when the face raised it."""
+    return getattr(err, "call", None)
 
 
 def _b(s: str | bytes | None):
@@ -272,22 +281,150 @@ class Syscalls:
     def chroot(self, path: str) -> None:
         os.chroot(path)
 
+    def setdomainname(self, name: str) -> None:
+        raw = name.encode()
+        _check(lib.mc_setdomainname(raw, len(raw)), f"setdomainname({name!r})")
+
+    def ioctl(self, fd: int, request: int, arg=0):
+        import fcntl
+
+        return fcntl.ioctl(fd, request, arg)
+
+    def send_fds(self, sock, data: bytes, fds: list[int]) -> None:
+        """sendmsg(2) with SCM_RIGHTS (unix(7)): pass open files to another process."""
+        import socket
+
+        socket.send_fds(sock, [data], fds)
+
+    def memfd_sealed(self, path: str, name: str) -> int:
+        """A copy of ``path`` in a sealed memfd (memfd_create(2), F_SEAL_* in fcntl(2)): a file
+        no one can change and that names nothing on a disk."""
+        import fcntl
+
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        with open(path, "rb") as src:
+            os.sendfile(fd, src.fileno(), 0, os.fstat(src.fileno()).st_size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        return fd
+
+    # The launcher's own effects on the host: cgroup and /proc files, id maps, the state's
+    # fifo, hooks and helpers. They go through the face so a dry run records them too.
+    def write_file(self, path: str, data: str | bytes) -> None:
+        """open(O_WRONLY) + write(2) of an existing file (cgroupfs, procfs: never O_CREAT, so
+        a missing file fails as the kernel says, instead of appearing as a plain file)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data.encode() if isinstance(data, str) else data)
+        finally:
+            os.close(fd)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        os.mkdir(path, mode)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def mkfifo(self, path: str, mode: int) -> None:
+        os.mkfifo(path, mode)
+        os.chmod(path, mode)                     # mkfifo's mode is filtered by the umask
+
+    def kill(self, pid: int, sig: int) -> None:
+        os.kill(pid, sig)
+
+    def signal_fifo(self, path: str) -> None:
+        """Write one byte into a fifo whose reader waits, then remove it (lifecycle.start):
+        O_NONBLOCK makes open(2) fail with ENXIO instead of blocking when no reader holds it."""
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def run_program(self, path: str, args: list[str], env: list[str], stdin: bytes,
+                    timeout: int | None) -> tuple[int | None, bytes]:
+        """fork + execve ``path`` with ``args`` (args[0] is argv[0]) and exactly ``env``,
+        ``stdin`` on its standard input; returns (exit status or None on timeout, output)."""
+        import subprocess
+
+        environ = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+        try:
+            proc = subprocess.Popen(args or [path], executable=path, env=environ,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, close_fds=True)
+        except OSError as err:
+            return 127 if err.errno == errno.ENOENT else 126, f"{path}: {err.strerror}".encode()
+        try:
+            out, _ = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return None, b""
+        if proc.returncode < 0:
+            return 128 - proc.returncode, out
+        return proc.returncode, out
+
+    # Queries. A dry run answers them from the host where the answer is the host's.
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def read_text(self, path: str) -> str:
+        with open(path) as f:
+            return f.read()
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
+
+    def access(self, path: str, mode: int) -> bool:
+        return os.access(path, mode)
 
 
 class RecordingSyscalls:
     """Does nothing, remembers every call; can be told to fail one call with an errno.
 
-    The same object backs a dry run (``minictr run --dry-run --explain``)."""
+    The same object backs a dry run (``minictr run --dry-run --explain``), so it behaves as the
+    real face where the steps depend on an answer:
+    - a method the real face lacks is an AttributeError, never silently recorded;
+    - calls that create something return a plausible value (a pid, an fd);
+    - queries are answered as the kernel would: paths of the container's /proc and /sys (the
+      same kernel's filesystems) and host paths are looked up on the host; a path under
+      ``container_root`` (or anywhere after pivot_root) is a container path, and a bind
+      destination (``binds``: container path -> host source) answers for its source.
+    """
 
-    def __init__(self, fail: dict[str, int] | None = None, on_call: Callable[[str], None] | None = None):
+    dry_run = True
+    QUERIES = {"readlinkat", "same_file", "is_dir", "statvfs_flags", "exists", "read_text",
+               "stat", "access"}
+
+    def __init__(self, fail: dict[str, int] | None = None,
+                 on_call: Callable[[str], None] | None = None, *,
+                 container_root: str | None = None, binds: dict[str, str] | None = None,
+                 lookup: Callable[[str], str | None] | None = None):
         self.calls: list[tuple] = []
         self.fail = fail or {}
         self.on_call = on_call
+        self.container_root = container_root
+        self.binds = dict(binds or {})
+        self.lookup = lookup                 # container path -> host file, for image paths
+        self.made: set[str] = set()          # paths a recorded mkdir "made"
+        self._pivoted = False
         self._next_pid = 4242
+        self._next_fd = 100
+        self._fds: dict[int, str] = {}       # fake fd -> the container path it names
+        self._fifo_waiters: list[Callable[[], None]] = []
+        self.mounts: list[dict] = []         # the spec's mounts, for their flags
+
+    def when_fifo_written(self, resume: Callable[[], None]) -> None:
+        """The recorded first process blocks on exec.fifo: ``resume`` runs at signal_fifo."""
+        self._fifo_waiters.append(resume)
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
+        if name.startswith("_") or not callable(getattr(Syscalls, name, None)):
+            raise AttributeError(f"the syscall face has no method {name!r}")
 
         def record(*args):
             self.calls.append((name, *args))
@@ -296,13 +433,144 @@ class RecordingSyscalls:
             if name in self.fail:
                 err = self.fail[name]
                 raise OSError(err, f"{name}{args!r}: {os.strerror(err)}")
-            if name in ("clone", "clone3"):
-                return self._next_pid
-            if name in ("openat2", "bpf", "pidfd_open"):
-                return 99
-            return None
+            return self._answer(name, args)
 
         return record
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
+
+    # ------------------------------------------------------------ answers
+
+    def _fd(self, path: str) -> int:
+        self._next_fd += 1
+        self._fds[self._next_fd] = path
+        return self._next_fd
+
+    def _container_path(self, path: str) -> str | None:
+        """The container path ``path`` names, or None for a host path."""
+        if path.startswith("/proc/self/fd/"):
+            try:
+                return self._fds.get(int(path.rsplit("/", 1)[1]))
+            except ValueError:
+                return None
+        if self._pivoted:
+            return os.path.normpath(path)
+        root = self.container_root
+        if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+            return "/" + path[len(root):].lstrip("/")
+        return None
+
+    def _host_path(self, path: str) -> str | None:
+        """Where the host answers for ``path``; None when only the image could."""
+        inside = self._container_path(path)
+        return path if inside is None else self._host_path_of_container(inside)
+
+    def _answer(self, name: str, args: tuple):
+        if name in ("clone", "clone3"):
+            return self._next_pid
+        if name == "pivot_root":
+            self._pivoted = True
+        if name == "signal_fifo":
+            waiters, self._fifo_waiters = self._fifo_waiters, []
+            for resume in waiters:
+                resume()
+        if name == "mkdir":
+            self.made.add(args[0])
+        if name == "open":
+            return self._fd(self._container_path(args[0]) or args[0])
+        if name == "openat2":
+            base = self._fds.get(args[0], "/")
+            path = os.path.normpath(os.path.join(base, args[1]))
+            host = self._host_path_of_container(path)
+            if host is not None and not os.path.lexists(host):
+                raise FileNotFoundError(errno.ENOENT, f"openat2: {path}: no such file")
+            return self._fd(path)
+        if name in ("bpf", "pidfd_open", "memfd_sealed"):
+            return self._fd(f"<{name}>")
+        if name == "run_program":
+            return 0, b""
+        if name == "ioctl":
+            return self._fd("<pty>")
+        if name in self.QUERIES:
+            return self._query(name, args)
+        return None
+
+    def _host_path_of_container(self, inside: str) -> str | None:
+        """A bind destination answers for its source, /proc and /sys for the host's (the same
+        kernel's filesystems); anything else only the image could answer (None)."""
+        for dest in sorted(self.binds, key=len, reverse=True):
+            if inside == dest or inside.startswith(dest.rstrip("/") + "/"):
+                return self.binds[dest] + inside[len(dest):]
+        if inside.split("/")[1:2] in (["proc"], ["sys"]):
+            return inside
+        return self.lookup(inside) if self.lookup else None
+
+    def _unmade(self, path: str) -> str | None:
+        """A file in a directory only a recorded mkdir made is answered by the same file in
+        the nearest real ancestor (a new cgroup has its parent's interface files); None for
+        such a directory itself."""
+        if path in self.made:
+            return None
+        parent, name = os.path.split(path)
+        while parent in self.made:
+            parent = os.path.dirname(parent)
+        return os.path.join(parent, name)
+
+    def _own_mount_flags(self, path: str) -> int | None:
+        """statvfs(3) flags of a container path on one of the container's own (non-bind)
+        mounts, or its overlay root: the mount's options, and relatime unless they say
+        otherwise (the kernel's default for a new mount)."""
+        inside = self._container_path(path)
+        if inside is None or self._host_path_of_container(inside) not in (None, inside):
+            return None
+        best = None
+        for m in self.mounts:
+            dest = m.get("destination", "")
+            if (inside == dest or inside.startswith(dest.rstrip("/") + "/")) and (
+                    best is None or len(dest) > len(best["destination"])):
+                best = m
+        if best is not None and ("bind" in best.get("options", ()) or "rbind" in best.get(
+                "options", ()) or best.get("type") == "bind"):
+            return None
+        options = set(best.get("options", ())) if best else set()
+        flags = 0
+        for opt, bit in (("ro", os.ST_RDONLY), ("nosuid", os.ST_NOSUID), ("nodev", os.ST_NODEV),
+                         ("noexec", os.ST_NOEXEC), ("noatime", os.ST_NOATIME),
+                         ("nodiratime", os.ST_NODIRATIME)):
+            if opt in options:
+                flags |= bit
+        if not options & {"noatime", "strictatime"}:
+            flags |= os.ST_RELATIME
+        return flags
+
+    def _query(self, name: str, args: tuple):
+        real = Syscalls()
+        if name == "readlinkat":
+            return None
+        if name == "same_file":
+            return self._fds.get(args[0]) == self._fds.get(args[1])
+        if name in ("exists", "read_text"):
+            path = self._unmade(args[0])
+            if path is None:
+                return name == "exists"                # a directory a recorded mkdir "made"
+            if name == "exists":
+                return real.exists(path)
+            return real.read_text(path)
+        if name == "statvfs_flags":
+            own = self._own_mount_flags(args[0])
+            if own is not None:
+                return own
+        host = self._host_path(args[0])
+        if host is None and name == "stat":
+            raise FileNotFoundError(errno.ENOENT, f"stat: {args[0]}: not in the image")
+        if host is None:                              # nothing knows: a plain directory
+            return {"is_dir": True, "statvfs_flags": 0, "access": False}.get(name)
+        if name == "access":
+            return real.access(host, args[1])
+        try:
+            return getattr(real, name)(host)
+        except OSError:
+            if name == "stat":
+                raise
+            return {"is_dir": False, "statvfs_flags": 0}.get(name)

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from minictr.errors import SpecError
@@ -184,3 +185,29 @@ def process_rlimits(ulimits: tuple[str, ...]) -> list[dict]:
         limit = parse_ulimit(entry)
         limits[limit["type"]] = limit
     return list(limits.values())
+
+
+# ---------------------------------------------------------------- exec
+
+
+def exec_process_settings(process: dict, command: list[str], env, tty: bool,
+                          workdir: str | None, user: str | None) -> dict:
+    """The process of an exec: the container's own settings (capabilities, no_new_privs,
+    rlimits, user, env, cwd), with exec's command, -e, -t, -w and -u applied."""
+    process = dict(process, args=list(command), terminal=tty)
+    process.pop("oomScoreAdj", None)
+    if env:
+        host = dict(os.environ)
+        process["env"] = merge_env(process.get("env", []),
+                                   [e for entry in env for e in parse_env_option(entry, host)])
+    if workdir:
+        process["cwd"] = process_cwd(workdir, {})
+    if user:
+        uid, _, gid = user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise SpecError("exec -u takes numeric UID[:GID]",
+                            hint="names are resolved by `minictr run -u` only")
+        process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        process["capabilities"] = process_capabilities(
+            list(process.get("capabilities", {}).get("bounding", ())), int(uid))
+    return process

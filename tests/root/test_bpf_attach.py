@@ -85,7 +85,7 @@ def test_detach_takes_only_our_program(tmp_path):
                        cgroups_path=None, rootless=False)
     v2 = cg.paths[0]
     foreign = bpf_devices.load_program(kernel, bpf_devices.compile_rules([{"allow": True}]))
-    fd = bpf_devices.open_cgroup_dir(v2)
+    fd = bpf_devices.open_cgroup_dir(Syscalls(), v2)
     try:
         ours = bpf_devices.query_programs(kernel, fd)
         bpf_devices.attach(kernel, fd, foreign)

@@ -226,9 +226,10 @@ def test_v2_device_filter_attached_and_detached(tmp_path):
     cmds = [c[1] for c in kernel.calls if c[0] == "bpf"]
     assert cmds == [syscalls.BPF_PROG_LOAD, syscalls.BPF_PROG_ATTACH]
     assert any("deny a *:* rwm; allow c 1:3 rwm" in line for line in log)
+    prog_fd = cg.prog_fd
     cg.destroy()
     cmds = [c[1] for c in kernel.calls if c[0] == "bpf"]
-    assert cmds[-1] == syscalls.BPF_PROG_DETACH and ("close", 99) in kernel.calls
+    assert cmds[-1] == syscalls.BPF_PROG_DETACH and ("close", prog_fd) in kernel.calls
 
 
 def test_v2_own_cgroup_with_processes_moves_them_to_a_leaf(tmp_path):

@@ -2,11 +2,12 @@
 
 import pytest
 
-from minictr.runtime import container, mounts, rootfs
+from minictr.runtime import container, mounts, rootfs, spawn
 from minictr.runtime import syscalls as sc
 from minictr.runtime.rootfs import RootfsPlan
 
 CAPS = ["CAP_CHOWN", "CAP_KILL"]
+IMAGE = {"/bin/true": "/bin/true"}          # what the (absent) image answers: container -> host
 
 
 def make_spec(**linux):
@@ -28,11 +29,14 @@ def make_spec(**linux):
     }
 
 
-def run_steps(spec, plan=None, rootless=False):
-    kernel = sc.RecordingSyscalls()
+def run_steps(spec, plan=None, rootless=False, preserve_fds=0, kernel=None):
+    """The first process's steps from "go" to execve, against a recording face."""
+    kernel = kernel or sc.RecordingSyscalls(container_root=spec["root"]["path"], lookup=IMAGE.get)
     lines = []
-    container.setup_container(kernel, spec, plan, lines.append, init_fd=5, err_fd=6, init=False,
-                              rootless=rootless)
+    ns = spawn.plan_namespaces(spec["linux"]["namespaces"])
+    splan = spawn.SpawnPlan(process=spec["process"], namespaces=ns, rootless=rootless,
+                            container=(spec, plan), preserve_fds=preserve_fds)
+    spawn.prepare(kernel, splan, spawn.DirectChannel(None, None), 4242, 6, lines.append)
     return kernel, lines
 
 
@@ -43,9 +47,10 @@ def index(names, name, start=0):
 def test_order_matches_runc():
     kernel, _ = run_steps(make_spec())
     n = kernel.names()
-    # lo up first (before any mount), mounts private before the rootfs, all mounts before pivot
-    assert n[0] == "link_up"
-    assert n[1] == "mount" and kernel.calls[1][4] == sc.MS_REC | sc.MS_SLAVE
+    # a session, mcinit sealed in memory while the host's files are reachable; then lo up
+    # (before any mount), mounts private before the rootfs, all mounts before pivot
+    assert n[:3] == ["memfd_sealed", "setsid", "link_up"]
+    assert n[3] == "mount" and kernel.calls[3][4] == sc.MS_REC | sc.MS_SLAVE
     pivot = index(n, "pivot_root")
     assert "sethostname" in n[:pivot]
     assert "mknodat" in n[:pivot]
@@ -85,24 +90,26 @@ def test_overlay_mount_data():
                           rootless=True)
     assert rootless.overlay_data().endswith(",userxattr")
     with pytest.raises(ValueError):
-        RootfsPlan(lowerdirs=("/a:b",), upperdir=None, workdir=None, target="/t").overlay_data()
+        RootfsPlan(lowerdirs=("/a:b",), upperdir=None, workdir=None, target="/t",
+                   scratch="/s").overlay_data()
 
 
 def test_exec_goes_through_mcinit_with_the_error_pipe():
-    kernel, _ = run_steps(make_spec())
+    kernel, _ = run_steps(make_spec(), kernel=sc.RecordingSyscalls(
+        container_root="/run/x/rootfs", lookup=lambda p: "/bin/true" if p == "/bin/true" else None))
     call = kernel.calls[-1]
-    assert call[0] == "fexecve" and call[1] == 5
-    assert call[2] == ["mcinit", "6", "exec", "--", "/bin/true"]
-    assert call[3] == {"PATH": "/bin"}
+    memfd = next(c for c in kernel.calls if c[0] == "memfd_sealed")
+    assert call[0] == "fexecve" and kernel.names().index("memfd_sealed") < kernel.names().index(
+        "pivot_root")
+    assert call[2] == ["mcinit", "6", "exec", "/bin/true", "--", "/bin/true"]
+    assert call[3] == {"PATH": "/bin"} and memfd[1].endswith("mcinit")
     # every fd from 3 up is close-on-exec; only the error pipe is made inheritable again
     assert ("close_range", 3, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC) in kernel.calls
     assert ("set_inheritable", 6) in kernel.calls
 
 
 def test_preserve_fds_moves_the_close_range_floor():
-    spec = make_spec()
-    spec["process"]["preserveFds"] = 2
-    kernel, _ = run_steps(spec)
+    kernel, _ = run_steps(make_spec(), preserve_fds=2)
     assert ("close_range", 5, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC) in kernel.calls
 
 
@@ -127,8 +134,7 @@ def test_read_only_root_is_remounted_after_masking():
 def test_failing_call_surfaces_as_oserror_naming_it():
     kernel = sc.RecordingSyscalls(fail={"pivot_root": 22})
     with pytest.raises(OSError) as info:
-        container.setup_container(kernel, make_spec(), None, None, init_fd=5, err_fd=6,
-                                  init=False, rootless=False)
+        run_steps(make_spec(), kernel=kernel)
     assert info.value.errno == 22 and "pivot_root" in str(info.value)
 
 
@@ -142,8 +148,36 @@ def test_mount_options_parse():
 def test_namespace_flags_skip_joined_ones():
     spec = make_spec()
     spec["linux"]["namespaces"].append({"type": "ipc", "path": "/proc/1/ns/ipc"})
-    flags = container.namespace_flags(spec)
-    assert flags == sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWNET
+    ns = spawn.plan_namespaces(spec["linux"]["namespaces"])
+    assert ns.clone_flags == sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWNET
+    assert ns.child_joins == (("ipc", "/proc/1/ns/ipc"),) and not ns.parent_joins
+
+
+def test_joined_namespaces_go_where_the_kernel_allows_them():
+    def plan(*entries):
+        return spawn.plan_namespaces([dict(e) for e in entries])
+
+    # with a new user namespace, the launcher joins a host-owned netns around the clone
+    p = plan({"type": "user"}, {"type": "mount"}, {"type": "network", "path": "/n"},
+             {"type": "pid", "path": "/p"}, {"type": "cgroup"})
+    assert p.parent_joins == (("network", "/n"), ("pid", "/p"))
+    assert p.clone_flags == sc.CLONE_NEWUSER | sc.CLONE_NEWNS and p.new_cgroup_ns
+    # an exec: everything joined, the user namespace first and the mount namespace last
+    p = plan(*spawn.joined_namespaces(7, [{"type": t} for t in
+                                          ("mount", "pid", "user", "network", "cgroup")]))
+    assert [k for k, _ in p.child_joins] == ["user", "network", "cgroup", "mount"]
+    assert p.parent_joins == (("pid", "/proc/7/ns/pid"),) and p.clone_flags == 0
+    # a joined user namespace: new ones are unshared inside it; a new pid ns cannot be
+    p = plan({"type": "user", "path": "/u"}, {"type": "mount"}, {"type": "uts"})
+    assert p.child_unshare == sc.CLONE_NEWNS | sc.CLONE_NEWUTS and p.clone_flags == 0
+    from minictr.errors import SpecError
+
+    with pytest.raises(SpecError):
+        plan({"type": "user", "path": "/u"}, {"type": "mount"}, {"type": "pid"})
+    with pytest.raises(SpecError):
+        plan({"type": "pid"})                   # no mount namespace
+    with pytest.raises(SpecError):
+        plan({"type": "mount"}, {"type": "time"})
 
 
 def test_real_syscall_errors_name_the_call(tmp_path):
@@ -193,19 +227,21 @@ class _FakeCgroup:
 
 def test_first_process_is_born_in_its_cgroup(tmp_path):
     kernel = sc.RecordingSyscalls()
-    pid, born_in = container._clone_into(kernel, sc.CLONE_NEWPID, _FakeCgroup(str(tmp_path)),
+    pid, born_in = spawn._clone_into(kernel, sc.CLONE_NEWPID, _FakeCgroup(str(tmp_path)),
                                          None)
-    assert kernel.names() == ["clone3"] and born_in == str(tmp_path)
-    assert kernel.calls[0][1] == sc.CLONE_NEWPID and kernel.calls[0][2] >= 0
+    clones = [c for c in kernel.calls if c[0].startswith("clone")]
+    assert [c[0] for c in clones] == ["clone3"] and born_in == str(tmp_path)
+    assert clones[0][1] == sc.CLONE_NEWPID and clones[0][2] >= 0
 
 
 def test_without_clone3_it_falls_back_to_clone_and_a_cgroup_write(tmp_path):
     import errno
 
     kernel = sc.RecordingSyscalls(fail={"clone3": errno.ENOSYS})
-    pid, born_in = container._clone_into(kernel, sc.CLONE_NEWPID, _FakeCgroup(str(tmp_path)),
+    pid, born_in = spawn._clone_into(kernel, sc.CLONE_NEWPID, _FakeCgroup(str(tmp_path)),
                                          None)
-    assert kernel.names() == ["clone3", "clone"] and born_in is None
+    assert [n for n in kernel.names() if n.startswith("clone")] == ["clone3", "clone"]
+    assert born_in is None
     kernel = sc.RecordingSyscalls()
-    assert container._clone_into(kernel, 0, None, None)[1] is None
+    assert spawn._clone_into(kernel, 0, None, None)[1] is None
     assert kernel.names() == ["clone"]
