@@ -185,12 +185,29 @@ def test_sigkill_of_the_launcher_kills_the_container(mc):
     mc("rm", "-f", "victim")
 
 
+def _zombies_after_an_orphan(mc, *init):
+    """PID 1 becomes `sleep`, which never reaps; an orphaned child exits meanwhile. Without an
+    init it stays a zombie (busybox sh as PID 1 would reap it, hiding the difference)."""
+    name = f"zombies{len(init)}"
+    proc = mc.popen("run", "--rm", "--name", name, *init, "busybox:test", "sh", "-c",
+                    "(sleep 0.2 &); exec sleep 30", stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+    try:
+        _wait_running(mc)
+        time.sleep(1)               # the orphan's 0.2 s are over (not a timing assertion)
+        return mc("exec", name, "ps", "-o", "stat,comm", check=True).stdout
+    finally:
+        proc.kill()
+        proc.wait()
+        mc("rm", "-f", name)
+
+
 def test_init_reaps_zombies(mc):
-    # A child that exits while its parent ignores it becomes a zombie; with --init, PID 1 reaps.
-    res = mc("run", "--rm", "--init", "busybox:test", "sh", "-c",
-             "sh -c 'sleep 0.1 &' ; sleep 0.5; ps -o stat,comm | grep -c Z || true")
-    assert res.returncode == 0
-    assert res.stdout.strip().splitlines()[-1] == "0"
+    def states(ps_output: str) -> list[str]:
+        return [line.split()[0] for line in ps_output.splitlines()[1:] if line.split()]
+
+    assert "Z" in states(_zombies_after_an_orphan(mc))
+    assert "Z" not in states(_zombies_after_an_orphan(mc, "--init"))
 
 
 def test_ps_exec_kill_rm(mc):
@@ -227,7 +244,8 @@ def test_tty_gives_a_real_terminal(mc):
 def test_dry_run_explains_without_doing(mc):
     res = mc("run", "--dry-run", "--explain", "busybox:test", "true")
     assert res.returncode == 0, res.stderr
-    for step in ("clone(", "mount -t proc", "pivot_root", "PR_SET_NO_NEW_PRIVS", "execve("):
+    for step in ("clone3(", "mount -t proc", "pivot_root", "PR_SET_NO_NEW_PRIVS", "execve(",
+                 "device filter", "bpf(BPF_PROG_ATTACH", "write exec.fifo"):
         assert step in res.stderr
     assert not os.path.exists(os.path.join(mc.state, "nonexistent"))
 
@@ -311,3 +329,137 @@ def test_gc_keeps_the_layers_of_an_existing_container(mc, tmp_path):
         mc("rm", "-f", "gcsvc")
     mc("gc", check=True)
     assert not os.path.isdir(layer_dir)                 # and goes once the container is gone
+
+
+def _normalised(text: str) -> list[str]:
+    import re
+
+    text = re.sub(r"[0-9a-f]{64}", "ID", text)
+    text = re.sub(r"[0-9a-f]{12}", "SHORT", text)
+    text = re.sub(r"write \d+ > (\S+)/cgroup.procs", r"write PID > \1/cgroup.procs", text)
+    return [re.sub(r"fd \d+", "fd N", line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("options", [
+    (), ("--read-only", "-v", "/tmp:/hostmnt:ro"), ("--network", "none", "--init", "-u", "1000"),
+    ("--memory", "64m", "--pids-limit", "50", "--tmpfs", "/scratch", "--cap-drop", "ALL"),
+], ids=["default", "read-only+volume", "netns+init+user", "limits"])
+def test_dry_run_shows_exactly_the_steps_of_a_real_run(mc, options):
+    """--dry-run --explain runs the real run's code against a recording face: cgroup writes,
+    eBPF rules, id maps, hooks, mounts and the exec, line for line."""
+    dry = mc("run", "--rm", "--dry-run", "--explain", *options, "busybox:test", "true")
+    real = mc("run", "--rm", "--explain", *options, "busybox:test", "true")
+    assert dry.returncode == 0 and real.returncode == 0, (dry.stderr, real.stderr)
+    assert _normalised(dry.stderr) == _normalised(real.stderr)
+
+
+def test_exec_is_confined_like_the_first_process(mc):
+    """An exec'd process is born in the container's cgroup, so under its device filter (runc
+    does this; minictr's exec once escaped both), with the same caps and no_new_privs."""
+    proc = mc.popen("run", "--name", "confined", "busybox:test", "sleep", "1000",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_running(mc)
+        import json
+
+        res = mc("exec", "confined", "/bin/cat", "/proc/self/cgroup", check=True)
+        assert all(line.endswith(":/") for line in res.stdout.split()), res.stdout
+        first = mc("exec", "confined", "sh", "-c",
+                   "mknod /tmp/kmsg c 1 11 && (cat /tmp/kmsg </dev/null >/dev/null 2>&1 "
+                   "&& echo OPENED || echo DENIED)")
+        assert "DENIED" in first.stdout and "OPENED" not in first.stdout, first.stdout
+        status = mc("exec", "confined", "grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)",
+                    "/proc/self/status", check=True).stdout
+        fields = dict(line.split(":\t") for line in status.splitlines())
+        assert int(fields["CapBnd"], 16) == DOCKER_DEFAULT_CAPS
+        assert int(fields["CapEff"], 16) == DOCKER_DEFAULT_CAPS and fields["NoNewPrivs"] == "1"
+        pid1 = json.loads(mc("ps", "--format", "json").stdout)[-1]["pid"]
+        with open(f"/proc/{pid1}/cgroup") as f:
+            container_cgroups = f.read()
+        # the exec'd process's host view: the same cgroups as PID 1
+        probe = mc.popen("exec", "confined", "sleep", "5", stdout=subprocess.PIPE)
+        try:
+            for _ in range(100):
+                kids = [p for p in os.listdir("/proc") if p.isdigit() and _comm(p) == "sleep"
+                        and int(p) != pid1 and _ppid(p) == probe.pid]
+                if kids:
+                    break
+                time.sleep(0.05)
+            with open(f"/proc/{kids[0]}/cgroup") as f:
+                assert f.read() == container_cgroups
+        finally:
+            probe.kill()
+            probe.wait()
+    finally:
+        proc.kill()
+        proc.wait()
+        mc("rm", "-f", "confined")
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _ppid(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def test_read_only_never_writes_into_the_store(mc, tmp_path):
+    """--read-only once bind-mounted the stored layer itself and made every mount point in it
+    (issue 12): the layer dirs must be byte-for-byte unchanged after a run."""
+    def listing():
+        out = []
+        for dirpath, dirs, files in os.walk(os.path.join(mc.root, "layers")):
+            out += [os.path.join(dirpath, n) for n in sorted(dirs + files)]
+        return sorted(out)
+
+    before = listing()
+    res = mc("run", "--rm", "--read-only", "-v", f"{tmp_path}:/hostmnt", "--tmpfs", "/newdir",
+             "busybox:test", "sh", "-c", "ls /hostmnt >/dev/null && touch /x || echo RO")
+    assert res.returncode == 0 and "RO" in res.stdout, res.stderr
+    assert listing() == before
+
+
+def test_name_is_unique_among_existing_containers(mc):
+    proc = mc.popen("run", "--name", "once", "busybox:test", "sleep", "1000",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_running(mc)
+        res = mc("run", "--rm", "--name", "once", "busybox:test", "true")
+        assert res.returncode == 125 and "already in use" in res.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+        mc("rm", "-f", "once")
+    assert mc("run", "--rm", "--name", "once", "busybox:test", "true").returncode == 0
+
+
+def test_ignored_signals_are_not_inherited_from_the_launcher(mc):
+    """Python ignores SIGPIPE; an ignored disposition survives execve, so without a reset
+    `yes | head -1` in a container would never see yes die of SIGPIPE."""
+    res = mc("run", "--rm", "busybox:test", "grep", "SigIgn", "/proc/self/status")
+    assert res.stdout.split() == ["SigIgn:", "0000000000000000"]
+
+
+def test_wrong_architecture_and_scripts_without_shebang_are_exec_format_errors(mc, tmp_path):
+    """execvp(3) would run either through /bin/sh (ENOEXEC fallback); runc and docker report
+    "exec format error" (126). A foreign ELF header stands in for another architecture."""
+    (tmp_path / "script").write_text("echo SHELL-RAN\n")
+    arm = bytearray(open("/bin/true", "rb").read())
+    arm[18:20] = (183).to_bytes(2, "little")            # e_machine = EM_AARCH64
+    (tmp_path / "arm").write_bytes(bytes(arm))
+    for name in ("script", "arm"):
+        os.chmod(tmp_path / name, 0o755)
+        res = mc("run", "--rm", "-v", f"{tmp_path}:/x", "busybox:test", f"/x/{name}")
+        assert res.returncode == 126, (name, res.returncode, res.stdout, res.stderr)
+        assert "SHELL-RAN" not in res.stdout and "exec format error" in res.stderr
+    res = mc("run", "--rm", "busybox:test", "/etc")
+    assert res.returncode == 126 and res.stderr.count("\n") <= 2
