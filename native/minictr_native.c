@@ -132,3 +132,19 @@ int mc_pidfd_open(int pid, unsigned int flags)
 
 /* setdomainname(2) */
 int mc_setdomainname(const char *name, size_t len) { RET(setdomainname(name, len)); }
+
+/* prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap): python-prctl has no ambient set. */
+#include <sys/prctl.h>
+int mc_cap_ambient_raise(int cap)
+{
+    RET(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, (unsigned long)cap, 0UL, 0UL));
+}
+
+/* keyctl(KEYCTL_JOIN_SESSION_KEYRING, name): a new session keyring for this process
+ * (keyctl(2)); no glibc wrapper (libkeyutils has one). Returns the keyring's serial. */
+#include <linux/keyctl.h>
+int mc_join_session_keyring(const char *name)
+{
+    long serial = syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name);
+    return serial < 0 ? -errno : (int)serial;
+}

@@ -73,6 +73,17 @@ def apply_sets(kernel, caps: dict, explain: Explain) -> None:
     if explain:
         explain("capset: effective = " + (",".join(sorted(caps.get("effective", ()))) or "(empty)")
                 + "; inheritable = " + (",".join(sorted(caps.get("inheritable", ()))) or "(empty)"))
+    ambient = caps.get("ambient") or ()
+    if ambient and explain:
+        explain("prctl(PR_CAP_AMBIENT_RAISE): " + ",".join(sorted(ambient)))
+    for num in _numbers(ambient):
+        # Raising needs the capability in permitted and inheritable (capabilities(7)); runc's
+        # own example spec lists ambient caps with an empty inheritable set and runc only
+        # warns, so a refusal is not fatal here either, and the set stays as the kernel says.
+        try:
+            kernel.cap_ambient_raise(num)
+        except OSError:
+            pass
 
 
 def set_no_new_privs(kernel, explain: Explain) -> None:

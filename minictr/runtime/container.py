@@ -43,7 +43,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
                  runtime_hooks: Callable[[], None] | None = None,
-                 hook_state: dict | None = None) -> None:
+                 hook_state: dict | None = None, no_pivot: bool = False) -> None:
     """Build the container's root and enter it (the first process only)."""
     linux = spec.get("linux", {})
     hooks = spec.get("hooks") or {}
@@ -78,7 +78,7 @@ def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
     if "uts" in ns_types and spec.get("domainname"):
         _say(explain, f"setdomainname({spec['domainname']!r})")
         kernel.setdomainname(spec["domainname"])
-    rootfs_mod.pivot_into(kernel, root_path, explain)
+    rootfs_mod.pivot_into(kernel, root_path, explain, no_pivot)
     for key, value in (linux.get("sysctl") or {}).items():
         path = "/proc/sys/" + key.replace(".", "/")
         _say(explain, f"sysctl {key}={value}  (write {path})")
@@ -106,10 +106,33 @@ def make_console(kernel, channel, size: dict | None, explain: Explain) -> None:
                                                     size.get("width", 0), 0, 0))
     channel.send("console", fd=master)
     kernel.close(master)
+    bind_console(kernel, slave, explain)
     kernel.ioctl(slave, TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         kernel.dup2(slave, fd)
     kernel.close(slave)
+
+
+def bind_console(kernel, slave: int, explain: Explain) -> None:
+    """/dev/console is the terminal (config-linux.md "Default Devices"): bind the pty's slave
+    there, as runc does. Only when /dev is the container's own tmpfs (a bundle may bind the
+    host's /dev, whose console is not ours to cover)."""
+    from minictr.runtime import mounts
+
+    root_fd = kernel.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dev = mounts._open_existing(kernel, root_fd, "/dev")
+        if dev is None:
+            return
+        kernel.close(dev)
+        fd = mounts.resolve_in_root(kernel, root_fd, "/dev/console", create="file")
+    finally:
+        kernel.close(root_fd)
+    try:
+        _say(explain, "mount --bind <the pty> /dev/console")
+        kernel.mount(f"/proc/self/fd/{slave}", f"/proc/self/fd/{fd}", None, sc.MS_BIND)
+    finally:
+        kernel.close(fd)
 
 
 def setup_process(kernel, process: dict, rootless: bool, explain: Explain, *,

@@ -107,6 +107,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
            init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
+           no_pivot: bool = False, no_new_keyring: bool = False,
            on_spawned: Callable[[int], None] | None = None, kernel=None,
            explain: Explain = None) -> Created:
     """Create the container (see the module docstring); on failure nothing is left."""
@@ -115,6 +116,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
     kernel = kernel or sc.Syscalls()
     rootless = os.geteuid() != 0 if rootless is None else rootless
     validate.check(spec)
+    spec = with_default_devices(spec)
     process = spec["process"]
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given",
@@ -166,7 +168,8 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             preserve_fds=preserve_fds, init=init, container=(spec, rootfs), fifo_fd=fifo_fd,
             uid_mappings=tuple(linux.get("uidMappings") or ()),
             gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
-            oom_score_adj=process.get("oomScoreAdj"))
+            oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot,
+            new_keyring=None if no_new_keyring else container_id)
         try:
             created = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=spawned,
                                       on_hooks=runtime_hooks, explain=explain)
@@ -191,6 +194,37 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             cgroup.destroy(quiet=True)
         root.remove(container_id)
         raise
+
+
+# config-linux.md "Default Devices": supplied whatever linux.devices says, and allowed in the
+# device cgroup after the spec's own rules (runc's AllowedDevices): (name, major, minor).
+DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                   ("urandom", 1, 9), ("tty", 5, 0))
+DEFAULT_ALLOW = [{"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+                 for _, major, minor in DEFAULT_DEVICES] + [
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},      # /dev/pts/N
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"}]  # /dev/ptmx
+
+
+def with_default_devices(spec: dict) -> dict:
+    """The spec with the default devices every container gets, as the runtime-spec requires:
+    nodes missing from linux.devices are added, and their allow rules follow the spec's (a
+    spec that only says "deny all", like `runc spec`'s, still gets a usable /dev/null)."""
+    linux = dict(spec.get("linux") or {})
+    devices = list(linux.get("devices") or [])
+    have = {d.get("path") for d in devices}
+    for name, major, minor in DEFAULT_DEVICES:
+        if f"/dev/{name}" not in have:
+            devices.append({"path": f"/dev/{name}", "type": "c", "major": major,
+                            "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0})
+    linux["devices"] = devices
+    resources = dict(linux.get("resources") or {})
+    rules = list(resources.get("devices") or [])
+    if rules and not (len(rules) == 1 and rules[0].get("allow") and not rules[0].get("type")
+                      and rules[0].get("major") is None):
+        resources["devices"] = rules + [r for r in DEFAULT_ALLOW if r not in rules]
+        linux["resources"] = resources
+    return dict(spec, linux=linux)
 
 
 def _prepare_rootfs(kernel, rootfs, root_path: str) -> None:

@@ -127,6 +127,8 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
                                   or "rbind" in mount.get("options", ()) else None)
     flags, propagation, data = parse_options(list(mount.get("options", ())))
     source = mount.get("source") or mtype or "none"
+    if mtype == "cgroup":
+        mtype, source, flags = cgroup_mount(kernel, flags, explain)
     is_bind = bool(flags & sc.MS_BIND) or mtype == "bind"
     if is_bind:
         flags |= sc.MS_BIND
@@ -156,6 +158,18 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
         with_new_mount(kernel, root_fd, dest, lambda target: (
             extra and remount_keep_locked(kernel, target, extra, explain, dest),
             propagation and kernel.mount(None, target, None, propagation)))
+
+
+def cgroup_mount(kernel, flags: int, explain: Explain) -> tuple[str, str, int]:
+    """A "cgroup" mount (what `runc spec` writes) means the container's view of the cgroup
+    hierarchy. On a pure cgroup v2 host that is a cgroup2 mount (rooted at the container's
+    cgroup by its cgroup namespace); on a hybrid or v1 host a fresh v1 mount would need each
+    controller mounted separately, so minictr binds the host's /sys/fs/cgroup recursively, as
+    its own specs do rootless (spec/defaults.py), keeping the entry's flags (ro...)."""
+    if kernel.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "cgroup2", "cgroup2", flags
+    _say(explain, "cgroup mount on a v1/hybrid host: a recursive bind of /sys/fs/cgroup")
+    return "bind", "/sys/fs/cgroup", flags | sc.MS_BIND | sc.MS_REC
 
 
 def with_new_mount(kernel, root_fd: int, dest: str, action) -> None:

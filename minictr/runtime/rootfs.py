@@ -237,7 +237,7 @@ def make_dev_links(kernel, root_fd: int, spec: dict, explain: Explain) -> None:
         kernel.close(dev_fd)
 
 
-def pivot_into(kernel, root_path: str, explain: Explain) -> None:
+def pivot_into(kernel, root_path: str, explain: Explain, no_pivot: bool = False) -> None:
     """Make ``root_path`` the root of this mount namespace and drop the old root.
 
     The sequence from pivot_root(2), NOTES: chdir(new_root); pivot_root(".", ".") stacks the old
@@ -245,6 +245,16 @@ def pivot_into(kernel, root_path: str, explain: Explain) -> None:
     host's filesystem remains. Preconditions (else EINVAL): new_root is a mount point and no
     mount involved is MS_SHARED (make_mounts_private saw to both).
     """
+    if no_pivot:
+        # runc --no-pivot, for a root on a ramdisk where pivot_root(2) fails: move the root's
+        # mount over "/" and chroot into it. The old root stays reachable for a process that
+        # escapes the chroot: this is weaker, and only done when asked.
+        _say(explain, f"mount --move {root_path} /; chroot .  (--no-pivot)")
+        kernel.chdir(root_path)
+        kernel.mount(root_path, "/", None, sc.MS_MOVE)
+        kernel.chroot(".")
+        kernel.chdir("/")
+        return
     _say(explain, f"pivot_root {root_path}  (chdir; pivot_root(\".\", \".\"); umount2(\".\", MNT_DETACH))")
     kernel.chdir(root_path)
     kernel.pivot_root(".", ".")

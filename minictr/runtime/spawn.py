@@ -155,6 +155,8 @@ class SpawnPlan:
     gid_mappings: tuple = ()
     hook_state: dict | None = None       # state the in-container hooks are given
     oom_score_adj: int | None = None
+    no_pivot: bool = False               # runc --no-pivot: MS_MOVE + chroot
+    new_keyring: str | None = None       # the first process joins a new session keyring
 
 
 @record
@@ -443,6 +445,8 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
         _say(explain, "unshare(CLONE_NEWCGROUP)  (cgroups are final: the container sees /)")
         kernel.unshare(sc.CLONE_NEWCGROUP)
     kernel.setsid()
+    if plan.new_keyring is not None:
+        _join_keyring(kernel, plan.new_keyring, explain)
     if plan.stdin_null:
         null = kernel.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         kernel.dup2(null, 0)
@@ -459,7 +463,8 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
                 raise RuntimeSetupError("prestart/createRuntime hooks failed")
 
         container.setup_rootfs(kernel, spec, rootfs, plan.rootless, explain,
-                               runtime_hooks=runtime_hooks, hook_state=state)
+                               runtime_hooks=runtime_hooks, hook_state=state,
+                               no_pivot=plan.no_pivot)
     if process.get("terminal"):
         container.make_console(kernel, channel, process.get("consoleSize"), explain)
     container.setup_process(kernel, process, plan.rootless, explain,
@@ -508,6 +513,17 @@ def wait_for_start(kernel, fifo_fd: int, explain: Explain) -> None:
             break
         # The writer closed without writing: keep waiting for a real start.
     os.close(fifo_fd)
+
+
+def _join_keyring(kernel, name: str, explain: Explain) -> None:
+    """A session keyring of the container's own (runc does the same unless --no-new-keyring):
+    otherwise its processes share the launcher's session keyring and the keys in it."""
+    _say(explain, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING, {name[:12]!r})")
+    try:
+        kernel.join_session_keyring(name)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:           # a kernel without keys: nothing to isolate
+            raise
 
 
 def _setns_path(kernel, kind: str, path: str, explain: Explain) -> None:

@@ -44,7 +44,7 @@ class NoSuchContainer(MinictrError):
 
     def __init__(self, name: str):
         super().__init__(f"container {name} does not exist",
-                         hint="minictr ps -a lists containers")
+                         hint="`minictr ps -a` (or `minictr-runc list`) lists containers")
 
 
 def new_id() -> str:

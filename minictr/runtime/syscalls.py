@@ -216,6 +216,15 @@ class Syscalls:
         prctl.cap_effective.limit(*effective)
         prctl.cap_permitted.limit(*permitted)
 
+    def cap_ambient_raise(self, cap: int) -> None:
+        _check(lib.mc_cap_ambient_raise(cap), f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")
+
+    def join_session_keyring(self, name: str | None) -> int:
+        """A new session keyring (keyctl(2) KEYCTL_JOIN_SESSION_KEYRING): the container's
+        processes no longer share the launcher's keys."""
+        return _check(lib.mc_join_session_keyring(_b(name)),
+                      f"keyctl(KEYCTL_JOIN_SESSION_KEYRING, {name!r})")
+
     def set_keepcaps(self, flag: bool) -> None:
         prctl.set_keepcaps(flag)
 

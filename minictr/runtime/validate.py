@@ -92,6 +92,18 @@ def check(spec: dict, *, seccomp: bool = False) -> None:
     if process.get("cwd") is not None and not str(process["cwd"]).startswith("/"):
         raise SpecError(f"process.cwd {process['cwd']!r} must be an absolute path")
     _check_sysctl(spec)
+    _check_capabilities(process.get("capabilities") or {})
+
+
+def _check_capabilities(caps: dict) -> None:
+    from minictr.runtime.capabilities import known_caps
+
+    known = known_caps()
+    for kind, names in caps.items():
+        for name in names or ():
+            if not isinstance(name, str) or name.upper() not in known:
+                raise SpecError(f"process.capabilities.{kind}: unknown capability {name!r}",
+                                hint="see capabilities(7)")
 
 
 def _walk(value, schema, where: str) -> None:
