@@ -51,6 +51,11 @@ _RULE_KEYS = {"names", "name", "action", "errnoRet", "args", "comment", "include
               "errno"}
 _FILTER_KEYS = {"caps", "arches", "minKernel"}
 _ARG_KEYS = {"index", "value", "valueTwo", "op"}
+# config-linux.md's names; the runtime refuses the ones it cannot honour (SCMP_ACT_NOTIFY).
+ACTIONS = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
+           "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY"}
+OPS = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT",
+       "SCMP_CMP_MASKED_EQ"}
 _OCI_TOP = ("defaultAction", "defaultErrnoRet", "architectures", "flags", "listenerPath",
             "listenerMetadata")
 
@@ -103,6 +108,9 @@ def check_profile(profile, source: str) -> None:
     if not isinstance(profile, dict):
         raise SpecError(f"seccomp profile {source}: expected a JSON object")
     _unknown(profile, _PROFILE_KEYS, f"seccomp profile {source}")
+    if profile.get("defaultAction") not in ACTIONS | {None, ""}:
+        raise SpecError(f"seccomp profile {source}: unknown defaultAction "
+                        f"{profile['defaultAction']!r}")
     _errno_name_agrees(profile.get("defaultErrno"), profile.get("defaultErrnoRet"),
                        f"seccomp profile {source}")
     for i, entry in enumerate(profile.get("archMap") or ()):
@@ -117,6 +125,9 @@ def check_profile(profile, source: str) -> None:
         if not isinstance(rule, dict):
             raise SpecError(f"{where}: expected an object")
         _unknown(rule, _RULE_KEYS, where)
+        if rule.get("action") not in ACTIONS:
+            raise SpecError(f"{where}: unknown action {rule.get('action')!r}",
+                            hint="one of " + ", ".join(sorted(ACTIONS)))
         _errno_name_agrees(rule.get("errno"), rule.get("errnoRet"), where)
         for key in ("includes", "excludes"):
             if rule.get(key) is not None:
@@ -127,6 +138,8 @@ def check_profile(profile, source: str) -> None:
             if not isinstance(arg, dict):
                 raise SpecError(f"{where}.args[{j}]: expected an object")
             _unknown(arg, _ARG_KEYS, f"{where}.args[{j}]")
+            if arg.get("op") not in OPS:
+                raise SpecError(f"{where}.args[{j}]: unknown operator {arg.get('op')!r}")
 
 
 def _min_kernel(text, where: str) -> tuple[int, int]:

@@ -138,6 +138,12 @@ def test_excludes_min_kernel_and_arches():
      "minKernel"),
     ({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "defaultErrno": "ENOSYS"},
      "ENOSYS"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["a"], "action": "SCMP_ACT_ALOW"}]},
+     "SCMP_ACT_ALOW"),
+    ({"defaultAction": "SCMP_ACT_DENY"}, "SCMP_ACT_DENY"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["a"], "action": "SCMP_ACT_ALLOW",
+                                                       "args": [{"index": 0, "op": "LT"}]}]},
+     "LT"),
 ])
 def test_profile_errors(profile, words):
     with pytest.raises(SpecError, match=words):
