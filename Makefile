@@ -6,11 +6,12 @@ PYTEST  ?= $(PY) -m pytest
 BOOTSTRAP_PYTHON ?= python3
 IMAGES  := .test-images
 
-# Debian packages: libcap-dev builds python-prctl; python3-dev and python3-venv let the rootless
-# tier install minictr for its unprivileged users with /usr/bin/python3. The rest are the peers
-# and servers the test tiers and benchmarks use (docker-registry, skopeo, umoci, runc, crun,
-# bwrap, podman, ch-run; qemu and a Debian kernel for the VM tier).
-DEB_BUILD := build-essential libcap-dev libffi-dev python3-venv python3-dev
+# Debian packages: libcap-dev builds python-prctl, libseccomp-dev builds minictr._seccomp;
+# python3-dev and python3-venv let the rootless tier install minictr for its unprivileged users
+# with /usr/bin/python3. The rest are the peers and servers the test tiers and benchmarks use
+# (docker-registry, skopeo, umoci, runc, crun, bwrap, podman, ch-run; qemu and a Debian kernel
+# for the VM tier).
+DEB_BUILD := build-essential libcap-dev libffi-dev libseccomp-dev python3-venv python3-dev
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
              golang-github-opencontainers-specs-dev podman charliecloud-runtime
@@ -28,7 +29,8 @@ deps:
 	  fi; \
 	else echo "not root: skipping Debian packages ($(DEB_BUILD))"; fi
 
-$(VENV)/.installed: pyproject.toml setup.py native/minictr_native.c native/minictr_native.h native/build.py
+$(VENV)/.installed: pyproject.toml setup.py native/minictr_native.c native/minictr_native.h native/build.py \
+                   native/seccomp_build.py
 	$(MAKE) deps
 	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

@@ -1,6 +1,7 @@
 """Build glue that pyproject.toml cannot express.
 
-- cffi's build hook (cffi_modules) compiles native/minictr_native.c into minictr._native.
+- cffi's build hook (cffi_modules) compiles native/minictr_native.c into minictr._native, and
+  native/seccomp_build.py (libseccomp's API, linked with -lseccomp) into minictr._seccomp.
 - native/mcinit.c is a small static program (see its header comment: the CVE-2019-5736 defence
   and --init) that is installed as package data: minictr/mcinit.
 """
@@ -24,4 +25,5 @@ class BuildWithInit(build_ext):
                                    os.path.join("native", "mcinit.c")])
 
 
-setup(cffi_modules=["native/build.py:ffibuilder"], cmdclass={"build_ext": BuildWithInit})
+setup(cffi_modules=["native/build.py:ffibuilder", "native/seccomp_build.py:ffibuilder"],
+      cmdclass={"build_ext": BuildWithInit})

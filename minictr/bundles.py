@@ -153,7 +153,7 @@ def features() -> dict:
             "capabilities": sorted(known_caps()),
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False,
                        "rdma": False},
-            "seccomp": {"enabled": False},
+            "seccomp": seccomp_features(),
             "apparmor": {"enabled": False}, "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
@@ -162,6 +162,13 @@ def features() -> dict:
         "potentiallyUnsafeConfigAnnotations": [],
         "propagation": sorted(rootfs.PROPAGATION),
     }
+
+
+def seccomp_features() -> dict:
+    from minictr.runtime import seccomp
+
+    return {"enabled": True, "actions": sorted(seccomp.ACTIONS), "operators": sorted(seccomp.OPS),
+            "knownFlags": sorted(seccomp.FLAGS), "supportedFlags": sorted(seccomp.FLAGS)}
 
 
 def spec_template(rootless: bool = False) -> dict:

@@ -64,6 +64,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--preserve-fds", type=int, default=0, help="pass N fds beyond 0-2 into the container")
     a("--ulimit", action="append", default=[], help="NAME=SOFT[:HARD], e.g. nofile=1024:2048")
     a("--privileged", action="store_true", help="all capabilities, no masked paths, no device filter")
+    a("--security-opt", action="append", default=[], help="seccomp=FILE|unconfined, no-new-privileges=false")
     a("--userns", choices=["auto", "keep-id", "host"], default=None,
       help="rootless user mapping: auto (you are root inside), keep-id (your uid inside)")
     a("-m", "--memory", help="memory limit, e.g. 512m, 2g")
@@ -100,7 +101,8 @@ def _run_options(args: argparse.Namespace):
         pids_limit=args.pids_limit, cpus=args.cpus, cpu_shares=args.cpu_shares,
         cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
         cgroup_parent=args.cgroup_parent, devices=tuple(args.device), gpus=args.gpus,
-        gpu_memory=args.gpu_memory, annotations=tuple(args.annotation))
+        gpu_memory=args.gpu_memory, annotations=tuple(args.annotation),
+        security_opts=tuple(args.security_opt))
 
 
 def _gpu_roots(args: argparse.Namespace) -> tuple:

@@ -20,6 +20,8 @@ S_IFCHR S_IFBLK
 BPF_PROG_LOAD BPF_PROG_ATTACH BPF_PROG_DETACH BPF_PROG_QUERY BPF_PROG_TYPE_CGROUP_DEVICE
 BPF_CGROUP_DEVICE BPF_F_ALLOW_MULTI
 CLOSE_RANGE_CLOEXEC
+SECCOMP_FILTER_FLAG_TSYNC SECCOMP_FILTER_FLAG_LOG SECCOMP_FILTER_FLAG_SPEC_ALLOW
+SECCOMP_FILTER_FLAG_NEW_LISTENER SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 """.split()
 
 ffibuilder = FFI()
@@ -31,7 +33,7 @@ ffibuilder.set_source(
     "minictr._native",
     '#define _GNU_SOURCE\n#include <sched.h>\n#include <fcntl.h>\n#include <sys/mount.h>\n'
     '#include <sys/stat.h>\n#include <linux/openat2.h>\n#include <linux/bpf.h>\n'
-    '#include <linux/close_range.h>\n#include "minictr_native.h"\n',
+    '#include <linux/close_range.h>\n#include <linux/seccomp.h>\n#include "minictr_native.h"\n',
     sources=["native/minictr_native.c"],
     include_dirs=["native"],
     extra_compile_args=["-O2", "-Wall"],

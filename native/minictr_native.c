@@ -20,6 +20,8 @@
 #include <sys/sysmacros.h>
 #include <linux/openat2.h>
 #include <linux/bpf.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #include "minictr_native.h"
 
@@ -147,4 +149,17 @@ int mc_join_session_keyring(const char *name)
 {
     long serial = syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name);
     return serial < 0 ? -errno : (int)serial;
+}
+
+/*
+ * seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog) with prog = { count, filter }: install a
+ * classic BPF filter of `count` struct sock_filter instructions (seccomp(2)). The caller must
+ * have no_new_privs set or hold CAP_SYS_ADMIN (else EACCES). Returns 0, or a listener fd with
+ * SECCOMP_FILTER_FLAG_NEW_LISTENER, or -errno.
+ */
+int mc_seccomp(unsigned int flags, const void *filter, unsigned short count)
+{
+    struct sock_fprog prog = { .len = count, .filter = (struct sock_filter *)filter };
+    long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    return r < 0 ? -errno : (int)r;
 }

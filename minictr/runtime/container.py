@@ -136,8 +136,10 @@ def bind_console(kernel, slave: int, explain: Explain) -> None:
 
 
 def setup_process(kernel, process: dict, rootless: bool, explain: Explain, *,
-                  keep_pdeathsig: bool = True) -> None:
-    """The process settings of config.md "Process", in runc's order."""
+                  keep_pdeathsig: bool = True, seccomp: tuple | None = None) -> None:
+    """The process settings of config.md "Process", in runc's order. A seccomp filter is
+    loaded last, in exec_process, when no_new_privs allows it; without no_new_privs seccomp(2)
+    needs CAP_SYS_ADMIN, so then it is loaded here, before the capabilities go (runc)."""
     for rl in process.get("rlimits", ()):
         _say(explain, f"setrlimit({rl['type']}, {rl['soft']}, {rl['hard']})")
         kernel.setrlimit(RLIMITS[rl["type"]], rl["soft"], rl["hard"])
@@ -146,6 +148,10 @@ def setup_process(kernel, process: dict, rootless: bool, explain: Explain, *,
         os.umask(user["umask"])
     if process.get("noNewPrivileges"):
         capabilities.set_no_new_privs(kernel, explain)
+    elif seccomp is not None:
+        from minictr.runtime import seccomp as seccomp_mod
+
+        seccomp_mod.load(kernel, seccomp[0], seccomp[1], explain)
     caps = process.get("capabilities", {})
     capabilities.drop_bounding_set(kernel, caps, explain)
     set_user(kernel, user, rootless, explain)
@@ -237,14 +243,19 @@ def close_fds(kernel, keep: int, explain: Explain) -> None:
 
 
 def exec_process(kernel, process: dict, path: str, init_fd: int, exec_w: int | None,
-                 init: bool, explain: Explain) -> None:
+                 init: bool, explain: Explain, seccomp: tuple | None = None) -> None:
     """execve the process through mcinit (native/mcinit.c: /proc/self/exe must not name a host
-    binary, runc CVE-2019-5736). ``exec_w`` (attached runs) carries an execve errno back."""
+    binary, runc CVE-2019-5736). ``exec_w`` (attached runs) carries an execve errno back. The
+    seccomp filter is the very last step (with no_new_privs): it must allow execveat."""
     args = list(process["args"])
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in process.get("env", ()))
     if exec_w is not None:
         kernel.set_inheritable(exec_w)
     mode = "init" if init else "exec"
+    if seccomp is not None and process.get("noNewPrivileges"):
+        from minictr.runtime import seccomp as seccomp_mod
+
+        seccomp_mod.load(kernel, seccomp[0], seccomp[1], explain)
     _say(explain, f"execve({path!r}, {args!r})" + ("  via mcinit --init as PID 1" if init else ""))
     kernel.fexecve(init_fd, ["mcinit", str(-1 if exec_w is None else exec_w), mode, path, "--",
                              *args], env)

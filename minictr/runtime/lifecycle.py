@@ -146,6 +146,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
                                systemd=systemd_cgroup, kernel=kernel, explain=explain,
                                on_plan=lambda paths: root.update(container_id,
                                                                  cgroup_paths=paths))
+        seccomp = spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root), explain)
         fifo = root.file(container_id, state_mod.FIFO)
         kernel.mkfifo(fifo, 0o622)
         fifo_fd = kernel.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -168,7 +169,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             preserve_fds=preserve_fds, init=init, container=(spec, rootfs), fifo_fd=fifo_fd,
             uid_mappings=tuple(linux.get("uidMappings") or ()),
             gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
-            oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot,
+            oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
             new_keyring=None if no_new_keyring else container_id)
         try:
             created = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=spawned,
@@ -225,6 +226,11 @@ def with_default_devices(spec: dict) -> dict:
         resources["devices"] = rules + [r for r in DEFAULT_ALLOW if r not in rules]
         linux["resources"] = resources
     return dict(spec, linux=linux)
+
+
+def seccomp_cache_dir(root: StateRoot) -> str:
+    """Compiled filters live in the trusted state dir (runtime/seccomp_cache.py)."""
+    return os.path.join(root.path, ".cache", "seccomp")
 
 
 def _prepare_rootfs(kernel, rootfs, root_path: str) -> None:
@@ -445,7 +451,9 @@ def exec_process(root: StateRoot, container_id: str, process: dict, *, attached:
     plan = spawn_mod.SpawnPlan(process=process, namespaces=spawn_mod.plan_namespaces(entries),
                                rootless=st.get("rootless", False), attached=attached,
                                stdin_null=stdin_null, preserve_fds=preserve_fds,
-                               oom_score_adj=process.get("oomScoreAdj"))
+                               oom_score_adj=process.get("oomScoreAdj"),
+                               seccomp=spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root),
+                                                                 explain))
     made = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=on_spawned, explain=explain)
     console = made.console
     if console is not None and console_socket:

@@ -44,6 +44,7 @@ from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, Con
                             MinictrError, RuntimeSetupError, SpecError, hint_for)
 from minictr.records import record
 from minictr.runtime import capabilities, container
+from minictr.runtime import seccomp as seccomp_mod  # noqa: F401 - loaded after pivot_root
 from minictr.runtime import syscalls as sc
 
 Explain = Callable[[str], None] | None
@@ -71,6 +72,23 @@ class NamespacePlan:
     new_cgroup_ns: bool = False          # unshared by the child once placed in its cgroups
     parent_joins: tuple = ()             # (type, path): joined by the launcher around clone
     child_joins: tuple = ()              # (type, path): joined by the child, user first
+
+
+def compile_seccomp(spec: dict, cache_dir: str, explain: Explain) -> tuple | None:
+    """The launcher compiles linux.seccomp (libseccomp, cached by its digest); the child only
+    loads the program (runtime/seccomp.py)."""
+    profile = (spec.get("linux") or {}).get("seccomp")
+    if not profile:
+        return None
+    from minictr.runtime import seccomp_cache
+
+    compiled = seccomp_cache.cached_filter(profile, cache_dir)
+    if explain:
+        explain(seccomp_mod.describe(profile))
+        if compiled.unknown_syscalls:
+            explain("seccomp: not in this libseccomp (they get ENOSYS): "
+                    + ", ".join(compiled.unknown_syscalls))
+    return compiled.bpf, compiled.flags
 
 
 def plan_namespaces(entries: list[dict]) -> NamespacePlan:
@@ -156,6 +174,7 @@ class SpawnPlan:
     hook_state: dict | None = None       # state the in-container hooks are given
     oom_score_adj: int | None = None
     no_pivot: bool = False               # runc --no-pivot: MS_MOVE + chroot
+    seccomp: tuple | None = None         # (BPF program, flags) compiled by the launcher
     new_keyring: str | None = None       # the first process joins a new session keyring
 
 
@@ -468,7 +487,7 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
     if process.get("terminal"):
         container.make_console(kernel, channel, process.get("consoleSize"), explain)
     container.setup_process(kernel, process, plan.rootless, explain,
-                            keep_pdeathsig=plan.attached)
+                            keep_pdeathsig=plan.attached, seccomp=plan.seccomp)
     path = container.find_executable(kernel, process)
     container.close_fds(kernel, 3 + plan.preserve_fds, explain)
     if plan.fifo_fd is not None:
@@ -494,7 +513,8 @@ def finish(kernel, plan: SpawnPlan, path: str, init_fd: int, host_pid: int,
             hooks.run_hooks(kernel, plan.container[0], "startContainer",
                             dict(plan.hook_state or {}, pid=host_pid, status="created"),
                             explain)
-    container.exec_process(kernel, plan.process, path, init_fd, exec_w, plan.init, explain)
+    container.exec_process(kernel, plan.process, path, init_fd, exec_w, plan.init, explain,
+                           seccomp=plan.seccomp)
 
 
 def wait_for_start(kernel, fifo_fd: int, explain: Explain) -> None:

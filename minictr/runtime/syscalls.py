@@ -67,6 +67,12 @@ BPF_PROG_TYPE_CGROUP_DEVICE = lib.BPF_PROG_TYPE_CGROUP_DEVICE
 BPF_CGROUP_DEVICE = lib.BPF_CGROUP_DEVICE
 BPF_F_ALLOW_MULTI = lib.BPF_F_ALLOW_MULTI
 CLOSE_RANGE_CLOEXEC = lib.CLOSE_RANGE_CLOEXEC
+SECCOMP_FILTER_FLAG_TSYNC = lib.SECCOMP_FILTER_FLAG_TSYNC
+SECCOMP_FILTER_FLAG_LOG = lib.SECCOMP_FILTER_FLAG_LOG
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = lib.SECCOMP_FILTER_FLAG_SPEC_ALLOW
+SECCOMP_FILTER_FLAG_NEW_LISTENER = lib.SECCOMP_FILTER_FLAG_NEW_LISTENER
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = lib.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+SOCK_FILTER_SIZE = 8        # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (linux/filter.h)
 
 NAMESPACE_FLAGS = {
     "user": CLONE_NEWUSER, "mount": CLONE_NEWNS, "pid": CLONE_NEWPID, "uts": CLONE_NEWUTS,
@@ -170,6 +176,16 @@ class Syscalls:
 
     def pidfd_open(self, pid: int) -> int:
         return _check(lib.mc_pidfd_open(pid, 0), f"pidfd_open({pid})")
+
+    def seccomp_set_filter(self, flags: int, bpf: bytes) -> int:
+        """seccomp(SECCOMP_SET_MODE_FILTER, flags, &{len, filter}) with ``bpf`` the program's
+        struct sock_filter array; returns 0 (or a listener fd with NEW_LISTENER)."""
+        count, rest = divmod(len(bpf), SOCK_FILTER_SIZE)
+        if rest or not 0 < count <= 0xFFFF:
+            raise OSError(errno.EINVAL, f"seccomp(SET_MODE_FILTER): {len(bpf)} bytes is not a "
+                          "whole number of BPF instructions")
+        return _check(lib.mc_seccomp(flags, ffi.from_buffer(bpf), count),
+                      f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}, <{count} instructions>)")
 
     # Calls Python already wraps; kept on the face so the runtime has one seam (and a dry run
     # or a test can record them instead).
@@ -499,6 +515,8 @@ class RecordingSyscalls:
             return self._fd(f"<{name}>")
         if name == "run_program":
             return 0, b""
+        if name == "seccomp_set_filter":
+            return 0
         if name == "ioctl":
             return self._fd("<pty>")
         if name in self.QUERIES:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from minictr.errors import SpecError
 from minictr.spec import defaults, mounts as mounts_mod, process as proc
-from minictr.spec import units
+from minictr.spec import security, units
 from minictr.spec.edits import insert_mount
 from minictr.spec.options import RunOptions
 from minictr.spec.users import ExecUser, resolve_user
@@ -47,6 +47,7 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     userns = _user_namespace(opts, rootless, uid_mappings, gid_mappings, host_ids)
     user = _exec_user(opts, config, read_file, userns, host_ids)
     caps = proc.capability_set(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
+    secopts = security.parse_security_opts(opts.security_opts, read_host_file)
     process = {
         "terminal": bool(opts.tty),
         "user": _process_user(user),
@@ -57,7 +58,7 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         "cwd": proc.process_cwd(opts.workdir, config),
         "capabilities": proc.process_capabilities(caps, user.uid),
         "rlimits": proc.process_rlimits(opts.ulimits),
-        "noNewPrivileges": True,
+        "noNewPrivileges": secopts.no_new_privileges,
     }
     spec = {
         "ociVersion": OCI_VERSION,
@@ -67,6 +68,9 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         "mounts": _mounts(opts, rootless, host_stat),
         "linux": _linux(opts, container_id, userns),
     }
+    seccomp = security.linux_seccomp(secopts, caps=caps, privileged=opts.privileged)
+    if seccomp is not None:
+        spec["linux"]["seccomp"] = seccomp
     annotations = _annotations(config, opts.annotations)
     if annotations:
         spec["annotations"] = annotations

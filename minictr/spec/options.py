@@ -48,3 +48,4 @@ class RunOptions:
     gpus: str | None = None
     gpu_memory: str | None = None
     annotations: tuple[str, ...] = ()
+    security_opts: tuple[str, ...] = ()      # --security-opt seccomp=FILE, no-new-privileges=BOOL

@@ -1,0 +1,147 @@
+"""Compiled seccomp filters on disk, keyed by what they are compiled from.
+
+Compiling Docker's default profile through libseccomp takes ~16 ms (bench/README.md, "Seccomp"),
+as long as the rest of a container's kernel setup; reading a cached program takes ~0.1 ms and
+does not load libseccomp at all. An entry's name is the sha256 of:
+
+- the ``linux.seccomp`` object as canonical JSON (sorted keys), so a changed profile, a
+  different capability set (which changes the resolved rules) or architecture is a new entry;
+- the identity (inode, size, mtime) of the libseccomp shared object that compiled the filters,
+  recorded in ``DIR/libseccomp`` on the first compile: an upgraded library knows more syscalls
+  and makes different programs, and its new file does not match the record;
+- the identity of the compiler (minictr/runtime/seccomp.py) itself.
+
+Entries are written to a temporary name and renamed into place, so a reader sees a whole entry
+or none; a damaged one is recompiled. The directory must belong to this user and be writable by
+no one else (it is made 0700): a program read from it is loaded into containers as it is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from minictr.runtime import seccomp as seccomp_mod
+from minictr.runtime.seccomp import CompiledFilter
+
+try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
+    from _sha256 import sha256
+except ImportError:                     # Python 3.12 renamed it
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
+
+_RECORD = "libseccomp"
+_MAGIC = b"minictr-seccomp 1\n"
+
+
+def cached_filter(seccomp: dict, cache_dir: str) -> CompiledFilter:
+    """The compiled filter for ``seccomp``, from ``cache_dir`` when it holds it, else compiled
+    (and stored there)."""
+    text = json.dumps(seccomp, sort_keys=True, separators=(",", ":")).encode()
+    ident = _identity(cache_dir)
+    if ident is not None:
+        hit = _read(_entry(cache_dir, text, ident))
+        if hit is not None:
+            return hit
+    compiled = seccomp_mod.compile_filter(seccomp)
+    ident = _record_library(cache_dir)
+    if ident is not None:
+        _write(_entry(cache_dir, text, ident), compiled)
+    return compiled
+
+
+def _entry(cache_dir: str, text: bytes, ident: str) -> str:
+    return os.path.join(cache_dir, sha256(ident.encode() + b"\0" + text).hexdigest() + ".bpf")
+
+
+def _file_id(path: str) -> str:
+    st = os.stat(path)
+    return f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _trusted_dir(cache_dir: str) -> bool:
+    try:
+        st = os.stat(cache_dir)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _identity(cache_dir: str) -> str | None:
+    """libseccomp's and the compiler's identity, or None (no record, untrusted dir, stale)."""
+    if not _trusted_dir(cache_dir):
+        return None
+    try:
+        with open(os.path.join(cache_dir, _RECORD)) as f:
+            library = f.read().strip()
+        return _file_id(library) + "\0" + _file_id(seccomp_mod.__file__)
+    except (OSError, ValueError):
+        return None
+
+
+def _loaded_library() -> str | None:
+    """The libseccomp file this process has mapped (it has, after a compile)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split(None, 5)[-1].strip()
+            if "/libseccomp.so" in path:
+                return path
+    return None
+
+
+def _record_library(cache_dir: str) -> str | None:
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        library = _loaded_library()
+        if library is None or not _trusted_dir(cache_dir):
+            return None
+        _atomic_write(os.path.join(cache_dir, _RECORD), library.encode() + b"\n")
+        return _file_id(library) + "\0" + _file_id(seccomp_mod.__file__)
+    except OSError:
+        return None           # a cache we cannot write is only slower
+
+
+def _read(path: str) -> CompiledFilter | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data.startswith(_MAGIC):
+            return None
+        header, _, bpf = data[len(_MAGIC):].partition(b"\n")
+        meta = json.loads(header)
+        if not bpf or len(bpf) % 8 or len(bpf) != meta["size"]:
+            return None
+        return CompiledFilter(bpf, int(meta["flags"]), tuple(meta["unknown"]),
+                              tuple(tuple(pair) for pair in meta["enosys_above"]),
+                              tuple(meta["overridden"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write(path: str, compiled: CompiledFilter) -> None:
+    meta = {"flags": compiled.flags, "unknown": list(compiled.unknown_syscalls),
+            "enosys_above": [list(p) for p in compiled.enosys_above],
+            "overridden": list(compiled.overridden), "size": len(compiled.bpf)}
+    try:
+        _atomic_write(path, _MAGIC + json.dumps(meta).encode() + b"\n" + compiled.bpf)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"      # one writer per pid: a leftover is a dead process's
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
