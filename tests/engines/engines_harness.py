@@ -10,6 +10,7 @@ after the session (``Session.name``) so that teardown finds them. What cannot be
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import pty
@@ -300,26 +301,31 @@ class Session:
         return [f"processes still in this session's cgroups: {sorted(pids)}"]
 
     def _kill_by_cmdline(self) -> list[str]:
-        """Shims, conmon and daemons name this session's directory on their command line."""
+        """Shims, conmon and daemons name this session's directory on their command line. A
+        killed shim leaves its socket in /run/containerd/s: removed too."""
         marker = str(self.dir).encode()
         me = os.getpid()
         for _ in range(20):
-            left = []
+            left = {}
             for entry in os.listdir("/proc"):
                 if not entry.isdigit() or int(entry) == me:
                     continue
                 try:
                     with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        if marker in f.read():
-                            left.append(int(entry))
+                        argv = f.read().split(b"\0")
                 except OSError:
-                    pass
+                    continue
+                if any(marker in a for a in argv):
+                    left[int(entry)] = [a.decode(errors="replace") for a in argv]
             if not left:
                 return []
-            for pid in left:
+            for pid, argv in left.items():
                 _kill(pid)
+                socket = shim_socket(argv)
+                if socket:
+                    Path(socket).unlink(missing_ok=True)
             time.sleep(0.1)
-        return [f"processes naming {self.dir} still alive: {left}"]
+        return [f"processes naming {self.dir} still alive: {sorted(left)}"]
 
     def _unmount(self) -> list[str]:
         for _ in range(10):
@@ -354,6 +360,18 @@ class Session:
                 except OSError:
                     pass
         return []
+
+
+def shim_socket(argv: list[str]) -> str | None:
+    """The socket of a containerd-shim-runc-v2 command line (containerd 1.6
+    ``shim.SocketAddress``: /run/containerd/s/sha256(ADDRESS/NAMESPACE/ID))."""
+    if not argv or not argv[0].endswith("containerd-shim-runc-v2"):
+        return None
+    opts = dict(zip(argv[1::2], argv[2::2]))
+    if not all(k in opts for k in ("-namespace", "-id", "-address")):
+        return None
+    key = f"{opts['-address']}/{opts['-namespace']}/{opts['-id']}"
+    return f"/run/containerd/s/{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _kill(pid: int) -> None:
