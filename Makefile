@@ -10,22 +10,38 @@ IMAGES  := .test-images
 # python3-dev and python3-venv let the rootless tier install minictr for its unprivileged users
 # with /usr/bin/python3. The rest are the peers and servers the test tiers and benchmarks use
 # (docker-registry, skopeo, umoci, runc, crun, bwrap, podman, ch-run; qemu and a Debian kernel
-# for the VM tier).
+# for the VM tier; containerd and docker.io, whose daemons the engines tier starts privately).
 DEB_BUILD := build-essential libcap-dev libffi-dev libseccomp-dev python3-venv python3-dev
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
-             golang-github-opencontainers-specs-dev podman charliecloud-runtime
+             golang-github-opencontainers-specs-dev podman charliecloud-runtime \
+             containerd docker.io
+# Installed without their Recommends: docker.io's (cgroupfs-mount, needrestart, ...) change how
+# the machine boots and restarts services, and no test needs them.
+DEB_NO_RECOMMENDS := containerd docker.io
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
 
 .PHONY: install compile deps test unit run bench clean
 
 install: $(VENV)/.installed
 
+# Package scripts must not start daemons (docker.io's would start dockerd on /var/lib/docker): a
+# policy-rc.d that denies every start is put in place for the install unless one exists.
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=$$(for p in $(DEB_BUILD) $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    plain=$$(for p in $$missing; do case " $(DEB_NO_RECOMMENDS) " in *" $$p "*) ;; *) echo $$p;; esac; done); \
+	    norec=$$(for p in $$missing; do case " $(DEB_NO_RECOMMENDS) " in *" $$p "*) echo $$p;; esac; done); \
+	    guard=; if [ ! -e $(POLICY_RC_D) ]; then \
+	      printf '#!/bin/sh\n# minictr make deps: no daemon starts while packages install\nexit 101\n' \
+	        > $(POLICY_RC_D) && chmod 755 $(POLICY_RC_D) && guard=1; fi; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq \
+	      && { [ -z "$$plain" ] || apt-get install -y -qq $$plain >/dev/null; } \
+	      && { [ -z "$$norec" ] || apt-get install -y -qq --no-install-recommends $$norec >/dev/null; }; \
+	    status=$$?; [ -z "$$guard" ] || rm -f $(POLICY_RC_D); exit $$status; \
 	  fi; \
 	else echo "not root: skipping Debian packages ($(DEB_BUILD))"; fi
 

@@ -1,4 +1,4 @@
-"""Write OCI image layouts and oci-archives (image-spec ``image-layout.md``).
+"""Write OCI image layouts, oci-archives and docker-archives (image-spec ``image-layout.md``).
 
 A layout is a directory::
 
@@ -246,6 +246,52 @@ def write_archive(layout_dir: str, archive: str) -> None:
             tar_tree(out, layout_dir, paths=[p for p in walk_tree(layout_dir)
                                              if not os.path.basename(p).startswith(".tmp-")],
                      norm=Normalize(owner=(0, 0), mtime=0))
+        os.replace(tmp, archive)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_docker_archive(layout_dir: str, archive: str, repo_tags: list[str], *,
+                         tag: str = "latest") -> None:
+    """Write the image tagged ``tag`` in a layout as a classic ``docker save`` tar (what
+    ``docker load`` before Docker 25 and ``podman load`` read): ``manifest.json`` =
+    ``[{Config, RepoTags, Layers}]``, the config as ``<hex>.json`` and each layer blob as
+    ``<hex>/layer.tar``. Layers stay compressed (both loaders decompress); the names in
+    ``repo_tags`` (``registry/name:tag``) become the loaded image's names."""
+    layout = Layout(layout_dir)
+    entries = [m for m in read_index(layout_dir).get("manifests", [])
+               if m.get("annotations", {}).get(REF_NAME) == tag]
+    if len(entries) != 1:
+        raise ToolError(f"{layout_dir}: {len(entries)} manifests are tagged {tag!r}, not one")
+    with open(layout.blob_path(entries[0]["digest"]), "rb") as f:
+        manifest = json.load(f)
+    config_hex = manifest["config"]["digest"].split(":", 1)[1]
+    members = [(f"{config_hex}.json", layout.blob_path(manifest["config"]["digest"]))]
+    layer_names = []
+    for layer in manifest["layers"]:
+        hexd = layer["digest"].split(":", 1)[1]
+        layer_names.append(f"{hexd}/layer.tar")
+        members.append((layer_names[-1], layout.blob_path(layer["digest"])))
+    index = canonical_json([{"Config": f"{config_hex}.json", "RepoTags": list(repo_tags),
+                             "Layers": layer_names}])
+    fd, tmp = _temp_file(os.path.dirname(os.path.abspath(archive)))
+    try:
+        with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w|",
+                                                      format=tarfile.PAX_FORMAT) as tf:
+            for name in sorted({n.split("/")[0] for n, _ in members if "/" in n}):
+                info = tarfile.TarInfo(name)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            for name, path in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = os.path.getsize(path), 0o644
+                with open(path, "rb") as f:
+                    tf.addfile(info, f)
+            info = tarfile.TarInfo("manifest.json")
+            info.size, info.mode = len(index), 0o644
+            tf.addfile(info, io.BytesIO(index))
         os.replace(tmp, archive)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,7 +1,8 @@
 """Test images, built once and cached by content (for every tier's fixtures).
 
-    from tests.images import build_busybox
+    from tests.images import build_busybox, write_archives
     image = build_busybox(cache_dir)    # a BuiltImage: image.ref == "oci:/.../busybox-KEY:latest"
+    oci_tar, docker_tar = write_archives(image, out_dir, "example.test/busybox:latest")
 
 Each image is an OCI layout directory named after a hash of everything that goes into it (the
 rootfs_tools sources, the host files copied in, the build options), so a changed input makes a
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import rootfs_tools
-from rootfs_tools import ToolMissing, build, elf, rootfs
+from rootfs_tools import ToolMissing, build, elf, oci, rootfs
 
 TAG = "latest"
 GLIBC_BINARIES = ("/bin/sh", "/bin/cat", "/usr/bin/env", "/sbin/ldconfig")
@@ -155,3 +156,16 @@ def build_probe_binary(cache_dir: str | os.PathLike) -> Path:
                            lambda d: rootfs.compile_probe(os.path.join(d, "probe")))
         return directory / "probe"
     return _skip_if_missing(go)
+
+
+def write_archives(image: BuiltImage, out_dir: str | os.PathLike,
+                   repo_tag: str) -> tuple[Path, Path]:
+    """``image`` as an oci-archive (``ctr images import --base-name``) and as a classic
+    docker-archive named ``repo_tag`` (``docker load`` of Docker < 25, ``podman load``), written
+    into ``out_dir``; returns (oci_archive, docker_archive)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    oci_tar, docker_tar = out / f"{image.path.name}.oci.tar", out / f"{image.path.name}.docker.tar"
+    oci.write_archive(str(image.path), str(oci_tar))
+    oci.write_docker_archive(str(image.path), str(docker_tar), [repo_tag], tag=image.tag)
+    return oci_tar, docker_tar

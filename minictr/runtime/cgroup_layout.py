@@ -74,6 +74,15 @@ def detect_layout(fs, cgroup_root: str, proc_self_cgroup: str) -> Layout:
     return layout
 
 
+def _unset(value) -> bool:
+    """Engines send zeroes for what the user did not set (docker: blockIO {"weight": 0})."""
+    if isinstance(value, dict):
+        return all(_unset(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_unset(v) for v in value)
+    return value in (None, 0, "", False)
+
+
 def requested_controllers(resources: dict) -> dict[str, object]:
     """Controller → the part of linux.resources it applies. Fields minictr cannot apply on any
     host are errors here, never dropped."""
@@ -91,7 +100,7 @@ def requested_controllers(resources: dict) -> dict[str, object]:
     if resources.get("hugepageLimits"):
         wanted["hugetlb"] = resources["hugepageLimits"]
     for key in ("blockIO", "network", "rdma"):
-        if resources.get(key):
+        if not _unset(resources.get(key)):
             raise RuntimeSetupError(f"linux.resources.{key} is not supported by minictr",
                                     hint=f"remove linux.resources.{key} from the spec")
     return wanted

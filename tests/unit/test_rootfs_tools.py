@@ -184,6 +184,23 @@ def test_oci_archive_holds_the_layout(tmp_path):
     verify_layout(tmp_path / "unpacked")
 
 
+def test_docker_archive_holds_config_layers_and_repo_tags(tmp_path):
+    out = tmp_path / "out"
+    oci.write_image(str(out), [TarBuilder().file("a", b"1"), TarBuilder().file("b", b"2")],
+                    oci.ImageConfig(cmd=["sh"]), tag="v1")
+    oci.write_docker_archive(str(out), str(tmp_path / "d.tar"), ["example.test/img:v1"], tag="v1")
+    manifest, config, tars = verify_layout(out, "v1")
+    with tarfile.open(tmp_path / "d.tar") as tf:
+        [entry] = json.loads(tf.extractfile("manifest.json").read())
+        assert entry["RepoTags"] == ["example.test/img:v1"]
+        assert json.loads(tf.extractfile(entry["Config"]).read()) == config
+        layers = [tf.extractfile(name).read() for name in entry["Layers"]]
+    assert [_decompress(l["mediaType"], data) for l, data in zip(manifest["layers"], layers)] \
+        == tars
+    with pytest.raises(ToolError, match="0 manifests are tagged 'nope'"):
+        oci.write_docker_archive(str(out), str(tmp_path / "x.tar"), [], tag="nope")
+
+
 # ------------------------------------------------------------------ named images
 
 def test_busybox_image(cache):
@@ -352,6 +369,16 @@ def test_skopeo_reads_layout_and_archive(cache, tmp_path):
     out = subprocess.run(["skopeo", "inspect", f"oci-archive:{tmp_path / 'p.tar'}:latest"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo not installed")
+def test_skopeo_reads_docker_archive(cache, tmp_path):
+    image = images.build_probe_image(cache)
+    oci.write_docker_archive(str(image.path), str(tmp_path / "d.tar"), ["example.test/probe:v2"])
+    out = subprocess.run(["skopeo", "inspect", f"docker-archive:{tmp_path / 'd.tar'}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["Layers"]) == 2
 
 
 @pytest.mark.skipif(not shutil.which("umoci"), reason="umoci not installed")
