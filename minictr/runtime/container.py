@@ -229,9 +229,10 @@ def find_executable(kernel, process: dict) -> str:
     if denied:
         raise ContainerExecError(f"exec {denied[0]}: {denied[1]}", exit_code=EXIT_CANNOT_EXEC,
                                  hint="is it executable?")
-    where = "" if "/" in name else " in $PATH"
-    raise ContainerExecError(f"exec {name}: executable file not found{where}",
-                             exit_code=EXIT_NOT_FOUND,
+    # runc's wording: engines map these words to 127 (dockerd: "no such file or directory",
+    # "executable file not found"), "permission denied" to 126
+    what = "no such file or directory" if "/" in name else "executable file not found in $PATH"
+    raise ContainerExecError(f"exec {name}: {what}", exit_code=EXIT_NOT_FOUND,
                              hint="check the command and the image's PATH")
 
 
