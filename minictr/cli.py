@@ -516,6 +516,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:
+        # A launcher-side failure nothing above turned into a MinictrError: still one line.
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        what = err.strerror or str(err)
+        if err.filename:
+            what = f"{what}: {err.filename}"
+        print(f"minictr: error: {what}", file=sys.stderr)
+        from minictr.errors import hint_for
+        from minictr.runtime.syscalls import call_of
+
+        hint = hint_for(call_of(err) or "", err.errno or 0)
+        if hint:
+            print(f"minictr: hint: {hint}", file=sys.stderr)
+        return 125
+    except Exception as err:                      # noqa: BLE001 - never a traceback
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"minictr: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("minictr: hint: this is a bug in minictr; --debug shows the traceback",
+              file=sys.stderr)
+        return 125
 
 
 def entry() -> None:

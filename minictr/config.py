@@ -23,7 +23,8 @@ class Paths:
 
 
 def default_paths(root: str | None = None, state: str | None = None,
-                  env: dict[str, str] | None = None, euid: int | None = None) -> Paths:
+                  env: dict[str, str] | None = None, euid: int | None = None,
+                  exists=os.path.isdir) -> Paths:
     env = os.environ if env is None else env
     euid = os.geteuid() if euid is None else euid
     rootless = euid != 0
@@ -35,7 +36,9 @@ def default_paths(root: str | None = None, state: str | None = None,
     home = env.get("HOME") or os.path.expanduser("~")
     data = env.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
     if not state:
+        # On a compute node XDG_RUNTIME_DIR often names the login node's /run/user/UID, which
+        # does not exist here (no login session): then a private dir under /tmp, as podman.
         runtime_dir = env.get("XDG_RUNTIME_DIR")
-        state = (os.path.join(runtime_dir, "minictr") if runtime_dir
+        state = (os.path.join(runtime_dir, "minictr") if runtime_dir and exists(runtime_dir)
                  else f"/tmp/minictr-{euid}")
     return Paths(store=root or os.path.join(data, "minictr"), state=state, rootless=True)

@@ -1,5 +1,7 @@
 """minictr run without root: the probe inside, files through bind mounts, setuid, cleanup."""
+import json
 import os
+import subprocess
 import stat
 
 import pytest
@@ -114,3 +116,58 @@ def test_fuse_overlayfs_driver(user_mc):
     assert "fuse-overlayfs -o lowerdir=" in res.stderr
     assert res.stdout.split()[-1] == "hi"
     assert int(res.stdout.split()[0]) >= 1
+
+
+def _as_user(user_mc, *args, env=None):
+    """The installed CLI as the test user with no --state: its default state dir is used."""
+    base = {**user_mc.env(), **(env or {})}
+    return subprocess.run(["runuser", "-u", user_mc.pw.pw_name, "--", user_mc.exe, *args],
+                          capture_output=True, text=True, env=base, timeout=60)
+
+
+def test_a_state_dir_planted_by_another_user_is_refused(user_mc):
+    """Another user pre-creates /tmp/minictr-UID with mode 777 and a forged entry pointing
+    `kill` at a victim process: minictr must refuse the directory, not act on it."""
+    import shutil
+
+    planted = f"/tmp/minictr-{user_mc.pw.pw_uid}"
+    shutil.rmtree(planted, ignore_errors=True)
+    os.mkdir(planted)
+    os.chmod(planted, 0o777)
+    os.chown(planted, 65534, 65534)
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        os.makedirs(f"{planted}/forged")
+        with open(f"{planted}/forged/state.json", "w") as f:
+            json.dump({"id": "forged", "status": "running", "pid": victim.pid}, f)
+        for args in (("kill", "forged"), ("ps", "-a"), ("rm", "-f", "forged")):
+            res = _as_user(user_mc, *args, "--root", user_mc.root)
+            assert res.returncode == 125, (args, res.stdout, res.stderr)
+            assert "refusing to trust" in res.stderr and res.stderr.count("\n") == 2
+        assert victim.poll() is None                         # untouched
+        assert os.path.exists(f"{planted}/forged/state.json")
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(planted, ignore_errors=True)
+
+
+def test_a_missing_xdg_runtime_dir_is_not_a_traceback(user_mc):
+    """A compute node without the login node's /run/user/UID: minictr uses /tmp/minictr-UID."""
+    res = _as_user(user_mc, "run", "--root", user_mc.root, "--rm", "busybox:test", "true",
+                   env={"XDG_RUNTIME_DIR": f"/run/user/{user_mc.pw.pw_uid}-absent"})
+    assert res.returncode == 0, res.stderr
+
+
+def test_launcher_errors_are_one_line_and_125(user_mc):
+    cases = [
+        (("run", "--root", user_mc.root, "--rm", "busybox:test", "true"),
+         {"MINICTR_STATE": "/proc/self/minictr"}),
+        (("run", "--root", "/root/not-mine", "--rm", "busybox:test", "true"), {}),
+        (("images", "--root", "/root/not-mine"), {}),
+    ]
+    for args, env in cases:
+        res = _as_user(user_mc, *args, env=env)
+        assert res.returncode == 125, (args, res.stderr)
+        assert "Traceback" not in res.stderr and res.stderr.startswith("minictr: error: ")
+        assert res.stderr.count("\n") <= 2, res.stderr

@@ -1,0 +1,99 @@
+"""The state directory: trusted only when it deserves it; entries private; bad entries
+reported one by one."""
+import json
+import os
+import stat
+
+import pytest
+
+from minictr.config import default_paths
+from minictr.runtime import lifecycle, state
+from minictr.runtime.state import StateError, StateRoot
+
+
+def test_made_private_and_refused_when_others_can_write(tmp_path):
+    root = StateRoot(str(tmp_path / "s"))
+    assert stat.S_IMODE(os.stat(root.path).st_mode) == 0o700
+    os.chmod(root.path, 0o777)
+    with pytest.raises(StateError) as info:
+        StateRoot(root.path)
+    assert "writable by others" in str(info.value) and info.value.hint
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory away")
+def test_refused_when_someone_else_owns_it(tmp_path):
+    planted = tmp_path / "minictr-1000"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, 4242, 4242)
+    with pytest.raises(StateError) as info:
+        StateRoot(str(planted))
+    assert "belongs to uid 4242" in str(info.value)
+
+
+def test_a_symlink_is_not_a_state_directory(tmp_path):
+    (tmp_path / "real").mkdir(mode=0o700)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(StateError):
+        StateRoot(str(tmp_path / "link"))
+
+
+def test_entries_are_private(tmp_path):
+    root = StateRoot(str(tmp_path / "s"))
+    root.add("c1")
+    root.write("c1", {"id": "c1"})
+    state.write_private(root.file("c1", "config.json"), b"{}")
+    assert stat.S_IMODE(os.stat(root.dir("c1")).st_mode) == 0o700
+    for name in ("state.json", "config.json"):
+        assert stat.S_IMODE(os.stat(root.file("c1", name)).st_mode) == 0o600
+
+
+def test_ids_are_directory_names_and_nothing_else(tmp_path):
+    root = StateRoot(str(tmp_path / "s"))
+    for bad in ("../x", "a/b", ".", "..", "", "names"):
+        with pytest.raises(Exception):
+            root.add(bad)
+
+
+def test_a_malformed_entry_is_reported_and_the_others_listed(tmp_path):
+    root = StateRoot(str(tmp_path / "s"))
+    for cid in ("good", "bad", "empty"):
+        root.add(cid)
+    root.write("good", {"id": "good", "status": "stopped", "pid": 0})
+    with open(root.file("bad", "state.json"), "w") as f:
+        f.write("{not json")
+    warnings = []
+    listed = lifecycle.list_states(root, warn=warnings.append)
+    assert [s["id"] for s in listed] == ["good"]
+    assert len(warnings) == 2 and any("bad" in w for w in warnings)
+    assert any("no state file" in w for w in warnings)
+
+
+def test_names_are_unique_and_stale_ones_are_taken_over(tmp_path):
+    root = StateRoot(str(tmp_path / "s"))
+    root.add("a" * 64)
+    root.claim_name("web", "a" * 64)
+    with pytest.raises(Exception) as info:
+        root.claim_name("web", "b" * 64)
+    assert "already in use" in str(info.value)
+    root.remove("a" * 64)                         # gone: its name is free (and released)
+    root.add("b" * 64)
+    root.claim_name("web", "b" * 64)
+    assert root.name_to_id("web") == "b" * 64
+
+
+def test_a_missing_runtime_dir_falls_back_to_a_private_tmp_dir(tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path / "run" / "user" / "1000")}
+    assert default_paths(env=env, euid=1000).state == "/tmp/minictr-1000"
+    (tmp_path / "run" / "user" / "1000").mkdir(parents=True)
+    assert default_paths(env=env, euid=1000).state == str(tmp_path / "run/user/1000/minictr")
+
+
+def test_status_comes_from_the_process_not_the_file(tmp_path):
+    root = StateRoot(str(tmp_path / "s"))
+    root.add("c")
+    root.write("c", {"id": "c", "status": "running", "pid": os.getpid(),
+                     "pid_ticks": state.start_ticks(os.getpid())})
+    assert lifecycle.status(root, root.read("c")) == "running"
+    root.update("c", pid_ticks=1)                 # the pid was reused by another process
+    assert lifecycle.status(root, root.read("c")) == "stopped"
+    assert json.loads(open(root.file("c", "state.json")).read())["status"] == "running"
