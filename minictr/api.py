@@ -268,7 +268,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
     container_id = state_mod.new_id()
     p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
              container_id=container_id, warn=warn,
-             scratch_dir=None if dry_run else root.dir(container_id))
+             scratch_dir=None if dry_run else os.path.join(paths.containers, container_id))
     kernel = _dry_kernel(p) if dry_run else None
     if not dry_run:
         root.claim_name(p.name, container_id)
