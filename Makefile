@@ -9,11 +9,14 @@ IMAGES  := .test-images
 # Debian packages: libcap-dev builds python-prctl; python3-dev and python3-venv let the rootless
 # tier install minictr for its unprivileged users with /usr/bin/python3. The rest are the peers
 # and servers the test tiers and benchmarks use (docker-registry, skopeo, umoci, runc, crun,
-# bwrap, podman, ch-run; qemu and a Debian kernel for the VM tier).
+# bwrap, podman, ch-run; qemu and a Debian kernel for the VM tier; Slurm, munge and PMI2 for the
+# Slurm tier, which runs its own daemons: installing must not start the packaged services, so a
+# policy-rc.d that refuses every start is put in place for the install when none exists).
 DEB_BUILD := build-essential libcap-dev libffi-dev python3-venv python3-dev
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
-             golang-github-opencontainers-specs-dev podman charliecloud-runtime
+             golang-github-opencontainers-specs-dev podman charliecloud-runtime \
+             slurm-wlm munge libpmi2-0-dev
 
 .PHONY: install compile deps test unit run bench clean
 
@@ -24,6 +27,10 @@ deps:
 	  missing=$$(for p in $(DEB_BUILD) $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; \
+	      trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	    fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi; \
 	else echo "not root: skipping Debian packages ($(DEB_BUILD))"; fi
