@@ -113,8 +113,9 @@ def pmi2_program(slurm_base) -> str:
 
 
 def _bundle(path: str, owner: pwd.struct_passwd | None) -> str:
-    """A runc bundle around a busybox rootfs: ``runc spec`` (as root) or ``runc spec --rootless``
-    (as ``owner``, whose uid it maps to 0 inside)."""
+    """A runc bundle around a busybox rootfs (rootfs_tools' tree, plus the /proc, /sys and /dev
+    mount points): ``runc spec`` (as root) or ``runc spec --rootless`` (as ``owner``, whose uid
+    it maps to 0 inside)."""
     from rootfs_tools import ToolMissing, rootfs
 
     os.makedirs(path)
@@ -123,6 +124,8 @@ def _bundle(path: str, owner: pwd.struct_passwd | None) -> str:
         rootfs.busybox_tree(os.path.join(path, "rootfs"))
     except ToolMissing as err:
         pytest.skip(str(err))
+    for mnt in ("proc", "sys", "dev"):      # mount points: a rootless runtime cannot make them
+        os.makedirs(os.path.join(path, "rootfs", mnt), mode=0o755)
     if owner is None:
         subprocess.run([RUNTIME, "spec", "--bundle", path], check=True, capture_output=True)
     else:

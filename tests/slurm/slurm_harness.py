@@ -338,12 +338,15 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     @contextlib.contextmanager
     def oci(self, conf: OciConf):
         """Install oci.conf for the steps started inside the block (slurmstepd reads it at each
-        step's start), then remove it; the call log starts empty."""
+        step's start), then remove it. The call log starts empty and, after the block, holds every
+        call of the steps run in it: the block ends when their slurmstepd have exited."""
+        self.wait_steps_done()
         self.clear_oci_calls()
         path = os.path.join(self.etc, "oci.conf")
         self._write(path, conf.text(self.wrapper, self.oci_state, self.oci_out))
         try:
             yield conf
+            self.wait_steps_done()
         finally:
             os.unlink(path)
 
@@ -362,6 +365,30 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             rec["op"] = words[0] if words else None
             out.append(rec)
         return out
+
+    def stepds(self) -> dict[int, str]:
+        """Running slurmstepd processes of this cluster: {pid: "[JOB.STEP]"}."""
+        out = {}
+        for pid in self._our_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("slurmstepd: "):
+                out[pid] = cmd.split("\0")[0][len("slurmstepd: "):]
+        return out
+
+    def wait_steps_done(self, timeout: float = 60) -> None:
+        """Wait (bounded) until no slurmstepd of this cluster is left. srun returns when its tasks
+        have exited; slurmstepd's step cleanup (for a container: RunTimeQuery, Kill, Delete)
+        runs after that."""
+        deadline = time.monotonic() + timeout
+        while self.stepds():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"slurmstepd still running: {self.stepds()}\n"
+                                     + self.logs(10))
+            time.sleep(0.05)
 
     def spool_dir(self, job: int, step: int = 0) -> str:
         """The bundle Slurm 22.05 generates for a step (%b, with a trailing slash)."""
