@@ -17,7 +17,9 @@ import tempfile
 
 import pytest
 
-from slurm_harness import RUNTIME, ClusterError, SlurmCluster, missing_tools
+from rootfs_tools import ToolMissing
+from slurm_harness import (RUNTIME, SPEC_TOOL, ClusterError, SlurmCluster, make_bundle,
+                           missing_tools)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "gpu"))
@@ -112,35 +114,14 @@ def pmi2_program(slurm_base) -> str:
     return exe
 
 
-def _bundle(path: str, owner: pwd.struct_passwd | None) -> str:
-    """A runc bundle around a busybox rootfs (rootfs_tools' tree, plus the /proc, /sys and /dev
-    mount points): ``runc spec`` (as root) or ``runc spec --rootless`` (as ``owner``, whose uid
-    it maps to 0 inside)."""
-    from rootfs_tools import ToolMissing, rootfs
-
-    os.makedirs(path)
-    os.chmod(path, 0o755)
-    try:
-        rootfs.busybox_tree(os.path.join(path, "rootfs"))
-    except ToolMissing as err:
-        pytest.skip(str(err))
-    for mnt in ("proc", "sys", "dev"):      # mount points: a rootless runtime cannot make them
-        os.makedirs(os.path.join(path, "rootfs", mnt), mode=0o755)
-    if owner is None:
-        subprocess.run([RUNTIME, "spec", "--bundle", path], check=True, capture_output=True)
-    else:
-        os.chown(path, owner.pw_uid, owner.pw_gid)
-        subprocess.run(["runuser", "-u", owner.pw_name, "--", RUNTIME, "spec", "--rootless",
-                        "--bundle", path], check=True, capture_output=True)
-        os.chown(path, 0, 0)
-    os.chmod(os.path.join(path, "config.json"), 0o644)
-    return path
-
-
 @pytest.fixture(scope="session")
 def bundles(slurm_base, job_user) -> dict[str, str]:
     """{"root": bundle from `runc spec`, "user": from `runc spec --rootless` as the job user}."""
-    if not os.access(RUNTIME, os.X_OK):
-        pytest.skip(f"needs the OCI runtime {RUNTIME} (apt-get install runc)")
-    return {"root": _bundle(os.path.join(slurm_base, "bundle-root"), None),
-            "user": _bundle(os.path.join(slurm_base, "bundle-user"), job_user)}
+    for tool in (RUNTIME, SPEC_TOOL):
+        if not os.access(tool, os.X_OK):
+            pytest.skip(f"needs {tool} (apt-get install runc)")
+    try:
+        return {"root": make_bundle(os.path.join(slurm_base, "bundle-root"), None),
+                "user": make_bundle(os.path.join(slurm_base, "bundle-user"), job_user)}
+    except ToolMissing as err:
+        pytest.skip(f"{err}" + (f" ({err.hint})" if err.hint else ""))

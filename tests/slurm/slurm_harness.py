@@ -40,6 +40,8 @@ from dataclasses import dataclass
 # minictr's own runtime once it speaks runc's CLI (state/create/start/kill/delete/run, --root,
 # --rootless, -b BUNDLE).
 RUNTIME = os.environ.get("MINICTR_SLURM_OCI_RUNTIME", "/usr/sbin/runc")
+# What writes the bundles' config.json (`runc spec`, `runc spec --rootless`), whatever RUNTIME is.
+SPEC_TOOL = "/usr/sbin/runc"
 
 SBIN = "/usr/sbin"
 DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -47,6 +49,7 @@ NEEDED = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "salloc", "sinfo", 
           "squeue", "scancel")
 UP_TIMEOUT = 60          # seconds to wait for the node to become IDLE (a bound, not a check)
 CALL_TIMEOUT = 120
+CGROUP_V1 = "/sys/fs/cgroup"
 
 
 class ClusterError(Exception):
@@ -161,15 +164,48 @@ os.execv(RUNTIME, [RUNTIME] + argv)
 '''
 
 
+# --- bundles ---------------------------------------------------------------------------------
+
+def make_bundle(path: str, owner: pwd.struct_passwd | None, mounts=()) -> str:
+    """A runc bundle around a busybox rootfs (rootfs_tools' tree, plus the /proc, /sys and /dev
+    mount points): ``runc spec`` (as root) or ``runc spec --rootless`` (as ``owner``, whose uid
+    it maps to 0 inside). ``mounts``: extra OCI mount entries appended to config.json."""
+    from rootfs_tools import rootfs      # ToolMissing without busybox-static
+
+    os.makedirs(path)
+    os.chmod(path, 0o755)
+    rootfs.busybox_tree(os.path.join(path, "rootfs"))
+    for mnt in ("proc", "sys", "dev"):      # mount points: a rootless runtime cannot make them
+        os.makedirs(os.path.join(path, "rootfs", mnt), mode=0o755)
+    if owner is None:
+        subprocess.run([SPEC_TOOL, "spec", "--bundle", path], check=True, capture_output=True)
+    else:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+        subprocess.run(["runuser", "-u", owner.pw_name, "--", SPEC_TOOL, "spec", "--rootless",
+                        "--bundle", path], check=True, capture_output=True)
+        os.chown(path, 0, 0)
+    config = os.path.join(path, "config.json")
+    if mounts:
+        with open(config) as f:
+            doc = json.load(f)
+        doc["mounts"] += list(mounts)
+        with open(config, "w") as f:
+            json.dump(doc, f, indent=1)
+    os.chmod(config, 0o644)
+    return path
+
+
 # --- the cluster ------------------------------------------------------------------------------
 
 class SlurmCluster:
     def __init__(self, base: str, *, gres_files: str, gpus: int, cpus: int = 2,
-                 memory_mb: int = 1024, node: str | None = None):
+                 memory_mb: int = 1024, node: str | None = None,
+                 constrain_devices: bool = False):
         self.base = base
         self.node = node or f"mctr{os.getpid() % 100000}"
         self.hostname = socket.gethostname().split(".")[0]
         self.gres_files, self.gpus, self.cpus, self.memory_mb = gres_files, gpus, cpus, memory_mb
+        self.constrain_devices = constrain_devices
         d = lambda *p: os.path.join(base, *p)           # noqa: E731
         self.etc, self.run_dir, self.log_dir = d("etc"), d("run"), d("log")
         self.munge_dir, self.state_dir, self.spool_root = d("munge"), d("state"), d("spool")
@@ -222,9 +258,7 @@ SlurmctldLogFile={self.log_dir}/slurmctld.log
 SlurmdLogFile={self.log_dir}/slurmd.log
 SlurmctldDebug=debug
 SlurmdDebug=debug
-# no cgroup plugins: the processes are tracked by /proc scans, tasks are not confined
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+{self._tracking()}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -241,9 +275,30 @@ NodeName={self.node} NodeHostname={self.hostname} NodeAddr=127.0.0.1 CPUs={self.
 RealMemory={self.memory_mb} Gres=gpu:{self.gpus} State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
+        if self.constrain_devices:
+            self._write(os.path.join(self.etc, "cgroup.conf"), f"""\
+CgroupPlugin=cgroup/v1
+CgroupMountpoint={CGROUP_V1}
+ConstrainDevices=yes
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainSwapSpace=no
+""")
         self._write(os.path.join(self.etc, "gres.conf"),
                     f"AutoDetect=off\nName=gpu File={self.gres_files}\n")
         self._write(self.wrapper, WRAPPER.format(runtime=RUNTIME, log=self.oci_log), 0o755)
+
+    def _tracking(self) -> str:
+        if self.constrain_devices:
+            return ("# cgroup v1 freezer + devices (Debian's build names the tree /slurm_<node>):\n"
+                    "# each step may open only its own GPUs\n"
+                    "ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup")
+        return ("# no cgroup plugins: the processes are tracked by /proc scans, tasks are not "
+                "confined\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none")
+
+    def cgroup_dirs(self) -> list[str]:
+        """This node's cgroup v1 trees (/sys/fs/cgroup/<controller>/slurm_<node>)."""
+        return sorted(glob.glob(os.path.join(CGROUP_V1, "*", f"slurm_{self.node}")))
 
     # processes --------------------------------------------------------------------------------
     def daemon_env(self) -> dict[str, str]:
@@ -452,6 +507,11 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._terminate("munged")
+        # the cgroup trees the node made (Slurm removes job and step levels itself)
+        for top in self.cgroup_dirs():
+            for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
         for f in self._logs.values():
             f.close()
 
