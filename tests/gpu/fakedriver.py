@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -105,6 +106,7 @@ def _compile(src: str, soname: str, out: str, defines=()) -> None:
 def compiled_libraries() -> dict[str, str]:
     """Compile the fake libraries once per process; return {file name: path}."""
     d = tempfile.mkdtemp(prefix="minictr-fakedrv-")
+    atexit.register(shutil.rmtree, d, True)     # build() copies what it needs
     out = {}
     for version in (VERSION, STALE):
         vint = f"-DVERSION_INT={1300 if version == VERSION else 1208}"

@@ -19,11 +19,12 @@ import pytest
 
 from rootfs_tools import ToolMissing
 from slurm_harness import (RUNTIME, SPEC_TOOL, ClusterError, SlurmCluster, make_bundle,
-                           missing_tools)
+                           missing_tools, one_line)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "gpu"))
 import fakedriver  # noqa: E402  (the GPU tier's fake driver, shared)
+from probeimage import build_probe_rootfs, write_oci_layout  # noqa: E402
 
 JOB_USER = "mctr-slurm"
 
@@ -47,10 +48,6 @@ int main(void) {
     return PMI2_Finalize() == PMI2_SUCCESS ? 0 : 15;
 }
 """
-
-
-def _one_line(text: str, limit: int = 1500) -> str:
-    return " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())[-limit:]
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +79,7 @@ def slurm(slurm_base, fake_gpus):
         cluster.start()
     except ClusterError as err:
         cluster.stop()
-        pytest.skip(f"Slurm did not come up: {_one_line(str(err))}")
+        pytest.skip(f"Slurm did not come up: {one_line(str(err))}")
     yield cluster
     cluster.stop()
 
@@ -125,3 +122,12 @@ def bundles(slurm_base, job_user) -> dict[str, str]:
                 "user": make_bundle(os.path.join(slurm_base, "bundle-user"), job_user)}
     except ToolMissing as err:
         pytest.skip(f"{err}" + (f" ({err.hint})" if err.hint else ""))
+
+
+@pytest.fixture(scope="session")
+def probe_layout(slurm_base):
+    """The GPU tier's probe image (glibc: GPU injection needs it) as an OCI layout: /probe
+    dlopens libcuda.so.1 and opens the device paths it is given; busybox for the rest."""
+    root = os.path.join(slurm_base, "probe")
+    build_probe_rootfs(os.path.join(root, "rootfs"))
+    return write_oci_layout(os.path.join(root, "rootfs"), os.path.join(root, "layout"))

@@ -77,6 +77,15 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+def one_line(text: str, limit: int = 1500) -> str:
+    """The first line, then as much of the end (the log tails) as fits, joined with " | "."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    rest = " | ".join(lines[1:])
+    return lines[0] + (" | ..." + rest[-limit:] if len(rest) > limit else " | " + rest)
+
+
 # --- oci.conf ---------------------------------------------------------------------------------
 
 # Create's stdout/stderr are what slurmstepd captures (run_command: a pipe it reads to EOF). runc
@@ -175,8 +184,9 @@ def make_bundle(path: str, owner: pwd.struct_passwd | None, mounts=()) -> str:
     os.makedirs(path)
     os.chmod(path, 0o755)
     rootfs.busybox_tree(os.path.join(path, "rootfs"))
-    for mnt in ("proc", "sys", "dev"):      # mount points: a rootless runtime cannot make them
-        os.makedirs(os.path.join(path, "rootfs", mnt), mode=0o755)
+    # mount points: a rootless runtime cannot make them in a root-owned rootfs
+    for mnt in ("proc", "sys", "dev", *(m["destination"].lstrip("/") for m in mounts)):
+        os.makedirs(os.path.join(path, "rootfs", mnt), mode=0o755, exist_ok=True)
     if owner is None:
         subprocess.run([SPEC_TOOL, "spec", "--bundle", path], check=True, capture_output=True)
     else:

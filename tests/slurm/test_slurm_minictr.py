@@ -16,18 +16,10 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "gpu"))
-from probeimage import build_probe_rootfs, runtime_available, write_oci_layout  # noqa: E402
+from probeimage import runtime_available  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.root,
               pytest.mark.skipif(not runtime_available(), reason="needs runtime")]
-
-
-@pytest.fixture(scope="module")
-def probe_layout(slurm_base):
-    """A small glibc image (the GPU tier's probe image: GPU injection needs glibc)."""
-    root = os.path.join(slurm_base, "probe")
-    build_probe_rootfs(os.path.join(root, "rootfs"))
-    return write_oci_layout(os.path.join(root, "rootfs"), os.path.join(root, "layout"))
 
 
 def minictr_env(slurm_base, fake_gpus, name) -> dict[str, str]:
