@@ -79,3 +79,38 @@ def test_minictr_follows_the_allocation_not_the_first_gpus(slurm, slurm_base, fa
         if os.path.exists(flag):
             os.unlink(flag)
         holder.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def upper_half(slurm_base, fake_gpus):
+    """A node whose gres.conf lists only /dev/nvidia2 and /dev/nvidia3 (Gres=gpu:2)."""
+    from slurm_harness import ClusterError, SlurmCluster, one_line
+
+    cluster = SlurmCluster(os.path.join(slurm_base, "cluster-upper"), gpus=2,
+                           gres_files=os.path.join(fake_gpus.dev_root, "dev", "nvidia[2-3]"))
+    try:
+        cluster.start()
+    except ClusterError as err:
+        cluster.stop()
+        pytest.skip(f"Slurm did not come up: {one_line(str(err))}")
+    yield cluster
+    cluster.stop()
+
+
+def test_gres_gpu_ids_are_positions_in_gres_conf_not_minors(upper_half):
+    """Slurm 22.05's gres/gpu numbers SLURM_*_GPUS, CUDA_VISIBLE_DEVICES and IDX by the device's
+    position in gres.conf's File list (gres_common.c: use_dev_num=false for GPUs)."""
+    res = upper_half.run(["srun", "--gres=gpu:2", "sh", "-c", "echo $SLURM_STEP_GPUS"])
+    assert res.stdout.strip() == "0,1"              # the devices are nvidia2 and nvidia3
+
+
+@pytest.mark.xfail(strict=True, reason="hpc/slurm.py reads SLURM_STEP_GPUS as device minors; "
+                   "they are positions in gres.conf's File list (issue 14)")
+def test_minictr_injects_the_allocated_device_when_gres_conf_skips_minors(
+        upper_half, slurm_base, fake_gpus, minictr_exe, probe_layout):
+    env = minictr_env(slurm_base, fake_gpus, "upper")
+    script = ('echo "step-gpus=$SLURM_STEP_GPUS"; '
+              f'exec {minictr_exe} run --rm --gpus all oci:{probe_layout} /bin/busybox ls /dev')
+    res = upper_half.run(["srun", "--gres=gpu:1", "sh", "-c", script], env=env)
+    position = int(re.search(r"^step-gpus=(\d)$", res.stdout, re.M).group(1))
+    assert gpu_nodes(res.stdout) == {f"nvidia{2 + position}"}, res.stdout

@@ -164,3 +164,46 @@ def test_container_and_runtime_do_not_see_the_gpus(step, slurm):
     for name in GPU_VARS:
         assert name not in rt_env, name
     assert re.search(r"GRES=gpu:2\(IDX:[0-3][-,][0-3]\)", step.calls[0]["scontrol_show_job"])
+
+
+def test_batch_step_in_a_container(slurm, slurm_base, bundles):
+    """sbatch --container: the batch step's id is 4294967291 (SLURM_BATCH_SCRIPT) in %s, the
+    bundle is oci-jobJJJJJ-batch/, and the script reaches the container by bind mounts under
+    /tmp/slurm (startup read-only; stdout and stderr are the job's output files)."""
+    out = os.path.join(slurm_base, "batch-container.out")
+    with slurm.oci(OciConf(RUNTIME, mode="run")):
+        job = slurm.sbatch(["--gres=gpu:1", "-o", out, f"--container={bundles['root']}",
+                            "--wrap", "echo batch-in-container; ls /bin/busybox"])
+    assert job["JobState"] == "COMPLETED", job
+    with open(out) as f:
+        assert f.read().splitlines()[:2] == ["batch-in-container", "/bin/busybox"]
+    run = slurm.oci_calls()[0]
+    jid = int(job["JobId"])
+    assert run["argv"][-3:] == [f"{slurm.node}.root.{jid}.4294967291.0", "-b",
+                                os.path.join(slurm.spool, f"oci-job{jid:05d}-batch") + "/"]
+    config = run["config"]
+    assert config["process"]["args"] == ["/tmp/slurm/startup"]
+    added = {m["destination"]: m for m in config["mounts"]
+             if m["destination"].startswith("/tmp/slurm/")}
+    assert sorted(added) == ["/tmp/slurm/startup", "/tmp/slurm/stderr", "/tmp/slurm/stdout"]
+    assert added["/tmp/slurm/startup"]["options"] == ["bind", "ro"]
+    assert added["/tmp/slurm/stdout"]["source"] == out
+    env = config["process"]["env"]
+    assert not [e for e in env if e.split("=")[0] in GPU_VARS]
+
+
+def test_step_of_a_batch_job_carries_the_jobs_gpus_not_its_own(slurm, slurm_base, bundles):
+    """A trap for a runtime that reads config.json's env: inside a batch job, srun copies the
+    batch script's SLURM_JOB_GPUS and CUDA_VISIBLE_DEVICES (all the job's GPUs) into the step's
+    environment, and the step's own SLURM_STEP_GPUS never gets there."""
+    out = os.path.join(slurm_base, "batch-step-container.out")
+    with slurm.oci(OciConf(RUNTIME, mode="run")):
+        job = slurm.sbatch(["--gres=gpu:3", "-o", out, "--wrap",
+                            f"srun --gres=gpu:1 --container={bundles['root']} env"])
+    assert job["JobState"] == "COMPLETED", job
+    run = slurm.oci_calls()[0]
+    env = dict(e.partition("=")[::2] for e in run["config"]["process"]["env"])
+    assert "SLURM_STEP_GPUS" not in env
+    assert len(env["SLURM_JOB_GPUS"].split(",")) == 3          # the job's three, not the one
+    assert env["CUDA_VISIBLE_DEVICES"] == env["SLURM_JOB_GPUS"]
+    assert "GRES=gpu:3(IDX:" in run["scontrol_show_job"]
