@@ -106,7 +106,8 @@ def _compile(src: str, soname: str, out: str, defines=()) -> None:
 def compiled_libraries() -> dict[str, str]:
     """Compile the fake libraries once per process; return {file name: path}."""
     d = tempfile.mkdtemp(prefix="minictr-fakedrv-")
-    atexit.register(shutil.rmtree, d, True)     # build() copies what it needs
+    owner = os.getpid()                 # not in a forked child that exits through atexit
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))
     out = {}
     for version in (VERSION, STALE):
         vint = f"-DVERSION_INT={1300 if version == VERSION else 1208}"
