@@ -226,6 +226,7 @@ class SlurmCluster:
         self.munge_socket = d("run", "munge.socket")
         self.wrapper = d("bin", "oci-runtime")
         self.procs: dict[str, subprocess.Popen] = {}
+        self.runtimes_used: set[str] = set()
         self._logs: dict[str, object] = {}
 
     # configuration ----------------------------------------------------------------------------
@@ -298,7 +299,6 @@ ConstrainSwapSpace=no
 """)
         self._write(os.path.join(self.etc, "gres.conf"),
                     f"AutoDetect=off\nName=gpu File={self.gres_files}\n")
-        self._write(self.wrapper, WRAPPER.format(runtime=RUNTIME, log=self.oci_log), 0o755)
 
     def _tracking(self) -> str:
         if self.constrain_devices:
@@ -409,6 +409,8 @@ ConstrainSwapSpace=no
         call of the steps run in it: the block ends when their slurmstepd have exited."""
         self.wait_steps_done()
         self.clear_oci_calls()
+        self._write(self.wrapper, WRAPPER.format(runtime=conf.runtime, log=self.oci_log), 0o755)
+        self.runtimes_used.add(conf.runtime)
         path = os.path.join(self.etc, "oci.conf")
         self._write(path, conf.text(self.wrapper, self.oci_state, self.oci_out))
         try:
@@ -480,15 +482,17 @@ ConstrainSwapSpace=no
         return pids
 
     def _runc_cleanup(self) -> None:
-        for root in glob.glob(os.path.join(self.oci_state, "*")):
-            try:
-                res = subprocess.run([RUNTIME, "--root", root, "list", "-q"],
-                                     capture_output=True, text=True, timeout=30)
-                for cid in res.stdout.split():
-                    subprocess.run([RUNTIME, "--root", root, "delete", "--force", cid],
-                                   capture_output=True, timeout=30)
-            except (OSError, subprocess.SubprocessError):
-                pass
+        """Delete containers a failed test left (runc's CLI: list -q, delete --force)."""
+        for runtime in self.runtimes_used:
+            for root in glob.glob(os.path.join(self.oci_state, "*")):
+                try:
+                    res = subprocess.run([runtime, "--root", root, "list", "-q"],
+                                         capture_output=True, text=True, timeout=30)
+                    for cid in res.stdout.split():
+                        subprocess.run([runtime, "--root", root, "delete", "--force", cid],
+                                       capture_output=True, timeout=30)
+                except (OSError, subprocess.SubprocessError):
+                    pass
 
     def _terminate(self, name: str) -> None:
         p = self.procs.get(name)
@@ -508,6 +512,9 @@ ConstrainSwapSpace=no
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and self.run(
                         ["squeue", "-h", "-o", "%i"], check=False, timeout=10).stdout.strip():
+                    # a step stuck in RunTimeCreate (see CREATE_STDIO_ROOT) ends when its
+                    # container goes
+                    self._runc_cleanup()
                     time.sleep(0.2)
             except subprocess.SubprocessError:
                 pass
