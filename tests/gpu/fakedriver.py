@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -34,6 +35,11 @@ LIBDIR = "/usr/lib/x86_64-linux-gnu"
 # (bus id, minor, uuid, model): listed in minor order, which is not PCI order
 GPUS = (("0000:41:00.0", 0, "GPU-bbbbbbbb-0000-4000-8000-000000000041", "NVIDIA H200"),
         ("0000:01:00.0", 1, "GPU-aaaaaaaa-0000-4000-8000-000000000001", "NVIDIA H200"))
+# four GPUs for the Slurm tier (gres.conf File=.../nvidia[0-3]): the two above plus minors 2 and 3,
+# again not in PCI order
+FOUR_GPUS = GPUS + (
+    ("0000:c1:00.0", 2, "GPU-dddddddd-0000-4000-8000-0000000000c1", "NVIDIA H200"),
+    ("0000:81:00.0", 3, "GPU-cccccccc-0000-4000-8000-000000000081", "NVIDIA H200"))
 
 LIBCUDA_C = r"""
 #include <stdlib.h>
@@ -100,6 +106,8 @@ def _compile(src: str, soname: str, out: str, defines=()) -> None:
 def compiled_libraries() -> dict[str, str]:
     """Compile the fake libraries once per process; return {file name: path}."""
     d = tempfile.mkdtemp(prefix="minictr-fakedrv-")
+    owner = os.getpid()                 # not in a forked child that exits through atexit
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))
     out = {}
     for version in (VERSION, STALE):
         vint = f"-DVERSION_INT={1300 if version == VERSION else 1208}"
@@ -129,10 +137,11 @@ def _information(bus: str, minor: int, uuid: str, model: str) -> str:
 
 
 def build(tmp: str, *, mig: bool = False, stale: bool = True, with_uvm: bool = True,
-          extra_cache_entries=(), libdir: str = LIBDIR, in_cache: bool = True) -> FakeDriver:
+          extra_cache_entries=(), libdir: str = LIBDIR, in_cache: bool = True,
+          gpus=GPUS) -> FakeDriver:
     """Lay out the fake driver under ``tmp`` and return its roots. ``libdir`` and
     ``in_cache=False`` model a driver mounted by a container platform (/usr/local/nvidia/lib64,
-    not in the loader cache)."""
+    not in the loader cache). ``gpus``: (bus id, minor, uuid, model) rows, GPUS or FOUR_GPUS."""
     driver_root, dev_root, proc_root = (os.path.join(tmp, n) for n in ("driver", "dev", "proc"))
     nv = os.path.join(proc_root, "driver/nvidia")
     _write(os.path.join(nv, "version"),
@@ -141,7 +150,7 @@ def build(tmp: str, *, mig: bool = False, stale: bool = True, with_uvm: bool = T
            "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
     for name in ("params", "registry"):
         _write(os.path.join(nv, name), "ResmanDebugLevel: 4294967295\n")
-    for bus, minor, uuid, model in GPUS:
+    for bus, minor, uuid, model in gpus:
         _write(os.path.join(nv, "gpus", bus, "information"), _information(bus, minor, uuid, model))
         _node(os.path.join(dev_root, "dev", f"nvidia{minor}"), 195, minor)
     devices = "Character devices:\n  1 mem\n195 nvidia-frontend\n"
