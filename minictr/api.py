@@ -69,7 +69,40 @@ def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
 
 
 def gc(paths: Paths) -> dict:
-    return _store(paths).gc(keep_layers=_layers_in_use(paths))
+    """Blobs and layers no image or container uses, and what killed runs left outside any
+    container's state entry: writable layers and names."""
+    result = _store(paths).gc(keep_layers=_layers_in_use(paths))
+    result["containers"] = _remove_orphan_layers(paths)
+    return result
+
+
+def _remove_orphan_layers(paths: Paths) -> int:
+    """A container's state entry is written before its writable layer is made, so a layer
+    dir whose id has no entry belongs to a run killed before it got one, or to a container
+    already removed: listing the dirs *before* the entries makes that safe against a run
+    starting meanwhile."""
+    try:
+        candidates = os.listdir(paths.containers)
+    except FileNotFoundError:
+        return 0
+    if not os.path.isdir(paths.state):
+        ids: set[str] = set()
+    else:
+        root = state_root(paths)
+        root.prune_names()
+        ids = set(root.ids())
+    linux: dict = {}
+    if paths.rootless:
+        from minictr.runtime.idmap import rootless_mappings
+
+        uid_maps, gid_maps = rootless_mappings()
+        linux = {"uidMappings": uid_maps, "gidMappings": gid_maps}
+    removed = 0
+    for cid in candidates:
+        if cid not in ids:
+            _remove_writable_layer(paths, cid, linux)
+            removed += 1
+    return removed
 
 
 def _layers_in_use(paths: Paths) -> set[str]:
@@ -285,7 +318,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                 if dry_run:
                     return 0
                 spawn.wait_for_exec(created.exec_pipe, p.spec["process"]["args"][0])
-            except MinictrError:
+            except (MinictrError, OSError):
                 if sup.default_action:            # Ctrl-C during setup: as if it ran
                     code = 128 + sup.default_action
                     return code
@@ -338,6 +371,10 @@ def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
     try:
         st = root.read(container_id)
     except MinictrError:
+        # create failed (or was interrupted) and removed what it made: the writable layer is
+        # ours, and goes too, --rm or not
+        _remove_writable_layer(paths, container_id, p.spec.get("linux", {}))
+        root.release_names(container_id)
         return
     if st.get("cgroup_paths") and warn:
         from minictr.runtime import cgroups

@@ -264,8 +264,12 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
             on_spawned(pid)
         channel = Channel(ours)
         _place(kernel, plan, pid, cgroup, born_in, explain)
-        channel.send("go", pid=pid)
-        console = _serve(channel, pid, on_hooks)
+        try:
+            channel.send("go", pid=pid)
+            console = _serve(channel, pid, on_hooks)
+        except (BrokenPipeError, ConnectionResetError) as err:
+            raise RuntimeSetupError("the container's process died during setup",
+                                    hint="a signal killed it, or see its stderr") from err
         return Spawned(pid=pid, console=console, exec_pipe=exec_r)
     except BaseException:
         if pid:

@@ -288,7 +288,7 @@ def test_cli_end_to_end(tmp_path, image):
     assert missing.returncode == 125 and "minictr: hint:" in missing.stderr
     assert _minictr(root, "rmi", "busybox:1.36").stdout == \
         "Untagged: docker.io/library/busybox:1.36\n"
-    assert _minictr(root, "gc").stdout.startswith("removed 4 blobs and 2 layers")
+    assert _minictr(root, "gc").stdout.startswith("removed 4 blobs, 2 layers")
 
 
 @pytest.mark.skipif(not os.path.exists(SKOPEO), reason="skopeo is not installed")
