@@ -34,7 +34,7 @@ from minictr.image import oci as mf
 from minictr.image import reference
 from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
                                  unlink_size)
-from minictr.image.merged import MergedView
+from minictr.image import merged
 from minictr.records import record as _record
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
@@ -487,7 +487,7 @@ class Store:
         """The content of ``path`` in the image's merged tree, or None if it is not a regular
         file there. Symlinks are resolved inside the image root, never on the host."""
         dirs = [self.layer_dir(l.chain_id) for l in reversed(image.layers)]
-        return MergedView(dirs).read_file(path, max_size)
+        return merged.read_file(dirs, path, max_size)
 
     def list_images(self) -> list[dict]:
         tags = self._read_tags()
