@@ -89,6 +89,23 @@ def _entry_error(entry: ts.TarEntry, err: Exception) -> ImageError:
     return ImageError(f"layer entry {entry.name!r}: {why}", hint=_HINT)
 
 
+def write_sparse(fd: int, e: ts.TarEntry, chunks) -> None:
+    """Each data region at its offset; the holes stay holes (lseek past them, ftruncate to the
+    full size), so the file takes the space it took where the image was built."""
+    chunks = iter(chunks)
+    left = memoryview(b"")
+    for offset, length in e.sparse:
+        os.lseek(fd, offset, os.SEEK_SET)
+        while length:
+            if not left:
+                left = next(chunks)
+            n = os.write(fd, left[:length])
+            left, length = left[n:], length - n
+    for _ in chunks:        # none left: the reader checked the regions cover the data
+        pass
+    os.ftruncate(fd, e.size)
+
+
 def allowed_xattr(name: str, rootless: bool) -> bool:
     """Whether an xattr from the image may be set. Overlay's own xattrs never: an image that
     plants ``trusted.overlay.opaque``/``redirect``/``metacopy`` would change how the kernel
@@ -158,10 +175,13 @@ class _Unpacker:
             self.make_room(pfd, name)
             fd = os.open(name, O_NEWFILE, 0o600, dir_fd=pfd)
         try:
-            write = os.write
-            for chunk in reader.data(e):
-                while chunk:
-                    chunk = chunk[write(fd, chunk):]
+            if e.sparse is None:
+                write = os.write
+                for chunk in reader.data(e):
+                    while chunk:
+                        chunk = chunk[write(fd, chunk):]
+            else:
+                write_sparse(fd, e, reader.data(e))
             self.set_metadata_fd(fd, e)
         finally:
             os.close(fd)
