@@ -17,6 +17,7 @@ The sequence (distribution-spec spec.md, "Pull"):
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable
 
 from minictr.errors import ImageError, RegistryError
@@ -93,18 +94,28 @@ class _Pull:
         return BlobStream(lambda offset: self.client.open_blob(desc.digest, offset), desc.size,
                           desc.digest, self.transfers, on_bytes=on_bytes, sleep=self.sleep)
 
-    def layer_job(self, desc: manifests.Descriptor, diff_id: str, chain_id: str):
-        """A job that brings one layer into the store (download only what is missing)."""
+    def layer_job(self, desc: manifests.Descriptor, diff_id: str, chain_id: str,
+                  lower_lookup, done):
+        """A job that brings one layer into the store (download only what is missing), and
+        sets the event ``done`` when it ends."""
+
+        def job() -> str:
+            try:
+                return unpack()
+            finally:
+                done.set()
+
         key = desc.digest
         label = desc.digest.split(":")[1][:12]
 
-        def job() -> str:
+        def unpack() -> str:
             if self.store.has_layer(chain_id):
                 self.progress.finish(key, label, "exists")
                 return "exists"
             if self.store.has_blob(desc.digest):
                 self.store.import_layer_from_blob(desc.digest, media_type=desc.media_type,
-                                                  diff_id=diff_id, chain_id=chain_id)
+                                                  diff_id=diff_id, chain_id=chain_id,
+                                                  lower_lookup=lower_lookup)
                 self.progress.finish(key, label, "unpacked")
                 return "unpacked"
             self.progress.start(key, label, desc.size)
@@ -113,7 +124,7 @@ class _Pull:
                 with stream:
                     self.store.import_layer(stream, media_type=desc.media_type,
                                             digest=desc.digest, diff_id=diff_id,
-                                            chain_id=chain_id)
+                                            chain_id=chain_id, lower_lookup=lower_lookup)
             except (Cancelled, RegistryError):
                 self.progress.finish(key, label, "failed")
                 raise
@@ -128,6 +139,22 @@ class _Pull:
 
         return job
 
+    def lower_lookup(self, chains: list[str], done: list):
+        """The store's lower_lookup for a layer above ``chains``: waits until their jobs have
+        ended (they were started first), then names their directories, topmost first."""
+
+        def lookup() -> list[str]:
+            for event in done:
+                while not event.wait(0.2):
+                    if self.transfers.cancel.is_set():
+                        raise Cancelled()
+            missing = [c for c in chains if not self.store.has_layer(c)]
+            if missing:
+                raise RegistryError(f"{self.where}: a lower layer ({missing[0]}) failed")
+            return [self.store.layer_dir(c) for c in reversed(chains)]
+
+        return lookup
+
     def run(self, want: manifests.Platform) -> str:
         manifest_bytes, digest = self.resolve(want)
         self.progress.message(f"{self.ref}: manifest {digest}")
@@ -135,8 +162,13 @@ class _Pull:
         config_desc, layers = manifests.image_parts(manifest, f"{self.where}@{digest}")
         config_bytes = self.fetch_config(config_desc)
         ids = manifests.diff_ids(config_bytes, len(layers), f"{self.where}@{digest}")
-        jobs = [self.layer_job(d, diff_id, chain)
-                for d, diff_id, chain in zip(layers, ids, manifests.chain_ids(ids))]
+        chains = manifests.chain_ids(ids)
+        done = [threading.Event() for _ in layers]
+        # bottom first: run_parallel starts them in order, so a layer waiting for the ones
+        # below (copy-up, image/copyup.py) never holds a worker they need
+        jobs = [self.layer_job(d, diff_id, chain, self.lower_lookup(chains[:i], done[:i]),
+                               done[i])
+                for i, (d, diff_id, chain) in enumerate(zip(layers, ids, chains))]
         run_parallel(jobs, self.transfers, workers=WORKERS)
         name = str(self.ref)
         self.store.add_image([name], manifest_bytes, config_bytes)

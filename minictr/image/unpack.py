@@ -29,8 +29,9 @@ from typing import Callable
 
 from minictr.errors import ImageError
 from minictr.image import tarstream as ts
+from minictr.image.copyup import LOWER, UPPER, CopyUp, is_whiteout_stat
 from minictr.image.layerstream import LAYER_MEDIA_TYPES, open_layer
-from minictr.image.lowercopy import copy_from_lowers
+from minictr.image.merged import MergedTree
 from minictr.image.safepath import ScopedRoot, clean_path, split_path
 from minictr.runtime.syscalls import Syscalls
 
@@ -61,11 +62,14 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
                  warn: Callable[[str], None] | None = None, kernel=None) -> UnpackStats:
     """Extract the tar stream into the existing empty directory ``dest`` in overlay form.
 
-    ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first; it is called
-    only if a hardlink names a file this layer does not hold. The stream is read to its end.
+    ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first (it may wait until
+    they are). It is called only when the layer reaches into them (image/copyup.py): a
+    directory it writes into without listing it, a hardlink to a file it does not hold, a
+    whiteout or opaque marker for a directory it does not hold, and at the end when the tar has
+    no ``./`` entry. The stream is read to its end.
     """
-    unpacker = _Unpacker(ScopedRoot(dest, kernel or Syscalls(), create=True), rootless,
-                         lower_lookup, warn or (lambda msg: None))
+    unpacker = _Unpacker(dest, kernel or Syscalls(), rootless, lower_lookup,
+                         warn or (lambda msg: None))
     try:
         reader = ts.TarReader(tar_stream)
         for entry in reader:
@@ -77,7 +81,7 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
         unpacker.finish()
         unpacker.stats.tar_bytes = reader.drain()
     finally:
-        unpacker.root.close()
+        unpacker.close()
     return unpacker.stats
 
 
@@ -118,13 +122,39 @@ def allowed_xattr(name: str, rootless: bool) -> bool:
 
 
 class _Unpacker:
-    def __init__(self, root: ScopedRoot, rootless: bool, lower_lookup, warn):
-        self.root, self.rootless, self.warn = root, rootless, warn
+    def __init__(self, dest: str, kernel, rootless: bool, lower_lookup, warn):
+        self.root = ScopedRoot(dest, kernel, self.resolve_missing)
+        self.rootless, self.warn = rootless, warn
         self.lower_lookup = lower_lookup
-        self.lowers: list[str] | None = None
+        self._copyup: CopyUp | None = None
         self.stats = UnpackStats()
-        self.dirs: dict[str, ts.TarEntry | None] = {}   # metadata applied last, in finish()
+        self.dirs: dict[str, ts.TarEntry] = {}      # metadata applied last, in finish()
+        self.deferred: list[tuple[str, str, ts.TarEntry]] = []   # whiteouts, in finish()
         self.opaque_xattr = "user.overlay.opaque" if rootless else "trusted.overlay.opaque"
+
+    def close(self) -> None:
+        try:
+            if self._copyup is not None:
+                self._copyup.close()
+        finally:
+            self.root.close()
+
+    def lowers(self) -> CopyUp:
+        """This layer over its lower layers; lower_lookup is asked once (it may wait)."""
+        if self._copyup is None:
+            dirs = list(self.lower_lookup()) if self.lower_lookup else []
+            self._copyup = CopyUp(self.root, MergedTree(dirs) if dirs else None, self)
+        return self._copyup
+
+    def resolve_missing(self, path: str, create: bool) -> int | None:
+        """A directory this layer does not hold (yet) at ``path``: look through the lower
+        layers, copying up what is created (ScopedRoot's resolve_missing)."""
+        return self.lowers().dir_fd(path, create)
+
+    def record_dir(self, path: str, e: ts.TarEntry | None) -> None:
+        if e is not None:
+            self.dirs.pop(path, None)
+            self.dirs[path] = e
 
     # ---------------------------------------------------------------- dispatch
     def apply(self, e: ts.TarEntry, reader: ts.TarReader) -> None:
@@ -192,12 +222,16 @@ class _Unpacker:
         try:
             os.mkdir(name, 0o755, dir_fd=pfd)
         except FileExistsError:
+            st = self.root.lstat(pfd, name)
             if not self.make_room(pfd, name, keep_dir=True):
                 os.mkdir(name, 0o755, dir_fd=pfd)
+                if st is not None and is_whiteout_stat(st):
+                    # ".wh.d" and "d/" in one layer: the whiteout deletes the lower d (it
+                    # applies to lower layers only), this layer's d replaces it
+                    self.mark_opaque_at(pfd, path, name)
         # mode, owner, xattrs and mtime later: children would change the mtime, and a
         # read-only mode would stop a rootless unpack from creating them
-        self.dirs.pop(path, None)
-        self.dirs[path] = e
+        self.record_dir(path, e)
         self.stats.dirs += 1
 
     def symlink(self, pfd: int, name: str, e: ts.TarEntry) -> None:
@@ -208,14 +242,13 @@ class _Unpacker:
             os.symlink(e.linkname, name, dir_fd=pfd)
         if not self.rootless:
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
-        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-        if e.xattrs:
-            self.warn(f"layer: xattrs on symlink {e.name!r} not set")
+        self.set_link_metadata(pfd, name, e, chown=False)
         self.stats.symlinks += 1
 
     def hardlink(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         """A hardlink names a path inside the layer root (``..`` clamped like any name).
-        linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target."""
+        linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target. The
+        link header's own metadata is not applied: it describes the target's inode."""
         target = clean_path(e.linkname)
         if target == path:
             return
@@ -223,33 +256,41 @@ class _Unpacker:
         if not tname:
             raise ImageError(f"layer: hardlink {e.name!r} to the root", hint=_HINT)
         try:
-            tpfd = self.root.dir_fd(tparent, create=False)
+            tpfd = self.link_source(target, tparent, tname)
+            if not isinstance(tpfd, int):
+                raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: {tpfd}",
+                                 hint=_HINT)
             try:
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
             except FileExistsError:
                 self.make_room(pfd, name)
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            self.copy_from_lower(pfd, name, target, e)
         except OSError as err:
             raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: "
                              f"{os.strerror(err.errno or 0)}", hint=_HINT) from err
         self.stats.links += 1
 
-    def copy_from_lower(self, pfd: int, name: str, target: str, e: ts.TarEntry) -> None:
-        if self.lowers is None:     # may block until the store has the lower layers
-            self.lowers = list(self.lower_lookup()) if self.lower_lookup else []
-        self.make_room(pfd, name)
-        if not copy_from_lowers(self.lowers, target, pfd, name, self.root.kernel):
-            raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: target is in "
-                             "neither this layer nor a lower one", hint=_HINT)
-        if stat.S_ISLNK(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
-            return
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    def link_source(self, target: str, tparent: str, tname: str) -> int | str:
+        """The fd of the directory of this layer holding the hardlink target ``tname``, or why
+        there is none. A target only a lower layer holds is copied up first, as overlayfs
+        copies a file up before linking to it, so both names stay one inode in the
+        container."""
         try:
-            self.set_metadata_fd(fd, e)
-        finally:
-            os.close(fd)
+            tpfd = self.root.dir_fd(tparent, create=False, below=False)
+            st = self.root.lstat(tpfd, tname)
+            if st is not None and not is_whiteout_stat(st):
+                return tpfd
+        except FileNotFoundError:
+            pass
+        found = self.lowers().find(target)
+        if found is None:
+            return "target is in neither this layer nor a lower one"
+        where, parent, source, st = found
+        if where == UPPER:
+            return source
+        assert where == LOWER
+        fd = self.lowers().copy_up(parent, source, st) if source is not None else None
+        return "the target in a lower layer is not a file or symlink" if fd is None else fd
 
     def special(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         if e.type != ts.FIFO and self.rootless:
@@ -271,17 +312,31 @@ class _Unpacker:
 
     # ---------------------------------------------------------------- whiteouts
     def whiteout(self, parent: str, name: str, e: ts.TarEntry) -> None:
-        if name == OPAQUE_MARKER:
-            self.mark_opaque(parent, self.root.dir_fd(parent))
-            return
         hidden = name[len(WHITEOUT_PREFIX):]
-        if name.startswith(RESERVED_PREFIX) or hidden in ("", ".", ".."):
+        if name != OPAQUE_MARKER and (name.startswith(RESERVED_PREFIX)
+                                      or hidden in ("", ".", "..")):
             raise ImageError(f"layer entry {e.name!r} uses the reserved whiteout prefix",
                              hint="OCI layer.md reserves .wh..wh. for the opaque marker")
-        pfd = self.root.dir_fd(parent)
-        if self.root.lstat(pfd, hidden) is not None:
-            return   # this layer's own entry already hides the lower one (layer.md: whiteouts
-            # apply only to lower layers)
+        try:
+            pfd = self.root.dir_fd(parent, create=False, below=False)
+        except FileNotFoundError:
+            # a directory this layer does not hold: decided at the end, when the lower layers
+            # are there to say whether the marker hides anything (else nothing is made)
+            self.deferred.append((parent, name, e))
+            return
+        if name == OPAQUE_MARKER:
+            self.mark_opaque(parent, pfd)
+        else:
+            self.whiteout_at(pfd, parent, hidden)
+
+    def whiteout_at(self, pfd: int, parent: str, hidden: str) -> None:
+        st = self.root.lstat(pfd, hidden)
+        if st is not None:
+            # this layer's own entry stays (layer.md: whiteouts apply to lower layers only);
+            # a directory of ours must not merge with the lower one the whiteout deletes
+            if stat.S_ISDIR(st.st_mode):
+                self.mark_opaque_at(pfd, f"{parent}/{hidden}".lstrip("/"), hidden)
+            return
         try:
             os.mknod(hidden, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
         except PermissionError as err:
@@ -289,6 +344,31 @@ class _Unpacker:
                              hint="overlay whiteouts are 0/0 character devices; unprivileged "
                                   "creation needs Linux >= 5.8") from err
         self.stats.whiteouts += 1
+
+    def apply_deferred(self) -> None:
+        """Whiteouts and opaque markers in directories this layer did not hold when they came:
+        applied where the merged tree shows something to hide, dropped where it does not, so
+        a marker for nothing leaves no empty directory behind (as umoci). Without a
+        lower_lookup nothing is known of the layers below: every marker is kept."""
+        for parent, name, e in self.deferred:
+            self.root.begin_entry()
+            hidden = name[len(WHITEOUT_PREFIX):]
+            try:
+                if self.lower_lookup is None:
+                    found = (None, parent)
+                elif name == OPAQUE_MARKER:
+                    found = self.lowers().resolve(parent, create=False, strict=True)
+                else:
+                    found = self.lowers().find(f"{parent}/{hidden}".lstrip("/"), strict=True)
+                if found is None:
+                    continue
+                pfd = self.root.dir_fd(found[1])
+                if name == OPAQUE_MARKER:
+                    self.mark_opaque(found[1], pfd)
+                else:
+                    self.whiteout_at(pfd, found[1], hidden)
+            except (OSError, ValueError) as err:
+                raise _entry_error(e, err) from err
 
     # ---------------------------------------------------------------- metadata
     def set_metadata_fd(self, fd: int, e: ts.TarEntry) -> None:
@@ -300,17 +380,35 @@ class _Unpacker:
             self.set_xattrs(fd, e)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
-    def set_xattrs(self, fd: int, e: ts.TarEntry) -> None:
+    def set_link_metadata(self, pfd: int, name: str, e: ts.TarEntry, chown: bool = True) -> None:
+        """A symlink's owner, xattrs and mtime, by name: a symlink cannot be opened. Linux
+        refuses user.* xattrs on symlinks (xattr(7)); trusted.* and security.* are kept."""
+        if chown and not self.rootless:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        if e.xattrs:
+            # /proc/self/fd/N names the layer's directory; the link itself is not followed
+            self.set_xattrs(f"/proc/self/fd/{pfd}/{name}", e, follow_symlinks=False)
+        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def set_xattrs(self, target, e: ts.TarEntry, follow_symlinks: bool = True) -> None:
         for key, value in e.xattrs.items():
             if not allowed_xattr(key, self.rootless):
                 self.warn(f"layer: dropping xattr {key} on {e.name!r}")
                 continue
             try:
-                os.setxattr(fd, key, value)
+                os.setxattr(target, key, value, follow_symlinks=follow_symlinks)
             except OSError as err:
                 if err.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL):
                     raise
                 self.warn(f"layer: xattr {key} on {e.name!r} not set: {err.strerror}")
+
+    def mark_opaque_at(self, pfd: int, path: str, name: str) -> None:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=pfd)
+        try:
+            self.mark_opaque(path, fd)
+        finally:
+            os.close(fd)
 
     def mark_opaque(self, path: str, dir_fd: int) -> None:
         """Set the opaque xattr now, on the directory the marker's parent resolves to (in the
@@ -325,12 +423,25 @@ class _Unpacker:
 
     def finish(self) -> None:
         """Directory metadata last (tar's "delay directory restore"): owners, modes, xattrs and
-        mtimes of each directory that is still a real directory at its path."""
+        mtimes of each directory that is still a real directory at its path. A layer without
+        ``./`` takes the root's from the layer below (overlayfs shows the topmost layer's)."""
+        self.apply_deferred()
+        self.root.begin_entry()     # parents cached before a last removal may be stale
+        if "" not in self.dirs and self.lower_lookup is not None:
+            root = self.lowers().dir_meta("")
+            if root is not None:
+                self.dirs = {"": root, **self.dirs}
+        done = set()
         for path, e in reversed(self.dirs.items()):
             fd = self.root.open_dir_nofollow(path)
             if fd is None:
                 continue
             try:
-                self.set_metadata_fd(fd, e)
+                # one directory may be recorded under two names (through a symlink, and as
+                # copied up); the later record wins
+                ino = os.fstat(fd).st_ino
+                if ino not in done:
+                    done.add(ino)
+                    self.set_metadata_fd(fd, e)
             finally:
                 os.close(fd)
