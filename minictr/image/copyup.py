@@ -176,7 +176,21 @@ class CopyUp:
                 os.close(dst)
         finally:
             os.close(src)
+        if st.st_nlink > 1:
+            self._link_other_names(st, fd, name)
         return fd
+
+    def _link_other_names(self, st: os.stat_result, fd: int, name: str) -> None:
+        """The copied file had more names in its layer (a hardlink group): those the merged
+        tree still shows are linked to the copy too, so the group stays one inode, as in
+        umoci's single tree. (overlayfs itself needs its ``index`` feature for that.)"""
+        for path in self.tree.names_of(st):
+            found = self.find(path)
+            if found is None or found[0] != LOWER or found[2] is None or \
+                    (found[3].st_dev, found[3].st_ino) != (st.st_dev, st.st_ino):
+                continue        # hidden, replaced, or already copied up (the name we copied)
+            os.link(name, found[2][1], src_dir_fd=fd, dst_dir_fd=self.root.dir_fd(found[1]),
+                    follow_symlinks=False)
 
 
 def entry_from_stat(path: str, st: os.stat_result, xattrs: dict[str, bytes]) -> ts.TarEntry:

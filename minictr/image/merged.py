@@ -145,6 +145,7 @@ class MergedTree:
             self.close()
             raise
         self._cache: dict[str, list[int]] = {"": self._merge(self._roots)}
+        self._links: dict[tuple[int, int], list[str]] | None = None
 
     def close(self) -> None:
         self.trim(0)
@@ -221,6 +222,20 @@ class MergedTree:
         parent, _, name = path.rpartition("/")
         hit = self.entry(parent, name) if name else None
         return self._cache.get(path) if hit and hit[0] == DIR else None
+
+    def names_of(self, st: os.stat_result) -> list[str]:
+        """Every path (in its own layer) of the file ``st`` describes, when it has several
+        names. The first call walks the layers once (through fds, following no link)."""
+        if self._links is None:
+            self._links = {}
+            for root in self._roots:
+                for top, _, files, top_fd in os.fwalk(".", dir_fd=root):
+                    for name in files:
+                        fst = lstat_at(top_fd, name)
+                        if fst is not None and fst.st_nlink > 1 and stat.S_ISREG(fst.st_mode):
+                            path = os.path.normpath(os.path.join(top, name))
+                            self._links.setdefault((fst.st_dev, fst.st_ino), []).append(path)
+        return self._links.get((st.st_dev, st.st_ino), [])
 
     def step(self, parent: str, name: str):
         """resolve_dir's step on canonical paths."""

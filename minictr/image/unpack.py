@@ -64,9 +64,11 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
 
     ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first (it may wait until
     they are). It is called only when the layer reaches into them (image/copyup.py): a
-    directory it writes into without listing it, a hardlink to a file it does not hold, a
-    whiteout or opaque marker for a directory it does not hold, and at the end when the tar has
-    no ``./`` entry. The stream is read to its end.
+    directory it writes into without listing it, a hardlink to a file it does not hold; and at
+    the end (so the layer is unpacked while the lower ones still are) to place the whiteouts
+    and opaque markers of directories it did not hold, to drop whiteouts that hide nothing,
+    and for the root's metadata when the tar has no ``./`` entry. The stream is read to its
+    end.
     """
     unpacker = _Unpacker(dest, kernel or Syscalls(), rootless, lower_lookup,
                          warn or (lambda msg: None))
@@ -130,6 +132,7 @@ class _Unpacker:
         self.stats = UnpackStats()
         self.dirs: dict[str, ts.TarEntry] = {}      # metadata applied last, in finish()
         self.deferred: list[tuple[str, str, ts.TarEntry]] = []   # whiteouts, in finish()
+        self.whiteouts: list[tuple[str, str]] = []      # made: (parent, name)
         self.opaque_xattr = "user.overlay.opaque" if rootless else "trusted.overlay.opaque"
 
     def close(self) -> None:
@@ -343,7 +346,28 @@ class _Unpacker:
             raise ImageError(f"layer: cannot create whiteout {parent}/{hidden}",
                              hint="overlay whiteouts are 0/0 character devices; unprivileged "
                                   "creation needs Linux >= 5.8") from err
+        self.whiteouts.append((parent, hidden))
         self.stats.whiteouts += 1
+
+    def drop_idle_whiteouts(self) -> None:
+        """Remove the whiteouts that hide nothing below. overlayfs lists the entries of a
+        directory only one layer holds as they are, whiteouts included, so such a whiteout
+        would be a name that `ls` shows and stat(2) cannot find."""
+        if self.lower_lookup is None or not self.whiteouts:
+            return                  # nothing is known of the layers below: keep them all
+        up = self.lowers()
+        for parent, name in self.whiteouts:
+            self.root.begin_entry()
+            found = up.resolve(parent, create=False)
+            if found is None or found[0][1] is None:
+                continue
+            (_, fd, lowers), path = found
+            st = self.root.lstat(fd, name)
+            if st is None or not is_whiteout_stat(st):
+                continue            # a later entry of this layer took the name
+            if not (lowers and up.tree.entry(path, name) is not None):
+                os.unlink(name, dir_fd=fd)
+                self.stats.whiteouts -= 1
 
     def apply_deferred(self) -> None:
         """Whiteouts and opaque markers in directories this layer did not hold when they came:
@@ -426,6 +450,7 @@ class _Unpacker:
         mtimes of each directory that is still a real directory at its path. A layer without
         ``./`` takes the root's from the layer below (overlayfs shows the topmost layer's)."""
         self.apply_deferred()
+        self.drop_idle_whiteouts()
         self.root.begin_entry()     # parents cached before a last removal may be stale
         if "" not in self.dirs and self.lower_lookup is not None:
             root = self.lowers().dir_meta("")

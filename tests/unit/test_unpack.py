@@ -109,7 +109,7 @@ def test_hardlink_into_a_lower_layer_is_copied_up(tmp_path, dest):
 def test_lower_lookup_only_when_the_layer_reaches_below(dest):
     def lowers():
         raise AssertionError("lower_lookup called")
-    unpack([D("."), F("a", b"1"), H("b", "a"), D("d"), F("d/.wh.x"), F("d/.wh..wh..opq")],
+    unpack([D("."), F("a", b"1"), H("b", "a"), D("d"), F("d/e"), F("d/.wh..wh..opq")],
            dest, lower_lookup=lowers)
 
 

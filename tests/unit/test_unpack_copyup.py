@@ -146,13 +146,14 @@ def test_a_lower_file_in_the_way_is_not_a_directory(tmp_path):
 
 # ---------------------------------------------------------------- item 5
 def test_whiteouts_with_nothing_below_leave_no_ghost(tmp_path):
+    # overlayfs lists a directory only one layer holds as it is: a whiteout there would be a
+    # name that `ls` shows and stat(2) cannot find
     dirs = layers(tmp_path, [D("etc"), F("etc/passwd", b"root")],
-                  [F("a/b/.wh.c"), F("x/.wh..wh..opq"), F("etc/.wh.none"), F(".wh.gone")])
+                  [F("a/b/.wh.c"), F("x/.wh..wh..opq"), F("etc/.wh.none"), F(".wh.gone"),
+                   D("new"), F("new/.wh.nothing"), F("new/.wh..wh..opq")])
     top = dirs[-1]
-    # no directory is made for them; a whiteout in a directory the layer holds is a 0/0
-    # device that overlayfs never shows, whatever is below it
-    assert [n for n in os.listdir(top) if not stat.S_ISCHR(os.lstat(top / n).st_mode)] == []
-    assert merged_entries(dirs) == {"etc", "etc/passwd"}
+    assert sorted(os.listdir(top)) == ["new"] and os.listdir(top / "new") == []
+    assert merged_entries(dirs) == {"etc", "etc/passwd", "new"}
 
 
 def test_whiteout_and_opaque_marker_in_a_lower_directory(tmp_path):
@@ -205,3 +206,14 @@ def test_special_files_keep_working_below_copied_up_dirs(tmp_path):
     _, top = layers(tmp_path, [D("dev", mode=0o711)],
                     [M("dev/null", "char", devmajor=1, devminor=3, mode=0o666)])
     assert meta(top / "dev")[0] == 0o711 and stat.S_ISCHR(os.lstat(top / "dev/null").st_mode)
+
+
+def test_hardlink_to_a_lower_hardlink_group_keeps_the_whole_group(tmp_path):
+    # umoci's single tree: sh, sh2 and sh3 are one inode; overlayfs alone would split sh off
+    _, _, top = layers(tmp_path, [D("bin"), F("bin/sh", b"sh", mode=0o755), H("bin/sh2", "bin/sh"),
+                                  D("other"), H("other/sh", "bin/sh")],
+                       [F("other/.wh.sh")],
+                       [H("bin/sh3", "bin/sh2")])
+    inodes = {n: os.lstat(top / "bin" / n).st_ino for n in ("sh", "sh2", "sh3")}
+    assert len(set(inodes.values())) == 1 and os.lstat(top / "bin/sh").st_nlink == 3
+    assert not os.path.lexists(top / "other/sh")        # whited out above: not brought back
