@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from minictr.errors import ImageError, MinictrError
-from minictr.image import oci as mf
+from minictr.image import manifests as mf
 from minictr.image import reference
 from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
                                  unlink_size)
@@ -72,19 +72,7 @@ class ImageRecord:
         return hash(self._key())
 
 
-def sha256_digest(data: bytes) -> str:
-    import hashlib  # not at module level: it is off the run path
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """ChainID(1) = DiffID(1); ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n)).
-    (OCI image-spec, config.md "Layer ChainID")."""
-    out: list[str] = []
-    for diff_id in diff_ids:
-        mf.hex_of(diff_id)
-        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
-    return out
+sha256_digest, chain_ids = mf.sha256_digest, mf.chain_ids      # for the store's users
 
 
 class BlobWriter:
@@ -336,7 +324,7 @@ class Store:
         config_desc = manifest["config"]
         mf.verify_descriptor(config_desc, config_bytes, "image config")
         config = mf.parse_config(config_bytes)
-        layers = mf.layer_records(manifest, config, LayerRecord, chain_ids)
+        layers = mf.layer_records(manifest, config, LayerRecord)
         missing = [l.chain_id for l in layers if not self.has_layer(l.chain_id)]
         if missing:
             raise ImageError(f"cannot record the image: {len(missing)} of its layers are not in "

@@ -30,7 +30,7 @@ from typing import Callable
 from minictr.errors import ImageError
 from minictr.image import tarstream as ts
 from minictr.image.copyup import LOWER, UPPER, CopyUp, is_whiteout_stat
-from minictr.image.layerstream import LAYER_MEDIA_TYPES, open_layer
+from minictr.image.layerstream import open_layer
 from minictr.image.merged import MergedTree
 from minictr.image.safepath import ScopedRoot, clean_path, split_path
 from minictr.runtime.syscalls import Syscalls
@@ -41,7 +41,7 @@ RESERVED_PREFIX = ".wh..wh."
 O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _HINT = "the image's layer is malformed or crafted to escape its root"
 
-__all__ = ["open_layer", "unpack_layer", "UnpackStats", "LAYER_MEDIA_TYPES"]
+__all__ = ["open_layer", "unpack_layer", "UnpackStats"]
 
 
 @dataclass

@@ -81,10 +81,10 @@ def test_multiarch_index_default_platform(empty_registry, layout, store, no_host
 
     push(layout, empty_registry.host, "test/multi", tag="multi")
     host = manifests.host_platform()
-    if host.architecture not in ("amd64", "arm64"):
+    if host["architecture"] not in ("amd64", "arm64"):
         pytest.skip(f"the test index has amd64 and arm64 images, this host is {host}")
     _pull(store, f"{empty_registry.host}/test/multi:multi", no_hosts, authfile)
-    want = layout["amd"] if host.architecture == "amd64" else layout["arm"]
+    want = layout["amd"] if host["architecture"] == "amd64" else layout["arm"]
     assert store.has_blob(want["digest"])
 
 
