@@ -29,7 +29,7 @@ from typing import Callable
 
 from minictr.errors import ImageError
 from minictr.image import tarstream as ts
-from minictr.image.copyup import LOWER, UPPER, CopyUp, is_whiteout_stat
+from minictr.image.copyup import UPPER, CopyUp, is_whiteout_stat
 from minictr.image.layerstream import open_layer
 from minictr.image.merged import MergedTree
 from minictr.image.safepath import ScopedRoot, clean_path, split_path
@@ -243,9 +243,7 @@ class _Unpacker:
         except FileExistsError:
             self.make_room(pfd, name)
             os.symlink(e.linkname, name, dir_fd=pfd)
-        if not self.rootless:
-            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
-        self.set_link_metadata(pfd, name, e, chown=False)
+        self.set_link_metadata(pfd, name, e)
         self.stats.symlinks += 1
 
     def hardlink(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
@@ -259,10 +257,7 @@ class _Unpacker:
         if not tname:
             raise ImageError(f"layer: hardlink {e.name!r} to the root", hint=_HINT)
         try:
-            tpfd = self.link_source(target, tparent, tname)
-            if not isinstance(tpfd, int):
-                raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: {tpfd}",
-                                 hint=_HINT)
+            tpfd = self.link_source(target, tparent, tname, e)
             try:
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
             except FileExistsError:
@@ -273,11 +268,10 @@ class _Unpacker:
                              f"{os.strerror(err.errno or 0)}", hint=_HINT) from err
         self.stats.links += 1
 
-    def link_source(self, target: str, tparent: str, tname: str) -> int | str:
-        """The fd of the directory of this layer holding the hardlink target ``tname``, or why
-        there is none. A target only a lower layer holds is copied up first, as overlayfs
-        copies a file up before linking to it, so both names stay one inode in the
-        container."""
+    def link_source(self, target: str, tparent: str, tname: str, e: ts.TarEntry) -> int:
+        """The fd of the directory of this layer holding the hardlink target ``tname``. A
+        target only a lower layer holds is copied up first, as overlayfs copies a file up
+        before linking to it, so both names stay one inode in the container."""
         try:
             tpfd = self.root.dir_fd(tparent, create=False, below=False)
             st = self.root.lstat(tpfd, tname)
@@ -286,14 +280,17 @@ class _Unpacker:
         except FileNotFoundError:
             pass
         found = self.lowers().find(target)
-        if found is None:
-            return "target is in neither this layer nor a lower one"
-        where, parent, source, st = found
-        if where == UPPER:
-            return source
-        assert where == LOWER
-        fd = self.lowers().copy_up(parent, source, st) if source is not None else None
-        return "the target in a lower layer is not a file or symlink" if fd is None else fd
+        if found is not None and found[0] == UPPER:
+            return found[2]
+        fd = None
+        if found is not None and found[2] is not None:      # not a directory
+            fd = self.lowers().copy_up(found[1], found[2], found[3])
+        if fd is None:
+            why = "target is in neither this layer nor a lower one" if found is None else \
+                "the target in a lower layer is not a file or symlink"
+            raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: {why}",
+                             hint=_HINT)
+        return fd
 
     def special(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         if e.type != ts.FIFO and self.rootless:
@@ -356,9 +353,12 @@ class _Unpacker:
         if self.lower_lookup is None or not self.whiteouts:
             return                  # nothing is known of the layers below: keep them all
         up = self.lowers()
+        parents: dict[str, tuple | None] = {}
+        self.root.begin_entry()
         for parent, name in self.whiteouts:
-            self.root.begin_entry()
-            found = up.resolve(parent, create=False)
+            if parent not in parents:
+                parents[parent] = up.resolve(parent, create=False)
+            found = parents[parent]
             if found is None or found[0][1] is None:
                 continue
             (_, fd, lowers), path = found
@@ -404,10 +404,10 @@ class _Unpacker:
             self.set_xattrs(fd, e)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
-    def set_link_metadata(self, pfd: int, name: str, e: ts.TarEntry, chown: bool = True) -> None:
+    def set_link_metadata(self, pfd: int, name: str, e: ts.TarEntry) -> None:
         """A symlink's owner, xattrs and mtime, by name: a symlink cannot be opened. Linux
         refuses user.* xattrs on symlinks (xattr(7)); trusted.* and security.* are kept."""
-        if chown and not self.rootless:
+        if not self.rootless:
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         if e.xattrs:
             # /proc/self/fd/N names the layer's directory; the link itself is not followed
