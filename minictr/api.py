@@ -349,15 +349,21 @@ def _dry_root(paths: Paths):
 def _dry_kernel(p: Plan):
     """The recording face, told where the container's paths would come from: bind sources,
     the host's /proc and /sys, and the image's merged layers."""
-    from minictr.image.merged import MergedView
+    from minictr.image.merged import MergedTree
     from minictr.runtime.syscalls import RecordingSyscalls
 
     binds = {m["destination"]: m["source"] for m in p.spec.get("mounts", ())
              if m.get("type") == "bind" or "bind" in m.get("options", ())
              or "rbind" in m.get("options", ())}
-    view = MergedView(list(p.rootfs.lowerdirs))
+    tree = MergedTree(list(p.rootfs.lowerdirs))      # open for the dry run's life
+
+    def lookup(path: str) -> str | None:
+        """A container path's file in the image, as a host path through its layer's fd."""
+        hit = tree.find(path.lstrip("/"))
+        return None if hit is None else f"/proc/self/fd/{hit[1][0]}/{hit[1][1]}"
+
     kernel = RecordingSyscalls(container_root=p.spec["root"]["path"], binds=binds,
-                               lookup=view.find)
+                               lookup=lookup)
     kernel.mounts = p.spec.get("mounts", [])
     return kernel
 

@@ -248,8 +248,19 @@ def _prepare_rootfs(kernel, rootfs, root_path: str) -> None:
     if rootfs.upperdir:
         os.makedirs(rootfs.upperdir, mode=0o755, exist_ok=True)
         os.makedirs(rootfs.workdir, mode=0o700, exist_ok=True)
+        inherit_root_metadata(rootfs.upperdir, rootfs.lowerdirs[0], rootfs.rootless)
     elif rootfs.scratch:
         os.makedirs(rootfs.scratch, mode=0o700, exist_ok=True)
+
+
+def inherit_root_metadata(upper: str, top_layer: str, rootless: bool) -> None:
+    """An overlay's root directory shows its upper dir's mode and owner, so the empty upper
+    dir takes the image's own root metadata (the top layer's root, which unpacking gave the
+    image's `./` entry), as overlay's copy-up would: an image with a 0700 root keeps it."""
+    st = os.stat(top_layer)
+    os.chmod(upper, st.st_mode & 0o7777)
+    if not rootless:
+        os.chown(upper, st.st_uid, st.st_gid)
 
 
 def send_console(kernel, path: str, master: int) -> None:

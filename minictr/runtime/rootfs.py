@@ -149,6 +149,16 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
         kernel.mount("tmpfs", plan.scratch, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
         for d in plan.writable_dirs():
             kernel.mkdir(d, 0o755)
+        # the root shows the upper dir's mode and owner: the image's own (lifecycle does the
+        # same for a container's writable layer)
+        top = kernel.stat(plan.lowerdirs[0])
+        scratch_fd = kernel.open(plan.scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            kernel.fchmodat(scratch_fd, "upper", top.st_mode & 0o7777)
+            if not plan.rootless:
+                kernel.fchownat(scratch_fd, "upper", top.st_uid, top.st_gid)
+        finally:
+            kernel.close(scratch_fd)
     if plan.driver == "fuse-overlayfs":
         mount_fuse_overlay(kernel, plan, root_path, explain)
         return
