@@ -44,20 +44,22 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_sigkill_during_run_leaves_nothing_rm_and_gc_cannot_clean(mc):
     rng = random.Random(int(os.environ.get("MINICTR_CHAOS_SEED", "1")))
     names = []
+    duration = f"{30 + random.random():.6f}"          # our containers' argv, and no one else's
     for i in range(RUNS):
         name = f"chaos{i}"
         names.append(name)
         proc = mc.popen("run", "--name", name, "--pids-limit", "64", "busybox:test", "sleep",
-                        "30", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        duration, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0, 0.25))            # anywhere in its ~100 ms of setup, or after
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     # The containers die with their launchers (PR_SET_PDEATHSIG): wait for the last of them.
+    mine = "sleep\x00" + duration
     for _ in range(200):
-        if not _processes_mentioning("sleep\x0030"):
+        if not _processes_mentioning(mine):
             break
         time.sleep(0.05)
-    assert not _processes_mentioning("sleep\x0030")
+    assert not _processes_mentioning(mine)
     listed = json.loads(mc("ps", "-a", "--format", "json", check=True).stdout)
     assert all(row["status"] in ("stopped", "creating") for row in listed), listed
     # a cgroup is made only after the state entry that records it: these are all the ids
