@@ -143,19 +143,38 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     from minictr.spec import builder
     from minictr.spec.edits import apply_edits
 
-    image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
-    store = _store(paths)
     container_id = container_id or state_mod.new_id()
     name = opts.name or state_mod.default_name(container_id)
-    lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
     container_dir = os.path.join(paths.containers, container_id)
-    rootfs = RootfsPlan(
-        lowerdirs=tuple(reversed(lowerdirs)),   # overlayfs: topmost layer first
-        upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
-        workdir=None if opts.read_only else os.path.join(container_dir, "work"),
-        target=os.path.join(paths.state, container_id, "rootfs"),
-        rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver(),
-        scratch=os.path.join(paths.state, container_id, "rw") if opts.read_only else None)
+    target = os.path.join(paths.state, container_id, "rootfs")
+    scratch = os.path.join(paths.state, container_id, "rw")
+    from minictr.image.singlefile import is_file_image
+
+    if is_file_image(opts.image):
+        # A single-file image is mounted as it is: the writable layer is always a tmpfs.
+        from minictr.image.singlefile import open_image
+        from minictr.runtime.rootfs import SquashfsSource
+
+        image = open_image(opts.image)
+        source = SquashfsSource(path=image.path, offset=image.offset,
+                                mountpoint=os.path.join(paths.state, container_id, "image"))
+        rootfs = RootfsPlan(lowerdirs=(source.mountpoint,), upperdir=None, workdir=None,
+                            target=target, rootless=paths.rootless, volatile=True,
+                            driver=_overlay_driver(), scratch=scratch, squashfs=source)
+        image_name, chain_ids, read_file = image.path, (), image.read_file
+    else:
+        image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
+        store = _store(paths)
+        lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
+        rootfs = RootfsPlan(
+            lowerdirs=tuple(reversed(lowerdirs)),   # overlayfs: topmost layer first
+            upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
+            workdir=None if opts.read_only else os.path.join(container_dir, "work"),
+            target=target, rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver(),
+            scratch=scratch if opts.read_only else None)
+        image_name = image.name
+        chain_ids = tuple(layer.chain_id for layer in image.layers)
+        read_file = lambda path: store.read_image_file(image, path)  # noqa: E731
     uid_mappings = gid_mappings = None
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
@@ -163,17 +182,15 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         uid_mappings, gid_mappings = rootless_mappings(opts.userns)
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
-        rootfs_path=rootfs.target, read_file=lambda path: store.read_image_file(image, path),
+        rootfs_path=rootfs.target, read_file=read_file,
         uid_mappings=uid_mappings, gid_mappings=gid_mappings)
-    read_file = lambda p: store.read_image_file(image, p)  # noqa: E731
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
     # Engine data rides in the annotations: the runtime executes the spec and knows no images.
     spec["annotations"] = {**spec.get("annotations", {}), ANNOTATION_NAME: name,
-                           ANNOTATION_IMAGE: image.name,
-                           ANNOTATION_LAYERS: ",".join(layer.chain_id for layer in image.layers)}
+                           ANNOTATION_IMAGE: image_name, ANNOTATION_LAYERS: ",".join(chain_ids)}
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image.name, layers=tuple(layer.chain_id for layer in image.layers))
+                image=image_name, layers=chain_ids)
 
 
 def _overlay_driver() -> str:

@@ -43,7 +43,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
                  runtime_hooks: Callable[[], None] | None = None,
-                 hook_state: dict | None = None, no_pivot: bool = False) -> None:
+                 hook_state: dict | None = None, no_pivot: bool = False,
+                 image_mount: int | None = None) -> None:
     """Build the container's root and enter it (the first process only)."""
     linux = spec.get("linux", {})
     hooks = spec.get("hooks") or {}
@@ -55,7 +56,7 @@ def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
         kernel.link_up("lo")
     rootfs_mod.make_mounts_private(kernel, linux.get("rootfsPropagation"), explain)
     root_path = spec["root"]["path"]
-    rootfs_mod.mount_rootfs(kernel, plan, root_path, explain)
+    rootfs_mod.mount_rootfs(kernel, plan, root_path, explain, image_mount)
     root_fd = kernel.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         rootfs_mod.mount_all(kernel, root_fd, spec, rootless, explain)

@@ -147,6 +147,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
                                on_plan=lambda paths: root.update(container_id,
                                                                  cgroup_paths=paths))
         seccomp = spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root), explain)
+        image_mount = _open_image_mount(kernel, rootfs, explain)
         fifo = root.file(container_id, state_mod.FIFO)
         kernel.mkfifo(fifo, 0o622)
         fifo_fd = kernel.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -170,12 +171,14 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             uid_mappings=tuple(linux.get("uidMappings") or ()),
             gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
             oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
-            new_keyring=None if no_new_keyring else container_id)
+            new_keyring=None if no_new_keyring else container_id, image_mount=image_mount)
         try:
             created = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=spawned,
                                       on_hooks=runtime_hooks, explain=explain)
         finally:
             kernel.close(fifo_fd)
+            if image_mount is not None:
+                kernel.close(image_mount)
         root.update(container_id, status="created", cgroup_paths=list(cgroup.paths) if cgroup
                     else [], cgroup_v2=cgroup.v2_path if cgroup else None)
         console = created.console
@@ -250,6 +253,17 @@ def _prepare_rootfs(kernel, rootfs, root_path: str) -> None:
         os.makedirs(rootfs.workdir, mode=0o700, exist_ok=True)
     elif rootfs.scratch:
         os.makedirs(rootfs.scratch, mode=0o700, exist_ok=True)
+    if rootfs.squashfs is not None:
+        os.makedirs(rootfs.squashfs.mountpoint, mode=0o700, exist_ok=True)
+
+
+def _open_image_mount(kernel, rootfs, explain: Explain) -> int | None:
+    """A squashfs image as root: the launcher's detached mount (rootfs.open_image_mount)."""
+    if rootfs is None or rootfs.squashfs is None or rootfs.rootless:
+        return None
+    from minictr.runtime.rootfs import open_image_mount
+
+    return open_image_mount(kernel, rootfs.squashfs, explain)
 
 
 def send_console(kernel, path: str, master: int) -> None:

@@ -176,6 +176,7 @@ class SpawnPlan:
     no_pivot: bool = False               # runc --no-pivot: MS_MOVE + chroot
     seccomp: tuple | None = None         # (BPF program, flags) compiled by the launcher
     new_keyring: str | None = None       # the first process joins a new session keyring
+    image_mount: int | None = None       # the launcher's detached squashfs mount (fsmount fd)
 
 
 @record
@@ -483,7 +484,7 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
 
         container.setup_rootfs(kernel, spec, rootfs, plan.rootless, explain,
                                runtime_hooks=runtime_hooks, hook_state=state,
-                               no_pivot=plan.no_pivot)
+                               no_pivot=plan.no_pivot, image_mount=plan.image_mount)
     if process.get("terminal"):
         container.make_console(kernel, channel, process.get("consoleSize"), explain)
     container.setup_process(kernel, process, plan.rootless, explain,
