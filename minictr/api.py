@@ -32,6 +32,7 @@ class Plan:
     image: str                 # the image's normalised name, for `ps`
     layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
+    keep_fds: tuple = ()       # host fds that pass in by number (job-native: Slurm's PMI_FD)
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -136,8 +137,10 @@ def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=
 
 def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
          container_id: str | None = None, scratch_dir: str | None = None,
-         warn: Explain = None) -> Plan:
-    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute."""
+         files_dir: str | None = None, warn: Explain = None) -> Plan:
+    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute.
+    ``files_dir``: where files the container binds are written (job-native mode's passwd and
+    group); None writes nothing (``minictr spec``)."""
     from minictr.runtime import state as state_mod
     from minictr.runtime.rootfs import RootfsPlan
     from minictr.spec import builder
@@ -179,18 +182,88 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
 
-        uid_mappings, gid_mappings = rootless_mappings(opts.userns)
+        # job-native: only your own ids, mapped to themselves (no /etc/subuid, no helpers)
+        uid_mappings, gid_mappings = rootless_mappings(
+            "keep-id" if opts.hpc else opts.userns, have_helpers=False if opts.hpc else None)
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=read_file,
         uid_mappings=uid_mappings, gid_mappings=gid_mappings)
+    keep_fds: tuple = ()
+    if opts.hpc:
+        job_edits, keep_fds = _job_native_edits(paths, spec, read_file, files_dir or os.path.join(
+            container_dir, "files"), write=files_dir is not None, warn=warn)
+        for edits in job_edits:
+            spec = apply_edits(spec, edits)
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
     # Engine data rides in the annotations: the runtime executes the spec and knows no images.
     spec["annotations"] = {**spec.get("annotations", {}), ANNOTATION_NAME: name,
                            ANNOTATION_IMAGE: image_name, ANNOTATION_LAYERS: ",".join(chain_ids)}
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image_name, layers=chain_ids)
+                image=image_name, layers=chain_ids, keep_fds=keep_fds)
+
+
+def _job_native_edits(paths: Paths, spec: dict, read_file, files_dir: str, *, write: bool,
+                      warn: Explain):
+    """Job-native mode's edits (spec/native.py): your passwd and group entries, bound over the
+    image's; PMIx's MCA names and rendezvous directory; Slurm's PMI fd, kept by number."""
+    import grp
+    import pwd
+
+    from minictr.hpc import slurm
+    from minictr.spec import native
+    from minictr.spec.edits import ContainerEdits
+
+    user = spec["process"]["user"]
+    uid, gid = user["uid"], user["gid"]
+    env = dict(e.split("=", 1) for e in spec["process"]["env"] if "=" in e)
+    try:
+        entry = pwd.getpwuid(uid)
+        name, gecos, shell = entry.pw_name, entry.pw_gecos, entry.pw_shell or "/bin/sh"
+    except KeyError:
+        name, gecos, shell = env.get("USER") or f"user{uid}", "", "/bin/sh"
+    home = env.get("HOME") or "/"
+    groups = []
+    for g in [gid, *user.get("additionalGids", ())]:
+        try:
+            groups.append((grp.getgrgid(g).gr_name, g))
+        except KeyError:
+            groups.append((f"group{g}", g))
+    files = {"/etc/passwd": native.passwd_with(read_file("/etc/passwd"), name, uid, gid, gecos,
+                                               home, shell),
+             "/etc/group": native.group_with(read_file("/etc/group"), groups, name)}
+    mounts = []
+    for dest, data in files.items():
+        source = os.path.join(files_dir, os.path.basename(dest))
+        if write:                      # a new container's own directory: no one else writes
+            os.makedirs(files_dir, mode=0o755, exist_ok=True)
+            with open(source, "wb") as f:
+                f.write(data)
+        mounts.append({"destination": dest, "type": "bind", "source": source,
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
+    edits = [ContainerEdits(mounts=tuple(mounts))]
+    pmix = slurm.pmix_edits(os.environ, os.path.isdir)
+    if pmix is not None:
+        edits.append(pmix)
+    keep: tuple = ()
+    fd = slurm.pmi_fd(os.environ, _fd_open)
+    if fd is not None:
+        keep = (fd,)
+    elif "PMI_FD" in os.environ and warn:
+        warn(f"PMI_FD={os.environ['PMI_FD']} is not open here: PMI-2 in the container will "
+             "fail to reach Slurm")
+    return edits, keep
+
+
+def _fd_open(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        return True
+    except OSError:
+        return False
 
 
 def _overlay_driver() -> str:
@@ -283,9 +356,10 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                          hint="minictr run --dry-run --explain IMAGE CMD")
     root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
+    scratch = None if dry_run else os.path.join(paths.containers, container_id)
     p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
-             container_id=container_id, warn=warn,
-             scratch_dir=None if dry_run else os.path.join(paths.containers, container_id))
+             container_id=container_id, warn=warn, scratch_dir=scratch,
+             files_dir=os.path.join(root.path if dry_run else scratch, "files"))
     kernel = _dry_kernel(p) if dry_run else None
     if not dry_run:
         root.claim_name(p.name, container_id)
@@ -296,7 +370,8 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                 created = lifecycle.create(
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
                     attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
-                    preserve_fds=opts.preserve_fds, rootless=paths.rootless,
+                    preserve_fds=opts.preserve_fds, keep_fds=p.keep_fds,
+                    rootless=paths.rootless,
                     on_spawned=sup.attach, kernel=kernel, explain=explain)
                 lifecycle.start(root, container_id, kernel=kernel, explain=explain)
                 if dry_run:

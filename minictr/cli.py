@@ -80,6 +80,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--gpus", help=GPUS_HELP)
     a("--gpu-memory", help="per-GPU device memory limit through MPS, e.g. 0=20G,1=10G")
     a("--annotation", action="append", default=[], help="KEY=VALUE added to the spec")
+    a("--hpc", action=argparse.BooleanOptionalAction, default=None,
+      help="job-native mode, as enroot and Apptainer: the host's environment (less PATH, "
+      "LD_LIBRARY_PATH...), you as yourself with $HOME and the current directory mounted, the "
+      "host's PID, IPC and UTS namespaces, Slurm's PMI/PMIx; default from "
+      "/etc/minictr/config.toml or ~/.config/minictr/config.toml ([run] hpc = true)")
     _add_gpu_root_args(p)
 
 
@@ -102,7 +107,16 @@ def _run_options(args: argparse.Namespace):
         cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
         cgroup_parent=args.cgroup_parent, devices=tuple(args.device), gpus=args.gpus,
         gpu_memory=args.gpu_memory, annotations=tuple(args.annotation),
-        security_opts=tuple(args.security_opt))
+        security_opts=tuple(args.security_opt), hpc=_hpc(args))
+
+
+def _hpc(args: argparse.Namespace) -> bool:
+    """--hpc / --no-hpc, else the configured default (minictr/siteconfig.py)."""
+    if args.hpc is not None:
+        return args.hpc
+    from minictr import siteconfig
+
+    return siteconfig.load().hpc
 
 
 def _gpu_roots(args: argparse.Namespace) -> tuple:

@@ -107,6 +107,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
            init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
+           keep_fds: tuple[int, ...] = (),
            no_pivot: bool = False, no_new_keyring: bool = False,
            on_spawned: Callable[[int], None] | None = None, kernel=None,
            explain: Explain = None) -> Created:
@@ -164,12 +165,21 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             for stage in ("prestart", "createRuntime"):
                 hooks_mod.run_hooks(kernel, spec, stage, dict(hook_state, pid=pid), explain)
 
+        namespaces = spawn_mod.plan_namespaces(linux.get("namespaces", []))
+        uid_maps, gid_maps = list(linux.get("uidMappings") or ()), list(linux.get("gidMappings")
+                                                                        or ())
+        nest = None
+        if rootless and namespaces.clone_flags & sc.CLONE_NEWUSER:
+            from minictr.runtime import idmap
+
+            uid_maps, gid_maps, nest = idmap.setup_mappings(uid_maps, gid_maps)
         plan = spawn_mod.SpawnPlan(
-            process=process, namespaces=spawn_mod.plan_namespaces(linux.get("namespaces", [])),
+            process=process, namespaces=namespaces,
             rootless=rootless, attached=attached, stdin_null=stdin_null,
-            preserve_fds=preserve_fds, init=init, container=(spec, rootfs), fifo_fd=fifo_fd,
-            uid_mappings=tuple(linux.get("uidMappings") or ()),
-            gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
+            preserve_fds=preserve_fds, keep_fds=tuple(keep_fds), init=init,
+            container=(spec, rootfs), fifo_fd=fifo_fd,
+            uid_mappings=tuple(uid_maps), gid_mappings=tuple(gid_maps), nest_ids=nest,
+            hook_state=hook_state,
             oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
             new_keyring=None if no_new_keyring else container_id, image_mount=image_mount)
         try:

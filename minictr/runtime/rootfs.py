@@ -245,7 +245,9 @@ def mount_squashfs(kernel, source: SquashfsSource, rootless: bool, jail: FuseJai
         return
     if not rootless:
         raise OSError(errno.EINVAL, "a squashfs image as root needs the launcher's mount")
-    options = "ro" + (f",offset={source.offset}" if source.offset else "")
+    # allow_other: the container's other users (-u, a subordinate-id range) may read it too;
+    # in a user namespace the kernel still admits only that namespace's processes
+    options = "ro,allow_other" + (f",offset={source.offset}" if source.offset else "")
     jail.run(["squashfuse_ll", "-f", "-o", options, source.path, source.mountpoint],
              source.mountpoint)
 
