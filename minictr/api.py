@@ -90,6 +90,64 @@ def pull(paths: Paths, ref: str, *, platform: str | None = None, tls_verify: boo
                          progress=progress)
 
 
+SQUASH_COMPRESSORS = ("gzip", "xz", "zstd", "lzo", "lz4")
+
+
+def export(paths: Paths, ref: str, output: str, *, compression: str = "gzip",
+           explain: Explain = None, warn: Explain = None) -> str:
+    """Write the image's merged rootfs to ``output`` as one squashfs file that carries the image
+    config at /.minictr/image.json (image/singlefile.py), for `minictr run FILE`. The layers
+    are merged by the kernel's overlayfs in a private mount namespace and read by mksquashfs
+    (squashfs-tools); the file appears complete (rename) or not at all."""
+    import json
+    import shutil
+    import tempfile
+
+    from minictr.image.singlefile import CONFIG_PATH
+    from minictr.runtime import rootfs as rootfs_mod
+    from minictr.runtime import syscalls as sc
+
+    if compression not in SQUASH_COMPRESSORS:
+        raise UsageError(f"--compression {compression!r} is not one minictr writes",
+                         hint="one of " + ", ".join(SQUASH_COMPRESSORS))
+    tool = shutil.which("mksquashfs")
+    if tool is None:
+        raise ImageError("export needs mksquashfs", hint="apt-get install squashfs-tools")
+    image = _resolve_image(paths, ref, "never", None, warn)
+    store = _store(paths)
+    lowerdirs = tuple(reversed([store.layer_dir(layer.chain_id) for layer in image.layers]))
+    output = os.path.abspath(output)
+    out_dir = os.path.dirname(output)
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"-o {output}: {out_dir} is not a directory")
+    work = tempfile.mkdtemp(prefix="minictr-export-")
+    partial = os.path.join(out_dir, f".{os.path.basename(output)}.{os.getpid()}.partial")
+    try:
+        config_file = os.path.join(work, "image.json")
+        with open(config_file, "w") as f:
+            json.dump(image.config, f)
+        os.chmod(work, 0o755)
+        mountpoint = os.path.join(work, "rootfs")
+        os.mkdir(mountpoint)
+        top = os.path.dirname(CONFIG_PATH)
+        argv = [tool, mountpoint, partial, "-noappend", "-comp", compression, "-quiet",
+                "-no-progress", "-p", f"{top} d 755 0 0",
+                "-p", f"{CONFIG_PATH} f 444 0 0 cat {config_file}"]
+        code = rootfs_mod.run_over_layers(sc.Syscalls(), lowerdirs, mountpoint, argv,
+                                          rootless=paths.rootless, explain=explain)
+        if code != 0:
+            raise ImageError(f"mksquashfs exited {code} writing {output}",
+                             hint="see its messages above; is there room in "
+                                  f"{out_dir}?")
+        os.chmod(partial, 0o644)
+        os.rename(partial, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return output
+
+
 def login(paths: Paths, registry_name: str, username: str, password: str, *,
           tls_verify: bool | None = None, authfile: str | None = None) -> None:
     from minictr.image import auth, registry
@@ -360,7 +418,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
     p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
              container_id=container_id, warn=warn, scratch_dir=scratch,
              files_dir=os.path.join(root.path if dry_run else scratch, "files"))
-    kernel = _dry_kernel(p) if dry_run else None
+    kernel = _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
     if not dry_run:
         root.claim_name(p.name, container_id)
     code = None
@@ -405,7 +463,7 @@ def _dry_root(paths: Paths):
     return StateRoot(tempfile.mkdtemp(prefix="minictr-dry-run-"))
 
 
-def _dry_kernel(p: Plan):
+def _dry_kernel(p: Plan, scratch: str):
     """The recording face, told where the container's paths would come from: bind sources,
     the host's /proc and /sys, and the image's merged layers."""
     from minictr.image.merged import MergedView
@@ -414,9 +472,15 @@ def _dry_kernel(p: Plan):
     binds = {m["destination"]: m["source"] for m in p.spec.get("mounts", ())
              if m.get("type") == "bind" or "bind" in m.get("options", ())
              or "rbind" in m.get("options", ())}
-    view = MergedView(list(p.rootfs.lowerdirs))
+    if p.rootfs.squashfs is not None:
+        from minictr.image.singlefile import placeholder_lookup
+
+        source = p.rootfs.squashfs
+        find = placeholder_lookup(source.path, source.offset, scratch)
+    else:
+        find = MergedView(list(p.rootfs.lowerdirs)).find
     kernel = RecordingSyscalls(container_root=p.spec["root"]["path"], binds=binds,
-                               lookup=view.find)
+                               lookup=find)
     kernel.mounts = p.spec.get("mounts", [])
     return kernel
 

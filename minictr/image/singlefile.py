@@ -139,3 +139,29 @@ def parse_environment(data: bytes) -> list[str]:
             value = value[1:-1]
         out.append(f"{key}={value}")
     return out
+
+
+def placeholder_lookup(path: str, offset: int, scratch: str):
+    """For a dry run: a function from a path in the image to a host file that answers stat(2)
+    and access(2) as the image's would (an empty file or directory with its mode, under
+    ``scratch``), or None when the image has no such path; nothing is mounted."""
+    from minictr.image import squashfs
+
+    def find(inside: str) -> str | None:
+        try:
+            with squashfs.SquashFS(path, offset) as fs:
+                inode = fs.lookup(inside)
+        except squashfs.Unsupported:
+            return None
+        if inode is None:
+            return None
+        here = os.path.join(scratch, inside.lstrip("/")) or scratch
+        if inode.kind in (squashfs.DIR, squashfs.LDIR):
+            os.makedirs(here, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(here), exist_ok=True)
+            if not os.path.lexists(here):
+                os.close(os.open(here, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(here, inode.mode & 0o7777)
+        return here
+    return find

@@ -341,3 +341,44 @@ def finish_rootfs(kernel, spec: dict, explain: Explain) -> None:
 def _say(explain: Explain, text: str) -> None:
     if explain:
         explain(text)
+
+
+def run_over_layers(kernel, lowerdirs: tuple[str, ...], mountpoint: str, argv: list[str], *,
+                    rootless: bool, explain: Explain = None) -> int:
+    """Run ``argv`` in a child that sees ``lowerdirs`` (topmost first) merged read-only at
+    ``mountpoint`` (an empty directory), in a mount namespace of its own, and return its exit
+    status: how `minictr export` hands the image's merged tree to mksquashfs. Nothing stays
+    mounted: the namespace goes with the child.
+
+    Rootless, the child first enters a user namespace that maps it to root (its own maps, one
+    id: user_namespaces(7)), so that files of the user's store read as root's, and unprivileged
+    overlayfs reads its marks from user.overlay.* (userxattr). An empty directory below the
+    layers makes even a one-layer image an overlay (overlayfs wants two lower layers without
+    an upper), which also hides overlay's own xattrs from the reader."""
+    empty = os.path.join(os.path.dirname(mountpoint), "empty-lower")
+    os.makedirs(empty, mode=0o755, exist_ok=True)
+    data = "lowerdir=" + ":".join(tuple(lowerdirs) + (empty,)) + (",userxattr" if rootless
+                                                                 else "")
+    uid, gid = os.geteuid(), os.getegid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if rootless:
+                kernel.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+                kernel.write_file("/proc/self/setgroups", "deny\n")
+                kernel.write_file("/proc/self/uid_map", f"0 {uid} 1\n")
+                kernel.write_file("/proc/self/gid_map", f"0 {gid} 1\n")
+            else:
+                kernel.unshare(sc.CLONE_NEWNS)
+            kernel.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            _say(explain, f"mount -t overlay overlay {mountpoint} -o ro,{data}")
+            kernel.mount("overlay", mountpoint, "overlay", sc.MS_RDONLY, data)
+            _say(explain, " ".join(argv))
+            os.execvp(argv[0], argv)
+        except BaseException as err:          # noqa: BLE001 - the child must not return
+            try:
+                os.write(2, f"minictr: error: {err}\n".encode())
+            finally:
+                os._exit(125)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
