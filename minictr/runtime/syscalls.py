@@ -677,11 +677,23 @@ class RecordingSyscalls:
             if (inside == dest or inside.startswith(dest.rstrip("/") + "/")) and (
                     best is None or len(dest) > len(best["destination"])):
                 best = m
-        if best is not None and ("bind" in best.get("options", ()) or "rbind" in best.get(
-                "options", ()) or best.get("type") == "bind"):
-            return None
         options = set(best.get("options", ())) if best else set()
         flags = 0
+        if best is not None and ("bind" in options or "rbind" in options
+                                 or best.get("type") == "bind"):
+            # a bind: the source's own flags, plus those its remount adds
+            host = self._host_path_of_container(inside)
+            if host is None:
+                return None
+            try:
+                flags = Syscalls().statvfs_flags(host)
+            except OSError:
+                return None
+            for opt, bit in (("ro", os.ST_RDONLY), ("nosuid", os.ST_NOSUID),
+                             ("nodev", os.ST_NODEV), ("noexec", os.ST_NOEXEC)):
+                if opt in options:
+                    flags |= bit
+            return flags
         for opt, bit in (("ro", os.ST_RDONLY), ("nosuid", os.ST_NOSUID), ("nodev", os.ST_NODEV),
                          ("noexec", os.ST_NOEXEC), ("noatime", os.ST_NOATIME),
                          ("nodiratime", os.ST_NODIRATIME)):
