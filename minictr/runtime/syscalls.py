@@ -76,6 +76,7 @@ MOUNT_ATTR_NOSUID = lib.MOUNT_ATTR_NOSUID
 MOUNT_ATTR_NODEV = lib.MOUNT_ATTR_NODEV
 MOUNT_ATTR_RDONLY = lib.MOUNT_ATTR_RDONLY
 AT_FDCWD = -100
+FUSE_PACKAGES = {"squashfuse_ll": "squashfuse", "fuse-overlayfs": "fuse-overlayfs"}
 # loop(4): <linux/loop.h>
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -350,7 +351,12 @@ class Syscalls:
         flags_ro = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO
         backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise OSError(errno.ENOENT, "/dev/loop-control is missing: this kernel has no "
+                                            "loop devices (modprobe loop); rootless runs use "
+                                            "squashfuse instead") from None
             try:
                 for _ in range(64):
                     number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
@@ -423,8 +429,12 @@ class Syscalls:
 
         where = root.rstrip("/") + mountpoint
         before = os.stat(where).st_dev
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, preexec_fn=enter, close_fds=True)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, preexec_fn=enter, close_fds=True)
+        except FileNotFoundError:
+            raise OSError(errno.ENOENT, f"{argv[0]} is not installed (apt-get install "
+                                        f"{FUSE_PACKAGES.get(argv[0], argv[0])})") from None
         deadline = time.monotonic() + timeout
         while os.stat(where).st_dev == before:
             code = proc.poll()
