@@ -209,8 +209,10 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     container_dir = os.path.join(paths.containers, container_id)
     target = os.path.join(paths.state, container_id, "rootfs")
     scratch = os.path.join(paths.state, container_id, "rw")
-    from minictr.image.singlefile import is_file_image
+    from minictr.image.singlefile import check_missing_file, is_file_image
 
+    if not is_file_image(opts.image):
+        check_missing_file(opts.image)
     if is_file_image(opts.image):
         # A single-file image is mounted as it is: the writable layer is always a tmpfs.
         from minictr.image.singlefile import open_image

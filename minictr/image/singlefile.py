@@ -56,6 +56,18 @@ def is_file_image(ref: str) -> bool:
     return os.path.isfile(ref)
 
 
+def check_missing_file(ref: str) -> None:
+    """A name that can only mean a file (an absolute or ./ path, or a single-file suffix) but
+    names none: say so, rather than failing to parse it as an image reference."""
+    if ref.startswith(("/", "./", "../")) or ref.endswith(SUFFIXES):
+        if not os.path.exists(ref):
+            raise ImageError(f"image file {ref} does not exist",
+                             hint="a single-file image is a .sqsh or .sif path; stored images "
+                                  "are listed by `minictr images`")
+        if not os.path.isfile(ref):
+            raise ImageError(f"{ref} is not a regular file")
+
+
 def open_image(ref: str) -> FileImage:
     """Identify the file and read its config (see the module docstring)."""
     from minictr.image import sif, squashfs

@@ -261,6 +261,11 @@ def test_is_file_image(tmp_path):
     assert singlefile.is_file_image(str(f))
     assert not singlefile.is_file_image("x.sqsh")            # not here: a reference
     assert not singlefile.is_file_image("docker.io/library/busybox:latest")
+    with pytest.raises(ImageError, match="does not exist") as err:
+        singlefile.check_missing_file(str(tmp_path / "gone.sif"))
+    assert err.value.hint
+    singlefile.check_missing_file("busybox:latest")          # a reference: not a file
+    singlefile.check_missing_file(f"oci:{tmp_path}:latest")
 
 
 # ---------------------------------------------------------------- runtime steps
