@@ -119,6 +119,33 @@ def test_sif_made_by_siftool(mc, busybox_sqsh, image_cache, tmp_path):
     assert loops_of(sif) == ""
 
 
+def test_apptainer_sif_conventions(mc, image_cache, tmp_path):
+    """A SIF laid out as Apptainer builds them (no minictr config): the command runs through
+    /.singularity.d/actions/exec, which sources the image's environment scripts; with no
+    command, the runscript runs."""
+    need("mksquashfs", "squashfs-tools")
+    from rootfs_tools import rootfs
+
+    tree = tmp_path / "tree"
+    rootfs.busybox_tree(str(tree))
+    sd = tree / ".singularity.d"
+    (sd / "env").mkdir(parents=True)
+    (sd / "actions").mkdir()
+    (sd / "env" / "90-environment.sh").write_text('export FROM_IMAGE="apptainer env"\n')
+    (sd / "actions" / "exec").write_text('#!/bin/sh\nfor s in /.singularity.d/env/*.sh; do '
+                                         '. "$s"; done\nexec "$@"\n')
+    (sd / "runscript").write_text('#!/bin/sh\necho "runscript: $FROM_IMAGE"\n')
+    for f in (sd / "actions" / "exec", sd / "runscript"):
+        f.chmod(0o755)
+    sqsh = tmp_path / "app.sqsh"
+    subprocess.run(["mksquashfs", str(tree), str(sqsh), "-noappend", "-quiet", "-no-progress"],
+                   check=True, capture_output=True)
+    sif = images.make_sif(images.build_siftool(image_cache), str(sqsh), str(tmp_path / "app.sif"))
+    assert mc("run", "--rm", sif, check=True).stdout == "runscript: apptainer env\n"
+    res = mc("run", "--rm", sif, "sh", "-c", 'echo "exec: $FROM_IMAGE"', check=True)
+    assert res.stdout == "exec: apptainer env\n"
+
+
 def test_from_a_read_only_shared_directory_many_at_once(mc, busybox_sqsh, tmp_path):
     """The file on a read-only mount (as a shared filesystem exported read-only), used by
     several containers at the same time."""
