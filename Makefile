@@ -17,7 +17,7 @@ DEB_BUILD := build-essential libcap-dev libffi-dev libseccomp-dev python3-venv p
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
              golang-github-opencontainers-specs-dev podman charliecloud-runtime \
-             containerd docker.io slurm-wlm munge libpmi2-0-dev \
+             containerd docker.io slurm-wlm munge libpmi2-0-dev libpmix-dev \
              squashfs-tools squashfuse golang-go golang-github-sylabs-sif-dev
 # Installed without their Recommends: docker.io's (cgroupfs-mount, needrestart, ...) change how
 # the machine boots and restarts services, and no test needs them.

@@ -114,6 +114,76 @@ def test_pmi2_exchange_as_root_from_the_store(slurm, slurm_base, minictr_exe, hp
         res.stdout + res.stderr
 
 
+PMIX_C = r"""
+#include <stdio.h>
+#include <pmix.h>
+/* each rank puts a value, fences with data collection, then gets its right neighbour's */
+int main(void) {
+    pmix_proc_t me, wild, peer;
+    pmix_value_t value, *got;
+    pmix_info_t info;
+    bool collect = true;
+    char text[64];
+    if (PMIx_Init(&me, NULL, 0) != PMIX_SUCCESS) return 10;
+    PMIX_LOAD_PROCID(&wild, me.nspace, PMIX_RANK_WILDCARD);
+    if (PMIx_Get(&wild, PMIX_JOB_SIZE, NULL, 0, &got) != PMIX_SUCCESS) return 11;
+    unsigned size = got->data.uint32;
+    snprintf(text, sizeof text, "from-rank-%u", me.rank);
+    PMIX_VALUE_LOAD(&value, text, PMIX_STRING);
+    if (PMIx_Put(PMIX_GLOBAL, "mctr-key", &value) != PMIX_SUCCESS) return 12;
+    if (PMIx_Commit() != PMIX_SUCCESS) return 13;
+    PMIX_INFO_LOAD(&info, PMIX_COLLECT_DATA, &collect, PMIX_BOOL);
+    if (PMIx_Fence(NULL, 0, &info, 1) != PMIX_SUCCESS) return 14;
+    PMIX_LOAD_PROCID(&peer, me.nspace, (me.rank + 1) % size);
+    if (PMIx_Get(&peer, "mctr-key", NULL, 0, &got) != PMIX_SUCCESS) return 15;
+    printf("rank %u of %u got %s\n", me.rank, size, got->data.string);
+    fflush(stdout);
+    return PMIx_Finalize(NULL, 0) == PMIX_SUCCESS ? 0 : 16;
+}
+"""
+PMIX_FLAGS = ["-I/usr/lib/x86_64-linux-gnu/pmix2/include", "-L/usr/lib/x86_64-linux-gnu/pmix2/lib",
+              "-Wl,-rpath,/usr/lib/x86_64-linux-gnu/pmix2/lib", "-lpmix"]
+
+
+@pytest.fixture(scope="module")
+def pmix_program(slurm_base, slurm):
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/pmix2/include/pmix.h"):
+        pytest.skip("needs libpmix-dev (PMIx headers)")
+    if "pmix" not in slurm.run(["srun", "--mpi=list"], check=False).stdout + \
+            slurm.run(["srun", "--mpi=list"], check=False).stderr:
+        pytest.skip("this Slurm has no mpi/pmix plugin")
+    src, exe = os.path.join(slurm_base, "pmix-exchange.c"), os.path.join(slurm_base, "pmix-exchange")
+    with open(src, "w") as f:
+        f.write(PMIX_C)
+    subprocess.run(["gcc", "-O1", "-o", exe, src, *PMIX_FLAGS], check=True, capture_output=True)
+    os.chmod(exe, 0o755)
+    return exe
+
+
+def test_pmix_exchange_through_the_container(slurm, slurm_base, minictr_exe, pmix_program,
+                                            job_dir):
+    """srun --mpi=pmix -n 2: PMIx's variables, MCA names and the server's directory reach
+    each rank's job-native container; a put, fence and get across ranks. The image holds the
+    program, libpmix and its components (the client's side of the PMIx version contract)."""
+    cache = os.path.join(slurm_base, "image-cache")
+    pmix_dir = "/usr/lib/x86_64-linux-gnu/pmix2/lib/pmix"
+    plugins = sorted(os.path.join(pmix_dir, f) for f in os.listdir(pmix_dir)
+                     if f.endswith(".so"))
+    image = images.build_glibc_image(cache, binaries=[pmix_program, "/bin/sh", *plugins])
+    env = {"MINICTR_ROOT": os.path.join(slurm_base, "minictr", "store"),
+           "MINICTR_STATE": os.path.join(slurm_base, "minictr", "state-pmix")}
+    outside = slurm.run(["srun", "--mpi=pmix", "-n2", pmix_program], env=env, cwd=job_dir,
+                        check=False)
+    if outside.returncode != 0:
+        pytest.skip(f"PMIx does not work here even without a container: "
+                    f"{(outside.stderr.strip().splitlines() or ['?'])[-1]}")
+    res = slurm.run(["srun", "--mpi=pmix", "-n2", minictr_exe, "run", "--rm", "--hpc",
+                     image.ref, pmix_program], env=env, cwd=job_dir)
+    got = sorted(ln for ln in res.stdout.splitlines() if ln.startswith("rank "))
+    assert got == ["rank 0 of 2 got from-rank-1", "rank 1 of 2 got from-rank-0"], \
+        res.stdout + res.stderr
+
+
 BARRIER = """\
 ls /dev | grep -E '^nvidia[0-9]+$' | tr '\\n' ' ' > gpus-$SLURM_STEP_ID.tmp
 mv gpus-$SLURM_STEP_ID.tmp gpus-$SLURM_STEP_ID
