@@ -5,7 +5,7 @@
 Two tables, both from the installed (non-editable) minictr that `bench start` times:
 
 1. Phases. A script replays `minictr run`'s path (cli.build_parser, parse_args, api.plan, then
-   runtime.container.run: what cli.cmd_run -> api.run do) with CLOCK_MONOTONIC stamps between
+   api.run: what cli.cmd_run does) with CLOCK_MONOTONIC stamps between
    the calls; the runtime's explain callback stamps each step as it happens, in the launcher and
    in the container's PID 1 (the same clock across processes). The driver stamps the spawn and
    the exit, so interpreter start-up and shut-down show too. Medians over the iterations.
@@ -40,16 +40,10 @@ from minictr import api
 mark("import minictr.api")
 paths, opts, roots = cli._paths(args), cli._run_options(args), cli._gpu_roots(args)
 mark("options, paths, GPU driver roots")
-plan = api.plan(paths, opts, gpu_roots=roots, pull_policy=args.pull)
-mark("api.plan: resolve image, build spec, edits")
-from minictr.runtime import container
-mark("import minictr.runtime.container")
 def explain(text):
     os.write(2, ("@%d %d %s\n" % (time.monotonic_ns(), os.getpid(), text)).encode())
-code = container.run(plan.spec, plan.rootfs, paths=paths, container_id=plan.container_id,
-                     name=plan.name, image=plan.image, remove=opts.rm, tty=opts.tty,
-                     interactive=opts.interactive, init=opts.init, explain=explain, warn=None)
-mark("container.run")
+code = api.run(paths, opts, gpu_roots=roots, explain=explain, pull_policy=args.pull)
+mark("api.run")
 os.write(1, (repr([code, os.getpid(), stamps]) + "\n").encode())
 '''
 
@@ -74,15 +68,15 @@ HEX_ID = re.compile(r"[0-9a-f]{12,}")
 
 
 def step_deltas(stamps: list, steps: list, pid: int) -> list[tuple[str, int]]:
-    """Each explain step with the time since the previous one (the first: since container.run
+    """Each explain step with the time since the previous one (the first: since api.run
     began); [child] marks steps of the container's PID 1. Ids are replaced by ID."""
-    start = next(t for label, t in stamps if label == "import minictr.runtime.container")
+    start = next(t for label, t in stamps if label == "options, paths, GPU driver roots")
     out, prev = [], start
     for t, spid, text in steps:
         label = ("[child] " if spid != pid else "") + HEX_ID.sub("ID", text)[:90]
         out.append((label, t - prev))
         prev = t
-    end = next(t for label, t in stamps if label == "container.run")
+    end = next(t for label, t in stamps if label == "api.run")
     out.append(("(exec'd program runs and exits; wait, cgroup removal, state cleanup)",
                 end - prev))
     return out
@@ -107,23 +101,24 @@ def steps_table(traces: list[list[tuple[str, int]]], floor_ms: float = 0.3) -> s
 
 
 def split_phases(t0: int, t_end: int, stamps: list, steps: list, pid: int):
-    """Turn stamps into durations; container.run is split at its explain steps: the launcher
-    before clone, the child's setup (clone .. execve of mcinit), then exec, the container's
-    life, the wait and cleanup."""
+    """Turn stamps into durations; api.run is split at its explain steps: planning and the
+    launcher before clone, the child's setup (clone .. execve of mcinit), then exec, the
+    container's life, the wait and cleanup."""
     out, prev = [], t0
     for label, t in stamps:
-        if label == "container.run" and steps:
-            clone = next((s for s in steps if s[2].startswith("clone(")), None)
+        if label == "api.run" and steps:
+            clone = next((s for s in steps if s[2].startswith("clone")), None)
             execve = next((s for s in reversed(steps) if s[2].startswith("execve(")), None)
             if clone and execve:
-                out.append(("container.run: state, cgroup, until clone()", clone[0] - prev))
+                first = steps[0][0]
+                out.append(("api.run: plan (image, spec, edits)", first - prev))
+                out.append(("api.run: state, cgroup, seccomp, until clone3()", clone[0] - first))
                 child = [s for s in steps if s[1] != pid]
                 first_child = child[0][0] if child else clone[0]
-                out.append(("container.run: clone() .. child's first step",
-                            first_child - clone[0]))
-                out.append(("container.run: child setup (mounts, pivot_root, caps) .. execve",
+                out.append(("api.run: clone3() .. child's first step", first_child - clone[0]))
+                out.append(("api.run: child setup (mounts, pivot_root, caps) .. execve",
                             execve[0] - first_child))
-                out.append(("container.run: mcinit+/bin/true run, wait, cleanup", t - execve[0]))
+                out.append(("api.run: mcinit+/bin/true run, wait, cleanup", t - execve[0]))
                 prev = t
                 continue
         out.append((label, t - prev))
@@ -267,7 +262,7 @@ def main(argv=None) -> int:
             f"`python -m bench start_cost -n {args.iterations}"
             f"{' --rootless' if args.rootless else ''}`, `{mc.exe}`\n\n"
             f"### Phases of `minictr run --rm busybox /bin/true` ({mode})\n\n"
-            f"{phase_table(runs)}\n\n### Inside container.run, step by step (explain lines)\n\n"
+            f"{phase_table(runs)}\n\n### Inside api.run, step by step (explain lines)\n\n"
             f"{steps_table(traces)}\n\n### Imports\n\n{import_tables(profiles)}\n\n"
             f"### Each module imported alone\n\n{alone}\n")
     path = common.write_results("start_cost", text, {"phases_ns": runs, "steps_ns": traces,

@@ -1,3 +1,17 @@
 """minictr: a daemonless container launcher. image → plan (OCI runtime spec) → runtime."""
+import signal as _signal
 
 __version__ = "0.1.0"
+
+
+def _interrupted_early(signum, frame):
+    """Ctrl-C while the command is still being imported: nothing exists yet to clean up, so
+    leave with one line and 130, not a traceback from the middle of an import. The command's
+    main() installs Python's own handler (KeyboardInterrupt) before it creates anything."""
+    import os
+
+    os.write(2, b"minictr: interrupted\n")
+    os._exit(130)
+
+
+_signal.signal(_signal.SIGINT, _interrupted_early)

@@ -70,7 +70,40 @@ def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
 
 
 def gc(paths: Paths) -> dict:
-    return _store(paths).gc(keep_layers=_layers_in_use(paths))
+    """Blobs and layers no image or container uses, and what killed runs left outside any
+    container's state entry: writable layers and names."""
+    result = _store(paths).gc(keep_layers=_layers_in_use(paths))
+    result["containers"] = _remove_orphan_layers(paths)
+    return result
+
+
+def _remove_orphan_layers(paths: Paths) -> int:
+    """A container's state entry is written before its writable layer is made, so a layer
+    dir whose id has no entry belongs to a run killed before it got one, or to a container
+    already removed: listing the dirs *before* the entries makes that safe against a run
+    starting meanwhile."""
+    try:
+        candidates = os.listdir(paths.containers)
+    except FileNotFoundError:
+        return 0
+    if not os.path.isdir(paths.state):
+        ids: set[str] = set()
+    else:
+        root = state_root(paths)
+        root.prune_names()
+        ids = set(root.ids())
+    linux: dict = {}
+    if paths.rootless:
+        from minictr.runtime.idmap import rootless_mappings
+
+        uid_maps, gid_maps = rootless_mappings()
+        linux = {"uidMappings": uid_maps, "gidMappings": gid_maps}
+    removed = 0
+    for cid in candidates:
+        if cid not in ids:
+            _remove_writable_layer(paths, cid, linux)
+            removed += 1
+    return removed
 
 
 def _layers_in_use(paths: Paths) -> set[str]:
@@ -211,8 +244,6 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     scratch = os.path.join(paths.state, container_id, "rw")
     from minictr.image.singlefile import check_missing_file, is_file_image
 
-    if not is_file_image(opts.image):
-        check_missing_file(opts.image)
     if is_file_image(opts.image):
         # A single-file image is mounted as it is: the writable layer is always a tmpfs.
         from minictr.image.singlefile import open_image
@@ -226,6 +257,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
                             driver=_overlay_driver(), scratch=scratch, squashfs=source)
         image_name, chain_ids, read_file = image.path, (), image.read_file
     else:
+        check_missing_file(opts.image)
         image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
         store = _store(paths)
         lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
@@ -437,7 +469,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                 if dry_run:
                     return 0
                 spawn.wait_for_exec(created.exec_pipe, p.spec["process"]["args"][0])
-            except MinictrError:
+            except (MinictrError, OSError):
                 if sup.default_action:            # Ctrl-C during setup: as if it ran
                     code = 128 + sup.default_action
                     return code
@@ -468,7 +500,7 @@ def _dry_root(paths: Paths):
 def _dry_kernel(p: Plan, scratch: str):
     """The recording face, told where the container's paths would come from: bind sources,
     the host's /proc and /sys, and the image's merged layers."""
-    from minictr.image.merged import MergedView
+    from minictr.image.merged import MergedTree
     from minictr.runtime.syscalls import RecordingSyscalls
 
     binds = {m["destination"]: m["source"] for m in p.spec.get("mounts", ())
@@ -478,11 +510,17 @@ def _dry_kernel(p: Plan, scratch: str):
         from minictr.image.singlefile import placeholder_lookup
 
         source = p.rootfs.squashfs
-        find = placeholder_lookup(source.path, source.offset, scratch)
+        lookup = placeholder_lookup(source.path, source.offset, scratch)
     else:
-        find = MergedView(list(p.rootfs.lowerdirs)).find
+        tree = MergedTree(list(p.rootfs.lowerdirs))      # open for the dry run's life
+
+        def lookup(path: str) -> str | None:
+            """A container path's file in the image, as a host path through its layer's fd."""
+            hit = tree.find(path.lstrip("/"))
+            return None if hit is None else f"/proc/self/fd/{hit[1][0]}/{hit[1][1]}"
+
     kernel = RecordingSyscalls(container_root=p.spec["root"]["path"], binds=binds,
-                               lookup=find)
+                               lookup=lookup)
     kernel.mounts = p.spec.get("mounts", [])
     return kernel
 
@@ -496,6 +534,10 @@ def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
     try:
         st = root.read(container_id)
     except MinictrError:
+        # create failed (or was interrupted) and removed what it made: the writable layer is
+        # ours, and goes too, --rm or not
+        _remove_writable_layer(paths, container_id, p.spec.get("linux", {}))
+        root.release_names(container_id)
         return
     if st.get("cgroup_paths") and warn:
         from minictr.runtime import cgroups

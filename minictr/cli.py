@@ -216,8 +216,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from minictr import api
 
     result = api.gc(_paths(args))
-    print(f"removed {result['blobs']} blobs and {result['layers']} layers, "
-          f"freed {_human(result['bytes'])}")
+    print(f"removed {result['blobs']} blobs, {result['layers']} layers and "
+          f"{result['containers']} orphaned writable layers, freed {_human(result['bytes'])}")
     return 0
 
 
@@ -452,7 +452,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--prune", action="store_true", help="also remove blobs and layers no image uses")
 
-    add("gc", cmd_gc, "remove blobs and layers that no image uses")
+    add("gc", cmd_gc, "remove blobs and layers no image or container uses, and what killed "
+        "runs left behind")
 
     p = add("pull", cmd_pull, "pull an image from a registry")
     p.add_argument("image")
@@ -533,56 +534,70 @@ COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "ex
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    named = _command_in(argv)
-    parser = build_parser(only=named if named in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return 125
-    from minictr.errors import MinictrError
+    import signal
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # see minictr/__init__.py
+    debug = "--debug" in argv
     try:
+        named = _command_in(argv)
+        parser = build_parser(only=named if named in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 125
         return args.func(args)
-    except MinictrError as err:
-        if args.debug:
-            import traceback
+    except KeyboardInterrupt:
+        print("minictr: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as err:                   # noqa: BLE001 - one line, never a traceback
+        if isinstance(err, SystemExit):
+            raise
+        return _report(err, debug)
 
-            traceback.print_exc()
+
+def _report(err: BaseException, debug: bool) -> int:
+    """Every failure as one line (and a hint), with its exit code."""
+    from minictr.errors import MinictrError, hint_for
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    if isinstance(err, MinictrError):
         print(f"minictr: error: {err}", file=sys.stderr)
         if err.hint:
             print(f"minictr: hint: {err.hint}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("minictr: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except OSError as err:
+    if isinstance(err, BrokenPipeError) and _stdout_closed():
+        return 0                                   # `minictr images | head`: not a failure
+    if isinstance(err, OSError):
         # A launcher-side failure nothing above turned into a MinictrError: still one line.
-        if args.debug:
-            import traceback
+        from minictr.runtime.syscalls import call_of
 
-            traceback.print_exc()
         what = err.strerror or str(err)
         if err.filename:
             what = f"{what}: {err.filename}"
         print(f"minictr: error: {what}", file=sys.stderr)
-        from minictr.errors import hint_for
-        from minictr.runtime.syscalls import call_of
-
         hint = hint_for(call_of(err) or "", err.errno or 0)
         if hint:
             print(f"minictr: hint: {hint}", file=sys.stderr)
         return 125
-    except Exception as err:                      # noqa: BLE001 - never a traceback
-        if args.debug:
-            import traceback
+    print(f"minictr: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+    print("minictr: hint: this is a bug in minictr; --debug shows the traceback",
+          file=sys.stderr)
+    return 125
 
-            traceback.print_exc()
-        print(f"minictr: error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
-        print("minictr: hint: this is a bug in minictr; --debug shows the traceback",
-              file=sys.stderr)
-        return 125
+
+def _stdout_closed() -> bool:
+    """Is our stdout a pipe nobody reads any more?"""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def entry() -> None:

@@ -420,6 +420,9 @@ COMMANDS = {"create": cmd_create, "run": cmd_run, "start": cmd_start, "state": c
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # see minictr/__init__.py
     args = _parse(argv)
     log = _Log(args.log, args.log_format, args.debug)
     if args.version:

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from minictr.errors import ImageError, MinictrError
-from minictr.image import oci, reference
+from minictr.image import manifests, reference
 from minictr.image.sources import open_source
 
 from minictr.image.reference import TRANSPORTS, is_transport  # noqa: F401 (re-exported)
@@ -44,12 +44,13 @@ class _Image:
     layer_paths: list[str] = field(default_factory=list)
 
 
-def load(store, source: str, tag: str | None = None, *, platform: dict | None = None,
+def load(store, source: str, tag: str | None = None, *, platform: str | dict | None = None,
          jobs: int | None = None) -> list[str]:
     """Load every image ``source`` holds (or the one its REF selects) into ``store``; return
-    their names (the image id for an image that has none). ``tag`` names the loaded image."""
+    their names (the image id for an image that has none). ``tag`` names the loaded image;
+    ``platform`` (default: this host's) picks from an index as ``registry.pull`` does."""
     kind, path, selector = _parse_source(source)
-    want = platform or oci.host_platform()
+    want = manifests.wanted_platform(platform)
     given_name = str(reference.parse(tag)) if tag is not None else None
     with open_source(path, kind) as src:
         if kind == "docker-archive" or (kind is None and src.exists("manifest.json")):
@@ -103,7 +104,8 @@ def _oci_images(src, selector: str | None, default_repo: str, want: dict) -> lis
                          "(no oci-layout, no manifest.json)",
                          hint="give a directory made by `skopeo copy ... oci:DIR`, an "
                          "oci-archive, or a `docker save` tar")
-    index = oci.parse_index(src.read("index.json", oci.MAX_DOCUMENT), f"{src.where}/index.json")
+    index = manifests.parse_index(src.read("index.json", manifests.MAX_MANIFEST),
+                                  f"{src.where}/index.json")
     groups: dict[str | None, list[dict]] = {}
     for desc in index["manifests"]:
         groups.setdefault((desc.get("annotations") or {}).get(REF_ANNOTATION), []).append(desc)
@@ -114,10 +116,11 @@ def _oci_images(src, selector: str | None, default_repo: str, want: dict) -> lis
         groups = {selector: groups[selector]}
     images = []
     for name, descs in groups.items():
-        desc = descs[0] if len(descs) == 1 else oci.select_manifest(descs, want, src.where)
+        desc = descs[0] if len(descs) == 1 else manifests.select_manifest(descs, want,
+                                                                          src.where)
         manifest_bytes, manifest = _resolve_manifest(src, desc, want, 0)
         config_desc = manifest["config"]
-        config_bytes = _read_verified(src, config_desc, oci.MAX_CONFIG, "image config")
+        config_bytes = _read_verified(src, config_desc, manifests.MAX_CONFIG, "image config")
         image = _Image(_oci_names(desc, name, default_repo), manifest_bytes, config_bytes)
         _fill_layers(image, manifest, config_bytes)
         images.append(image)
@@ -125,7 +128,7 @@ def _oci_images(src, selector: str | None, default_repo: str, want: dict) -> lis
 
 
 def _blob_name(digest: str) -> str:
-    return f"blobs/sha256/{oci.hex_of(digest)}"
+    return f"blobs/sha256/{manifests.hex_of(digest)}"
 
 
 def _read_verified(src, desc: dict, limit: int, what: str) -> bytes:
@@ -133,25 +136,21 @@ def _read_verified(src, desc: dict, limit: int, what: str) -> bytes:
         raise ImageError(f"{src.where}: {what} {desc['digest']} is {desc['size']} bytes, "
                          f"more than {limit}: refused")
     data = src.read(_blob_name(desc["digest"]), limit)
-    oci.verify_descriptor(desc, data, f"{src.where}: {what}")
+    manifests.verify_descriptor(desc, data, f"{src.where}: {what}")
     return data
 
 
 def _resolve_manifest(src, desc: dict, want: dict, depth: int) -> tuple[bytes, dict]:
     """Follow indexes (choosing this platform) down to an image manifest."""
     what = f"{src.where}: {desc['digest'][:19]}"
-    data = _read_verified(src, desc, oci.MAX_DOCUMENT, "manifest")
-    try:
-        doc = json.loads(data)
-    except ValueError as err:
-        raise ImageError(f"{what} is not valid JSON") from err
-    if isinstance(doc, dict) and oci.kind_of(doc, desc.get("mediaType"), what) == "index":
+    data = _read_verified(src, desc, manifests.MAX_MANIFEST, "manifest")
+    kind, doc = manifests.load(data, desc.get("mediaType"), what)
+    if kind == "index":
         if depth >= MAX_NESTING:
             raise ImageError(f"{what}: indexes nested more than {MAX_NESTING} deep: refused")
-        index = oci.parse_index(data, what, desc.get("mediaType"))
-        chosen = oci.select_manifest(index["manifests"], want, what)
+        chosen = manifests.select_manifest(doc["manifests"], want, what)
         return _resolve_manifest(src, chosen, want, depth + 1)
-    return data, oci.parse_manifest(data, what, desc.get("mediaType"))
+    return data, doc
 
 
 def _oci_names(desc: dict, ref_name: str | None, default_repo: str) -> list[str]:
@@ -168,10 +167,10 @@ def _oci_names(desc: dict, ref_name: str | None, default_repo: str) -> list[str]
 
 
 def _fill_layers(image: _Image, manifest: dict, config_bytes: bytes) -> None:
-    from minictr.image.store import LayerRecord, chain_ids
+    from minictr.image.store import LayerRecord
 
-    config = oci.parse_config(config_bytes)
-    image.layers = oci.layer_records(manifest, config, LayerRecord, chain_ids)
+    config = manifests.parse_config(config_bytes)
+    image.layers = manifests.layer_records(manifest, config, LayerRecord)
     image.layer_paths = [_blob_name(l.digest) for l in image.layers]
 
 
@@ -184,7 +183,7 @@ def _docker_images(src, selector: str | None) -> list[_Image]:
     so the image keeps its real manifest digest. Classic archives have none: a Docker v2.2
     manifest is made from the files, as skopeo does."""
     try:
-        entries = json.loads(src.read("manifest.json", oci.MAX_DOCUMENT))
+        entries = json.loads(src.read("manifest.json", manifests.MAX_MANIFEST))
     except ValueError as err:
         raise ImageError(f"{src.where}: manifest.json is not valid JSON") from err
     if not isinstance(entries, list) or not all(
@@ -198,11 +197,12 @@ def _docker_images(src, selector: str | None) -> list[_Image]:
         if selector is not None and selector != f"@{i}" and not (
                 _selector_name(selector) in names):
             continue
-        config_bytes = src.read(entry["Config"], oci.MAX_CONFIG)
-        config_digest = oci.sha256_digest(config_bytes)
+        config_bytes = src.read(entry["Config"], manifests.MAX_CONFIG)
+        config_digest = manifests.sha256_digest(config_bytes)
         manifest_bytes = by_config.get(config_digest) or _docker_manifest(
             src, entry, config_bytes)
-        manifest = oci.parse_manifest(manifest_bytes, f"{src.where}: manifest of entry {i}")
+        manifest = manifests.parse_manifest(manifest_bytes,
+                                            f"{src.where}: manifest of entry {i}")
         image = _Image(names, manifest_bytes, config_bytes)
         _fill_layers(image, manifest, config_bytes)
         if not by_config.get(config_digest):
@@ -227,25 +227,23 @@ def _index_manifests(src) -> dict[str, bytes]:
     (the entry then gets a manifest made from manifest.json)."""
     out: dict[str, bytes] = {}
     try:
-        todo = [(d, 0) for d in oci.parse_index(src.read("index.json", oci.MAX_DOCUMENT),
-                                                 "index.json")["manifests"]]
+        todo = [(d, 0) for d in manifests.parse_index(src.read(
+            "index.json", manifests.MAX_MANIFEST), "index.json")["manifests"]]
     except ImageError:
         return out
     while todo:
         desc, depth = todo.pop()
-        if oci.is_attestation(desc) or depth > MAX_NESTING or \
+        if manifests.is_attestation(desc) or depth > MAX_NESTING or \
                 not src.exists(_blob_name(desc["digest"])):
             continue
         try:
-            data = _read_verified(src, desc, oci.MAX_DOCUMENT, "manifest")
-            doc = json.loads(data)
-            if oci.kind_of(doc, desc.get("mediaType"), desc["digest"]) == "index":
-                todo.extend((d, depth + 1)
-                            for d in oci.parse_index(data, desc["digest"])["manifests"])
+            data = _read_verified(src, desc, manifests.MAX_MANIFEST, "manifest")
+            kind, doc = manifests.load(data, desc.get("mediaType"), desc["digest"])
+            if kind == "index":
+                todo.extend((d, depth + 1) for d in doc["manifests"])
             else:
-                config = oci.parse_manifest(data, desc["digest"])["config"]["digest"]
-                out.setdefault(config, data)
-        except (ImageError, ValueError):
+                out.setdefault(doc["config"]["digest"], data)
+        except ImageError:
             continue
     return out
 
@@ -257,7 +255,7 @@ def _docker_manifest(src, entry: dict, config_bytes: bytes) -> bytes:
     (the store decides by the content's magic bytes). A layer.tar is normally an uncompressed
     tar whose digest is its diff_id (checked when it is imported); a compressed one is hashed
     here."""
-    config = oci.parse_config(config_bytes)
+    config = manifests.parse_config(config_bytes)
     diff_ids = config["rootfs"]["diff_ids"]
     if len(diff_ids) != len(entry["Layers"]):
         raise ImageError(f"{src.where}: {entry['Config']} lists {len(diff_ids)} diff_ids for "
@@ -268,9 +266,9 @@ def _docker_manifest(src, entry: dict, config_bytes: bytes) -> bytes:
         digest = _hash_member(src, path) if compressed else diff_id
         layers.append({"mediaType": DOCKER_LAYER_GZIP, "size": src.size(path),
                        "digest": digest})
-    manifest = {"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST,
+    manifest = {"schemaVersion": 2, "mediaType": manifests.DOCKER_MANIFEST,
                 "config": {"mediaType": DOCKER_CONFIG, "size": len(config_bytes),
-                           "digest": oci.sha256_digest(config_bytes)},
+                           "digest": manifests.sha256_digest(config_bytes)},
                 "layers": layers}
     return json.dumps(manifest, separators=(",", ":")).encode()
 
@@ -299,7 +297,7 @@ def _import_layers(store, src, images: list[_Image], jobs: int | None) -> None:
             lowers = [l.chain_id for l in image.layers[:i]]
             plan.setdefault(layer.chain_id, (layer, path, lowers))
     for layer, _, _ in plan.values():
-        oci.check_layer_media_type(layer.media_type)   # before anything is written
+        manifests.check_layer_media_type(layer.media_type)   # before anything is written
     futures: dict[str, Future] = {}
     workers = jobs or min(8, max(2, os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minictr-layer") as pool:

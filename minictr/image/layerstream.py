@@ -16,24 +16,14 @@ import zlib
 import zstandard
 
 from minictr.errors import ImageError
+from minictr.image.manifests import LAYER_TYPES
 
 IN_CHUNK = 256 << 10         # compressed bytes per read of the blob
 OUT_CHUNK = 1 << 20          # decompressed bytes per queued chunk
 ZSTD_FEED = 16 << 10         # zstd has no output bound per call: feed it small pieces
 QUEUE_DEPTH = 8
 
-_GZIP, _ZSTD, _TAR = "gzip", "zstd", "tar"
-LAYER_MEDIA_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": _TAR,
-    "application/vnd.oci.image.layer.v1.tar+gzip": _GZIP,
-    "application/vnd.oci.image.layer.v1.tar+zstd": _ZSTD,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": _TAR,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": _GZIP,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": _ZSTD,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": _GZIP,
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": _GZIP,
-    "application/vnd.docker.image.rootfs.diff.tar": _TAR,
-}
+_GZIP, _ZSTD, _TAR = "gzip", "zstd", "tar"     # the values of manifests.LAYER_TYPES
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HINT = "the layer blob is damaged; remove the image and pull or load it again"
@@ -46,7 +36,7 @@ def open_layer(fileobj, media_type: str):
     as they are, except Docker's ``rootfs.diff.tar``, whose blobs from ``docker save`` are
     sometimes compressed anyway: there the first bytes decide.
     """
-    kind = LAYER_MEDIA_TYPES.get(media_type.split(";")[0].strip())
+    kind = LAYER_TYPES.get(media_type.split(";")[0].strip())
     if kind is None:
         raise ImageError(f"unsupported layer media type {media_type!r}",
                          hint="supported: OCI layer tar, tar+gzip, tar+zstd (and their "

@@ -1,19 +1,21 @@
-"""Registry manifests: media types, validation, and choosing a platform from an index.
+"""The OCI image documents, one model for every source: descriptors, image manifests, image
+indexes, image configs, and which manifest of an index is for a platform.
 
-Image-spec references: manifest.md (an image manifest: ``config`` + ``layers``),
-image-index.md (an index: ``manifests``, each with a ``platform``), descriptor.md (``mediaType``,
-``digest``, ``size``), config.md (``rootfs.diff_ids``, ChainID). Docker's v2 schema 2 manifest
-and manifest list are the same shapes under other media types.
+Both ways an image comes in use this module, so they read documents alike and choose alike:
+the loader (OCI layouts, oci-archives, ``docker save``: image/archive.py) and the registry
+client (image/registry.py). Documents stay the JSON objects they are (dicts), checked here.
+
+Spec sections: descriptor.md (mediaType, digest, size), manifest.md (config + layers),
+image-index.md (manifests + platform), config.md (rootfs.diff_ids, ChainID). Docker's v2 schema
+2 manifest and manifest list are the same shapes under other media types.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import platform as _platform
+import os
 import re
-from dataclasses import dataclass
 
-from minictr.errors import ImageError, RegistryError
+from minictr.errors import ImageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -21,59 +23,248 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_V1 = ("application/vnd.docker.distribution.manifest.v1+json",
              "application/vnd.docker.distribution.manifest.v1+prettyjws")
-MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
-INDEXES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
-CONFIGS = ("application/vnd.oci.image.config.v1+json",
-           "application/vnd.docker.container.image.v1+json")
-LAYERS = ("application/vnd.oci.image.layer.v1.tar",
-          "application/vnd.oci.image.layer.v1.tar+gzip",
-          "application/vnd.oci.image.layer.v1.tar+zstd",
-          "application/vnd.docker.image.rootfs.diff.tar.gzip",
-          "application/vnd.docker.image.rootfs.diff.tar",
-          # deprecated "non-distributable" forms: accepted when the registry itself has the blob
-          "application/vnd.oci.image.layer.nondistributable.v1.tar",
-          "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-          "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-          "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
-MAX_MANIFEST = 4 << 20          # containerd's limit: a bigger manifest is an attack
+CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
+                "application/vnd.docker.container.image.v1+json")
+# layer media type -> how its blob is compressed (image/layerstream.py decodes it). Docker's
+# rootfs.diff.tar.gzip is also used for plain tars (skopeo, docker save): the store decides by
+# the content's magic bytes for Docker's types.
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    # deprecated "non-distributable" forms: accepted when the source itself has the blob
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+MAX_MANIFEST = 4 << 20          # containerd's limit (manifests and indexes): more is an attack
 MAX_CONFIG = 8 << 20
-DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
-
-# uname -m → GOARCH (and the default variant), as containerd's platforms package normalises
-ARCHES = {"x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("arm64", "v8"),
-          "arm64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-          "i686": ("386", ""), "i386": ("386", ""), "ppc64le": ("ppc64le", ""),
-          "s390x": ("s390x", ""), "riscv64": ("riscv64", "")}
+_SHA256 = re.compile(r"sha256:([a-f0-9]{64})")
 
 
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str = ""
+# ---------------------------------------------------------------- digests and descriptors
+def check_digest(value, what: str = "digest") -> str:
+    """A sha256 digest, checked. Digests come from untrusted documents and become file names
+    in the store, so nothing else is accepted (no other algorithm, no upper case, no '/')."""
+    if not (isinstance(value, str) and _SHA256.fullmatch(value)):
+        raise ImageError(f"{what}: invalid or unsupported digest {value!r} "
+                         "(only sha256:<64 hex>)")
+    return value
 
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
-
-@dataclass(frozen=True)
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
+def hex_of(digest) -> str:
+    """The hex part of a checked sha256 digest."""
+    return check_digest(digest)[7:]
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # not at module level: it is off the run path
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def host_platform(machine: str | None = None) -> Platform:
-    arch, variant = ARCHES.get(machine or _platform.machine(), (machine or "", ""))
-    return Platform("linux", arch, variant)
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """ChainID(1) = DiffID(1); ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n)) (config.md,
+    "Layer ChainID"): the key a stack of layers is unpacked under."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        check_digest(diff_id, "diff_id")
+        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
+    return out
 
 
-def parse_platform(text: str | None) -> Platform | None:
+def check_layer_media_type(media_type, what: str = "layer") -> None:
+    if media_type not in LAYER_TYPES:
+        raise ImageError(f"{what}: unsupported layer media type {media_type!r}",
+                         hint="minictr reads tar layers, plain or gzip- or zstd-compressed")
+
+
+def check_descriptor(desc, what: str) -> dict:
+    if not isinstance(desc, dict):
+        raise ImageError(f"{what}: the descriptor is not a JSON object")
+    check_digest(desc.get("digest"), what)
+    size = desc.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ImageError(f"{what}: invalid size {size!r} in its descriptor")
+    return desc
+
+
+def verify_descriptor(desc: dict, data: bytes, what: str) -> None:
+    """descriptor.md: content must match the descriptor's size and digest."""
+    got = sha256_digest(data)
+    if got != desc["digest"] or len(data) != desc["size"]:
+        raise ImageError(f"{what} {desc['digest']} failed verification: got {len(data)} bytes "
+                         f"hashing to {got} (expected {desc['size']} bytes)",
+                         hint="the source is corrupt or truncated")
+
+
+# ---------------------------------------------------------------- manifests and indexes
+def _kind(media_type) -> str | None:
+    return "index" if media_type in INDEX_TYPES else \
+        "manifest" if media_type in MANIFEST_TYPES else None
+
+
+def load(data: bytes, declared: str | None, what: str) -> tuple[str, dict]:
+    """Parse a manifest or index: ``("manifest" | "index", document)``. ``declared`` is the
+    media type the document came under: its descriptor's, or a registry's Content-Type.
+
+    A document that is both an index and a manifest (``manifests`` beside ``layers`` or
+    ``config``), or whose kind contradicts the declared one, is refused: the ambiguity let one
+    digest mean two images (CVE-2021-41190, image-spec 1.0.2)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as err:
+        raise ImageError(f"{what} is not valid JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    media = doc.get("mediaType") or declared
+    if media in DOCKER_V1 or doc.get("schemaVersion") == 1:
+        raise ImageError(f"{what}: Docker schema 1 manifests are not supported",
+                         hint="push the image again with a current docker, podman or skopeo")
+    if doc.get("schemaVersion") != 2:
+        raise ImageError(f"{what}: unsupported schemaVersion {doc.get('schemaVersion')!r}")
+    if "manifests" in doc and ("layers" in doc or "config" in doc):
+        raise ImageError(f"{what}: an index with \"layers\" or \"config\" (or a manifest with "
+                         "\"manifests\") is ambiguous (CVE-2021-41190): refused")
+    if _kind(doc.get("mediaType")) and _kind(declared) and \
+            _kind(doc["mediaType"]) != _kind(declared):
+        raise ImageError(f"{what}: its mediaType {doc['mediaType']} contradicts the declared "
+                         f"{declared} (CVE-2021-41190): refused")
+    if _kind(media) == "index" or (not _kind(media) and not doc.get("mediaType")
+                                   and "manifests" in doc):
+        if not isinstance(doc.get("manifests"), list):
+            raise ImageError(f"{what}: the index has no \"manifests\" list")
+        for i, desc in enumerate(doc["manifests"]):
+            check_descriptor(desc, f"{what}, manifests[{i}]")
+        return "index", doc
+    if _kind(media) == "manifest" or (not _kind(media) and not doc.get("mediaType")
+                                      and "layers" in doc):
+        _check_image_manifest(doc, what)
+        return "manifest", doc
+    raise ImageError(f"{what}: unsupported media type {media!r}")
+
+
+def _check_image_manifest(doc: dict, what: str) -> None:
+    config = check_descriptor(doc.get("config"), f"{what}, config")
+    if config.get("mediaType") not in CONFIG_TYPES:
+        raise ImageError(f"{what}: config media type {config.get('mediaType')!r} is not an "
+                         "image config (an artifact, not a container image?)")
+    if config["size"] > MAX_CONFIG:
+        raise ImageError(f"{what}: a config of {config['size']} bytes is too large: refused")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise ImageError(f"{what}: the manifest has no \"layers\" list")
+    for i, desc in enumerate(layers):
+        check_descriptor(desc, f"{what}, layers[{i}]")
+        check_layer_media_type(desc.get("mediaType"), f"{what}, layers[{i}]")
+
+
+def parse_index(data: bytes, what: str, declared: str | None = None) -> dict:
+    kind, doc = load(data, declared, what)
+    if kind != "index":
+        raise ImageError(f"{what} is an image manifest, not an index")
+    return doc
+
+
+def parse_manifest(data: bytes, what: str = "manifest", declared: str | None = None) -> dict:
+    """An image manifest, its descriptors checked and its layer media types known."""
+    kind, doc = load(data, declared, what)
+    if kind != "manifest":
+        raise ImageError(f"{what} is an image index, not an image manifest")
+    return doc
+
+
+def parse_config(data: bytes, what: str = "image config") -> dict:
+    try:
+        config = json.loads(data)
+        diff_ids = config["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ImageError(f"{what} has no rootfs.diff_ids") from err
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{what}: rootfs.diff_ids is not a list")
+    for d in diff_ids:
+        check_digest(d, f"{what}, diff_id")
+    return config
+
+
+def layer_records(manifest: dict, config: dict, make) -> list:
+    """One ``make(digest, media_type, size, diff_id, chain_id)`` per layer, bottom first."""
+    diff_ids = config["rootfs"]["diff_ids"]
+    layers = manifest["layers"]
+    if len(diff_ids) != len(layers):
+        raise ImageError(f"the manifest has {len(layers)} layers but the config lists "
+                         f"{len(diff_ids)} diff_ids")
+    return [make(l["digest"], l["mediaType"], l["size"], d, c)
+            for l, d, c in zip(layers, diff_ids, chain_ids(diff_ids))]
+
+
+# ---------------------------------------------------------------- platforms
+# Names and matching as containerd's platforms package (database.go normalizeArch, compare.go
+# platformVector), which docker and podman share: uname -m and GOARCH spellings are the same
+# architecture, amd64/v1 is plain amd64, arm64/v8 is plain arm64, arm alone is arm/v7.
+_ARCH_NAMES = {"x86_64": ("amd64", None), "x86-64": ("amd64", None), "aarch64": ("arm64", None),
+               "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "armv7l": ("arm", "v7"),
+               "armv6l": ("arm", "v6"), "armv5tel": ("arm", "v5"), "i386": ("386", ""),
+               "i686": ("386", "")}
+_X86_64_LEVELS = (      # the x86-64 psABI levels, as /proc/cpuinfo names their features
+    ("v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
+    ("v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
+    ("v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}))
+
+
+def normalize(platform: dict) -> dict:
+    """``{"os", "architecture", "variant"}`` in canonical spelling (containerd's Normalize)."""
+    os_ = str(platform.get("os") or "").lower()
+    arch = str(platform.get("architecture") or "").lower()
+    variant = str(platform.get("variant") or "").lower()
+    arch, implied = _ARCH_NAMES.get(arch, (arch, None))
+    variant = implied if implied is not None else variant
+    if arch == "amd64" and variant == "v1":
+        variant = ""
+    elif arch == "arm64" and variant in ("", "8", "v8", "v8.0"):
+        variant = "v8"
+    elif arch == "arm" and variant in ("", "7"):
+        variant = "v7"
+    elif arch == "arm" and variant in ("5", "6", "8"):
+        variant = "v" + variant
+    return {"os": os_, "architecture": arch, "variant": variant}
+
+
+def platform_text(platform: dict) -> str:
+    return "/".join(p for p in (platform.get("os"), platform.get("architecture"),
+                                platform.get("variant")) if p)
+
+
+def host_platform(machine: str | None = None, cpu_flags: set[str] | None = None) -> dict:
+    """This machine's platform. On x86-64 the variant is the psABI level the CPU has (v2, v3,
+    v4; none for v1), as containerd 2 reports it, so amd64/v3 images run where they can."""
+    plat = normalize({"os": "linux", "architecture": machine or os.uname().machine})
+    if plat["architecture"] == "amd64":
+        flags = _cpu_flags() if cpu_flags is None else cpu_flags
+        for level, needed in _X86_64_LEVELS:
+            if not needed <= flags:
+                break
+            plat["variant"] = level
+    return plat
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def parse_platform(text: str | None) -> dict | None:
     """``os/arch[/variant]`` (the --platform syntax of docker and podman)."""
     if not text:
         return None
@@ -81,141 +272,62 @@ def parse_platform(text: str | None) -> Platform | None:
     if len(parts) not in (2, 3) or not all(parts):
         raise ImageError(f"invalid platform {text!r}", hint="use os/arch[/variant], "
                          "e.g. linux/amd64 or linux/arm64/v8")
-    arch, default_variant = ARCHES.get(parts[1], (parts[1], ""))
-    return Platform(parts[0], arch, parts[2] if len(parts) == 3 else default_variant)
+    return normalize(dict(zip(("os", "architecture", "variant"), parts)))
 
 
-def check_digest(value, what: str) -> str:
-    """Only sha256 digests are accepted: a digest becomes a file name in the store."""
-    if not isinstance(value, str) or not DIGEST.match(value):
-        raise RegistryError(f"{what}: invalid or unsupported digest {value!r}")
-    return value
+def wanted_platform(platform) -> dict:
+    """What a caller asks for: None (this host), ``os/arch[/variant]`` or a platform dict."""
+    if platform is None:
+        return host_platform()
+    return parse_platform(platform) if isinstance(platform, str) else normalize(platform)
 
 
-def descriptor(d, what: str) -> Descriptor:
-    if not isinstance(d, dict):
-        raise RegistryError(f"{what}: descriptor is not an object")
-    size = d.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise RegistryError(f"{what}: invalid size {size!r}")
-    return Descriptor(str(d.get("mediaType", "")), check_digest(d.get("digest"), what), size)
-
-
-def load(data: bytes, content_type: str, where: str) -> tuple[str, dict]:
-    """Parse a manifest or index; return (kind, document) with kind "manifest" or "index".
-
-    A document that carries both ``manifests`` and ``layers`` (or whose fields contradict its
-    media type) is refused: the ambiguity let one digest mean two images (CVE-2021-41190,
-    fixed in image-spec 1.0.2 by requiring mediaType and rejecting such documents)."""
-    try:
-        doc = json.loads(data)
-    except ValueError as err:
-        raise RegistryError(f"{where}: manifest is not valid JSON") from err
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{where}: manifest is not a JSON object")
-    media = doc.get("mediaType") or content_type
-    if media in DOCKER_V1 or doc.get("schemaVersion") == 1:
-        raise RegistryError(f"{where}: Docker schema 1 manifests are not supported",
-                            hint="push the image again with a current docker, podman or skopeo")
-    if doc.get("schemaVersion") != 2:
-        raise RegistryError(f"{where}: unsupported schemaVersion {doc.get('schemaVersion')!r}")
-    if "manifests" in doc and ("layers" in doc or "config" in doc):
-        raise RegistryError(f"{where}: document has both \"manifests\" and \"layers\"/\"config\""
-                            " (ambiguous, CVE-2021-41190): refused")
-    if _kind(doc.get("mediaType")) and _kind(content_type) \
-            and _kind(doc["mediaType"]) != _kind(content_type):
-        raise RegistryError(f"{where}: Content-Type {content_type} contradicts the manifest's "
-                            f"mediaType {doc['mediaType']}")
-    if media in INDEXES or (not media and "manifests" in doc):
-        if "layers" in doc or "config" in doc:
-            raise RegistryError(f"{where}: an index with layers (CVE-2021-41190): refused")
-        return "index", doc
-    if media in MANIFESTS or (not media and "layers" in doc):
-        if "manifests" in doc:
-            raise RegistryError(f"{where}: a manifest with manifests (CVE-2021-41190): refused")
-        return "manifest", doc
-    raise RegistryError(f"{where}: unsupported manifest media type {media!r}")
-
-
-def _kind(media_type: str | None) -> str | None:
-    return "index" if media_type in INDEXES else "manifest" if media_type in MANIFESTS else None
-
-
-def _is_attestation(entry: dict) -> bool:
-    p = entry.get("platform") or {}
-    annotations = entry.get("annotations") or {}
-    return (p.get("os") == "unknown" and p.get("architecture") == "unknown") or \
-        annotations.get("vnd.docker.reference.type") == "attestation-manifest"
-
-
-def _variant_matches(want: Platform, have: str) -> bool:
-    if not want.variant:
-        return True
-    # arm64's only variant is v8, so a manifest without one is v8 (containerd does the same)
-    return have == want.variant or (not have and want.architecture == "arm64"
-                                    and want.variant == "v8")
-
-
-def choose(index: dict, want: Platform, where: str) -> Descriptor:
-    """The manifest in ``index`` for platform ``want``; attestation entries are skipped."""
-    entries = index.get("manifests")
-    if not isinstance(entries, list):
-        raise RegistryError(f"{where}: index has no \"manifests\" list")
-    seen = []
-    for entry in entries:
-        if not isinstance(entry, dict) or _is_attestation(entry):
-            continue
-        p = entry.get("platform") or {}
-        seen.append(str(Platform(p.get("os", "?"), p.get("architecture", "?"),
-                                 p.get("variant", ""))))
-        if p.get("os") == want.os and p.get("architecture") == want.architecture \
-                and _variant_matches(want, p.get("variant", "")):
-            return descriptor(entry, where)
-    raise RegistryError(f"{where}: no image for platform {want} (the index has: "
-                        f"{', '.join(seen) or 'nothing'})",
-                        hint="choose one with --platform os/arch[/variant]")
-
-
-def image_parts(manifest: dict, where: str) -> tuple[Descriptor, list[Descriptor]]:
-    """The config and layer descriptors of an image manifest, validated."""
-    cfg = descriptor(manifest.get("config"), f"{where} config")
-    if cfg.media_type not in CONFIGS:
-        raise RegistryError(f"{where}: config media type {cfg.media_type!r} is not an image "
-                            "config (an artifact, not a container image?)")
-    if cfg.size > MAX_CONFIG:
-        raise RegistryError(f"{where}: config of {cfg.size} bytes is too large: refused")
-    raw = manifest.get("layers")
-    if not isinstance(raw, list):
-        raise RegistryError(f"{where}: manifest has no \"layers\" list")
-    layers = []
-    for i, d in enumerate(raw):
-        if isinstance(d, dict) and d.get("urls"):
-            raise RegistryError(f"{where}: layer {i} is a foreign layer (urls): not supported")
-        layer = descriptor(d, f"{where} layer {i}")
-        if layer.media_type not in LAYERS:
-            raise RegistryError(f"{where}: layer {i} has unsupported media type "
-                                f"{layer.media_type!r}")
-        layers.append(layer)
-    return cfg, layers
-
-
-def diff_ids(config_bytes: bytes, n_layers: int, where: str) -> list[str]:
-    """``rootfs.diff_ids`` of an image config; one per layer (config.md)."""
-    try:
-        config = json.loads(config_bytes)
-        ids = config["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise RegistryError(f"{where}: image config has no rootfs.diff_ids") from err
-    if not isinstance(ids, list) or len(ids) != n_layers:
-        raise RegistryError(f"{where}: config lists {len(ids) if isinstance(ids, list) else '?'}"
-                            f" diff_ids for {n_layers} layers")
-    return [check_digest(d, f"{where} diff_id") for d in ids]
-
-
-def chain_ids(ids: list[str]) -> list[str]:
-    """ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))
-    (image-spec config.md, "Layer ChainID")."""
-    out: list[str] = []
-    for d in ids:
-        out.append(d if not out else sha256_digest(f"{out[-1]} {d}".encode()))
+def _acceptable(want: dict) -> list[tuple[str, str]]:
+    """(architecture, variant) this platform runs, best first (containerd's platformVector):
+    an amd64/vN machine runs vN down to plain amd64, then 386; arm/vN down to v5; arm64 its
+    own, then 32-bit arm."""
+    arch, variant = want["architecture"], want["variant"]
+    out = [(arch, variant)]
+    level = int(variant[1:]) if variant[1:].isdigit() else 0
+    if arch == "amd64":
+        out += [("amd64", f"v{n}") for n in range(level - 1, 1, -1)]
+        out += [("amd64", "")] if variant else []
+        out += [("386", "")]
+    elif arch == "arm":
+        out += [("arm", f"v{n}") for n in range(level - 1, 4, -1)]
+    elif arch == "arm64":
+        out += _acceptable({"architecture": "arm", "variant": "v8"})
     return out
+
+
+def is_attestation(desc: dict) -> bool:
+    """BuildKit stores provenance/SBOM attestations as manifests for platform unknown/unknown."""
+    p = desc.get("platform") or {}
+    return (p.get("os") == "unknown" and p.get("architecture") == "unknown") or \
+        (desc.get("annotations") or {}).get("vnd.docker.reference.type") == "attestation-manifest"
+
+
+def select_manifest(descriptors: list[dict], want: dict, what: str) -> dict:
+    """The descriptor in an index's ``manifests`` for platform ``want``: the best match in
+    containerd's order (see _acceptable), the first in the index among equals; attestation
+    manifests are skipped, and one without a platform is taken last (containerd does so)."""
+    want = normalize(want)
+    ranks = {a: i for i, a in reversed(list(enumerate(_acceptable(want))))}
+    best, best_rank, seen = None, len(ranks) + 1, []
+    for desc in descriptors:
+        if not isinstance(desc, dict) or is_attestation(desc):
+            continue
+        if not desc.get("platform"):
+            rank = len(ranks)
+        else:
+            have = normalize(desc["platform"])
+            seen.append(platform_text(desc["platform"]))
+            rank = ranks.get((have["architecture"], have["variant"]), best_rank) \
+                if have["os"] == want["os"] else best_rank
+        if rank < best_rank:
+            best, best_rank = desc, rank
+    if best is None:
+        raise ImageError(f"{what}: no image for platform {platform_text(want)} (the index has: "
+                         f"{', '.join(seen) or 'nothing'})",
+                         hint="choose one with --platform os/arch[/variant]")
+    return best

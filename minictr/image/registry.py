@@ -16,7 +16,9 @@ The sequence (distribution-spec spec.md, "Pull"):
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from typing import Callable
 
 from minictr.errors import ImageError, RegistryError
@@ -36,6 +38,18 @@ def _reference(ref: str):
         raise
     except ValueError as err:
         raise ImageError(f"invalid image reference {ref!r}: {err}") from err
+
+
+@contextlib.contextmanager
+def _registry_error():
+    """The document checks raise ImageError; coming from a registry, a bad document is the
+    registry's fault: a RegistryError, on which pull() tries the next endpoint after a mirror."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except ImageError as err:
+        raise RegistryError(str(err), hint=err.hint) from err
 
 
 class _Pull:
@@ -63,63 +77,76 @@ class _Pull:
                                 "the manifest; nothing was stored")
         return data, ctype, digest
 
-    def resolve(self, want: manifests.Platform) -> tuple[bytes, str]:
-        """The image manifest's bytes and digest for ``want``, following an index."""
+    def resolve(self, want: dict) -> tuple[bytes, dict, str]:
+        """The image manifest (bytes, document, digest) for platform ``want``, following an
+        index the way the loader follows one (manifests.select_manifest)."""
         name = self.ref.digest or self.ref.tag or "latest"
         data, ctype, digest = self.fetch_manifest(name, self.ref.digest)
         for _depth in range(2):        # an index may (rarely) point at a nested index
-            kind, doc = manifests.load(data, ctype, f"{self.where}@{digest}")
-            if kind == "manifest":
-                return data, digest
-            chosen = manifests.choose(doc, want, f"{self.where}@{digest}")
-            data, ctype, digest = self.fetch_manifest(chosen.digest, chosen.digest)
+            with _registry_error():
+                kind, doc = manifests.load(data, ctype, f"{self.where}@{digest}")
+                if kind == "manifest":
+                    return data, doc, digest
+                chosen = manifests.select_manifest(doc["manifests"], want,
+                                                   f"{self.where}@{digest}")
+            data, ctype, digest = self.fetch_manifest(chosen["digest"], chosen["digest"])
         raise RegistryError(f"{self.where}: indexes nested too deeply")
 
     # ------------------------------------------------------------ blobs
 
-    def fetch_config(self, desc: manifests.Descriptor) -> bytes:
-        if self.store.has_blob(desc.digest):
-            with open(self.store.blob_path(desc.digest), "rb") as f:
+    def fetch_config(self, desc: dict) -> bytes:
+        if self.store.has_blob(desc["digest"]):
+            with open(self.store.blob_path(desc["digest"]), "rb") as f:
                 return f.read()
         stream = self.blob_stream(desc, on_bytes=None)
         with stream:
             data = b"".join(iter(lambda: stream.read(1 << 16), b""))
-        if manifests.sha256_digest(data) != desc.digest:
+        if manifests.sha256_digest(data) != desc["digest"]:
             raise RegistryError(f"config blob digest mismatch for {self.where}: expected "
-                                f"{desc.digest}", hint="nothing was stored")
+                                f"{desc['digest']}", hint="nothing was stored")
         return data
 
-    def blob_stream(self, desc: manifests.Descriptor, on_bytes) -> BlobStream:
-        return BlobStream(lambda offset: self.client.open_blob(desc.digest, offset), desc.size,
-                          desc.digest, self.transfers, on_bytes=on_bytes, sleep=self.sleep)
+    def blob_stream(self, desc: dict, on_bytes) -> BlobStream:
+        digest = desc["digest"]
+        return BlobStream(lambda offset: self.client.open_blob(digest, offset), desc["size"],
+                          digest, self.transfers, on_bytes=on_bytes, sleep=self.sleep)
 
-    def layer_job(self, desc: manifests.Descriptor, diff_id: str, chain_id: str):
-        """A job that brings one layer into the store (download only what is missing)."""
-        key = desc.digest
-        label = desc.digest.split(":")[1][:12]
+    def layer_job(self, desc: dict, diff_id: str, chain_id: str, lower_lookup, done):
+        """A job that brings one layer into the store (download only what is missing), and
+        sets the event ``done`` when it ends."""
 
         def job() -> str:
+            try:
+                return unpack()
+            finally:
+                done.set()
+
+        key = digest = desc["digest"]
+        label = digest.split(":")[1][:12]
+
+        def unpack() -> str:
             if self.store.has_layer(chain_id):
                 self.progress.finish(key, label, "exists")
                 return "exists"
-            if self.store.has_blob(desc.digest):
-                self.store.import_layer_from_blob(desc.digest, media_type=desc.media_type,
-                                                  diff_id=diff_id, chain_id=chain_id)
+            if self.store.has_blob(digest):
+                self.store.import_layer_from_blob(digest, media_type=desc["mediaType"],
+                                                  diff_id=diff_id, chain_id=chain_id,
+                                                  lower_lookup=lower_lookup)
                 self.progress.finish(key, label, "unpacked")
                 return "unpacked"
-            self.progress.start(key, label, desc.size)
+            self.progress.start(key, label, desc["size"])
             stream = self.blob_stream(desc, lambda n: self.progress.update(key, n))
             try:
                 with stream:
-                    self.store.import_layer(stream, media_type=desc.media_type,
-                                            digest=desc.digest, diff_id=diff_id,
-                                            chain_id=chain_id)
+                    self.store.import_layer(stream, media_type=desc["mediaType"],
+                                            digest=digest, diff_id=diff_id,
+                                            chain_id=chain_id, lower_lookup=lower_lookup)
             except (Cancelled, RegistryError):
                 self.progress.finish(key, label, "failed")
                 raise
             except ImageError as err:       # the store's verification: name the source
                 self.progress.finish(key, label, "failed")
-                raise RegistryError(f"layer {desc.digest} from {self.where}: {err}",
+                raise RegistryError(f"layer {digest} from {self.where}: {err}",
                                     hint=err.hint or "nothing was stored") from err
             if self.transfers.cancel.is_set():
                 raise Cancelled()
@@ -128,15 +155,45 @@ class _Pull:
 
         return job
 
-    def run(self, want: manifests.Platform) -> str:
-        manifest_bytes, digest = self.resolve(want)
+    def lower_lookup(self, chains: list[str], done: list):
+        """The store's lower_lookup for a layer above ``chains``: waits until their jobs have
+        ended (they were started first), then names their directories, topmost first."""
+
+        def lookup() -> list[str]:
+            for event in done:
+                while not event.wait(0.2):
+                    if self.transfers.cancel.is_set():
+                        raise Cancelled()
+            missing = [c for c in chains if not self.store.has_layer(c)]
+            if missing:
+                raise RegistryError(f"{self.where}: a lower layer ({missing[0]}) failed")
+            return [self.store.layer_dir(c) for c in reversed(chains)]
+
+        return lookup
+
+    def run(self, want: dict) -> str:
+        manifest_bytes, manifest, digest = self.resolve(want)
+        where = f"{self.where}@{digest}"
         self.progress.message(f"{self.ref}: manifest {digest}")
-        manifest = manifests.load(manifest_bytes, "", f"{self.where}@{digest}")[1]
-        config_desc, layers = manifests.image_parts(manifest, f"{self.where}@{digest}")
-        config_bytes = self.fetch_config(config_desc)
-        ids = manifests.diff_ids(config_bytes, len(layers), f"{self.where}@{digest}")
-        jobs = [self.layer_job(d, diff_id, chain)
-                for d, diff_id, chain in zip(layers, ids, manifests.chain_ids(ids))]
+        layers = manifest["layers"]
+        for i, d in enumerate(layers):
+            if d.get("urls"):
+                raise RegistryError(f"{where}: layer {i} is a foreign layer (urls): "
+                                    "not supported")
+        config_bytes = self.fetch_config(manifest["config"])
+        with _registry_error():
+            ids = manifests.parse_config(config_bytes, f"{where}: image config")["rootfs"][
+                "diff_ids"]
+            chains = manifests.chain_ids(ids)
+        if len(ids) != len(layers):
+            raise RegistryError(f"{where}: the config lists {len(ids)} diff_ids for "
+                                f"{len(layers)} layers")
+        done = [threading.Event() for _ in layers]
+        # bottom first: run_parallel starts them in order, so a layer waiting for the ones
+        # below (copy-up, image/copyup.py) never holds a worker they need
+        jobs = [self.layer_job(d, diff_id, chain, self.lower_lookup(chains[:i], done[:i]),
+                               done[i])
+                for i, (d, diff_id, chain) in enumerate(zip(layers, ids, chains))]
         run_parallel(jobs, self.transfers, workers=WORKERS)
         name = str(self.ref)
         self.store.add_image([name], manifest_bytes, config_bytes)
@@ -166,7 +223,7 @@ def pull(store, ref: str, platform: str | None = None, tls_verify: bool | None =
     registries.json and the certs.d directories (see hosts.py)."""
     env = os.environ if env is None else env
     parsed = _reference(ref)
-    want = manifests.parse_platform(platform) or manifests.host_platform()
+    want = manifests.wanted_platform(platform)
     config = hosts_config if hosts_config is not None else hosts.load_config(env=env)
     progress = progress or _Quiet()
     transfers = Transfers()

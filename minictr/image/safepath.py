@@ -23,6 +23,7 @@ import shutil
 import stat
 
 from minictr.errors import ImageError
+from minictr.image.merged import ATTACK_HINT
 from minictr.runtime import syscalls
 
 RESOLVE_SCOPED = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
@@ -47,13 +48,16 @@ def split_path(path: str) -> tuple[str, str]:
 
 
 class ScopedRoot:
-    """A directory tree that tar names are resolved inside of (a layer being unpacked, or a
-    lower layer read for a hardlink)."""
+    """The directory tree of the layer being unpacked, which tar names are resolved inside of.
 
-    def __init__(self, path: str, kernel, *, create: bool):
+    ``resolve_missing(path, create) -> fd | None`` is asked for a directory that is not in this
+    tree (ENOENT) or has a non-directory on its way (ENOTDIR): the unpacker looks into the
+    layers below and makes what is missing (image/copyup.py). Its fds are cached here too."""
+
+    def __init__(self, path: str, kernel, resolve_missing):
         self.path = path
         self.kernel = kernel
-        self.create = create
+        self.resolve_missing = resolve_missing
         self.fd = os.open(path, O_DIR)
         self._dirs: dict[str, int] = {"": self.fd}
         self._stale = False
@@ -80,36 +84,36 @@ class ScopedRoot:
         self._stale = True
 
     # ---------------------------------------------------------------- resolution
-    def dir_fd(self, path: str, create: bool = True) -> int:
-        """An fd for directory ``path`` (clean, relative), resolved inside the root. Missing
-        directories are created (mode 0755, fixed later by the entry's own header if any), or
-        with ``create=False`` FileNotFoundError is raised."""
+    def dir_fd(self, path: str, create: bool = True, *, below: bool = True) -> int:
+        """An fd for directory ``path`` (clean, relative), resolved inside the root. A missing
+        directory is resolve_missing's to find or make; with ``create=False`` it is only
+        looked up, and FileNotFoundError raised if there is none. ``below=False``: in this
+        tree only, without asking resolve_missing."""
         fd = self._dirs.get(path)
         if fd is not None:
             return fd
         try:
             fd = self.kernel.openat2(self.fd, path, O_DIR, RESOLVE_SCOPED)
         except OSError as err:
-            if err.errno == errno.ENOENT and not (create and self.create):
-                raise FileNotFoundError(errno.ENOENT, f"{path}: no such directory") from err
-            if err.errno != errno.ENOENT:
+            if err.errno not in (errno.ENOENT, errno.ENOTDIR) or \
+                    (not below and err.errno == errno.ENOTDIR):
                 raise _path_error(path, err) from err
-            fd = self._make_dir(path)
+            fd = self.resolve_missing(path, create) if below else None
+            if fd is None:
+                raise FileNotFoundError(errno.ENOENT, f"{path}: no such directory") from err
+            if self._dirs.get(path) == fd:
+                return fd
+            fd = os.dup(fd)     # the resolver cached it under its path without symlinks
         self._dirs[path] = fd
         return fd
 
-    def _make_dir(self, path: str) -> int:
-        parent, name = split_path(path)
-        pfd = self.dir_fd(parent)
-        try:
-            os.mkdir(name, 0o755, dir_fd=pfd)
-        except FileExistsError:
-            # openat2 said ENOENT, yet the name exists: it is a dangling symlink (its target is
-            # missing inside the root). GNU tar fails here too; we never create the target.
-            raise ImageError(f"layer: cannot create {path}/...: {path} is a symlink to "
-                             "nothing inside the image", hint=_ATTACK_HINT) from None
-        # a single component with O_NOFOLLOW: the directory we just made, never a symlink
-        return os.open(name, O_DIR | os.O_NOFOLLOW, dir_fd=pfd)
+    def child_dir(self, path: str, parent_fd: int, name: str) -> int:
+        """The directory ``name`` in ``parent_fd`` (which is ``path``'s parent), opened without
+        following a symlink, and cached as ``path``."""
+        fd = self._dirs.get(path)
+        if fd is None:
+            fd = self._dirs[path] = os.open(name, O_DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
+        return fd
 
     def lstat(self, pfd: int, name: str) -> os.stat_result | None:
         try:
@@ -127,26 +131,18 @@ class ScopedRoot:
         self.entry_removed()
 
     def open_dir_nofollow(self, path: str) -> int | None:
-        """An fd for ``path`` only if it is still a real directory (not a symlink) in the root:
-        used when directory metadata is applied at the end, after later entries may have
-        replaced the directory by a symlink (containerd CVE-2021-32760 chmod-ed through one)."""
+        """A new fd for ``path`` only if it is still a real directory (not a symlink) in the
+        root: used when directory metadata is applied at the end, after later entries may have
+        replaced the directory by a symlink (containerd CVE-2021-32760 chmod-ed through one).
+        Call it after begin_entry(), so that no cached parent is stale."""
         if not path:
             return os.dup(self.fd)
         parent, name = split_path(path)
         try:
-            pfd = self.kernel.openat2(self.fd, parent, O_DIR, RESOLVE_SCOPED) if parent \
-                else os.dup(self.fd)
-        except OSError:
-            return None
-        try:
+            pfd = self.dir_fd(parent, create=False)
             return os.open(name, O_DIR | os.O_NOFOLLOW, dir_fd=pfd)
-        except OSError:
+        except (OSError, ImageError):
             return None
-        finally:
-            os.close(pfd)
-
-
-_ATTACK_HINT = "the image's layer is malformed or crafted to write outside its root"
 
 
 def _path_error(path: str, err: OSError) -> ImageError:
@@ -154,4 +150,4 @@ def _path_error(path: str, err: OSError) -> ImageError:
            errno.ELOOP: "too many levels of symlinks",
            errno.EXDEV: "the path leaves the layer root",
            errno.ENOENT: "no such directory"}.get(err.errno, os.strerror(err.errno or 0))
-    return ImageError(f"layer: cannot open directory {path or '/'}: {why}", hint=_ATTACK_HINT)
+    return ImageError(f"layer: cannot open directory {path or '/'}: {why}", hint=ATTACK_HINT)

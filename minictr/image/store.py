@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable
 
 from minictr.errors import ImageError, MinictrError
-from minictr.image import oci as mf
+from minictr.image import manifests as mf
 from minictr.image import reference
 from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
                                  unlink_size)
-from minictr.image.merged import MergedView
+from minictr.image import merged
 from minictr.records import record as _record
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
@@ -72,19 +72,7 @@ class ImageRecord:
         return hash(self._key())
 
 
-def sha256_digest(data: bytes) -> str:
-    import hashlib  # not at module level: it is off the run path
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """ChainID(1) = DiffID(1); ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n)).
-    (OCI image-spec, config.md "Layer ChainID")."""
-    out: list[str] = []
-    for diff_id in diff_ids:
-        mf.hex_of(diff_id)
-        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
-    return out
+sha256_digest, chain_ids = mf.sha256_digest, mf.chain_ids      # for the store's users
 
 
 class BlobWriter:
@@ -336,7 +324,7 @@ class Store:
         config_desc = manifest["config"]
         mf.verify_descriptor(config_desc, config_bytes, "image config")
         config = mf.parse_config(config_bytes)
-        layers = mf.layer_records(manifest, config, LayerRecord, chain_ids)
+        layers = mf.layer_records(manifest, config, LayerRecord)
         missing = [l.chain_id for l in layers if not self.has_layer(l.chain_id)]
         if missing:
             raise ImageError(f"cannot record the image: {len(missing)} of its layers are not in "
@@ -487,7 +475,7 @@ class Store:
         """The content of ``path`` in the image's merged tree, or None if it is not a regular
         file there. Symlinks are resolved inside the image root, never on the host."""
         dirs = [self.layer_dir(l.chain_id) for l in reversed(image.layers)]
-        return MergedView(dirs).read_file(path, max_size)
+        return merged.read_file(dirs, path, max_size)
 
     def list_images(self) -> list[dict]:
         tags = self._read_tags()

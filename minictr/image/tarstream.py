@@ -23,7 +23,7 @@ MAX_META = 1 << 20          # longest pax / GNU long-name record we accept (memo
 REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO = (
     "file", "hardlink", "symlink", "char", "block", "dir", "fifo")
 _TYPES = {b"0": REGULAR, b"\0": REGULAR, b"7": REGULAR, b"1": HARDLINK, b"2": SYMLINK,
-          b"3": CHAR, b"4": BLOCKDEV, b"5": DIRECTORY, b"6": FIFO}
+          b"3": CHAR, b"4": BLOCKDEV, b"5": DIRECTORY, b"6": FIFO, b"S": REGULAR}
 _ZERO_BLOCK = bytes(BLOCK)
 _HINT = "the layer blob is damaged or not a tar archive; pull or load the image again"
 
@@ -32,7 +32,9 @@ class TarEntry:
     """One archive member with the metadata an OCI layer can carry."""
 
     __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime_ns", "linkname",
-                 "devmajor", "devminor", "xattrs", "typeflag")
+                 "devmajor", "devminor", "xattrs", "typeflag", "sparse")
+    # sparse: None, or the data regions [(offset, length), ...] of a sparse file of ``size``
+    # bytes; data() then yields only those regions' bytes, one after the other
 
     def __repr__(self) -> str:
         return f"TarEntry({self.name!r}, {self.type}, mode={self.mode:o}, size={self.size})"
@@ -81,9 +83,26 @@ def parse_pax(data: bytes) -> dict[str, bytes]:
         key, eq, value = data[space + 1:end - 1].partition(b"=")
         if not eq:
             raise ImageError("layer tar: pax record without '='", hint=_HINT)
-        records[_text(key)] = value
+        if key in _SPARSE_00:
+            _add_sparse_00(records, key, value)
+        else:
+            records[_text(key)] = value
         pos = end
     return records
+
+
+_SPARSE_00 = (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
+
+
+def _add_sparse_00(records: dict[str, bytes], key: bytes, value: bytes) -> None:
+    """GNU's PAX sparse format 0.0 repeats an offset and a numbytes record per region; they
+    are kept, in order, as the comma list of format 0.1 (as Go's archive/tar does)."""
+    have = records.get("GNU.sparse.map")
+    count = 0 if have is None else have.count(b",") + 1
+    if (key == _SPARSE_00[0]) != (count % 2 == 0) or b"," in value:
+        raise ImageError("layer tar: GNU.sparse.offset/numbytes records out of order",
+                         hint=_HINT)
+    records["GNU.sparse.map"] = value if have is None else have + b"," + value
 
 
 def _pax_xattr(key: str, value: bytes) -> tuple[str, bytes] | None:
@@ -179,8 +198,10 @@ class TarReader:
             pass
 
     def data(self, entry: TarEntry) -> Iterator[memoryview]:
-        """The entry's contents; each view is valid until the next one is requested."""
-        size, self._pending = entry.size, 0
+        """The entry's contents (of a sparse file: its data regions, one after the other); each
+        view is valid until the next one is requested."""
+        size = entry.size if entry.sparse is None else sum(n for _, n in entry.sparse)
+        self._pending = 0
         yield from self._chunks(size)
         self._skip(-size % BLOCK)
 
@@ -220,7 +241,8 @@ class TarReader:
                 continue
             entry = self._entry(header, flag, size, pax, longname, longlink)
             pax, longname, longlink = {}, None, None
-            self._pending = entry.size + (-entry.size % BLOCK)
+            stored = entry.size if entry.sparse is None else sum(n for _, n in entry.sparse)
+            self._pending = stored + (-stored % BLOCK)
             yield entry
 
     def _check(self, header: bytes) -> tuple[bytes, int]:
@@ -238,9 +260,6 @@ class TarReader:
                longname: bytes | None, longlink: bytes | None) -> TarEntry:
         if self._global:
             pax = {**self._global, **pax}
-        if flag == b"S" or any(k.startswith("GNU.sparse.") for k in pax):
-            raise ImageError("layer tar: sparse files are not supported",
-                             hint="rebuild the image without sparse files (tar --sparse)")
         e = TarEntry()
         name = _cstr(header[0:100])
         if header[257:263] == b"ustar\0":      # POSIX ustar: prefix holds the leading path
@@ -273,4 +292,104 @@ class TarReader:
             xattr = _pax_xattr(key, value)
             if xattr:
                 e.xattrs[xattr[0]] = xattr[1]
+        e.sparse = None
+        if flag == b"S":
+            self._old_gnu_sparse(header, e)
+        elif pax and ("GNU.sparse.major" in pax or "GNU.sparse.map" in pax):
+            self._pax_sparse(pax, e)
         return e
+
+    # ---------------------------------------------------------------- sparse files
+    # As Go's archive/tar (reader.go, handleSparseFile) reads them, so as docker and umoci do:
+    # the old GNU 'S' type with its map in the header and extension blocks, and GNU tar's PAX
+    # formats 0.0, 0.1 (map in pax records) and 1.0 (map at the start of the data).
+
+    def _old_gnu_sparse(self, header: bytes, e: TarEntry) -> None:
+        if header[257:265] != b"ustar  \0":
+            raise ImageError(f"layer tar: {e.name!r}: sparse type 'S' outside a GNU header",
+                             hint=_HINT)
+        stored, e.size = e.size, parse_number(header[483:495])     # the real size
+        regions = _gnu_sparse_regions(header[386:482])
+        extended = header[482]
+        while extended:
+            if len(regions) > MAX_META // 24:
+                raise ImageError(f"layer tar: {e.name!r}: sparse map too large", hint=_HINT)
+            block = self._take(BLOCK)
+            if len(block) != BLOCK:
+                raise ImageError("layer tar is truncated in a sparse map", hint=_HINT)
+            regions += _gnu_sparse_regions(block[:504])
+            extended = block[504]
+        e.sparse = _check_regions(e, regions, stored)
+
+    def _pax_sparse(self, pax: dict[str, bytes], e: TarEntry) -> None:
+        version = (pax.get("GNU.sparse.major"), pax.get("GNU.sparse.minor"))
+        if version not in ((b"1", b"0"), (b"0", b"0"), (b"0", b"1"), (None, None)):
+            return      # an unknown version: Go reads the entry as a plain file
+        if pax.get("GNU.sparse.name"):
+            e.name = _text(pax["GNU.sparse.name"])
+        stored = e.size
+        size = pax.get("GNU.sparse.size") or pax.get("GNU.sparse.realsize")
+        if size is not None:
+            e.size = _decimal(size, e)
+        if version == (b"1", b"0"):
+            numbers, used = self._sparse_map_1x0(e, stored)
+            stored -= used
+        else:
+            count = _decimal(pax.get("GNU.sparse.numblocks", b""), e)
+            numbers = [_decimal(n, e) for n in pax.get("GNU.sparse.map", b"").split(b",")
+                       if n or count]
+            if len(numbers) != 2 * count:
+                raise ImageError(f"layer tar: {e.name!r}: sparse map of {len(numbers)} "
+                                 f"numbers for {count} regions", hint=_HINT)
+        e.sparse = _check_regions(e, list(zip(numbers[::2], numbers[1::2])), stored)
+
+    def _sparse_map_1x0(self, e: TarEntry, stored: int) -> tuple[list[int], int]:
+        """PAX 1.0: decimal numbers, one per line (the region count, then offset and length of
+        each), at the start of the data, padded to a whole block."""
+        blocks, lines, count = [], 0, None
+        while count is None or lines < 1 + 2 * count:
+            if (len(blocks) + 1) * BLOCK > min(stored, MAX_META):
+                raise ImageError(f"layer tar: {e.name!r}: sparse map too large or truncated",
+                                 hint=_HINT)
+            block = self._take(BLOCK)
+            if len(block) != BLOCK:
+                raise ImageError("layer tar is truncated in a sparse map", hint=_HINT)
+            blocks.append(block)
+            lines += block.count(b"\n")
+            if count is None and lines:
+                count = _decimal(b"".join(blocks).partition(b"\n")[0], e)
+        tokens = b"".join(blocks).split(b"\n")[1:1 + 2 * count]
+        return [_decimal(t, e) for t in tokens], len(blocks) * BLOCK
+
+
+def _gnu_sparse_regions(table: bytes) -> list[tuple[int, int]]:
+    """(offset, length) pairs of 12-byte numbers; an offset starting with NUL ends the table."""
+    out = []
+    for pos in range(0, len(table) - 23, 24):
+        if table[pos] == 0:
+            break
+        out.append((parse_number(table[pos:pos + 12]), parse_number(table[pos + 12:pos + 24])))
+    return out
+
+
+def _decimal(text: bytes, e: TarEntry) -> int:
+    if not text.isdigit():
+        raise ImageError(f"layer tar: {e.name!r}: bad number {text[:20]!r} in a sparse "
+                         "header", hint=_HINT)
+    return int(text)
+
+
+def _check_regions(e: TarEntry, regions: list[tuple[int, int]],
+                   stored: int) -> list[tuple[int, int]]:
+    """In order, not overlapping, inside the file, and exactly the data the archive holds
+    (Go's validateSparseEntries, and its errMissData/errUnrefData)."""
+    end = 0
+    for offset, length in regions:
+        if offset < end or length < 0 or offset + length > e.size:
+            raise ImageError(f"layer tar: {e.name!r}: bad sparse map", hint=_HINT)
+        end = offset + length
+    if sum(n for _, n in regions) != stored or e.size < 0:
+        raise ImageError(f"layer tar: {e.name!r}: its sparse map covers "
+                         f"{sum(n for _, n in regions)} bytes, the archive holds {stored}",
+                         hint=_HINT)
+    return regions

@@ -29,8 +29,9 @@ from typing import Callable
 
 from minictr.errors import ImageError
 from minictr.image import tarstream as ts
-from minictr.image.layerstream import LAYER_MEDIA_TYPES, open_layer
-from minictr.image.lowercopy import copy_from_lowers
+from minictr.image.copyup import UPPER, CopyUp, is_whiteout_stat
+from minictr.image.layerstream import open_layer
+from minictr.image.merged import MergedTree
 from minictr.image.safepath import ScopedRoot, clean_path, split_path
 from minictr.runtime.syscalls import Syscalls
 
@@ -40,7 +41,7 @@ RESERVED_PREFIX = ".wh..wh."
 O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _HINT = "the image's layer is malformed or crafted to escape its root"
 
-__all__ = ["open_layer", "unpack_layer", "UnpackStats", "LAYER_MEDIA_TYPES"]
+__all__ = ["open_layer", "unpack_layer", "UnpackStats"]
 
 
 @dataclass
@@ -61,11 +62,16 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
                  warn: Callable[[str], None] | None = None, kernel=None) -> UnpackStats:
     """Extract the tar stream into the existing empty directory ``dest`` in overlay form.
 
-    ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first; it is called
-    only if a hardlink names a file this layer does not hold. The stream is read to its end.
+    ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first (it may wait until
+    they are). It is called only when the layer reaches into them (image/copyup.py): a
+    directory it writes into without listing it, a hardlink to a file it does not hold; and at
+    the end (so the layer is unpacked while the lower ones still are) to place the whiteouts
+    and opaque markers of directories it did not hold, to drop whiteouts that hide nothing,
+    and for the root's metadata when the tar has no ``./`` entry. The stream is read to its
+    end.
     """
-    unpacker = _Unpacker(ScopedRoot(dest, kernel or Syscalls(), create=True), rootless,
-                         lower_lookup, warn or (lambda msg: None))
+    unpacker = _Unpacker(dest, kernel or Syscalls(), rootless, lower_lookup,
+                         warn or (lambda msg: None))
     try:
         reader = ts.TarReader(tar_stream)
         for entry in reader:
@@ -77,7 +83,7 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
         unpacker.finish()
         unpacker.stats.tar_bytes = reader.drain()
     finally:
-        unpacker.root.close()
+        unpacker.close()
     return unpacker.stats
 
 
@@ -87,6 +93,23 @@ def _entry_error(entry: ts.TarEntry, err: Exception) -> ImageError:
                           "filesystem", hint="free space or point the store elsewhere")
     why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return ImageError(f"layer entry {entry.name!r}: {why}", hint=_HINT)
+
+
+def write_sparse(fd: int, e: ts.TarEntry, chunks) -> None:
+    """Each data region at its offset; the holes stay holes (lseek past them, ftruncate to the
+    full size), so the file takes the space it took where the image was built."""
+    chunks = iter(chunks)
+    left = memoryview(b"")
+    for offset, length in e.sparse:
+        os.lseek(fd, offset, os.SEEK_SET)
+        while length:
+            if not left:
+                left = next(chunks)
+            n = os.write(fd, left[:length])
+            left, length = left[n:], length - n
+    for _ in chunks:        # none left: the reader checked the regions cover the data
+        pass
+    os.ftruncate(fd, e.size)
 
 
 def allowed_xattr(name: str, rootless: bool) -> bool:
@@ -101,13 +124,40 @@ def allowed_xattr(name: str, rootless: bool) -> bool:
 
 
 class _Unpacker:
-    def __init__(self, root: ScopedRoot, rootless: bool, lower_lookup, warn):
-        self.root, self.rootless, self.warn = root, rootless, warn
+    def __init__(self, dest: str, kernel, rootless: bool, lower_lookup, warn):
+        self.root = ScopedRoot(dest, kernel, self.resolve_missing)
+        self.rootless, self.warn = rootless, warn
         self.lower_lookup = lower_lookup
-        self.lowers: list[str] | None = None
+        self._copyup: CopyUp | None = None
         self.stats = UnpackStats()
-        self.dirs: dict[str, ts.TarEntry | None] = {}   # metadata applied last, in finish()
+        self.dirs: dict[str, ts.TarEntry] = {}      # metadata applied last, in finish()
+        self.deferred: list[tuple[str, str, ts.TarEntry]] = []   # whiteouts, in finish()
+        self.whiteouts: list[tuple[str, str]] = []      # made: (parent, name)
         self.opaque_xattr = "user.overlay.opaque" if rootless else "trusted.overlay.opaque"
+
+    def close(self) -> None:
+        try:
+            if self._copyup is not None:
+                self._copyup.close()
+        finally:
+            self.root.close()
+
+    def lowers(self) -> CopyUp:
+        """This layer over its lower layers; lower_lookup is asked once (it may wait)."""
+        if self._copyup is None:
+            dirs = list(self.lower_lookup()) if self.lower_lookup else []
+            self._copyup = CopyUp(self.root, MergedTree(dirs) if dirs else None, self)
+        return self._copyup
+
+    def resolve_missing(self, path: str, create: bool) -> int | None:
+        """A directory this layer does not hold (yet) at ``path``: look through the lower
+        layers, copying up what is created (ScopedRoot's resolve_missing)."""
+        return self.lowers().dir_fd(path, create)
+
+    def record_dir(self, path: str, e: ts.TarEntry | None) -> None:
+        if e is not None:
+            self.dirs.pop(path, None)
+            self.dirs[path] = e
 
     # ---------------------------------------------------------------- dispatch
     def apply(self, e: ts.TarEntry, reader: ts.TarReader) -> None:
@@ -158,10 +208,13 @@ class _Unpacker:
             self.make_room(pfd, name)
             fd = os.open(name, O_NEWFILE, 0o600, dir_fd=pfd)
         try:
-            write = os.write
-            for chunk in reader.data(e):
-                while chunk:
-                    chunk = chunk[write(fd, chunk):]
+            if e.sparse is None:
+                write = os.write
+                for chunk in reader.data(e):
+                    while chunk:
+                        chunk = chunk[write(fd, chunk):]
+            else:
+                write_sparse(fd, e, reader.data(e))
             self.set_metadata_fd(fd, e)
         finally:
             os.close(fd)
@@ -172,12 +225,16 @@ class _Unpacker:
         try:
             os.mkdir(name, 0o755, dir_fd=pfd)
         except FileExistsError:
+            st = self.root.lstat(pfd, name)
             if not self.make_room(pfd, name, keep_dir=True):
                 os.mkdir(name, 0o755, dir_fd=pfd)
+                if st is not None and is_whiteout_stat(st):
+                    # ".wh.d" and "d/" in one layer: the whiteout deletes the lower d (it
+                    # applies to lower layers only), this layer's d replaces it
+                    self.mark_opaque_at(pfd, path, name)
         # mode, owner, xattrs and mtime later: children would change the mtime, and a
         # read-only mode would stop a rootless unpack from creating them
-        self.dirs.pop(path, None)
-        self.dirs[path] = e
+        self.record_dir(path, e)
         self.stats.dirs += 1
 
     def symlink(self, pfd: int, name: str, e: ts.TarEntry) -> None:
@@ -186,16 +243,13 @@ class _Unpacker:
         except FileExistsError:
             self.make_room(pfd, name)
             os.symlink(e.linkname, name, dir_fd=pfd)
-        if not self.rootless:
-            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
-        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-        if e.xattrs:
-            self.warn(f"layer: xattrs on symlink {e.name!r} not set")
+        self.set_link_metadata(pfd, name, e)
         self.stats.symlinks += 1
 
     def hardlink(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         """A hardlink names a path inside the layer root (``..`` clamped like any name).
-        linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target."""
+        linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, never its target. The
+        link header's own metadata is not applied: it describes the target's inode."""
         target = clean_path(e.linkname)
         if target == path:
             return
@@ -203,33 +257,40 @@ class _Unpacker:
         if not tname:
             raise ImageError(f"layer: hardlink {e.name!r} to the root", hint=_HINT)
         try:
-            tpfd = self.root.dir_fd(tparent, create=False)
+            tpfd = self.link_source(target, tparent, tname, e)
             try:
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
             except FileExistsError:
                 self.make_room(pfd, name)
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            self.copy_from_lower(pfd, name, target, e)
         except OSError as err:
             raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: "
                              f"{os.strerror(err.errno or 0)}", hint=_HINT) from err
         self.stats.links += 1
 
-    def copy_from_lower(self, pfd: int, name: str, target: str, e: ts.TarEntry) -> None:
-        if self.lowers is None:     # may block until the store has the lower layers
-            self.lowers = list(self.lower_lookup()) if self.lower_lookup else []
-        self.make_room(pfd, name)
-        if not copy_from_lowers(self.lowers, target, pfd, name, self.root.kernel):
-            raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: target is in "
-                             "neither this layer nor a lower one", hint=_HINT)
-        if stat.S_ISLNK(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
-            return
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    def link_source(self, target: str, tparent: str, tname: str, e: ts.TarEntry) -> int:
+        """The fd of the directory of this layer holding the hardlink target ``tname``. A
+        target only a lower layer holds is copied up first, as overlayfs copies a file up
+        before linking to it, so both names stay one inode in the container."""
         try:
-            self.set_metadata_fd(fd, e)
-        finally:
-            os.close(fd)
+            tpfd = self.root.dir_fd(tparent, create=False, below=False)
+            st = self.root.lstat(tpfd, tname)
+            if st is not None and not is_whiteout_stat(st):
+                return tpfd
+        except FileNotFoundError:
+            pass
+        found = self.lowers().find(target)
+        if found is not None and found[0] == UPPER:
+            return found[2]
+        fd = None
+        if found is not None and found[2] is not None:      # not a directory
+            fd = self.lowers().copy_up(found[1], found[2], found[3])
+        if fd is None:
+            why = "target is in neither this layer nor a lower one" if found is None else \
+                "the target in a lower layer is not a file or symlink"
+            raise ImageError(f"layer: hardlink {e.name!r} -> {e.linkname!r}: {why}",
+                             hint=_HINT)
+        return fd
 
     def special(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         if e.type != ts.FIFO and self.rootless:
@@ -251,24 +312,87 @@ class _Unpacker:
 
     # ---------------------------------------------------------------- whiteouts
     def whiteout(self, parent: str, name: str, e: ts.TarEntry) -> None:
-        if name == OPAQUE_MARKER:
-            self.mark_opaque(parent, self.root.dir_fd(parent))
-            return
         hidden = name[len(WHITEOUT_PREFIX):]
-        if name.startswith(RESERVED_PREFIX) or hidden in ("", ".", ".."):
+        if name != OPAQUE_MARKER and (name.startswith(RESERVED_PREFIX)
+                                      or hidden in ("", ".", "..")):
             raise ImageError(f"layer entry {e.name!r} uses the reserved whiteout prefix",
                              hint="OCI layer.md reserves .wh..wh. for the opaque marker")
-        pfd = self.root.dir_fd(parent)
-        if self.root.lstat(pfd, hidden) is not None:
-            return   # this layer's own entry already hides the lower one (layer.md: whiteouts
-            # apply only to lower layers)
+        try:
+            pfd = self.root.dir_fd(parent, create=False, below=False)
+        except FileNotFoundError:
+            # a directory this layer does not hold: decided at the end, when the lower layers
+            # are there to say whether the marker hides anything (else nothing is made)
+            self.deferred.append((parent, name, e))
+            return
+        if name == OPAQUE_MARKER:
+            self.mark_opaque(parent, pfd)
+        else:
+            self.whiteout_at(pfd, parent, hidden)
+
+    def whiteout_at(self, pfd: int, parent: str, hidden: str) -> None:
+        st = self.root.lstat(pfd, hidden)
+        if st is not None:
+            # this layer's own entry stays (layer.md: whiteouts apply to lower layers only);
+            # a directory of ours must not merge with the lower one the whiteout deletes
+            if stat.S_ISDIR(st.st_mode):
+                self.mark_opaque_at(pfd, f"{parent}/{hidden}".lstrip("/"), hidden)
+            return
         try:
             os.mknod(hidden, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
         except PermissionError as err:
             raise ImageError(f"layer: cannot create whiteout {parent}/{hidden}",
                              hint="overlay whiteouts are 0/0 character devices; unprivileged "
                                   "creation needs Linux >= 5.8") from err
+        self.whiteouts.append((parent, hidden))
         self.stats.whiteouts += 1
+
+    def drop_idle_whiteouts(self) -> None:
+        """Remove the whiteouts that hide nothing below. overlayfs lists the entries of a
+        directory only one layer holds as they are, whiteouts included, so such a whiteout
+        would be a name that `ls` shows and stat(2) cannot find."""
+        if self.lower_lookup is None or not self.whiteouts:
+            return                  # nothing is known of the layers below: keep them all
+        up = self.lowers()
+        parents: dict[str, tuple | None] = {}
+        self.root.begin_entry()
+        for parent, name in self.whiteouts:
+            if parent not in parents:
+                parents[parent] = up.resolve(parent, create=False)
+            found = parents[parent]
+            if found is None or found[0][1] is None:
+                continue
+            (_, fd, lowers), path = found
+            st = self.root.lstat(fd, name)
+            if st is None or not is_whiteout_stat(st):
+                continue            # a later entry of this layer took the name
+            if not (lowers and up.tree.entry(path, name) is not None):
+                os.unlink(name, dir_fd=fd)
+                self.stats.whiteouts -= 1
+
+    def apply_deferred(self) -> None:
+        """Whiteouts and opaque markers in directories this layer did not hold when they came:
+        applied where the merged tree shows something to hide, dropped where it does not, so
+        a marker for nothing leaves no empty directory behind (as umoci). Without a
+        lower_lookup nothing is known of the layers below: every marker is kept."""
+        for parent, name, e in self.deferred:
+            self.root.begin_entry()
+            hidden = name[len(WHITEOUT_PREFIX):]
+            try:
+                if self.lower_lookup is None:
+                    found = (None, parent)
+                elif name == OPAQUE_MARKER:
+                    found = self.lowers().resolve(parent, create=False, strict=True)
+                else:
+                    found = self.lowers().find(f"{parent}/{hidden}".lstrip("/"), strict=True)
+                if found is None:
+                    continue
+                pfd = self.root.dir_fd(found[1])
+                if name == OPAQUE_MARKER:
+                    self.mark_opaque(found[1], pfd)
+                else:
+                    self.whiteout_at(pfd, found[1], hidden)
+            except (OSError, ValueError) as err:
+                raise _entry_error(e, err) from err
 
     # ---------------------------------------------------------------- metadata
     def set_metadata_fd(self, fd: int, e: ts.TarEntry) -> None:
@@ -280,17 +404,35 @@ class _Unpacker:
             self.set_xattrs(fd, e)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
-    def set_xattrs(self, fd: int, e: ts.TarEntry) -> None:
+    def set_link_metadata(self, pfd: int, name: str, e: ts.TarEntry) -> None:
+        """A symlink's owner, xattrs and mtime, by name: a symlink cannot be opened. Linux
+        refuses user.* xattrs on symlinks (xattr(7)); trusted.* and security.* are kept."""
+        if not self.rootless:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        if e.xattrs:
+            # /proc/self/fd/N names the layer's directory; the link itself is not followed
+            self.set_xattrs(f"/proc/self/fd/{pfd}/{name}", e, follow_symlinks=False)
+        os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def set_xattrs(self, target, e: ts.TarEntry, follow_symlinks: bool = True) -> None:
         for key, value in e.xattrs.items():
             if not allowed_xattr(key, self.rootless):
                 self.warn(f"layer: dropping xattr {key} on {e.name!r}")
                 continue
             try:
-                os.setxattr(fd, key, value)
+                os.setxattr(target, key, value, follow_symlinks=follow_symlinks)
             except OSError as err:
                 if err.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL):
                     raise
                 self.warn(f"layer: xattr {key} on {e.name!r} not set: {err.strerror}")
+
+    def mark_opaque_at(self, pfd: int, path: str, name: str) -> None:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=pfd)
+        try:
+            self.mark_opaque(path, fd)
+        finally:
+            os.close(fd)
 
     def mark_opaque(self, path: str, dir_fd: int) -> None:
         """Set the opaque xattr now, on the directory the marker's parent resolves to (in the
@@ -305,12 +447,26 @@ class _Unpacker:
 
     def finish(self) -> None:
         """Directory metadata last (tar's "delay directory restore"): owners, modes, xattrs and
-        mtimes of each directory that is still a real directory at its path."""
+        mtimes of each directory that is still a real directory at its path. A layer without
+        ``./`` takes the root's from the layer below (overlayfs shows the topmost layer's)."""
+        self.apply_deferred()
+        self.drop_idle_whiteouts()
+        self.root.begin_entry()     # parents cached before a last removal may be stale
+        if "" not in self.dirs and self.lower_lookup is not None:
+            root = self.lowers().dir_meta("")
+            if root is not None:
+                self.dirs = {"": root, **self.dirs}
+        done = set()
         for path, e in reversed(self.dirs.items()):
             fd = self.root.open_dir_nofollow(path)
             if fd is None:
                 continue
             try:
-                self.set_metadata_fd(fd, e)
+                # one directory may be recorded under two names (through a symlink, and as
+                # copied up); the later record wins
+                ino = os.fstat(fd).st_ino
+                if ino not in done:
+                    done.add(ino)
+                    self.set_metadata_fd(fd, e)
             finally:
                 os.close(fd)

@@ -157,6 +157,9 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
         kernel.mount(root_path, root_path, None, sc.MS_BIND | sc.MS_REC)
         return
     jail = FuseJail(kernel, root_path, explain)
+    if plan.squashfs is not None:
+        # first: the tmpfs upper below takes the mode and owner of the image's root from it
+        mount_squashfs(kernel, plan.squashfs, plan.rootless, jail, explain, image_mount)
     if not plan.upperdir:
         # The read-only root's writable layer: a tmpfs private to this mount namespace.
         _say(explain, f"mount -t tmpfs tmpfs {plan.scratch}  (upper layer for mount points; "
@@ -164,8 +167,16 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
         kernel.mount("tmpfs", plan.scratch, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
         for d in plan.writable_dirs():
             kernel.mkdir(d, 0o755)
-    if plan.squashfs is not None:
-        mount_squashfs(kernel, plan.squashfs, plan.rootless, jail, explain, image_mount)
+        # the root shows the upper dir's mode and owner: the image's own (lifecycle does the
+        # same for a container's writable layer)
+        top = kernel.stat(plan.lowerdirs[0])
+        scratch_fd = kernel.open(plan.scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            kernel.fchmodat(scratch_fd, "upper", top.st_mode & 0o7777)
+            if not plan.rootless:
+                kernel.fchownat(scratch_fd, "upper", top.st_uid, top.st_gid)
+        finally:
+            kernel.close(scratch_fd)
     if plan.driver == "fuse-overlayfs":
         mount_fuse_overlay(kernel, plan, root_path, jail, explain)
         return

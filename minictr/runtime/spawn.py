@@ -267,8 +267,12 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
             on_spawned(pid)
         channel = Channel(ours)
         _place(kernel, plan, pid, cgroup, born_in, explain)
-        channel.send("go", pid=pid)
-        console = _serve(channel, pid, on_hooks)
+        try:
+            channel.send("go", pid=pid)
+            console = _serve(channel, pid, on_hooks)
+        except (BrokenPipeError, ConnectionResetError) as err:
+            raise RuntimeSetupError("the container's process died during setup",
+                                    hint="a signal killed it, or see its stderr") from err
         return Spawned(pid=pid, console=console, exec_pipe=exec_r)
     except BaseException:
         if pid:
@@ -396,6 +400,8 @@ def wait_for_exec(exec_r: int, command: str) -> None:
     finally:
         os.close(exec_r)
     raw = b"".join(chunks).decode(errors="replace").strip()
+    if raw.startswith("{"):                 # the child failed after "ready" (spawn._report)
+        raise error_from(json.loads(raw))
     if raw:
         raise exec_error(command, int(raw.splitlines()[0]))
 
@@ -439,14 +445,15 @@ def child_main(kernel, plan: SpawnPlan, channel, exec_w: int | None, explain: Ex
             os._exit(EXIT_LAUNCHER)
         prepare(kernel, plan, channel, msg["pid"], exec_w, explain)
     except MinictrError as err:
-        _report(channel, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
+        _report(channel, exec_w, str(err), err.hint, getattr(err, "exit_code", EXIT_LAUNCHER))
     except OSError as err:
         text = err.strerror or str(err)
         if err.filename:
             text = f"{text}: {err.filename}"
-        _report(channel, text, hint_for(sc.call_of(err) or "", err.errno or 0), EXIT_LAUNCHER)
+        _report(channel, exec_w, text, hint_for(sc.call_of(err) or "", err.errno or 0),
+                EXIT_LAUNCHER)
     except BaseException as err:   # noqa: BLE001 - anything else must still reach the launcher
-        _report(channel, f"{type(err).__name__}: {err}", None, EXIT_LAUNCHER)
+        _report(channel, exec_w, f"{type(err).__name__}: {err}", None, EXIT_LAUNCHER)
     os._exit(EXIT_LAUNCHER)
 
 
@@ -514,10 +521,11 @@ def finish(kernel, plan: SpawnPlan, path: str, init_fd: int, host_pid: int,
     then every process execs."""
     if plan.fifo_fd is not None:
         wait_for_start(kernel, plan.fifo_fd, explain)
-        if plan.container is not None:
-            from minictr.runtime import hooks
+        spec = plan.container[0] if plan.container is not None else {}
+        if (spec.get("hooks") or {}).get("startContainer"):
+            from minictr.runtime import hooks        # imported before pivot_root (setup_rootfs)
 
-            hooks.run_hooks(kernel, plan.container[0], "startContainer",
+            hooks.run_hooks(kernel, spec, "startContainer",
                             dict(plan.hook_state or {}, pid=host_pid, status="created"),
                             explain)
     container.exec_process(kernel, plan.process, path, init_fd, exec_w, plan.init, explain,
@@ -562,9 +570,21 @@ def _setns_path(kernel, kind: str, path: str, explain: Explain) -> None:
         kernel.close(fd)
 
 
-def _report(channel, message: str, hint: str | None, code: int) -> None:
+def _report(channel, exec_w: int | None, message: str, hint: str | None, code: int) -> None:
+    """Before "ready" the launcher reads the channel; after it (waiting for start, the
+    startContainer hooks, seccomp) an attached launcher reads the exec pipe, and a detached
+    container has only its stderr, where runc too writes such an error."""
     try:
         channel.send("error", message=message, hint=hint, exit=code)
+        return
+    except OSError:
+        pass
+    data = json.dumps({"message": message, "hint": hint, "exit": code})
+    try:
+        if exec_w is not None:
+            os.write(exec_w, data.encode())
+        else:
+            os.write(2, f"minictr: error: {message}\n".encode())
     except OSError:
         pass
 

@@ -249,6 +249,20 @@ class StateRoot:
         except OSError:
             return None
 
+    def prune_names(self) -> None:
+        """Drop names whose container is gone (a run killed between naming and creating)."""
+        try:
+            entries = os.listdir(self.names_dir())
+        except FileNotFoundError:
+            return
+        for name in entries:
+            link = os.path.join(self.names_dir(), name)
+            try:
+                if not os.path.isdir(self.dir(os.readlink(link))):
+                    os.unlink(link)
+            except OSError:
+                pass
+
     def release_names(self, container_id: str) -> None:
         try:
             entries = os.listdir(self.names_dir())

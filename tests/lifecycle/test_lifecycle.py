@@ -376,3 +376,14 @@ def test_delete_of_a_stopped_container_removes_its_cgroup(runtime, bundle):
         else "/sys/fs/cgroup"
     assert v2 in ("/", "") or not os.path.exists(unified + v2)
     assert stat.S_ISDIR(os.stat(unified).st_mode)
+
+
+def test_a_failing_start_container_hook_is_reported_by_run(runtime, bundle):
+    """startContainer runs in the container after `start`: its failure must still reach the
+    caller as an error (it once vanished: the launcher had stopped listening)."""
+    bundle.edit(lambda s: s.__setitem__("hooks", {"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "echo broken-hook >&2; exit 3"]}]}))
+    bundle.command("echo", "SHOULD-NOT-RUN")
+    res = runtime("run", "--bundle", str(bundle), "s1")
+    assert res.returncode != 0 and "SHOULD-NOT-RUN" not in res.stdout
+    assert "startContainer" in res.stderr or "hook" in res.stderr, res.stderr

@@ -81,10 +81,10 @@ def test_multiarch_index_default_platform(empty_registry, layout, store, no_host
 
     push(layout, empty_registry.host, "test/multi", tag="multi")
     host = manifests.host_platform()
-    if host.architecture not in ("amd64", "arm64"):
+    if host["architecture"] not in ("amd64", "arm64"):
         pytest.skip(f"the test index has amd64 and arm64 images, this host is {host}")
     _pull(store, f"{empty_registry.host}/test/multi:multi", no_hosts, authfile)
-    want = layout["amd"] if host.architecture == "amd64" else layout["arm"]
+    want = layout["amd"] if host["architecture"] == "amd64" else layout["arm"]
     assert store.has_blob(want["digest"])
 
 
@@ -175,3 +175,53 @@ def test_docker_schema2_image(empty_registry, layout, store, no_hosts, authfile)
     _pull(store, f"{empty_registry.host}/test/docker:v1", no_hosts, authfile)
     _, chains = _chain_ids(layout, store, layout["v1"])
     assert all(store.has_layer(c) for c in chains)      # same diff_ids, so the same ChainIDs
+
+
+def test_pulled_layers_copy_up_from_the_layers_below(empty_registry, store, no_hosts, authfile,
+                                                     tmp_path):
+    # layers arrive in parallel; one that reaches into a lower layer waits for it (copy-up:
+    # image/copyup.py), as `minictr load` does
+    import gzip
+    import io
+    import tarfile
+
+    from registry_harness import Layout, skopeo_push
+
+    def tar(members):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for info, data in members:
+                tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        return buf.getvalue()
+
+    def info(name, kind=tarfile.REGTYPE, mode=0o644, data=b"", **kw):
+        i = tarfile.TarInfo(name)
+        i.type, i.mode, i.size = kind, mode, len(data) if kind == tarfile.REGTYPE else 0
+        for k, v in kw.items():
+            setattr(i, k, v)
+        return i, data if kind == tarfile.REGTYPE else None
+
+    lay = Layout(str(tmp_path / "layout"))
+    tars = [tar([info("home", tarfile.DIRTYPE, 0o755), info("home/u", tarfile.DIRTYPE, 0o700,
+                                                             uid=1000),
+                 info("bin", tarfile.DIRTYPE, 0o755), info("bin/su", mode=0o4755, data=b"su")]),
+            tar([info("home/u/.bashrc", data=b"rc"),
+                 info("bin/su2", tarfile.LNKTYPE, linkname="bin/su")])]
+    layers = [lay.blob(gzip.compress(t, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
+              for t in tars]
+    config = lay.blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + __import__("hashlib").sha256(t).hexdigest()
+                                       for t in tars]}}).encode(),
+        "application/vnd.oci.image.config.v1+json")
+    manifest = lay.blob(json.dumps({"schemaVersion": 2, "mediaType": manifests.OCI_MANIFEST,
+                                    "config": config, "layers": layers}).encode(),
+                        manifests.OCI_MANIFEST)
+    lay.tag(manifest, "cu")
+    skopeo_push(lay.path, "cu", f"{empty_registry.host}/test/copyup:cu")
+    image = store.resolve(_pull(store, f"{empty_registry.host}/test/copyup:cu", no_hosts,
+                                authfile))
+    top = store.layer_dir(image.layers[1].chain_id)
+    st = os.stat(os.path.join(top, "home/u"))
+    assert (st.st_mode & 0o7777, st.st_uid) == (0o700, 1000)
+    su, su2 = (os.stat(os.path.join(top, "bin", n)) for n in ("su", "su2"))
+    assert su.st_ino == su2.st_ino and su2.st_mode & 0o7777 == 0o4755

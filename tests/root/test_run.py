@@ -464,3 +464,23 @@ def test_wrong_architecture_and_scripts_without_shebang_are_exec_format_errors(m
         assert "SHELL-RAN" not in res.stdout and "exec format error" in res.stderr
     res = mc("run", "--rm", "busybox:test", "/etc")
     assert res.returncode == 126 and res.stderr.count("\n") <= 2
+
+
+def test_the_image_root_metadata_reaches_the_container(mc, tmp_path):
+    """A layer's "./" entry (0750 5:6 here) is the container's "/": the writable layer's
+    root takes it, as overlay copy-up would (it used to show the upper dir's 0755 root)."""
+    from rootfs_tools import rootfs
+    from tests.root.test_umoci_compare import write_layout
+    from tests.unit.layertar import D, make_tar
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rootfs.add_busybox(str(tree))
+    base = subprocess.run(["tar", "-C", str(tree), "-cf", "-", "bin"], check=True,
+                          capture_output=True).stdout
+    top = make_tar([D(".", mode=0o750, uid=5, gid=6)])
+    mc("load", "--tag", "rootmeta:test", f"oci:{write_layout(str(tmp_path / 'l'), [base, top])}:t",
+       check=True)
+    for extra in ((), ("--read-only",)):
+        res = mc("run", "--rm", *extra, "rootmeta:test", "/bin/stat", "-c", "%a %u:%g", "/")
+        assert res.stdout.split() == ["750", "5:6"], (extra, res.stdout, res.stderr)

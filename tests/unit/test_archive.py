@@ -10,10 +10,10 @@ import pytest
 
 import imagefactory as f
 from minictr.errors import ImageError
-from minictr.image import archive, oci
+from minictr.image import archive, manifests
 from minictr.image.store import Store, lock_file
 
-HOST = oci.host_platform()
+HOST = manifests.host_platform()
 REF = "org.opencontainers.image.ref.name"
 SKOPEO = "/usr/bin/skopeo"
 
@@ -143,7 +143,7 @@ def test_platform_selection_skips_attestations_and_other_arches(store, tmp_path)
                             extra_blobs=[inner_bytes], index=index)
     assert archive.load(store, layout) == ["localhost/multi:multi"]
     assert store.resolve("localhost/multi:multi").manifest_digest == mine.manifest_digest
-    with pytest.raises(ImageError, match="no image for this host's platform"):
+    with pytest.raises(ImageError, match="no image for platform linux/mips"):
         archive.load(store, layout, platform={"os": "linux", "architecture": "mips"})
 
 
@@ -288,7 +288,7 @@ def test_cli_end_to_end(tmp_path, image):
     assert missing.returncode == 125 and "minictr: hint:" in missing.stderr
     assert _minictr(root, "rmi", "busybox:1.36").stdout == \
         "Untagged: docker.io/library/busybox:1.36\n"
-    assert _minictr(root, "gc").stdout.startswith("removed 4 blobs and 2 layers")
+    assert _minictr(root, "gc").stdout.startswith("removed 4 blobs, 2 layers")
 
 
 @pytest.mark.skipif(not os.path.exists(SKOPEO), reason="skopeo is not installed")

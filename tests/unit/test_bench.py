@@ -74,15 +74,17 @@ def test_import_line_parser():
     assert m and (m.group(1), m.group(2), m.group(4)) == ("200", "8457", "fnmatch")
 
 
-def test_split_phases_cuts_container_run_at_clone_and_execve():
-    stamps = [("start-up", 10), ("import minictr.runtime.container", 20), ("container.run", 100)]
-    steps = [(30, 1, "clone(CLONE_NEWNS)"), (40, 2, "mount ..."), (60, 2, "execve('/bin/true')")]
+def test_split_phases_cuts_api_run_at_clone_and_execve():
+    stamps = [("start-up", 10), ("options, paths, GPU driver roots", 20), ("api.run", 100)]
+    steps = [(25, 1, "mkdir /sys/fs/cgroup/x"), (30, 1, "clone3(CLONE_NEWNS)"),
+             (40, 2, "mount ..."), (60, 2, "execve('/bin/true')")]
     phases = dict(start_cost.split_phases(0, 110, stamps, steps, pid=1))
     assert phases["start-up"] == 10
-    assert phases["container.run: state, cgroup, until clone()"] == 10
-    assert phases["container.run: clone() .. child's first step"] == 10
-    assert phases["container.run: child setup (mounts, pivot_root, caps) .. execve"] == 20
-    assert phases["container.run: mcinit+/bin/true run, wait, cleanup"] == 40
+    assert phases["api.run: plan (image, spec, edits)"] == 5
+    assert phases["api.run: state, cgroup, seccomp, until clone3()"] == 5
+    assert phases["api.run: clone3() .. child's first step"] == 10
+    assert phases["api.run: child setup (mounts, pivot_root, caps) .. execve"] == 20
+    assert phases["api.run: mcinit+/bin/true run, wait, cleanup"] == 40
     assert sum(phases.values()) == 110
 
 

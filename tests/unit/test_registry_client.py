@@ -202,7 +202,7 @@ def _image_bytes():
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": []}}).encode()
     cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
     manifest = json.dumps({"schemaVersion": 2, "mediaType": manifests.OCI_MANIFEST,
-                           "config": {"mediaType": manifests.CONFIGS[0], "digest": cdigest,
+                           "config": {"mediaType": manifests.CONFIG_TYPES[0], "digest": cdigest,
                                       "size": len(config)}, "layers": []}).encode()
     return manifest, config, cdigest
 

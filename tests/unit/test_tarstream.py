@@ -59,14 +59,17 @@ def test_bad_checksum_is_an_image_error():
         list(TarReader(io.BytesIO(bytes(data))))
 
 
-def test_sparse_members_are_refused():
+def test_unknown_gnu_sparse_version_is_a_plain_file():
+    # as Go's archive/tar: a version it does not know leaves the member a plain file
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         info = tarfile.TarInfo("s")
+        info.size = 3
         info.pax_headers = {"GNU.sparse.major": "1"}
-        tf.addfile(info)
-    with pytest.raises(ImageError, match="sparse"):
-        list(TarReader(io.BytesIO(buf.getvalue())))
+        tf.addfile(info, io.BytesIO(b"abc"))
+    reader = TarReader(io.BytesIO(buf.getvalue()))
+    (entry,) = [(e, b"".join(reader.data(e))) for e in reader]
+    assert entry[0].sparse is None and entry[1] == b"abc"
 
 
 def test_global_pax_headers_apply_to_later_members():

@@ -82,31 +82,44 @@ def test_hardlink_in_the_same_layer(dest):
     assert stats.links == 2
 
 
-def test_hardlink_into_a_lower_layer_is_copied(tmp_path, dest):
+def test_hardlink_into_a_lower_layer_is_copied_up(tmp_path, dest):
     upper_lower, bottom = tmp_path / "l2", tmp_path / "l1"
     (bottom / "usr/bin").mkdir(parents=True)
     (bottom / "usr/bin/perl").write_bytes(b"bottom perl")
     (upper_lower / "usr/bin").mkdir(parents=True)
     (upper_lower / "usr/bin/perl").write_bytes(b"upper perl")
+    os.chmod(upper_lower / "usr/bin/perl", 0o751)
+    os.utime(upper_lower / "usr/bin/perl", (99, 99))
     calls = []
 
     def lowers():
         calls.append(1)
         return [str(upper_lower), str(bottom)]
 
-    unpack([H("usr/bin/perl5", "usr/bin/perl", mode=0o755, mtime=1234)], dest,
+    unpack([D("."), H("usr/bin/perl5", "usr/bin/perl", mode=0o644, mtime=1234)], dest,
            lower_lookup=lowers)
-    copy = dest / "usr/bin/perl5"
-    assert copy.read_bytes() == b"upper perl"                 # topmost lower wins
-    assert stat.S_IMODE(os.stat(copy).st_mode) == 0o755 and os.stat(copy).st_mtime == 1234
-    assert os.stat(copy).st_ino != os.stat(upper_lower / "usr/bin/perl").st_ino
+    copy, link = os.stat(dest / "usr/bin/perl"), os.stat(dest / "usr/bin/perl5")
+    assert (dest / "usr/bin/perl5").read_bytes() == b"upper perl"      # topmost lower wins
+    assert copy.st_ino == link.st_ino and link.st_nlink == 2          # one inode, as overlay
+    assert stat.S_IMODE(link.st_mode) == 0o751 and link.st_mtime == 99  # the target's metadata
+    assert link.st_ino != os.stat(upper_lower / "usr/bin/perl").st_ino
     assert calls == [1]
 
 
-def test_lower_lookup_not_called_without_cross_layer_links(dest):
+def test_lower_lookup_only_when_the_layer_reaches_below(dest):
     def lowers():
         raise AssertionError("lower_lookup called")
-    unpack([F("a", b"1"), H("b", "a")], dest, lower_lookup=lowers)
+    unpack([D("."), F("a", b"1"), H("b", "a"), D("d"), F("d/e"), F("d/.wh..wh..opq")],
+           dest, lower_lookup=lowers)
+
+
+def test_without_a_root_entry_lower_lookup_is_asked_at_the_end(dest):
+    # the root's metadata then comes from the layer below; asked after the entries, so the
+    # layer is unpacked while the lower ones still are
+    calls = []
+    unpack([F("a", b"1"), H("b", "a")], dest,
+           lower_lookup=lambda: calls.append((dest / "b").exists()) or [])
+    assert calls == [True]
 
 
 def test_hardlink_to_a_file_whited_out_in_a_higher_lower_fails(tmp_path, dest):
@@ -183,6 +196,7 @@ def test_opaque_marker_keeps_same_layer_siblings(dest, rootless, key, marker_fir
 
 
 def test_opaque_marker_without_its_directory_entry(dest):
+    # without a lower_lookup nothing is known of the layers below: the marker is kept
     unpack([F("x/y/.wh..wh..opq")], dest)
     assert os.getxattr(dest / "x/y", "trusted.overlay.opaque") == b"y"
 

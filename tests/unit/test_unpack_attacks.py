@@ -212,3 +212,65 @@ def test_rootless_drops_privileged_xattrs(env):
     unpack([F("ping", b"x", xattrs={"security.capability": "\x01", "trusted.a": "b"})],
            env.dest, rootless=True)
     assert os.listxattr(env.dest / "ping") == []
+
+
+# ---------------------------------------------------------------- lower layers (copy-up)
+@pytest.fixture
+def lower(tmp_path_factory):
+    """An empty lower layer dir, away from the canary's tree (the env fixture watches that)."""
+    return tmp_path_factory.mktemp("lower")
+
+
+def over(members, env, lower, **kw):
+    return unpack(members, env.dest, lower_lookup=lambda: [str(lower)], **kw)
+
+
+@pytest.mark.parametrize("target", ["absolute", "up-and-out"])
+def test_implicit_parent_through_a_lower_symlink_pointing_out(env, lower, target):
+    # the lower layer's etc -> the host dir: a new etc/passwd must not be written there, nor
+    # etc's metadata (the host dir's mode 0700, mtime 10**18) be copied up
+    os.symlink(str(env.outside) if target == "absolute" else up_and_out(env.outside),
+               lower / "etc")
+    with pytest.raises(ImageError, match="symlink to nothing inside the image"):
+        over([F("etc/canary", PWNED)], env, lower)
+    with pytest.raises(ImageError, match="symlink to nothing inside the image"):
+        over([F("etc/.wh.canary"), F("etc/.wh..wh..opq")], env, lower)
+
+
+def test_lower_symlink_pointing_out_resolves_inside_the_image(env, lower):
+    # the same link, with the path it names present inside the image: writes and the copied-up
+    # metadata come from there, never from the host's directory
+    inside = lower / str(env.outside).lstrip("/")
+    inside.mkdir(parents=True, mode=0o751)
+    os.utime(inside, ns=(5, 5))
+    os.symlink(str(env.outside), lower / "etc")
+    over([F("etc/canary", PWNED), F("etc/.wh.gone"), H("etc/link", "etc/canary")], env, lower)
+    landed = env.dest / str(env.outside).lstrip("/")
+    assert (landed / "canary").read_bytes() == PWNED
+    st = os.stat(landed)
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o751, 5)
+    assert not os.path.lexists(env.dest / "etc")
+
+
+def test_hardlink_to_a_lower_symlink_pointing_out_copies_the_symlink(env, lower):
+    os.symlink(str(env.canary), lower / "evil")
+    os.symlink(up_and_out(env.outside), lower / "evildir")
+    over([H("stolen", "evil")], env, lower)
+    assert os.readlink(env.dest / "stolen") == str(env.canary)
+    assert os.lstat(env.dest / "stolen").st_ino == os.lstat(env.dest / "evil").st_ino
+    with pytest.raises(ImageError, match="neither this layer nor a lower one"):
+        over([H("stolen2", "evildir/canary")], env, lower)
+    assert os.stat(env.canary).st_nlink == 1
+
+
+def test_lower_symlink_loop_is_refused(env, lower):
+    os.symlink("b", lower / "a")
+    os.symlink("a", lower / "b")
+    with pytest.raises(ImageError, match="too many levels of symlinks"):
+        over([F("a/x", PWNED)], env, lower)
+
+
+def test_lower_fifo_as_hardlink_target_is_not_opened(env, lower):
+    os.mkfifo(lower / "fifo")
+    with pytest.raises(ImageError, match="not a file or symlink"):
+        over([H("x", "fifo")], env, lower)

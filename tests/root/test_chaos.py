@@ -1,0 +1,98 @@
+"""Chaos: the launcher SIGKILLed at random moments of `minictr run`. The container dies with it;
+whatever it had made (state entry, cgroup and its device program, writable layer, name) is
+either never trusted or removed by `minictr rm` and `minictr gc`; a later run of the same image
+works. MINICTR_CHAOS_RUNS sets the number of kills (CI: a few dozen)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.root.conftest import host_mounts_mentioning
+
+pytestmark = pytest.mark.root
+RUNS = int(os.environ.get("MINICTR_CHAOS_RUNS", "30"))
+
+
+def _cgroup_dirs(prefix: str = "minictr-") -> set[str]:
+    found = set()
+    for top in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        for dirpath, dirnames, _ in os.walk(top):
+            found.update(os.path.join(dirpath, d) for d in dirnames if d.startswith(prefix))
+            if dirpath.count("/") > 8:
+                dirnames[:] = []
+    return found
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def test_sigkill_during_run_leaves_nothing_rm_and_gc_cannot_clean(mc):
+    rng = random.Random(int(os.environ.get("MINICTR_CHAOS_SEED", "1")))
+    names = []
+    duration = f"{30 + random.random():.6f}"          # our containers' argv, and no one else's
+    for i in range(RUNS):
+        name = f"chaos{i}"
+        names.append(name)
+        proc = mc.popen("run", "--name", name, "--pids-limit", "64", "busybox:test", "sleep",
+                        duration, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, 0.25))            # anywhere in its ~100 ms of setup, or after
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # The containers die with their launchers (PR_SET_PDEATHSIG): wait for the last of them.
+    mine = "sleep\x00" + duration
+    for _ in range(200):
+        if not _processes_mentioning(mine):
+            break
+        time.sleep(0.05)
+    assert not _processes_mentioning(mine)
+    listed = json.loads(mc("ps", "-a", "--format", "json", check=True).stdout)
+    assert all(row["status"] in ("stopped", "creating") for row in listed), listed
+    # a cgroup is made only after the state entry that records it: these are all the ids
+    ours = {f"minictr-{row['id']}" for row in listed}
+    for name in names:
+        res = mc("rm", "-f", name)
+        assert res.returncode == 0 or "does not exist" in res.stderr, res.stderr
+    mc("gc", check=True)
+    assert json.loads(mc("ps", "-a", "--format", "json", check=True).stdout) == []
+    state = [d for d in os.listdir(mc.state) if not d.startswith(".")]
+    assert state in ([], ["names"]) and not os.listdir(os.path.join(mc.state, "names"))
+    containers = os.path.join(mc.root, "containers")
+    assert not os.path.isdir(containers) or not os.listdir(containers)
+    left = {os.path.basename(d) for d in _cgroup_dirs()} & ours
+    assert not left, left                             # every cgroup (and device program) gone
+    assert not host_mounts_mentioning(mc.root) and not host_mounts_mentioning(mc.state)
+    res = mc("run", "--rm", "busybox:test", "sh", "-c", "echo alive")
+    assert res.returncode == 0 and res.stdout == "alive\n"
+
+
+def test_ctrl_c_during_setup_is_one_line_and_leaves_nothing(mc):
+    rng = random.Random(2)
+    for i in range(10):
+        proc = mc.popen("run", "--rm", "--pids-limit", "64", "busybox:test", "sleep", "30",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # after the interpreter's own start-up (~10-20 ms: a Ctrl-C there is Python's), over
+        # the imports, planning and the container's setup
+        time.sleep(rng.uniform(0.03, 0.2))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode in (130, 125), (proc.returncode, err)
+        assert "Traceback" not in err and err.count("\n") <= 2, err
+    entries = [d for d in os.listdir(mc.state) if not d.startswith(".") and d != "names"]
+    assert not entries
+    containers = os.path.join(mc.root, "containers")
+    assert not os.path.isdir(containers) or not os.listdir(containers)
