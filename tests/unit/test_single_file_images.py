@@ -272,23 +272,30 @@ def test_is_file_image(tmp_path):
 
 
 def _plan(tmp_path, rootless):
-    source = rootfs.SquashfsSource(path="/img/x.sif", offset=4096, mountpoint="/s/c/image")
-    return rootfs.RootfsPlan(lowerdirs=("/s/c/image",), upperdir=None, workdir=None,
-                             target="/s/c/rootfs", rootless=rootless, scratch="/s/c/rw",
-                             volatile=True, squashfs=source)
+    """The mount point exists (the recording face answers stat of a host path from the host,
+    and the tmpfs upper takes the image root's mode from it)."""
+    (tmp_path / "image").mkdir(exist_ok=True)
+    image = str(tmp_path / "image")
+    source = rootfs.SquashfsSource(path="/img/x.sif", offset=4096, mountpoint=image)
+    return rootfs.RootfsPlan(lowerdirs=(image,), upperdir=None, workdir=None,
+                             target=str(tmp_path / "rootfs"), rootless=rootless,
+                             scratch=str(tmp_path / "rw"), volatile=True, squashfs=source)
 
 
 def test_root_attaches_the_launchers_detached_mount_under_the_overlay(tmp_path):
     kernel = sc.RecordingSyscalls()
     lines = []
     fd = rootfs.open_image_mount(kernel, _plan(tmp_path, False).squashfs, lines.append)
-    rootfs.mount_rootfs(kernel, _plan(tmp_path, False), "/s/c/rootfs", lines.append, fd)
+    rootfs.mount_rootfs(kernel, _plan(tmp_path, False), str(tmp_path / "rootfs"),
+                        lines.append, fd)
     names = kernel.names()
     assert names[0] == "fsmount_loop" and kernel.calls[0][1:3] == ("/img/x.sif", 4096)
     assert names.index("move_mount") < [i for i, c in enumerate(kernel.calls)
                                         if c[0] == "mount" and c[3] == "overlay"][0]
     assert "spawn_fuse" not in names
-    assert any("lowerdir=/s/c/image," in str(c) for c in kernel.calls)
+    assert any(f"lowerdir={tmp_path}/image," in str(c) for c in kernel.calls)
+    # the squashfs is in place before the tmpfs upper takes its root's mode from it
+    assert names.index("move_mount") < names.index("fchmodat")
 
 
 def test_rootless_serves_the_file_with_squashfuse_from_the_jail(tmp_path):
@@ -299,4 +306,4 @@ def test_rootless_serves_the_file_with_squashfuse_from_the_jail(tmp_path):
     assert fuse[0][1][:4] == ["squashfuse_ll", "-f", "-o", "ro,allow_other,offset=4096"]
     assert fuse[0][2].endswith("fuse-root")            # chrooted in the jail
     move = [c for c in kernel.calls if c[0] == "mount" and c[4] == sc.MS_MOVE]
-    assert move[0][1].endswith("fuse-root/s/c/image") and move[0][2] == "/s/c/image"
+    assert move[0][1].endswith(f"fuse-root{tmp_path}/image") and move[0][2] == f"{tmp_path}/image"
