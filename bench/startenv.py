@@ -16,7 +16,9 @@ from bench.common import Agent, Peer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "minictr-bench"
-USER_VENV = "/opt/minictr-bench-venv"
+# One venv per checkout: two worktrees benchmarking on one machine must not reinstall each
+# other's minictr in the middle of a run (seen: a run's export command vanished).
+USER_VENV = "/opt/minictr-bench-venv-" + hashlib.sha256(REPO.encode()).hexdigest()[:8]
 IMAGE_NAME = "bench-{}:latest"
 CACHE_DIR = os.path.join(common.RESULTS_DIR, "cache")
 HYBRID_V2 = "/sys/fs/cgroup/unified"

@@ -32,6 +32,7 @@ class Plan:
     image: str                 # the image's normalised name, for `ps`
     layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
+    keep_fds: tuple = ()       # host fds that pass in by number (job-native: Slurm's PMI_FD)
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -122,6 +123,64 @@ def pull(paths: Paths, ref: str, *, platform: str | None = None, tls_verify: boo
                          progress=progress)
 
 
+SQUASH_COMPRESSORS = ("gzip", "xz", "zstd", "lzo", "lz4")
+
+
+def export(paths: Paths, ref: str, output: str, *, compression: str = "gzip",
+           explain: Explain = None, warn: Explain = None) -> str:
+    """Write the image's merged rootfs to ``output`` as one squashfs file that carries the image
+    config at /.minictr/image.json (image/singlefile.py), for `minictr run FILE`. The layers
+    are merged by the kernel's overlayfs in a private mount namespace and read by mksquashfs
+    (squashfs-tools); the file appears complete (rename) or not at all."""
+    import json
+    import shutil
+    import tempfile
+
+    from minictr.image.singlefile import CONFIG_PATH
+    from minictr.runtime import rootfs as rootfs_mod
+    from minictr.runtime import syscalls as sc
+
+    if compression not in SQUASH_COMPRESSORS:
+        raise UsageError(f"--compression {compression!r} is not one minictr writes",
+                         hint="one of " + ", ".join(SQUASH_COMPRESSORS))
+    tool = shutil.which("mksquashfs")
+    if tool is None:
+        raise ImageError("export needs mksquashfs", hint="apt-get install squashfs-tools")
+    image = _resolve_image(paths, ref, "never", None, warn)
+    store = _store(paths)
+    lowerdirs = tuple(reversed([store.layer_dir(layer.chain_id) for layer in image.layers]))
+    output = os.path.abspath(output)
+    out_dir = os.path.dirname(output)
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"-o {output}: {out_dir} is not a directory")
+    work = tempfile.mkdtemp(prefix="minictr-export-")
+    partial = os.path.join(out_dir, f".{os.path.basename(output)}.{os.getpid()}.partial")
+    try:
+        config_file = os.path.join(work, "image.json")
+        with open(config_file, "w") as f:
+            json.dump(image.config, f)
+        os.chmod(work, 0o755)
+        mountpoint = os.path.join(work, "rootfs")
+        os.mkdir(mountpoint)
+        top = os.path.dirname(CONFIG_PATH)
+        argv = [tool, mountpoint, partial, "-noappend", "-comp", compression, "-quiet",
+                "-no-progress", "-p", f"{top} d 755 0 0",
+                "-p", f"{CONFIG_PATH} f 444 0 0 cat {config_file}"]
+        code = rootfs_mod.run_over_layers(sc.Syscalls(), lowerdirs, mountpoint, argv,
+                                          rootless=paths.rootless, explain=explain)
+        if code != 0:
+            raise ImageError(f"mksquashfs exited {code} writing {output}",
+                             hint="see its messages above; is there room in "
+                                  f"{out_dir}?")
+        os.chmod(partial, 0o644)
+        os.rename(partial, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return output
+
+
 def login(paths: Paths, registry_name: str, username: str, password: str, *,
           tls_verify: bool | None = None, authfile: str | None = None) -> None:
     from minictr.image import auth, registry
@@ -169,44 +228,134 @@ def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=
 
 def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
          container_id: str | None = None, scratch_dir: str | None = None,
-         warn: Explain = None) -> Plan:
-    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute."""
+         files_dir: str | None = None, warn: Explain = None) -> Plan:
+    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute.
+    ``files_dir``: where files the container binds are written (job-native mode's passwd and
+    group); None writes nothing (``minictr spec``)."""
     from minictr.runtime import state as state_mod
     from minictr.runtime.rootfs import RootfsPlan
     from minictr.spec import builder
     from minictr.spec.edits import apply_edits
 
-    image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
-    store = _store(paths)
     container_id = container_id or state_mod.new_id()
     name = opts.name or state_mod.default_name(container_id)
-    lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
     container_dir = os.path.join(paths.containers, container_id)
-    rootfs = RootfsPlan(
-        lowerdirs=tuple(reversed(lowerdirs)),   # overlayfs: topmost layer first
-        upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
-        workdir=None if opts.read_only else os.path.join(container_dir, "work"),
-        target=os.path.join(paths.state, container_id, "rootfs"),
-        rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver(),
-        scratch=os.path.join(paths.state, container_id, "rw") if opts.read_only else None)
+    target = os.path.join(paths.state, container_id, "rootfs")
+    scratch = os.path.join(paths.state, container_id, "rw")
+    from minictr.image.singlefile import check_missing_file, is_file_image
+
+    if is_file_image(opts.image):
+        # A single-file image is mounted as it is: the writable layer is always a tmpfs.
+        from minictr.image.singlefile import open_image
+        from minictr.runtime.rootfs import SquashfsSource
+
+        image = open_image(opts.image)
+        source = SquashfsSource(path=image.path, offset=image.offset,
+                                mountpoint=os.path.join(paths.state, container_id, "image"))
+        rootfs = RootfsPlan(lowerdirs=(source.mountpoint,), upperdir=None, workdir=None,
+                            target=target, rootless=paths.rootless, volatile=True,
+                            driver=_overlay_driver(), scratch=scratch, squashfs=source)
+        image_name, chain_ids, read_file = image.path, (), image.read_file
+    else:
+        check_missing_file(opts.image)
+        image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
+        store = _store(paths)
+        lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
+        rootfs = RootfsPlan(
+            lowerdirs=tuple(reversed(lowerdirs)),   # overlayfs: topmost layer first
+            upperdir=None if opts.read_only else os.path.join(container_dir, "upper"),
+            workdir=None if opts.read_only else os.path.join(container_dir, "work"),
+            target=target, rootless=paths.rootless, volatile=opts.rm, driver=_overlay_driver(),
+            scratch=scratch if opts.read_only else None)
+        image_name = image.name
+        chain_ids = tuple(layer.chain_id for layer in image.layers)
+        read_file = lambda path: store.read_image_file(image, path)  # noqa: E731
     uid_mappings = gid_mappings = None
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
 
-        uid_mappings, gid_mappings = rootless_mappings(opts.userns)
+        # job-native: only your own ids, mapped to themselves (no /etc/subuid, no helpers)
+        uid_mappings, gid_mappings = rootless_mappings(
+            "keep-id" if opts.hpc else opts.userns, have_helpers=False if opts.hpc else None)
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
-        rootfs_path=rootfs.target, read_file=lambda path: store.read_image_file(image, path),
+        rootfs_path=rootfs.target, read_file=read_file,
         uid_mappings=uid_mappings, gid_mappings=gid_mappings)
-    read_file = lambda p: store.read_image_file(image, p)  # noqa: E731
+    keep_fds: tuple = ()
+    if opts.hpc:
+        job_edits, keep_fds = _job_native_edits(paths, spec, read_file, files_dir or os.path.join(
+            container_dir, "files"), write=files_dir is not None, warn=warn)
+        for edits in job_edits:
+            spec = apply_edits(spec, edits)
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
     # Engine data rides in the annotations: the runtime executes the spec and knows no images.
     spec["annotations"] = {**spec.get("annotations", {}), ANNOTATION_NAME: name,
-                           ANNOTATION_IMAGE: image.name,
-                           ANNOTATION_LAYERS: ",".join(layer.chain_id for layer in image.layers)}
+                           ANNOTATION_IMAGE: image_name, ANNOTATION_LAYERS: ",".join(chain_ids)}
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image.name, layers=tuple(layer.chain_id for layer in image.layers))
+                image=image_name, layers=chain_ids, keep_fds=keep_fds)
+
+
+def _job_native_edits(paths: Paths, spec: dict, read_file, files_dir: str, *, write: bool,
+                      warn: Explain):
+    """Job-native mode's edits (spec/native.py): your passwd and group entries, bound over the
+    image's; PMIx's MCA names and rendezvous directory; Slurm's PMI fd, kept by number."""
+    import grp
+    import pwd
+
+    from minictr.hpc import slurm
+    from minictr.spec import native
+    from minictr.spec.edits import ContainerEdits
+
+    user = spec["process"]["user"]
+    uid, gid = user["uid"], user["gid"]
+    env = dict(e.split("=", 1) for e in spec["process"]["env"] if "=" in e)
+    try:
+        entry = pwd.getpwuid(uid)
+        name, gecos, shell = entry.pw_name, entry.pw_gecos, entry.pw_shell or "/bin/sh"
+    except KeyError:
+        name, gecos, shell = env.get("USER") or f"user{uid}", "", "/bin/sh"
+    home = env.get("HOME") or "/"
+    groups = []
+    for g in [gid, *user.get("additionalGids", ())]:
+        try:
+            groups.append((grp.getgrgid(g).gr_name, g))
+        except KeyError:
+            groups.append((f"group{g}", g))
+    files = {"/etc/passwd": native.passwd_with(read_file("/etc/passwd"), name, uid, gid, gecos,
+                                               home, shell),
+             "/etc/group": native.group_with(read_file("/etc/group"), groups, name)}
+    mounts = []
+    for dest, data in files.items():
+        source = os.path.join(files_dir, os.path.basename(dest))
+        if write:                      # a new container's own directory: no one else writes
+            os.makedirs(files_dir, mode=0o755, exist_ok=True)
+            with open(source, "wb") as f:
+                f.write(data)
+        mounts.append({"destination": dest, "type": "bind", "source": source,
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
+    edits = [ContainerEdits(mounts=tuple(mounts))]
+    pmix = slurm.pmix_edits(os.environ, os.path.isdir)
+    if pmix is not None:
+        edits.append(pmix)
+    keep: tuple = ()
+    fd = slurm.pmi_fd(os.environ, _fd_open)
+    if fd is not None:
+        keep = (fd,)
+    elif "PMI_FD" in os.environ and warn:
+        warn(f"PMI_FD={os.environ['PMI_FD']} is not open here: PMI-2 in the container will "
+             "fail to reach Slurm")
+    return edits, keep
+
+
+def _fd_open(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        return True
+    except OSError:
+        return False
 
 
 def _overlay_driver() -> str:
@@ -299,10 +448,11 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                          hint="minictr run --dry-run --explain IMAGE CMD")
     root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
+    scratch = None if dry_run else os.path.join(paths.containers, container_id)
     p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
-             container_id=container_id, warn=warn,
-             scratch_dir=None if dry_run else os.path.join(paths.containers, container_id))
-    kernel = _dry_kernel(p) if dry_run else None
+             container_id=container_id, warn=warn, scratch_dir=scratch,
+             files_dir=os.path.join(root.path if dry_run else scratch, "files"))
+    kernel = _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
     if not dry_run:
         root.claim_name(p.name, container_id)
     code = None
@@ -312,7 +462,8 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                 created = lifecycle.create(
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
                     attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
-                    preserve_fds=opts.preserve_fds, rootless=paths.rootless,
+                    preserve_fds=opts.preserve_fds, keep_fds=p.keep_fds,
+                    rootless=paths.rootless,
                     on_spawned=sup.attach, kernel=kernel, explain=explain)
                 lifecycle.start(root, container_id, kernel=kernel, explain=explain)
                 if dry_run:
@@ -346,7 +497,7 @@ def _dry_root(paths: Paths):
     return StateRoot(tempfile.mkdtemp(prefix="minictr-dry-run-"))
 
 
-def _dry_kernel(p: Plan):
+def _dry_kernel(p: Plan, scratch: str):
     """The recording face, told where the container's paths would come from: bind sources,
     the host's /proc and /sys, and the image's merged layers."""
     from minictr.image.merged import MergedTree
@@ -355,12 +506,18 @@ def _dry_kernel(p: Plan):
     binds = {m["destination"]: m["source"] for m in p.spec.get("mounts", ())
              if m.get("type") == "bind" or "bind" in m.get("options", ())
              or "rbind" in m.get("options", ())}
-    tree = MergedTree(list(p.rootfs.lowerdirs))      # open for the dry run's life
+    if p.rootfs.squashfs is not None:
+        from minictr.image.singlefile import placeholder_lookup
 
-    def lookup(path: str) -> str | None:
-        """A container path's file in the image, as a host path through its layer's fd."""
-        hit = tree.find(path.lstrip("/"))
-        return None if hit is None else f"/proc/self/fd/{hit[1][0]}/{hit[1][1]}"
+        source = p.rootfs.squashfs
+        lookup = placeholder_lookup(source.path, source.offset, scratch)
+    else:
+        tree = MergedTree(list(p.rootfs.lowerdirs))      # open for the dry run's life
+
+        def lookup(path: str) -> str | None:
+            """A container path's file in the image, as a host path through its layer's fd."""
+            hit = tree.find(path.lstrip("/"))
+            return None if hit is None else f"/proc/self/fd/{hit[1][0]}/{hit[1][1]}"
 
     kernel = RecordingSyscalls(container_root=p.spec["root"]["path"], binds=binds,
                                lookup=lookup)

@@ -80,6 +80,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--gpus", help=GPUS_HELP)
     a("--gpu-memory", help="per-GPU device memory limit through MPS, e.g. 0=20G,1=10G")
     a("--annotation", action="append", default=[], help="KEY=VALUE added to the spec")
+    a("--hpc", action=argparse.BooleanOptionalAction, default=None,
+      help="job-native mode, as enroot and Apptainer: the host's environment (less PATH, "
+      "LD_LIBRARY_PATH...), you as yourself with $HOME and the current directory mounted, the "
+      "host's PID, IPC and UTS namespaces, Slurm's PMI/PMIx; default from "
+      "/etc/minictr/config.toml or ~/.config/minictr/config.toml ([run] hpc = true)")
     _add_gpu_root_args(p)
 
 
@@ -102,7 +107,16 @@ def _run_options(args: argparse.Namespace):
         cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
         cgroup_parent=args.cgroup_parent, devices=tuple(args.device), gpus=args.gpus,
         gpu_memory=args.gpu_memory, annotations=tuple(args.annotation),
-        security_opts=tuple(args.security_opt))
+        security_opts=tuple(args.security_opt), hpc=_hpc(args))
+
+
+def _hpc(args: argparse.Namespace) -> bool:
+    """--hpc / --no-hpc, else the configured default (minictr/siteconfig.py)."""
+    if args.hpc is not None:
+        return args.hpc
+    from minictr import siteconfig
+
+    return siteconfig.load().hpc
 
 
 def _gpu_roots(args: argparse.Namespace) -> tuple:
@@ -220,7 +234,20 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     ref = api.pull(_paths(args), args.image, platform=args.platform,
                    tls_verify=args.tls_verify, progress=_progress(args), warn=_warn)
+    if args.output:
+        print(api.export(_paths(args), ref, args.output, compression=args.compression,
+                         warn=_warn))
+        return 0
     print(ref)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    explain = _say if args.explain else None
+    print(api.export(_paths(args), args.image, args.output, compression=args.compression,
+                     explain=explain, warn=_warn))
     return 0
 
 
@@ -434,6 +461,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tls-verify", default=None, type=lambda s: s.lower() not in ("false", "0", "no"),
                    help="false allows plain http and unverified TLS for this registry")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-o", "--output", help="also write the image as one squashfs file "
+                   "(as `minictr export IMAGE -o FILE`)")
+    p.add_argument("--compression", default="gzip", help="with -o: the squashfs compressor "
+                   "(gzip, xz, zstd, lzo, lz4)")
+
+    p = add("export", cmd_export, "write an image as one squashfs file that `minictr run FILE` "
+            "runs in place (on any node, from a shared filesystem)")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True, help="the file to write, e.g. IMAGE.sqsh")
+    p.add_argument("--compression", default="gzip", help="squashfs compressor: gzip (default), "
+                   "xz, zstd, lzo, lz4 (minictr reads gzip, xz and zstd images without "
+                   "unsquashfs)")
+    p.add_argument("--explain", action="store_true", help="print the mount and the mksquashfs "
+                   "command")
 
     for name, func, text in (("login", cmd_login, "log in to a registry"),
                              ("logout", cmd_logout, "log out of a registry")):
@@ -487,8 +528,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "login", "logout",
-            "ps", "stats", "exec", "kill", "rm", "gpus", "cdi")
+COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "export", "login",
+            "logout", "ps", "stats", "exec", "kill", "rm", "gpus", "cdi")
 
 
 def main(argv: list[str] | None = None) -> int:

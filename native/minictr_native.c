@@ -163,3 +163,34 @@ int mc_seccomp(unsigned int flags, const void *filter, unsigned short count)
     long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
     return r < 0 ? -errno : (int)r;
 }
+
+/* The new mount API (Linux 5.2): a filesystem configured and mounted as a detached mount,
+ * held by an fd, attached later (possibly in another mount namespace) with move_mount(2). */
+
+/* fsopen(2); returns the filesystem context fd. */
+int mc_fsopen(const char *fsname, unsigned int flags)
+{
+    int fd = (int)syscall(SYS_fsopen, fsname, flags);
+    return fd < 0 ? -errno : fd;
+}
+
+/* fsconfig(2) with a string value (FSCONFIG_SET_STRING) or a command (value NULL). */
+int mc_fsconfig(int fd, unsigned int cmd, const char *key, const char *value)
+{
+    return syscall(SYS_fsconfig, fd, cmd, key, value, 0) == 0 ? 0 : -errno;
+}
+
+/* fsmount(2); returns the detached mount's fd. */
+int mc_fsmount(int fd, unsigned int flags, unsigned int attr_flags)
+{
+    int mfd = (int)syscall(SYS_fsmount, fd, flags, attr_flags);
+    return mfd < 0 ? -errno : mfd;
+}
+
+/* move_mount(2) */
+int mc_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path,
+                  unsigned int flags)
+{
+    return syscall(SYS_move_mount, from_dirfd, from_path, to_dirfd, to_path, flags) == 0
+        ? 0 : -errno;
+}

@@ -20,3 +20,8 @@ int mc_bpf(int cmd, void *attr, unsigned int size);
 int mc_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int mc_pidfd_open(int pid, unsigned int flags);
 int mc_seccomp(unsigned int flags, const void *filter, unsigned short count);
+int mc_fsopen(const char *fsname, unsigned int flags);
+int mc_fsconfig(int fd, unsigned int cmd, const char *key, const char *value);
+int mc_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
+int mc_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path,
+                  unsigned int flags);

@@ -169,3 +169,79 @@ def write_archives(image: BuiltImage, out_dir: str | os.PathLike,
     oci.write_archive(str(image.path), str(oci_tar))
     oci.write_docker_archive(str(image.path), str(docker_tar), [repo_tag], tag=image.tag)
     return oci_tar, docker_tar
+
+
+# ---------------------------------------------------------------- single-file images
+
+SIF_SOURCES = "/usr/share/gocode/src/github.com/sylabs/sif"
+# Debian's golang-github-sylabs-sif-dev ships the reference implementation's packages, siftool's
+# commands (pkg/siftool) among them, but no main package: this is upstream's cmd/siftool, cut
+# down to what the tests use.
+SIFTOOL_MAIN = """\
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/sylabs/sif/v2/pkg/siftool"
+)
+
+func main() {
+	root := &cobra.Command{Use: "siftool"}
+	if err := siftool.AddCommands(root); err != nil {
+		os.Exit(2)
+	}
+	if err := root.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+"""
+
+
+def build_siftool(cache_dir: str | os.PathLike) -> Path:
+    """siftool, built with Debian's Go (GOPATH mode, no network) from the reference sources;
+    skips the calling test when Go or the sources are missing."""
+    def go() -> Path:
+        gotool = shutil.which("go")
+        if gotool is None or not os.path.isdir(SIF_SOURCES):
+            raise ToolMissing("building siftool needs Go and the SIF sources",
+                              hint="apt-get install golang-go golang-github-sylabs-sif-dev")
+        inputs = [os.path.join(SIF_SOURCES, "go.mod"),
+                  os.path.join(SIF_SOURCES, "pkg", "siftool", "siftool.go"), gotool]
+        key = _key("siftool", inputs, extra=SIFTOOL_MAIN)
+
+        def make(d: str) -> None:
+            import subprocess
+
+            gopath = os.path.join(d, "gopath")
+            link = os.path.join(gopath, "src", "github.com", "sylabs", "sif", "v2")
+            os.makedirs(os.path.dirname(link))
+            os.symlink(SIF_SOURCES, link)
+            main = os.path.join(gopath, "src", "siftool")
+            os.makedirs(main)
+            with open(os.path.join(main, "main.go"), "w") as f:
+                f.write(SIFTOOL_MAIN)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": d,
+                   "GO111MODULE": "off", "GOPATH": f"{gopath}:/usr/share/gocode",
+                   "GOCACHE": os.path.join(d, "gocache"), "GOFLAGS": "", "CGO_ENABLED": "0"}
+            res = subprocess.run([gotool, "build", "-o", os.path.join(d, "siftool"), "."],
+                                 cwd=main, env=env, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"go build siftool failed:\n{res.stderr[-3000:]}")
+            shutil.rmtree(os.path.join(d, "gocache"), ignore_errors=True)
+        return cached(cache_dir, "siftool", key, make) / "siftool"
+    return _skip_if_missing(go)
+
+
+def make_sif(siftool: str | os.PathLike, squashfs: str, out: str) -> str:
+    """A SIF holding ``squashfs`` as its primary system partition, made by siftool (the
+    reference implementation): `siftool new` + `siftool add --parttype 2 (PrimSys)`."""
+    import platform
+    import subprocess
+
+    arch = {"x86_64": "2", "aarch64": "4"}.get(platform.machine(), "2")
+    subprocess.run([str(siftool), "new", out], check=True, capture_output=True)
+    subprocess.run([str(siftool), "add", "--datatype", "4", "--parttype", "2", "--partfs", "1",
+                    "--partarch", arch, out, squashfs], check=True, capture_output=True)
+    return out

@@ -43,7 +43,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
                  runtime_hooks: Callable[[], None] | None = None,
-                 hook_state: dict | None = None, no_pivot: bool = False) -> None:
+                 hook_state: dict | None = None, no_pivot: bool = False,
+                 image_mount: int | None = None) -> None:
     """Build the container's root and enter it (the first process only)."""
     linux = spec.get("linux", {})
     hooks = spec.get("hooks") or {}
@@ -55,7 +56,7 @@ def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
         kernel.link_up("lo")
     rootfs_mod.make_mounts_private(kernel, linux.get("rootfsPropagation"), explain)
     root_path = spec["root"]["path"]
-    rootfs_mod.mount_rootfs(kernel, plan, root_path, explain)
+    rootfs_mod.mount_rootfs(kernel, plan, root_path, explain, image_mount)
     root_fd = kernel.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         rootfs_mod.mount_all(kernel, root_fd, spec, rootless, explain)
@@ -236,11 +237,20 @@ def find_executable(kernel, process: dict) -> str:
                              hint="check the command and the image's PATH")
 
 
-def close_fds(kernel, keep: int, explain: Explain) -> None:
+def close_fds(kernel, keep: int, explain: Explain, also: tuple[int, ...] = ()) -> None:
     """Mark every fd from ``keep`` up close-on-exec (close_range(2) CLOSE_RANGE_CLOEXEC): no
-    host file reaches the container's program (runc CVE-2024-21626)."""
-    _say(explain, f"close_range({keep}, ~0, CLOSE_RANGE_CLOEXEC)")
-    kernel.close_range(keep, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
+    host file reaches the container's program (runc CVE-2024-21626). The fds in ``also``
+    (Slurm's PMI socket, passed by number) are left out of the ranges and made inheritable."""
+    extra = sorted(fd for fd in set(also) if fd >= keep)
+    _say(explain, f"close_range({keep}, ~0, CLOSE_RANGE_CLOEXEC)"
+                  + (f" except fds {', '.join(map(str, extra))}" if extra else ""))
+    first = keep
+    for fd in extra:
+        if fd > first:
+            kernel.close_range(first, fd - 1, sc.CLOSE_RANGE_CLOEXEC)
+        kernel.set_inheritable(fd)
+        first = fd + 1
+    kernel.close_range(first, 0xFFFFFFFF, sc.CLOSE_RANGE_CLOEXEC)
 
 
 def exec_process(kernel, process: dict, path: str, init_fd: int, exec_w: int | None,

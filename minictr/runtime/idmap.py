@@ -117,3 +117,38 @@ def _write(kernel, path: str, text: str, explain: Explain) -> None:
     if explain:
         explain(f"write {text.strip()!r} > {path}")
     kernel.write_file(path, text)
+
+
+def setup_mappings(uid_maps: list[dict], gid_maps: list[dict]):
+    """How the runtime realises a user namespace whose one mapped id is not root (rootless
+    ``keep-id`` without subordinate ids: your uid to itself).
+
+    Mapped to yourself, the container's setup could not create a mount point in a directory
+    the image's root owns: that owner is not mapped, so no capability applies to it
+    (capabilities(7), "Effect of user ID changes"... and user_namespaces(7): a capability
+    applies to an inode only if its owner is mapped). So setup runs as root of a namespace
+    mapping 0 to you, and at the end the process enters a nested user namespace mapping your
+    id to that root (``nest_user_namespace``): the ids it ends with are exactly the spec's.
+    Returns (uid maps, gid maps, (uid, gid) to nest as, or None)."""
+    if (len(uid_maps) == 1 and len(gid_maps) == 1 and uid_maps[0]["size"] == 1
+            and gid_maps[0]["size"] == 1
+            and (uid_maps[0]["containerID"] != 0 or gid_maps[0]["containerID"] != 0)):
+        return ([{"containerID": 0, "hostID": uid_maps[0]["hostID"], "size": 1}],
+                [{"containerID": 0, "hostID": gid_maps[0]["hostID"], "size": 1}],
+                (uid_maps[0]["containerID"], gid_maps[0]["containerID"]))
+    return uid_maps, gid_maps, None
+
+
+def nest_user_namespace(kernel, uid: int, gid: int, explain: Explain) -> None:
+    """Enter a new user namespace in which ``uid``/``gid`` are this process's root ids
+    (see setup_mappings). A process may write its own maps when they map only its own ids
+    in the parent namespace; setgroups must say "deny" first (user_namespaces(7))."""
+    from minictr.runtime import syscalls as sc
+
+    if explain:
+        explain(f"unshare(CLONE_NEWUSER)  (nested: setup ran as root mapped to you; from here "
+                f"you are {uid}:{gid})")
+    kernel.unshare(sc.CLONE_NEWUSER)
+    _write(kernel, "/proc/self/setgroups", "deny\n", explain)
+    _write(kernel, "/proc/self/uid_map", f"{uid} 0 1\n", explain)
+    _write(kernel, "/proc/self/gid_map", f"{gid} 0 1\n", explain)

@@ -106,6 +106,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
            init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
+           keep_fds: tuple[int, ...] = (),
            no_pivot: bool = False, no_new_keyring: bool = False,
            on_spawned: Callable[[int], None] | None = None, kernel=None,
            explain: Explain = None) -> Created:
@@ -146,6 +147,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
                                on_plan=lambda paths: root.update(container_id,
                                                                  cgroup_paths=paths))
         seccomp = spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root), explain)
+        image_mount = _open_image_mount(kernel, rootfs, explain)
         fifo = root.file(container_id, state_mod.FIFO)
         kernel.mkfifo(fifo, 0o622)
         fifo_fd = kernel.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -164,19 +166,30 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             for stage in ("prestart", "createRuntime"):
                 hooks.run_hooks(kernel, spec, stage, dict(hook_state, pid=pid), explain)
 
+        namespaces = spawn_mod.plan_namespaces(linux.get("namespaces", []))
+        uid_maps, gid_maps = list(linux.get("uidMappings") or ()), list(linux.get("gidMappings")
+                                                                        or ())
+        nest = None
+        if rootless and namespaces.clone_flags & sc.CLONE_NEWUSER:
+            from minictr.runtime import idmap
+
+            uid_maps, gid_maps, nest = idmap.setup_mappings(uid_maps, gid_maps)
         plan = spawn_mod.SpawnPlan(
-            process=process, namespaces=spawn_mod.plan_namespaces(linux.get("namespaces", [])),
+            process=process, namespaces=namespaces,
             rootless=rootless, attached=attached, stdin_null=stdin_null,
-            preserve_fds=preserve_fds, init=init, container=(spec, rootfs), fifo_fd=fifo_fd,
-            uid_mappings=tuple(linux.get("uidMappings") or ()),
-            gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
+            preserve_fds=preserve_fds, keep_fds=tuple(keep_fds), init=init,
+            container=(spec, rootfs), fifo_fd=fifo_fd,
+            uid_mappings=tuple(uid_maps), gid_mappings=tuple(gid_maps), nest_ids=nest,
+            hook_state=hook_state,
             oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
-            new_keyring=None if no_new_keyring else container_id)
+            new_keyring=None if no_new_keyring else container_id, image_mount=image_mount)
         try:
             created = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=spawned,
                                       on_hooks=runtime_hooks, explain=explain)
         finally:
             kernel.close(fifo_fd)
+            if image_mount is not None:
+                kernel.close(image_mount)
         root.update(container_id, status="created", cgroup_paths=list(cgroup.paths) if cgroup
                     else [], cgroup_v2=cgroup.v2_path if cgroup else None)
         console = created.console
@@ -252,6 +265,17 @@ def _prepare_rootfs(kernel, rootfs, root_path: str) -> None:
         inherit_root_metadata(rootfs.upperdir, rootfs.lowerdirs[0], rootfs.rootless)
     elif rootfs.scratch:
         os.makedirs(rootfs.scratch, mode=0o700, exist_ok=True)
+    if rootfs.squashfs is not None:
+        os.makedirs(rootfs.squashfs.mountpoint, mode=0o700, exist_ok=True)
+
+
+def _open_image_mount(kernel, rootfs, explain: Explain) -> int | None:
+    """A squashfs image as root: the launcher's detached mount (rootfs.open_image_mount)."""
+    if rootfs is None or rootfs.squashfs is None or rootfs.rootless:
+        return None
+    from minictr.runtime.rootfs import open_image_mount
+
+    return open_image_mount(kernel, rootfs.squashfs, explain)
 
 
 def inherit_root_metadata(upper: str, top_layer: str, rootless: bool) -> None:

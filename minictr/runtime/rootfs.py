@@ -31,6 +31,17 @@ DEV_SYMLINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
 
 
 @record
+class SquashfsSource:
+    """A squashfs filesystem to mount as the image: a ``.sqsh`` file, or the partition of a
+    single-file image (a SIF) that starts ``offset`` bytes into ``path``. The file is only
+    read: it may sit on a read-only shared filesystem, used by many containers at once."""
+
+    path: str
+    offset: int
+    mountpoint: str                  # where it is mounted before the overlay takes it as lower
+
+
+@record
 class RootfsPlan:
     """The overlay that becomes the container's root (docs/architecture.md, "The rootfs plan")."""
 
@@ -42,6 +53,7 @@ class RootfsPlan:
     volatile: bool = False           # the upper dir is thrown away after the run (--rm)
     driver: str = "overlay"          # "overlay" (the kernel's) or "fuse-overlayfs"
     scratch: str | None = None       # a read-only root's tmpfs upper is mounted here
+    squashfs: SquashfsSource | None = None   # mounted first, at lowerdirs' (only) entry
 
     def writable_dirs(self) -> tuple[str, str]:
         """(upperdir, workdir): the container's own, or the two inside the tmpfs at scratch."""
@@ -135,13 +147,19 @@ def make_mounts_private(kernel, propagation: str | None, explain: Explain) -> No
     kernel.mount(None, "/", None, flags)
 
 
-def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Explain) -> None:
+def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Explain,
+                 image_mount: int | None = None) -> None:
     """Mount the overlay at root_path, or, for a prepared rootfs (OCI bundle), bind it onto
-    itself so that it is a mount point (pivot_root(2) requires one)."""
+    itself so that it is a mount point (pivot_root(2) requires one). ``image_mount``: the
+    squashfs the launcher mounted (open_image_mount), to attach first."""
     if plan is None:
         _say(explain, f"mount --rbind {root_path} {root_path}")
         kernel.mount(root_path, root_path, None, sc.MS_BIND | sc.MS_REC)
         return
+    jail = FuseJail(kernel, root_path, explain)
+    if plan.squashfs is not None:
+        # first: the tmpfs upper below takes the mode and owner of the image's root from it
+        mount_squashfs(kernel, plan.squashfs, plan.rootless, jail, explain, image_mount)
     if not plan.upperdir:
         # The read-only root's writable layer: a tmpfs private to this mount namespace.
         _say(explain, f"mount -t tmpfs tmpfs {plan.scratch}  (upper layer for mount points; "
@@ -160,7 +178,7 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
         finally:
             kernel.close(scratch_fd)
     if plan.driver == "fuse-overlayfs":
-        mount_fuse_overlay(kernel, plan, root_path, explain)
+        mount_fuse_overlay(kernel, plan, root_path, jail, explain)
         return
     data = plan.overlay_data()
     _say(explain, f"mount -t overlay overlay {root_path} -o {data}")
@@ -179,43 +197,83 @@ def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Expla
                                      "fuse-overlayfs), or run with --read-only") from err
         _say(explain, f"kernel overlayfs refused ({os.strerror(err.errno)}): "
                       "falling back to fuse-overlayfs")
-        mount_fuse_overlay(kernel, plan, root_path, explain)
+        mount_fuse_overlay(kernel, plan, root_path, jail, explain)
 
 
-def mount_fuse_overlay(kernel, plan: RootfsPlan, root_path: str, explain: Explain) -> None:
-    """Mount the layers with fuse-overlayfs (user space; it understands overlay's whiteouts
-    and the user.overlay.opaque xattr). It runs inside the container's namespaces and dies with
-    them.
+class FuseJail:
+    """Where FUSE daemons run: chrooted in a recursive bind of the old root.
 
-    pivot_root(2) moves every process whose root is the old root to the new one; the daemon
-    would then look up its own paths through its own mount and deadlock. So it runs chrooted
-    in a recursive bind of the old root (a different mount, which pivot_root leaves alone and
-    MNT_DETACH only hides), mounts there, and its mount is moved onto root_path.
+    pivot_root(2) moves every process whose root is the old root to the new one; a FUSE
+    daemon would then look up its own paths through its own mount and deadlock. Chrooted in
+    a bind of "/" (a different mount, which pivot_root leaves alone and MNT_DETACH only
+    hides) it keeps its view; its mount is made there and moved onto the real target.
+    Made once, on first use.
     """
-    import subprocess
 
+    def __init__(self, kernel, root_path: str, explain: Explain):
+        self.kernel, self.explain = kernel, explain
+        self.path = os.path.join(os.path.dirname(root_path), "fuse-root")
+        self._made = False
+
+    def enter(self) -> str:
+        if not self._made:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            _say(self.explain, f"mount --rbind / {self.path}  (FUSE daemons' own root)")
+            self.kernel.mount("/", self.path, None, sc.MS_BIND | sc.MS_REC)
+            self._made = True
+        return self.path
+
+    def run(self, argv: list[str], target: str) -> None:
+        """Start the daemon (it mounts at the jail's ``target``), then move its mount onto
+        ``target`` itself."""
+        jail = self.enter()
+        _say(self.explain, f"chroot {jail} {' '.join(argv)}  (in the foreground, killed "
+                           "with the container's first process)")
+        self.kernel.spawn_fuse(argv, jail, target)
+        _say(self.explain, f"mount --move {jail}{target} {target}")
+        self.kernel.mount(jail + target, target, None, sc.MS_MOVE)
+
+
+def open_image_mount(kernel, source: SquashfsSource, explain: Explain) -> int:
+    """As root, the launcher mounts the image's squashfs: the kernel's squashfs on a loop
+    device (loop(4)), made as a detached mount (fsmount(2)) whose fd the container's process
+    attaches in its own mount namespace. The launcher does it because that process is born
+    under the device filter, which allows no loop device; nothing is mounted on the host."""
+    _say(explain, f"mount -t squashfs -o loop,ro {_where(source)}  (detached: fsopen/fsmount)")
+    return kernel.fsmount_loop(source.path, source.offset, "squashfs",
+                               sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOSUID)
+
+
+def mount_squashfs(kernel, source: SquashfsSource, rootless: bool, jail: FuseJail,
+                   explain: Explain, image_mount: int | None = None) -> None:
+    """Put the image's squashfs at its mount point, read-only: the launcher's detached mount
+    (root), or, in a user namespace, where no loop device can be set up, squashfuse_ll (FUSE,
+    multithreaded) serving the same file. Either reads only the blocks it is asked for:
+    starting does not depend on the image's size."""
+    if image_mount is not None:
+        _say(explain, f"move_mount <the squashfs mount> {source.mountpoint}")
+        kernel.move_mount(image_mount, source.mountpoint)
+        return
+    if not rootless:
+        raise OSError(errno.EINVAL, "a squashfs image as root needs the launcher's mount")
+    # allow_other: the container's other users (-u, a subordinate-id range) may read it too;
+    # in a user namespace the kernel still admits only that namespace's processes
+    options = "ro,allow_other" + (f",offset={source.offset}" if source.offset else "")
+    jail.run(["squashfuse_ll", "-f", "-o", options, source.path, source.mountpoint],
+             source.mountpoint)
+
+
+def _where(source: SquashfsSource) -> str:
+    return source.path + (f" (offset {source.offset})" if source.offset else "")
+
+
+def mount_fuse_overlay(kernel, plan: RootfsPlan, root_path: str, jail: FuseJail,
+                       explain: Explain) -> None:
+    """Mount the layers with fuse-overlayfs (user space; it understands overlay's whiteouts
+    and the user.overlay.opaque xattr), run from the FUSE jail like squashfuse."""
     upper, work = plan.writable_dirs()
     data = f"lowerdir={':'.join(plan.lowerdirs)},upperdir={upper},workdir={work}"
-    jail = os.path.join(os.path.dirname(root_path), "fuse-root")
-    os.makedirs(jail, mode=0o700, exist_ok=True)
-    _say(explain, f"mount --rbind / {jail}  (fuse-overlayfs's own root)")
-    kernel.mount("/", jail, None, sc.MS_BIND | sc.MS_REC)
-    _say(explain, f"chroot {jail} fuse-overlayfs -o {data} {root_path}")
-
-    def enter_jail() -> None:
-        os.chroot(jail)
-        os.chdir("/")
-
-    # It daemonizes once the mount is ready; its daemon keeps whatever stdout/stderr it got,
-    # so give it none that we would wait on.
-    res = subprocess.run(["fuse-overlayfs", "-o", data, root_path], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         preexec_fn=enter_jail)
-    if res.returncode != 0:
-        raise OSError(errno.EIO, f"fuse-overlayfs exited {res.returncode}: run it by hand with "
-                                 f"-d to see why ({' '.join(['fuse-overlayfs', '-o', data])})")
-    _say(explain, f"mount --move {jail}{root_path} {root_path}")
-    kernel.mount(jail + root_path, root_path, None, sc.MS_MOVE)
+    jail.run(["fuse-overlayfs", "-f", "-o", data, root_path], root_path)
 
 
 def mount_all(kernel, root_fd: int, spec: dict, rootless: bool, explain: Explain) -> None:
@@ -294,3 +352,44 @@ def finish_rootfs(kernel, spec: dict, explain: Explain) -> None:
 def _say(explain: Explain, text: str) -> None:
     if explain:
         explain(text)
+
+
+def run_over_layers(kernel, lowerdirs: tuple[str, ...], mountpoint: str, argv: list[str], *,
+                    rootless: bool, explain: Explain = None) -> int:
+    """Run ``argv`` in a child that sees ``lowerdirs`` (topmost first) merged read-only at
+    ``mountpoint`` (an empty directory), in a mount namespace of its own, and return its exit
+    status: how `minictr export` hands the image's merged tree to mksquashfs. Nothing stays
+    mounted: the namespace goes with the child.
+
+    Rootless, the child first enters a user namespace that maps it to root (its own maps, one
+    id: user_namespaces(7)), so that files of the user's store read as root's, and unprivileged
+    overlayfs reads its marks from user.overlay.* (userxattr). An empty directory below the
+    layers makes even a one-layer image an overlay (overlayfs wants two lower layers without
+    an upper), which also hides overlay's own xattrs from the reader."""
+    empty = os.path.join(os.path.dirname(mountpoint), "empty-lower")
+    os.makedirs(empty, mode=0o755, exist_ok=True)
+    data = "lowerdir=" + ":".join(tuple(lowerdirs) + (empty,)) + (",userxattr" if rootless
+                                                                 else "")
+    uid, gid = os.geteuid(), os.getegid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if rootless:
+                kernel.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+                kernel.write_file("/proc/self/setgroups", "deny\n")
+                kernel.write_file("/proc/self/uid_map", f"0 {uid} 1\n")
+                kernel.write_file("/proc/self/gid_map", f"0 {gid} 1\n")
+            else:
+                kernel.unshare(sc.CLONE_NEWNS)
+            kernel.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            _say(explain, f"mount -t overlay overlay {mountpoint} -o ro,{data}")
+            kernel.mount("overlay", mountpoint, "overlay", sc.MS_RDONLY, data)
+            _say(explain, " ".join(argv))
+            os.execvp(argv[0], argv)
+        except BaseException as err:          # noqa: BLE001 - the child must not return
+            try:
+                os.write(2, f"minictr: error: {err}\n".encode())
+            finally:
+                os._exit(125)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

@@ -166,6 +166,7 @@ class SpawnPlan:
     attached: bool = True                # the launcher stays its parent: die with it
     stdin_null: bool = False             # minictr run without -i: stdin is /dev/null
     preserve_fds: int = 0                # fds 3..3+N-1 pass in (runc --preserve-fds)
+    keep_fds: tuple = ()                 # more fds that pass in by number (Slurm's PMI_FD)
     init: bool = False                   # mcinit stays as PID 1 (docker run --init)
     container: object = None             # the first process: (spec, RootfsPlan or None)
     fifo_fd: int | None = None           # the first process waits on it for `start`
@@ -176,6 +177,8 @@ class SpawnPlan:
     no_pivot: bool = False               # runc --no-pivot: MS_MOVE + chroot
     seccomp: tuple | None = None         # (BPF program, flags) compiled by the launcher
     new_keyring: str | None = None       # the first process joins a new session keyring
+    image_mount: int | None = None       # the launcher's detached squashfs mount (fsmount fd)
+    nest_ids: tuple | None = None        # (uid, gid): set up as root, then nest (idmap.py)
 
 
 @record
@@ -490,13 +493,17 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
 
         container.setup_rootfs(kernel, spec, rootfs, plan.rootless, explain,
                                runtime_hooks=runtime_hooks, hook_state=state,
-                               no_pivot=plan.no_pivot)
+                               no_pivot=plan.no_pivot, image_mount=plan.image_mount)
+    if plan.nest_ids is not None:
+        from minictr.runtime import idmap
+
+        idmap.nest_user_namespace(kernel, plan.nest_ids[0], plan.nest_ids[1], explain)
     if process.get("terminal"):
         container.make_console(kernel, channel, process.get("consoleSize"), explain)
     container.setup_process(kernel, process, plan.rootless, explain,
                             keep_pdeathsig=plan.attached, seccomp=plan.seccomp)
     path = container.find_executable(kernel, process)
-    container.close_fds(kernel, 3 + plan.preserve_fds, explain)
+    container.close_fds(kernel, 3 + plan.preserve_fds, explain, plan.keep_fds)
     if plan.fifo_fd is not None:
         _say(explain, "wait on exec.fifo until start")
     channel.send("ready")

@@ -72,6 +72,17 @@ SECCOMP_FILTER_FLAG_LOG = lib.SECCOMP_FILTER_FLAG_LOG
 SECCOMP_FILTER_FLAG_SPEC_ALLOW = lib.SECCOMP_FILTER_FLAG_SPEC_ALLOW
 SECCOMP_FILTER_FLAG_NEW_LISTENER = lib.SECCOMP_FILTER_FLAG_NEW_LISTENER
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = lib.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+MOUNT_ATTR_NOSUID = lib.MOUNT_ATTR_NOSUID
+MOUNT_ATTR_NODEV = lib.MOUNT_ATTR_NODEV
+MOUNT_ATTR_RDONLY = lib.MOUNT_ATTR_RDONLY
+AT_FDCWD = -100
+FUSE_PACKAGES = {"squashfuse_ll": "squashfuse", "fuse-overlayfs": "fuse-overlayfs"}
+# loop(4): <linux/loop.h>
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+LO_FLAGS_DIRECT_IO = 16
 SOCK_FILTER_SIZE = 8        # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (linux/filter.h)
 
 NAMESPACE_FLAGS = {
@@ -321,6 +332,122 @@ class Syscalls:
 
         socket.send_fds(sock, [data], fds)
 
+    def fsmount_loop(self, path: str, offset: int, fstype: str, attr_flags: int) -> int:
+        """Attach ``path`` (from byte ``offset``) to a free loop device, read-only, and make a
+        detached mount of it (fsopen(2), fsconfig(2) source=, fsmount(2)); return its fd, to
+        be attached with move_mount(2) in the container's mount namespace.
+
+        loop(4): LOOP_CTL_GET_FREE, then LOOP_CONFIGURE (Linux 5.8). LO_FLAGS_AUTOCLEAR
+        detaches the device when its last user goes: the mount holds it, so the device lives
+        exactly as long as the mount. The device fd is held until the mount is made, or
+        autoclear would detach it at close. LO_FLAGS_DIRECT_IO keeps one copy of the image in
+        the page cache (the file's), not two. Another launcher may take the same free device
+        between GET_FREE and CONFIGURE: EBUSY, and the next free one is tried. Done by the
+        launcher: the container's process is born under the device filter, which allows no
+        loop device."""
+        import fcntl
+        import struct
+
+        flags_ro = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO
+        backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise OSError(errno.ENOENT, "/dev/loop-control is missing: this kernel has no "
+                                            "loop devices (modprobe loop); rootless runs use "
+                                            "squashfuse instead") from None
+            try:
+                for _ in range(64):
+                    number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+                    device = f"/dev/loop{number}"
+                    loop = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+                    # struct loop_config { u32 fd, block_size; struct loop_info64 info;
+                    # u64 reserved[8]; }: loop_info64's lo_offset at byte 24, lo_flags at 52
+                    info = bytearray(232)
+                    struct.pack_into("<QQQQQIIII", info, 0, 0, 0, 0, offset, 0, 0, 0, 0, flags_ro)
+                    config = struct.pack("<II", backing, 0) + bytes(info) + bytes(64)
+                    try:
+                        fcntl.ioctl(loop, LOOP_CONFIGURE, config)
+                    except OSError as err:
+                        os.close(loop)
+                        if err.errno == errno.EBUSY:
+                            continue
+                        raise OSError(err.errno, f"ioctl({device}, LOOP_CONFIGURE, {path!r}): "
+                                                 f"{os.strerror(err.errno)}") from None
+                    try:
+                        return self._fsmount(fstype, device, attr_flags | MOUNT_ATTR_RDONLY)
+                    finally:
+                        os.close(loop)
+                raise OSError(errno.EBUSY, "loop devices: every free one was taken meanwhile")
+            finally:
+                os.close(control)
+        finally:
+            os.close(backing)
+
+    def _fsmount(self, fstype: str, source: str, attr_flags: int) -> int:
+        ctx = _check(lib.mc_fsopen(_b(fstype), lib.FSOPEN_CLOEXEC), f"fsopen({fstype!r})")
+        try:
+            _check(lib.mc_fsconfig(ctx, lib.FSCONFIG_SET_STRING, b"source", _b(source)),
+                   f"fsconfig(source={source!r})")
+            if attr_flags & MOUNT_ATTR_RDONLY:
+                # the superblock read-only too, or the device is opened for writing (EACCES)
+                _check(lib.mc_fsconfig(ctx, lib.FSCONFIG_SET_FLAG, b"ro", ffi.NULL),
+                       "fsconfig(ro)")
+            _check(lib.mc_fsconfig(ctx, lib.FSCONFIG_CMD_CREATE, ffi.NULL, ffi.NULL),
+                   f"fsconfig(FSCONFIG_CMD_CREATE) of {fstype} on {source}")
+            return _check(lib.mc_fsmount(ctx, lib.FSMOUNT_CLOEXEC, attr_flags),
+                          f"fsmount({fstype} on {source})")
+        finally:
+            os.close(ctx)
+
+    def move_mount(self, mount_fd: int, target: str) -> None:
+        """Attach a detached mount (an fsmount(2) fd) at ``target`` in this mount namespace
+        (move_mount(2), MOVE_MOUNT_F_EMPTY_PATH)."""
+        _check(lib.mc_move_mount(mount_fd, b"", AT_FDCWD, _b(target),
+                                 lib.MOVE_MOUNT_F_EMPTY_PATH),
+               f"move_mount({mount_fd}, {target!r})")
+
+    def spawn_fuse(self, argv: list[str], root: str, mountpoint: str,
+                   timeout: float = 30.0) -> int:
+        """Start a FUSE daemon in the foreground, chrooted in ``root``, as a child that the
+        kernel kills when this process dies (PR_SET_PDEATHSIG; it survives execve), and wait
+        (bounded) until its mount appears at ``root + mountpoint``. Its pid is returned.
+
+        The daemon lives in the container's mount namespace and keeps it alive: left to
+        itself it would never see its mount go away. Tying it to the container's first
+        process (this one, after its execve) ends it with the container, PID namespace or
+        not."""
+        import signal
+        import subprocess
+        import time
+
+        def enter() -> None:
+            prctl.set_pdeathsig(signal.SIGKILL)
+            os.chroot(root)
+            os.chdir("/")
+
+        where = root.rstrip("/") + mountpoint
+        before = os.stat(where).st_dev
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, preexec_fn=enter, close_fds=True)
+        except FileNotFoundError:
+            raise OSError(errno.ENOENT, f"{argv[0]} is not installed (apt-get install "
+                                        f"{FUSE_PACKAGES.get(argv[0], argv[0])})") from None
+        deadline = time.monotonic() + timeout
+        while os.stat(where).st_dev == before:
+            code = proc.poll()
+            if code is not None:
+                raise OSError(errno.EIO, f"{argv[0]} exited {code} before mounting: run it by "
+                                         f"hand with -d to see why ({' '.join(argv)})")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise OSError(errno.ETIMEDOUT, f"{argv[0]} did not mount within {timeout:.0f} s")
+            time.sleep(0.001)
+        proc.returncode = 0          # never waited for: Popen must not reap or warn about it
+        return proc.pid
+
     def memfd_sealed(self, path: str, name: str) -> int:
         """A copy of ``path`` in a sealed memfd (memfd_create(2), F_SEAL_* in fcntl(2)): a file
         no one can change and that names nothing on a disk."""
@@ -511,7 +638,10 @@ class RecordingSyscalls:
             if host is not None and not os.path.lexists(host):
                 raise FileNotFoundError(errno.ENOENT, f"openat2: {path}: no such file")
             return self._fd(path)
-        if name in ("bpf", "pidfd_open", "memfd_sealed"):
+        if name == "spawn_fuse":
+            self._next_pid += 1
+            return self._next_pid
+        if name in ("bpf", "pidfd_open", "memfd_sealed", "fsmount_loop"):
             return self._fd(f"<{name}>")
         if name == "run_program":
             return 0, b""
@@ -557,11 +687,23 @@ class RecordingSyscalls:
             if (inside == dest or inside.startswith(dest.rstrip("/") + "/")) and (
                     best is None or len(dest) > len(best["destination"])):
                 best = m
-        if best is not None and ("bind" in best.get("options", ()) or "rbind" in best.get(
-                "options", ()) or best.get("type") == "bind"):
-            return None
         options = set(best.get("options", ())) if best else set()
         flags = 0
+        if best is not None and ("bind" in options or "rbind" in options
+                                 or best.get("type") == "bind"):
+            # a bind: the source's own flags, plus those its remount adds
+            host = self._host_path_of_container(inside)
+            if host is None:
+                return None
+            try:
+                flags = Syscalls().statvfs_flags(host)
+            except OSError:
+                return None
+            for opt, bit in (("ro", os.ST_RDONLY), ("nosuid", os.ST_NOSUID),
+                             ("nodev", os.ST_NODEV), ("noexec", os.ST_NOEXEC)):
+                if opt in options:
+                    flags |= bit
+            return flags
         for opt, bit in (("ro", os.ST_RDONLY), ("nosuid", os.ST_NOSUID), ("nodev", os.ST_NODEV),
                          ("noexec", os.ST_NOEXEC), ("noatime", os.ST_NOATIME),
                          ("nodiratime", os.ST_NODIRATIME)):

@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable
 
 from minictr.errors import SpecError
-from minictr.spec import defaults, mounts as mounts_mod, process as proc
+from minictr.records import record
+from minictr.spec import defaults, mounts as mounts_mod, native, process as proc
 from minictr.spec import security, units
 from minictr.spec.edits import insert_mount
 from minictr.spec.options import RunOptions
@@ -35,17 +36,26 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
                host_env: dict | None = None,
                read_host_file: Callable[[str], bytes] = _read_host_file,
                host_stat: Callable[[str], os.stat_result] = os.stat,
-               host_ids: tuple[int, int] | None = None) -> dict:
+               host_ids: tuple[int, int] | None = None, host: "HostFacts | None" = None) -> dict:
     """The whole plan. ``image_config`` is the OCI image config JSON (its "config" object holds
     Entrypoint, Cmd, Env, WorkingDir, User, Labels). ``host_env`` (default: this process's
     environment) serves ``-e KEY`` and bare keys in env files. ``host_ids`` is (euid, egid),
-    default this process's, for the rootless id mapping and --userns keep-id."""
+    default this process's, for the rootless id mapping and --userns keep-id. ``host``: the
+    facts job-native mode (``opts.hpc``) takes from the host, default this process's."""
     config = image_fields(image_config)
     host_env = dict(os.environ) if host_env is None else host_env
     host_ids = (os.geteuid(), os.getegid()) if host_ids is None else host_ids
-    hostname = _hostname(opts.hostname, container_id)
+    if opts.hpc:
+        _check_job_native(opts)
+        host = host or HostFacts.here()
+        hostname = host.hostname
+    else:
+        hostname = _hostname(opts.hostname, container_id)
     userns = _user_namespace(opts, rootless, uid_mappings, gid_mappings, host_ids)
     user = _exec_user(opts, config, read_file, userns, host_ids)
+    if opts.hpc and userns is None:
+        # root: your groups are set as they are on the host
+        user = user._replace(additional_gids=tuple(g for g in host.groups if g != user.gid))
     caps = proc.capability_set(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
     secopts = security.parse_security_opts(opts.security_opts, read_host_file)
     process = {
@@ -54,8 +64,10 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         "args": proc.process_args(config, opts.command, opts.entrypoint),
         "env": proc.process_env(config, hostname=hostname, home=user.home, tty=opts.tty,
                                 env_files=opts.env_files, env=opts.env, host_env=host_env,
-                                read_host_file=read_host_file),
-        "cwd": proc.process_cwd(opts.workdir, config),
+                                read_host_file=read_host_file,
+                                base_env=native.passed_environment(host_env) if opts.hpc
+                                else None),
+        "cwd": proc.process_cwd(opts.workdir or (host.cwd if opts.hpc else None), config),
         "capabilities": proc.process_capabilities(caps, user.uid),
         "rlimits": proc.process_rlimits(opts.ulimits),
         "noNewPrivileges": secopts.no_new_privileges,
@@ -65,9 +77,11 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         "process": process,
         "root": {"path": rootfs_path, "readonly": bool(opts.read_only)},
         "hostname": hostname,
-        "mounts": _mounts(opts, rootless, host_stat),
+        "mounts": _mounts(opts, rootless, host_stat, host),
         "linux": _linux(opts, container_id, userns),
     }
+    if opts.hpc:
+        del spec["hostname"]                   # the host's UTS namespace: its own name
     seccomp = security.linux_seccomp(secopts, caps=caps, privileged=opts.privileged)
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
@@ -109,6 +123,62 @@ def image_fields(image_config: dict) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- job-native mode
+
+
+@record
+class HostFacts:
+    """What job-native mode takes from the host (spec/native.py)."""
+
+    cwd: str
+    home: str | None
+    hostname: str
+    groups: tuple[int, ...] = ()
+
+    @classmethod
+    def here(cls, env: dict | None = None) -> "HostFacts":
+        env = os.environ if env is None else env
+        try:
+            cwd = os.getcwd()
+        except FileNotFoundError:
+            cwd = "/"
+        return cls(cwd=cwd, home=env.get("HOME") or None, hostname=os.uname().nodename,
+                   groups=tuple(os.getgroups()))
+
+
+def _check_job_native(opts: RunOptions) -> None:
+    """Options that contradict job-native mode are refused, never silently ignored."""
+    for value, flag, why in ((opts.user, "-u/--user", "you are yourself inside"),
+                             (opts.hostname, "--hostname", "the host's UTS namespace is kept"),
+                             (opts.userns == "host" or None, "--userns host",
+                              "rootless, a user namespace maps you to yourself")):
+        if value:
+            raise SpecError(f"{flag} cannot be combined with --hpc: {why}",
+                            hint="drop the option, or run without --hpc (--no-hpc overrides a "
+                                 "configured default)")
+
+
+def _exists_with(host_stat):
+    def exists(path: str) -> bool:
+        try:
+            host_stat(path)
+            return True
+        except OSError:
+            return False
+    return exists
+
+
+def _is_dir_with(host_stat):
+    import stat
+
+    def is_dir(path: str) -> bool:
+        try:
+            return stat.S_ISDIR(host_stat(path).st_mode)
+        except OSError:
+            return False
+    return is_dir
+
+
 # ---------------------------------------------------------------- identity
 
 
@@ -141,7 +211,8 @@ def _user_namespace(opts: RunOptions, rootless: bool, uid_mappings, gid_mappings
     if not rootless and uid_mappings is None and gid_mappings is None:
         return None
     euid, egid = host_ids
-    inside_uid, inside_gid = (euid, egid) if opts.userns == "keep-id" else (0, 0)
+    keep_id = opts.userns == "keep-id" or opts.hpc
+    inside_uid, inside_gid = (euid, egid) if keep_id else (0, 0)
     return {
         "uidMappings": [dict(m) for m in uid_mappings] if uid_mappings is not None
         else [{"containerID": inside_uid, "hostID": euid, "size": 1}],
@@ -158,7 +229,7 @@ def _exec_user(opts: RunOptions, config: dict, read_file: ReadFile, userns: dict
                host_ids) -> ExecUser:
     """-u, else (with --userns keep-id) the caller's own ids, else the image's User."""
     spec = opts.user
-    if spec is None and opts.userns == "keep-id":
+    if spec is None and (opts.userns == "keep-id" or opts.hpc):
         spec = f"{host_ids[0]}:{host_ids[1]}"
     if spec is None:
         spec = config.get("User") or None
@@ -188,11 +259,16 @@ def _process_user(user: ExecUser) -> dict:
 # ---------------------------------------------------------------- mounts
 
 
-def _mounts(opts: RunOptions, rootless: bool, host_stat) -> list[dict]:
-    """The default kernel filesystems, then user mounts; a user mount at a default's
-    destination (say --tmpfs /dev/shm:size=1g) replaces it."""
+def _mounts(opts: RunOptions, rootless: bool, host_stat, host=None) -> list[dict]:
+    """The default kernel filesystems, then (job-native) the host's /proc, /dev/shm and
+    /dev/mqueue and binds of HOME and the current directory, then user mounts; a later mount
+    at an earlier one's destination (say --tmpfs /dev/shm:size=1g) replaces it."""
     mounts = defaults.default_mounts(rootless=rootless, private_network=opts.network == "none",
                                      privileged=opts.privileged)
+    if opts.hpc:
+        mounts = native.host_namespace_mounts(mounts, _exists_with(host_stat))
+        for mount in native.identity_binds(host.home, host.cwd, _is_dir_with(host_stat)):
+            insert_mount(mounts, mount)
     for mount in mounts_mod.user_mounts(opts.volumes, opts.mounts, opts.tmpfs, host_stat):
         insert_mount(mounts, mount)
     return mounts
@@ -203,10 +279,12 @@ def _mounts(opts: RunOptions, rootless: bool, host_stat) -> list[dict]:
 
 def _namespaces(opts: RunOptions, userns: dict | None) -> list[dict]:
     """pid, ipc, uts, mount and cgroup always; network only with --network none (the default
-    shares the host's, as HPC launchers do); user when there are id mappings."""
+    shares the host's, as HPC launchers do); user when there are id mappings. Job-native mode
+    (--hpc) keeps the host's pid, ipc and uts namespaces."""
     kinds = ["user"] if userns else []
-    kinds += ["pid"] + (["network"] if opts.network == "none" else [])
-    kinds += ["ipc", "uts", "mount", "cgroup"]
+    kinds += [] if opts.hpc else ["pid"]
+    kinds += ["network"] if opts.network == "none" else []
+    kinds += ["mount", "cgroup"] if opts.hpc else ["ipc", "uts", "mount", "cgroup"]
     return [{"type": k} for k in kinds]
 
 

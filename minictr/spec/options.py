@@ -49,3 +49,4 @@ class RunOptions:
     gpu_memory: str | None = None
     annotations: tuple[str, ...] = ()
     security_opts: tuple[str, ...] = ()      # --security-opt seccomp=FILE, no-new-privileges=BOOL
+    hpc: bool = False                        # --hpc: job-native mode (spec/native.py)

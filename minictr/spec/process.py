@@ -73,10 +73,16 @@ def parse_env_option(entry: str, host_env: dict) -> list[str]:
 
 
 def process_env(config: dict, *, hostname: str, home: str, tty: bool, env_files: tuple,
-                env: tuple, host_env: dict, read_host_file: ReadHostFile) -> list[str]:
-    """Image Env, then defaults for what it lacks (PATH, HOSTNAME, HOME, TERM with a tty), then
-    --env-file entries, then -e entries; a later KEY replaces an earlier one."""
-    result = merge_env([], config.get("Env") or [])
+                env: tuple, host_env: dict, read_host_file: ReadHostFile,
+                base_env: list[str] | None = None) -> list[str]:
+    """``base_env`` (job-native mode: the host's passed variables), then the image's Env, then
+    defaults for what they lack (PATH, HOSTNAME, HOME, TERM with a tty), then --env-file
+    entries, then -e entries; a later KEY replaces an earlier one. In job-native mode the
+    host's HOME, USER and LOGNAME win over the image's: the container is yours."""
+    result = merge_env(list(base_env or ()), config.get("Env") or [])
+    if base_env is not None:
+        result = merge_env(result, [e for e in base_env
+                                    if e.partition("=")[0] in ("HOME", "USER", "LOGNAME")])
     keys = {e.partition("=")[0] for e in result}
     fallback = [("PATH", defaults.DEFAULT_PATH), ("HOSTNAME", hostname), ("HOME", home)]
     if tty:

@@ -20,7 +20,6 @@ from tests import images
 
 pytestmark = pytest.mark.rootless
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USERS = {"with-subids": "mctr-sub", "no-subids": "mctr-nosub"}
 SUB_START = 400000
 
@@ -46,25 +45,6 @@ def _ensure_user(name: str, subids: bool) -> pwd.struct_passwd:
         with open(path, "w") as f:
             f.writelines(lines)
     return pw
-
-
-@pytest.fixture(scope="session")
-def rootless_venv(tmp_path_factory) -> str:
-    """A venv with minictr installed (not editable), readable by every user."""
-    _need(os.geteuid() == 0, "needs root to create the test users")
-    _need(os.path.exists("/usr/bin/python3"), "needs /usr/bin/python3 (Debian's python3)")
-    _need(bool(shutil.which("runuser")), "needs runuser (util-linux)")
-    base = tempfile.mkdtemp(prefix="minictr-rootless-venv-", dir="/tmp")
-    os.chmod(base, 0o755)
-    venv = os.path.join(base, "venv")
-    subprocess.run(["/usr/bin/python3", "-m", "venv", venv], check=True, capture_output=True)
-    res = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", PROJECT],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.fail(f"installing minictr for the rootless users failed:\n{res.stderr[-2000:]}")
-    subprocess.run(["chmod", "-R", "a+rX", base], check=True)
-    yield venv
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -113,7 +113,7 @@ def test_fuse_overlayfs_driver(user_mc):
                                          "cat /f"),
                          capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "fuse-overlayfs -o lowerdir=" in res.stderr
+    assert "fuse-overlayfs -f -o lowerdir=" in res.stderr       # foreground: killed with the container
     assert res.stdout.split()[-1] == "hi"
     assert int(res.stdout.split()[0]) >= 1
 
