@@ -107,10 +107,14 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
            init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
-           no_pivot: bool = False, no_new_keyring: bool = False,
+           no_pivot: bool = False, no_new_keyring: bool = False, files=(),
            on_spawned: Callable[[int], None] | None = None, kernel=None,
            explain: Explain = None) -> Created:
-    """Create the container (see the module docstring); on failure nothing is left."""
+    """Create the container (see the module docstring); on failure nothing is left.
+
+    ``files``: (name, bytes) pairs written into the container's state directory before its
+    process is spawned, for mounts of the spec whose source names them there (the composition
+    puts a generated loader cache there: planning writes nothing). They go with the state."""
     from minictr.runtime import validate
 
     kernel = kernel or sc.Syscalls()
@@ -131,6 +135,8 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             spec = dict(spec, root=dict(spec["root"], path=root_path))
         state_mod.write_private(root.file(container_id, state_mod.CONFIG_FILE),
                                 json.dumps(spec).encode())
+        for name, data in files:
+            write_container_file(root, container_id, name, data)
         st = {"ociVersion": state_mod.OCI_VERSION, "id": container_id, "status": "creating",
               "pid": 0, "bundle": bundle, "rootfs": root_path, "created": state_mod.timestamp(),
               "owner": "", "annotations": spec.get("annotations") or {},
@@ -226,6 +232,19 @@ def with_default_devices(spec: dict) -> dict:
         resources["devices"] = rules + [r for r in DEFAULT_ALLOW if r not in rules]
         linux["resources"] = resources
     return dict(spec, linux=linux)
+
+
+def write_container_file(root: StateRoot, container_id: str, name: str, data: bytes) -> None:
+    """A file the spec mounts (read-only) into the container: readable by every uid inside,
+    created fresh (O_EXCL, no symlink followed) in the container's new state directory."""
+    if "/" in name or name in ("", ".", "..", state_mod.CONFIG_FILE, state_mod.FIFO,
+                               state_mod.STATE_FILE):
+        raise RuntimeSetupError(f"cannot write {name!r} into the container's directory")
+    fd = os.open(root.file(container_id, name),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o644)                 # whatever the umask
+        f.write(data)
 
 
 def seccomp_cache_dir(root: StateRoot) -> str:

@@ -3,6 +3,7 @@ import pytest
 
 from minictr import settings
 from minictr.errors import UsageError
+from minictr.gpu.request import load_settings
 
 
 def test_defaults_without_files(tmp_path):
@@ -45,3 +46,13 @@ def test_mistakes_are_errors_naming_file_and_key(tmp_path, text, match):
     with pytest.raises(UsageError, match=match) as err:
         settings.load("nvidia", {}, [str(path)])
     assert str(path) in str(err.value)
+
+
+def test_driver_roots_flag_then_env_then_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[nvidia]\ndriver-root = "/file/drv"\ndev-root = "/file/dev"\n'
+                    'proc-root = "/file/proc"\n')
+    got = load_settings(("/flag/drv", None, None), {"MINICTR_NVIDIA_DEV_ROOT": "/env/dev"},
+                        [str(path)])
+    assert (got.roots.driver_root, got.roots.dev_root, got.roots.proc_root) == (
+        "/flag/drv", "/env/dev", "/file/proc")
