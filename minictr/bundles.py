@@ -39,6 +39,8 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
     from minictr.runtime.state import check_id
 
     spec = read_config(bundle)
+    if rootless and os.geteuid() != 0:
+        spec = with_user_namespace(spec, os.geteuid(), os.getegid(), warn=warn)
     spec, files = with_gpus(spec, bundle, root.dir(check_id(container_id)), warn=warn)
     return lifecycle.create(root, container_id, spec, bundle=bundle,
                             console_socket=console_socket, pid_file=pid_file,
@@ -46,6 +48,37 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
                             systemd_cgroup=systemd_cgroup, rootless=rootless, no_pivot=no_pivot,
                             no_new_keyring=no_new_keyring, on_spawned=on_spawned,
                             files=files, explain=explain)
+
+
+def with_user_namespace(spec: dict, uid: int, gid: int, *, warn: Explain = None) -> dict:
+    """Invoked unprivileged on a bundle without a user namespace (a `runc spec` bundle, or one an
+    engine wrote for root), add one, as `runc spec --rootless` would have: the caller's uid and
+    gid become process.user's uid and gid inside (single-id maps, written directly), and a
+    ``uid=``/``gid=`` mount option naming an id that is not mapped (devpts' ``gid=5``), which
+    the kernel would refuse with EINVAL, is left out with a warning. runc refuses such a bundle
+    ("rootless container requires user namespaces"); everything else about it is unchanged."""
+    linux = dict(spec.get("linux") or {})
+    if any(ns.get("type") == "user" for ns in linux.get("namespaces") or ()):
+        return spec
+    user = (spec.get("process") or {}).get("user") or {}
+    inside_uid, inside_gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    linux["namespaces"] = [*(linux.get("namespaces") or ()), {"type": "user"}]
+    linux["uidMappings"] = [{"containerID": inside_uid, "hostID": uid, "size": 1}]
+    linux["gidMappings"] = [{"containerID": inside_gid, "hostID": gid, "size": 1}]
+    mounts = []
+    for m in spec.get("mounts") or ():
+        options = []
+        for opt in m.get("options") or ():
+            key, _, value = str(opt).partition("=")
+            mapped = inside_uid if key == "uid" else inside_gid
+            if key in ("uid", "gid") and value.isdigit() and int(value) != mapped:
+                if warn:
+                    warn(f"mount {m.get('destination')}: option {opt} left out: {key} {value} "
+                         "is not mapped in the user namespace added for an unprivileged run")
+                continue
+            options.append(opt)
+        mounts.append(dict(m, options=options) if "options" in m else m)
+    return dict(spec, linux=linux, mounts=mounts)
 
 
 def with_gpus(spec: dict, bundle: str, files_dir: str, *, warn: Explain = None,
@@ -125,13 +158,14 @@ def run(root, container_id: str, bundle: str, *, detach: bool = False, keep: boo
 
     if detach:
         create(root, container_id, bundle, console_socket=console_socket, explain=explain,
-               **options)
+               warn=warn, **options)
         lifecycle.start(root, container_id, explain=explain)
         return 0
     try:
         with Supervisor(None, explain) as sup:
             made = create(root, container_id, bundle, console_socket=console_socket,
-                          attached=True, on_spawned=sup.attach, explain=explain, **options)
+                          attached=True, on_spawned=sup.attach, explain=explain, warn=warn,
+                          **options)
             lifecycle.start(root, container_id, explain=explain)
             spawn.wait_for_exec(made.exec_pipe, "the container's process")
             code = sup.relay_tty(made.console) if made.console is not None else sup.wait()
