@@ -210,7 +210,11 @@ DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1,
 DEFAULT_ALLOW = [{"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
                  for _, major, minor in DEFAULT_DEVICES] + [
     {"allow": True, "type": "c", "major": 136, "access": "rwm"},      # /dev/pts/N
-    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"}]  # /dev/ptmx
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
+    # mknod of any node (not its use: read and write stay refused), as runc's AllowedDevices
+    # begin; docker's config.json leaves these to the runtime
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"}]
 
 
 def with_default_devices(spec: dict) -> dict:
