@@ -7,7 +7,7 @@ index 1 is minor 0), with no NVIDIA software but the driver:
   stand-in on dockerd's PATH fails if it is ever run);
 * ctr run --env NVIDIA_VISIBLE_DEVICES=1, and ctr run --annotation cdi.k8s.io/...=nvidia.com/gpu=0
   (the CDI spec `minictr cdi generate` wrote, in the spec dir config.toml names);
-* podman run -e NVIDIA_VISIBLE_DEVICES=1.
+* podman run -e NVIDIA_VISIBLE_DEVICES=1, and podman run --annotation cdi.k8s.io/...
 
 The probe (tests/gpu/probeimage.py) dlopens libcuda.so.1, opens both GPU nodes (the injected one
 answers ENXIO: allowed, no driver behind the fake node; the other is absent, ENOENT), and makes
@@ -133,3 +133,11 @@ def test_docker_gpus_with_minictr_as_the_default_runtime(dockerd_gpu_default, fa
     assert res.returncode == 0, res.stderr
     assert_exactly_one_gpu(res.stdout, 0)
     assert engines_session.hook_calls() == before
+
+
+def test_podman_cdi_annotation(podman_gpu, target, fake_gpus):
+    res = podman_gpu("run", "--rm", *podman_gpu.run_flags(), "--cap-add", "MKNOD",
+                     "--annotation", "cdi.k8s.io/test=nvidia.com/gpu=0", GPU_IMAGE, *INDEX_0,
+                     runtime=target.path)
+    assert res.returncode == 0, res.stderr
+    assert_exactly_one_gpu(res.stdout, 1)
