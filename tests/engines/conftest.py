@@ -20,16 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from engines_harness import (IMAGE, Containerd, Dockerd, EngineError, Podman, Runtime, Session,
-                             build_spy, install_spy, run)
+from engines_harness import (GPU_IMAGE, IMAGE, Containerd, Dockerd, EngineError, Podman, Runtime,
+                             Session, build_spy, install_spy, run)
 
 from tests import images
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "gpu"))
 import fakedriver  # noqa: E402  (the GPU tier's fake driver and probe image, shared)
 from probeimage import build_probe_rootfs, write_oci_layout  # noqa: E402
-
-GPU_IMAGE = "minictr.test/gpu-probe:latest"
 
 HERE = Path(__file__).parent
 TARGET_ENV = "MINICTR_ENGINE_RUNTIME"

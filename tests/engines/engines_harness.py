@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE = "minictr.test/busybox:latest"          # the name every engine knows the test image by
+GPU_IMAGE = "minictr.test/gpu-probe:latest"    # the GPU probe image (test_gpus.py)
 TIMEOUT = 60                                   # seconds for one engine command
 NVIDIA_HOOK = "nvidia-container-runtime-hook"
 

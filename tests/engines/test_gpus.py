@@ -20,8 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import GPU_IMAGE
-from engines_harness import run
+from engines_harness import GPU_IMAGE, run
 
 pytestmark = [pytest.mark.root, pytest.mark.engines]
 
