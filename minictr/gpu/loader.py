@@ -28,7 +28,17 @@ RPM_LIBDIR32 = "/usr/lib"
 COMPAT_DIR = "/usr/local/cuda/compat"
 COMPAT_SONAMES = ("libcuda.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4")
 FLAG_I386 = ldcache.FLAG_ELF_LIBC6
-_IMAGE_KEEP = ldcache.key_pattern(("libc",) + caps.ALL_STEMS)
+_COMPILED: list = []
+
+
+def _image_keep():
+    """The keys kept when an image's cache is scanned, compiled on first use (~0.4 ms: most
+    images, which have an os-release and no driver library baked in, never need it)."""
+    if not _COMPILED:
+        _COMPILED.append(ldcache.key_pattern(("libc",) + caps.ALL_STEMS))
+    return _COMPILED[0]
+
+
 _DRIVER_MARKERS = (b"nvidia", b"libcuda", b"libnvcuvid", b"libnvoptix")
 _KNOWN_IDS = {"debian", "ubuntu", "fedora", "rhel", "centos", "suse", "opensuse", "sles",
               "amzn", "rocky", "almalinux", "ol"}
@@ -88,7 +98,7 @@ def inspect_image(read_file) -> ImageLoader:
     entries: tuple[ldcache.Entry, ...] = ()
     if raw and (not decided or any(m in raw for m in _DRIVER_MARKERS)):
         try:
-            entries = tuple(ldcache.parse(raw, _IMAGE_KEEP))
+            entries = tuple(ldcache.parse(raw, _image_keep()))
         except ldcache.LdCacheError:
             raw = None        # a broken cache is replaced; the loader would ignore it anyway
     if decided:
