@@ -172,7 +172,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=read_file,
         uid_mappings=uid_mappings, gid_mappings=gid_mappings)
-    for edits in _edits_for(opts):
+    for edits in _edits_for(opts, gpu_roots):
         spec = apply_edits(spec, edits)
     spec = _gpu_request(spec, opts, image.config)
     # Engine data rides in the annotations: the runtime executes the spec and knows no images.
@@ -205,8 +205,9 @@ def _overlay_driver() -> str:
     return driver
 
 
-def _edits_for(opts):
-    """Container edits from --device (host nodes and CDI names)."""
+def _edits_for(opts, gpu_roots):
+    """Container edits from --device: host nodes, and CDI names resolved by minictr as podman
+    resolves them (the spec dirs are the [nvidia] settings' cdi-spec-dirs)."""
     from minictr.spec import devices
 
     host_devices = [d for d in opts.devices if d.startswith("/")]
@@ -216,7 +217,7 @@ def _edits_for(opts):
     if cdi_names:
         from minictr.gpu import cdi
 
-        yield cdi.edits_for_names(cdi_names)
+        yield cdi.edits_for_names(cdi_names, gpu_settings(gpu_roots).cdi_spec_dirs)
 
 
 def _gpu_request(spec: dict, opts, image_config: dict) -> dict:
