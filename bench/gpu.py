@@ -21,7 +21,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "gpu"))
 
-from minictr.gpu import discover, inject, ldcache  # noqa: E402
+from minictr import api  # noqa: E402
+from minictr.gpu import discover, ldcache, resolve  # noqa: E402
+from minictr.gpu.request import GpuSettings  # noqa: E402
+from minictr.spec import gpu_request  # noqa: E402
 from minictr.spec.options import RunOptions  # noqa: E402
 
 
@@ -54,20 +57,30 @@ def bench_fake(runs: int) -> None:
     fake = fakedriver.build(tmp, extra_cache_entries=[
         e for e in host_entries if not e.key.startswith(("libcuda", "libnvidia"))])
     image = {"/etc/os-release": b"ID=debian\n", "/etc/ld.so.cache": cache_bytes or None}
-    opts = RunOptions(image="bench", gpus="0")
+    spec = api._gpu_request({"process": {"args": ["sh"], "env": ["PATH=/bin"]},
+                             "root": {"path": "/"}, "mounts": []},
+                            RunOptions(image="bench", gpus="0"), {})
+    settings = GpuSettings(fake.roots)
     runs_done = [0]
 
     def edits():
-        # a fresh scratch dir each time, as each container gets its own
+        # the one request path, then the cache written where the runtime writes it at
+        # create: a fresh directory each time, as each container gets its own
         runs_done[0] += 1
-        scratch = os.path.join(tmp, f"scratch-{runs_done[0]}")
-        return inject.edits_for_request(opts, {}, fake.roots, {}, image.get, scratch)
+        state = os.path.join(tmp, f"state-{runs_done[0]}")
+        got = resolve.resolve(spec, gpu_request.find(spec), read_file=image.get,
+                              files_dir=state, settings=settings)
+        os.mkdir(state)
+        for name, data in got.files:
+            with open(os.path.join(state, name), "wb") as f:
+                f.write(data)
+        return got
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"driver ld.so.cache entries: {len(host_entries) + 4}, image cache entries: "
           f"{len(host_entries)}, runs: {runs}")
     for name, fn in (("discover", lambda: discover.discover(fake.roots)),
-                     ("discover+edits (--gpus 0)", edits),
+                     ("resolve (--gpus 0) + writing the cache", edits),
                      ("ldcache.splice (image cache + injected)",
                       lambda: ldcache.splice(cache_bytes, [ldcache.Entry(
                           "libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1")]))):

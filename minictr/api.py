@@ -33,6 +33,8 @@ class Plan:
     layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
     keep_fds: tuple = ()       # host fds that pass in by number (job-native: Slurm's PMI_FD)
+    files: tuple = ()          # (name, bytes) the spec's mounts expect in files_dir (the GPU
+    #                            loader cache, job-native passwd/group): written at create
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -227,14 +229,16 @@ def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=
 
 
 def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
-         container_id: str | None = None, scratch_dir: str | None = None,
-         files_dir: str | None = None, warn: Explain = None) -> Plan:
+         container_id: str | None = None, files_dir: str | None = None,
+         warn: Explain = None) -> Plan:
     """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute.
-    ``files_dir``: where files the container binds are written (job-native mode's passwd and
-    group); None writes nothing (``minictr spec``)."""
+
+    ``files_dir``: where the spec says the files of ``Plan.files`` are (default: the
+    container's state directory, where `run` has create write them). Nothing is written here.
+    """
     from minictr.runtime import state as state_mod
     from minictr.runtime.rootfs import RootfsPlan
-    from minictr.spec import builder
+    from minictr.spec import builder, gpu_request
     from minictr.spec.edits import apply_edits
 
     container_id = container_id or state_mod.new_id()
@@ -281,25 +285,36 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=read_file,
         uid_mappings=uid_mappings, gid_mappings=gid_mappings)
+    files_dir = files_dir or os.path.join(paths.state, container_id)
     keep_fds: tuple = ()
+    files: tuple = ()
     if opts.hpc:
-        job_edits, keep_fds = _job_native_edits(paths, spec, read_file, files_dir or os.path.join(
-            container_dir, "files"), write=files_dir is not None, warn=warn)
+        job_edits, files, keep_fds = _job_native_edits(spec, read_file, files_dir, warn=warn)
         for edits in job_edits:
             spec = apply_edits(spec, edits)
-    for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
+    for edits in _edits_for(opts, gpu_roots):
         spec = apply_edits(spec, edits)
+    spec = _gpu_request(spec, opts, image.config)
     # Engine data rides in the annotations: the runtime executes the spec and knows no images.
     spec["annotations"] = {**spec.get("annotations", {}), ANNOTATION_NAME: name,
                            ANNOTATION_IMAGE: image_name, ANNOTATION_LAYERS: ",".join(chain_ids)}
+    inputs = gpu_request.find(spec)
+    if inputs is not None:                # the one GPU request path (gpu/resolve.py)
+        from minictr.gpu import resolve
+
+        resolved = resolve.resolve(
+            spec, inputs, read_file=read_file, files_dir=files_dir,
+            settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation)
+        spec, files = resolved.spec, files + tuple(resolved.files)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image_name, layers=chain_ids, keep_fds=keep_fds)
+                image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files)
 
 
-def _job_native_edits(paths: Paths, spec: dict, read_file, files_dir: str, *, write: bool,
-                      warn: Explain):
+def _job_native_edits(spec: dict, read_file, files_dir: str, *, warn: Explain):
     """Job-native mode's edits (spec/native.py): your passwd and group entries, bound over the
-    image's; PMIx's MCA names and rendezvous directory; Slurm's PMI fd, kept by number."""
+    image's (their content is returned as Plan.files, written at create like the GPU loader
+    cache: nothing is written while planning); PMIx's MCA names and rendezvous directory;
+    Slurm's PMI fd, kept by number."""
     import grp
     import pwd
 
@@ -322,19 +337,13 @@ def _job_native_edits(paths: Paths, spec: dict, read_file, files_dir: str, *, wr
             groups.append((grp.getgrgid(g).gr_name, g))
         except KeyError:
             groups.append((f"group{g}", g))
-    files = {"/etc/passwd": native.passwd_with(read_file("/etc/passwd"), name, uid, gid, gecos,
-                                               home, shell),
-             "/etc/group": native.group_with(read_file("/etc/group"), groups, name)}
-    mounts = []
-    for dest, data in files.items():
-        source = os.path.join(files_dir, os.path.basename(dest))
-        if write:                      # a new container's own directory: no one else writes
-            os.makedirs(files_dir, mode=0o755, exist_ok=True)
-            with open(source, "wb") as f:
-                f.write(data)
-        mounts.append({"destination": dest, "type": "bind", "source": source,
-                       "options": ["bind", "ro", "nosuid", "nodev"]})
-    edits = [ContainerEdits(mounts=tuple(mounts))]
+    files = (("passwd", native.passwd_with(read_file("/etc/passwd"), name, uid, gid, gecos,
+                                           home, shell)),
+             ("group", native.group_with(read_file("/etc/group"), groups, name)))
+    mounts = tuple({"destination": f"/etc/{base}", "type": "bind",
+                    "source": os.path.join(files_dir, base),
+                    "options": ["bind", "ro", "nosuid", "nodev"]} for base, _ in files)
+    edits = [ContainerEdits(mounts=mounts)]
     pmix = slurm.pmix_edits(os.environ, os.path.isdir)
     if pmix is not None:
         edits.append(pmix)
@@ -345,7 +354,7 @@ def _job_native_edits(paths: Paths, spec: dict, read_file, files_dir: str, *, wr
     elif "PMI_FD" in os.environ and warn:
         warn(f"PMI_FD={os.environ['PMI_FD']} is not open here: PMI-2 in the container will "
              "fail to reach Slurm")
-    return edits, keep
+    return edits, files, keep
 
 
 def _fd_open(fd: int) -> bool:
@@ -369,8 +378,9 @@ def _overlay_driver() -> str:
     return driver
 
 
-def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file, scratch_dir, warn):
-    """Container edits from --device (host nodes and CDI names) and GPUs."""
+def _edits_for(opts, gpu_roots):
+    """Container edits from --device: host nodes, and CDI names resolved by minictr as podman
+    resolves them (the spec dirs are the [nvidia] settings' cdi-spec-dirs)."""
     from minictr.spec import devices
 
     host_devices = [d for d in opts.devices if d.startswith("/")]
@@ -380,49 +390,58 @@ def _edits_for(opts, spec: dict, gpu_roots, image_config: dict, read_file, scrat
     if cdi_names:
         from minictr.gpu import cdi
 
-        yield cdi.edits_for_names(cdi_names)
-    if _may_want_gpus(opts, image_config):
-        from minictr.gpu import inject
-        from minictr.hpc import slurm
-
-        gpu_edits = inject.edits_for_request(opts, spec, driver_roots(gpu_roots), image_config,
-                                             read_file, scratch_dir, warn=warn,
-                                             allocation=slurm.gpu_allocation(os.environ))
-        if gpu_edits is not None:
-            yield gpu_edits
+        yield cdi.edits_for_names(cdi_names, gpu_settings(gpu_roots).cdi_spec_dirs)
 
 
-# Environment variables through which an image or -e can ask for GPUs (GPU.md, "Selecting").
-_GPU_ENV = ("NVIDIA_VISIBLE_DEVICES=", "CUDA_VERSION=")
+def _gpu_request(spec: dict, opts, image_config: dict) -> dict:
+    """Put --gpus (and --gpu-memory) into the spec as engines would: NVIDIA_VISIBLE_DEVICES
+    (and NVIDIA_DRIVER_CAPABILITIES) in process.env, and in annotations what no engine variable
+    says (docker's count=N, --gpu-memory, and who asked). The request is read back from the
+    spec by gpu/resolve.py, as a bundle's is."""
+    from minictr.spec import gpu_request
+
+    if opts.gpus is not None:
+        from minictr.gpu.request import parse_gpus_flag
+
+        devices, count, wanted = parse_gpus_flag(opts.gpus)
+        return gpu_request.with_request(spec, visible=",".join(devices), capabilities=wanted,
+                                        count=count, memory=opts.gpu_memory)
+    if opts.gpu_memory:
+        spec = dict(spec, annotations={**spec.get("annotations", {}),
+                                       gpu_request.ANNOTATION_MEMORY: opts.gpu_memory})
+    return gpu_request.mark_source(spec, (image_config.get("config") or {}).get("Env") or ())
 
 
-def _may_want_gpus(opts, image_config: dict) -> bool:
-    """A cheap over-approximation of gpu.select.request_for, so that a run without GPUs never
-    imports the GPU code (it costs more than the container's setup)."""
-    if opts.gpus or opts.gpu_memory:
-        return True
-    image_env = (image_config.get("config") or {}).get("Env") or []
-    return any(isinstance(e, str) and e.startswith(_GPU_ENV)
-               for e in [*image_env, *opts.env]) or "NVIDIA_VISIBLE_DEVICES" in opts.env
+def _slurm_task_allocation():
+    """The GPUs of the Slurm job step this `minictr run` is a task of (hpc/slurm.py), or None
+    outside a job."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    from minictr.hpc import slurm
+
+    return slurm.task_allocation(dict(os.environ))
 
 
-def driver_roots(raw):
-    """The CLI passes the three --nvidia-*-root values as a tuple; build DriverRoots late."""
-    from minictr.gpu.discover import DriverRoots
+def gpu_settings(raw):
+    """The [nvidia] settings, the three --nvidia-*-root values (a tuple from the CLI) winning."""
+    from minictr.gpu.request import GpuSettings, load_settings
 
-    if raw is None or isinstance(raw, DriverRoots):
+    if isinstance(raw, GpuSettings):
         return raw
-    return DriverRoots.from_args(*raw)
+    return load_settings(tuple(raw or (None, None, None))[:3])
 
 
-def write_bundle(spec: dict, bundle: str) -> None:
-    """Write an OCI bundle's config.json (root.path stays absolute: the rootfs is prepared by
-    `minictr run`; crun/runc need an existing directory there)."""
+def write_bundle(spec: dict, bundle: str, files=()) -> None:
+    """Write an OCI bundle's config.json and the files its mounts name in the bundle (the GPU
+    loader cache, when the plan was made with ``files_dir=bundle``). root.path stays absolute:
+    the rootfs is prepared by `minictr run`; crun/runc need an existing directory there."""
     import json
 
     from minictr.image.store import atomic_write
 
     os.makedirs(bundle, exist_ok=True)
+    for name, data in files:
+        atomic_write(os.path.join(bundle, name), data)
     atomic_write(os.path.join(bundle, "config.json"), json.dumps(spec, indent=2).encode())
 
 
@@ -448,10 +467,8 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                          hint="minictr run --dry-run --explain IMAGE CMD")
     root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
-    scratch = None if dry_run else os.path.join(paths.containers, container_id)
     p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
-             container_id=container_id, warn=warn, scratch_dir=scratch,
-             files_dir=os.path.join(root.path if dry_run else scratch, "files"))
+             container_id=container_id, warn=warn, files_dir=root.dir(container_id))
     kernel = _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
     if not dry_run:
         root.claim_name(p.name, container_id)
@@ -463,7 +480,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
                     attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
                     preserve_fds=opts.preserve_fds, keep_fds=p.keep_fds,
-                    rootless=paths.rootless,
+                    rootless=paths.rootless, files=p.files,
                     on_spawned=sup.attach, kernel=kernel, explain=explain)
                 lifecycle.start(root, container_id, kernel=kernel, explain=explain)
                 if dry_run:
@@ -692,13 +709,13 @@ def rm(paths: Paths, name: str, force: bool = False, warn: Explain = None) -> No
 def gpus(roots) -> dict:
     from minictr.gpu import discover
 
-    return discover.discover(driver_roots(roots) or discover.DriverRoots()).to_dict()
+    return discover.discover(gpu_settings(roots).roots).to_dict()
 
 
 def cdi_generate(roots, fmt: str = "yaml") -> str:
     from minictr.gpu import cdi, discover
 
-    return cdi.generate(discover.discover(driver_roots(roots) or discover.DriverRoots()), fmt=fmt)
+    return cdi.generate(discover.discover(gpu_settings(roots).roots), fmt=fmt)
 
 
 __all__ = ["Plan", "MinictrError", "load", "images", "inspect", "rmi", "gc", "pull", "plan",

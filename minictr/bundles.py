@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 
 from minictr.errors import SpecError, UsageError
@@ -32,15 +33,120 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
            preserve_fds: int = 0, no_pivot: bool = False, no_new_keyring: bool = False,
            systemd_cgroup: bool = False, rootless: bool = False, attached: bool = False,
            on_spawned=None, explain: Explain = None, warn: Explain = None):
+    """runc create: the bundle's config.json, with the GPUs it asks for (``with_gpus``), made
+    into a created container by the runtime."""
     from minictr.runtime import lifecycle
+    from minictr.runtime.state import check_id
 
     spec = read_config(bundle)
+    if rootless and os.geteuid() != 0:
+        spec = with_user_namespace(spec, os.geteuid(), os.getegid(), warn=warn)
+    spec, files = with_gpus(spec, bundle, root.dir(check_id(container_id)), warn=warn)
     return lifecycle.create(root, container_id, spec, bundle=bundle,
                             console_socket=console_socket, pid_file=pid_file,
                             preserve_fds=preserve_fds, attached=attached,
                             systemd_cgroup=systemd_cgroup, rootless=rootless, no_pivot=no_pivot,
                             no_new_keyring=no_new_keyring, on_spawned=on_spawned,
-                            explain=explain)
+                            files=files, explain=explain)
+
+
+def with_user_namespace(spec: dict, uid: int, gid: int, *, warn: Explain = None) -> dict:
+    """Invoked unprivileged on a bundle without a user namespace (a `runc spec` bundle, or one an
+    engine wrote for root), add one, as `runc spec --rootless` would have: the caller's uid and
+    gid become process.user's uid and gid inside (single-id maps, written directly), and a
+    ``uid=``/``gid=`` mount option naming an id that is not mapped (devpts' ``gid=5``), which
+    the kernel would refuse with EINVAL, is left out with a warning. runc refuses such a bundle
+    ("rootless container requires user namespaces"); everything else about it is unchanged."""
+    linux = dict(spec.get("linux") or {})
+    if any(ns.get("type") == "user" for ns in linux.get("namespaces") or ()):
+        return spec
+    user = (spec.get("process") or {}).get("user") or {}
+    inside_uid, inside_gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    linux["namespaces"] = [*(linux.get("namespaces") or ()), {"type": "user"}]
+    linux["uidMappings"] = [{"containerID": inside_uid, "hostID": uid, "size": 1}]
+    linux["gidMappings"] = [{"containerID": inside_gid, "hostID": gid, "size": 1}]
+    mounts = []
+    for m in spec.get("mounts") or ():
+        options = []
+        for opt in m.get("options") or ():
+            key, _, value = str(opt).partition("=")
+            mapped = inside_uid if key == "uid" else inside_gid
+            if key in ("uid", "gid") and value.isdigit() and int(value) != mapped:
+                if warn:
+                    warn(f"mount {m.get('destination')}: option {opt} left out: {key} {value} "
+                         "is not mapped in the user namespace added for an unprivileged run")
+                continue
+            options.append(opt)
+        mounts.append(dict(m, options=options) if "options" in m else m)
+    return dict(spec, linux=linux, mounts=mounts)
+
+
+def with_gpus(spec: dict, bundle: str, files_dir: str, *, warn: Explain = None,
+              env: dict[str, str] | None = None, settings=None, allocation=None):
+    """The GPU request an engine wrote into config.json (cdi.k8s.io/ annotations, device-list
+    mounts, NVIDIA_VISIBLE_DEVICES..., docker --gpus' hook), resolved by the same path as
+    `minictr run --gpus` (gpu/resolve.py). Returns (spec, files for the container's state
+    directory). A spec without a request costs one scan and imports no GPU code.
+
+    Inside a Slurm job (SLURM_JOB_ID in process.env: Slurm appends the job's environment) the
+    GPUs are narrowed to the job's allocation on this node (hpc/slurm.container_allocation)."""
+    from minictr.spec import gpu_request
+
+    inputs = gpu_request.find(spec)
+    if inputs is None:
+        return spec, ()
+    from minictr.gpu import resolve
+    from minictr.gpu.request import load_settings
+    from minictr.hpc import slurm
+
+    env = dict(os.environ) if env is None else env
+    spec_env = dict(e.partition("=")[::2] for e in (spec.get("process") or {}).get("env") or ()
+                    if isinstance(e, str))
+    resolved = resolve.resolve(
+        spec, inputs, read_file=rootfs_reader(spec, bundle), files_dir=files_dir,
+        settings=settings or load_settings(env=env), warn=warn,
+        allocation=allocation or (lambda: slurm.container_allocation(spec_env, env)))
+    return resolved.spec, resolved.files
+
+
+MAX_READ = 64 << 20
+
+
+def rootfs_reader(spec: dict, bundle: str):
+    """read_file(path) -> bytes | None for the bundle's root filesystem, every path resolved
+    inside it (openat2 RESOLVE_IN_ROOT: an image's symlink cannot lead the runtime, which may
+    be root, to a host file)."""
+    from minictr.errors import ImageError
+    from minictr.runtime import syscalls as sc
+
+    root_path = (spec.get("root") or {}).get("path") or "rootfs"
+    if not os.path.isabs(root_path):
+        root_path = os.path.join(bundle, root_path)
+    kernel = sc.Syscalls()
+
+    def read_file(path: str) -> bytes | None:
+        try:
+            root_fd = os.open(root_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            # O_NONBLOCK: a fifo the image planted at that path must not hang the runtime
+            fd = kernel.openat2(root_fd, path.lstrip("/") or ".",
+                                os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK,
+                                sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            return None
+        finally:
+            os.close(root_fd)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if st.st_size > MAX_READ:
+                raise ImageError(f"{path} in the bundle's rootfs is larger than minictr reads")
+            return f.read()
+
+    return read_file
 
 
 def run(root, container_id: str, bundle: str, *, detach: bool = False, keep: bool = False,
@@ -52,13 +158,14 @@ def run(root, container_id: str, bundle: str, *, detach: bool = False, keep: boo
 
     if detach:
         create(root, container_id, bundle, console_socket=console_socket, explain=explain,
-               **options)
+               warn=warn, **options)
         lifecycle.start(root, container_id, explain=explain)
         return 0
     try:
         with Supervisor(None, explain) as sup:
             made = create(root, container_id, bundle, console_socket=console_socket,
-                          attached=True, on_spawned=sup.attach, explain=explain, **options)
+                          attached=True, on_spawned=sup.attach, explain=explain, warn=warn,
+                          **options)
             lifecycle.start(root, container_id, explain=explain)
             spawn.wait_for_exec(made.exec_pipe, "the container's process")
             code = sup.relay_tty(made.console) if made.console is not None else sup.wait()

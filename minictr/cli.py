@@ -26,14 +26,13 @@ def _add_store_args(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> No
 
 
 def _add_gpu_root_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nvidia-driver-root", default=os.environ.get("MINICTR_NVIDIA_DRIVER_ROOT"),
-                   help="where the driver's libraries and binaries live (default /; "
-                   "env MINICTR_NVIDIA_DRIVER_ROOT)")
-    p.add_argument("--nvidia-dev-root", default=os.environ.get("MINICTR_NVIDIA_DEV_ROOT"),
-                   help="where /dev/nvidia* live (default /; env MINICTR_NVIDIA_DEV_ROOT)")
-    p.add_argument("--nvidia-proc-root", default=os.environ.get("MINICTR_NVIDIA_PROC_ROOT"),
-                   help="the proc filesystem to read driver facts from (default /proc; "
-                   "env MINICTR_NVIDIA_PROC_ROOT)")
+    where = "; else env MINICTR_NVIDIA_{}_ROOT, else [nvidia] {} in config.toml"
+    p.add_argument("--nvidia-driver-root", help="where the driver's libraries and binaries live "
+                   "(default /" + where.format("DRIVER", "driver-root") + ")")
+    p.add_argument("--nvidia-dev-root", help="where /dev/nvidia* live (default /"
+                   + where.format("DEV", "dev-root") + ")")
+    p.add_argument("--nvidia-proc-root", help="the proc filesystem to read driver facts from "
+                   "(default /proc" + where.format("PROC", "proc-root") + ")")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -111,12 +110,12 @@ def _run_options(args: argparse.Namespace):
 
 
 def _hpc(args: argparse.Namespace) -> bool:
-    """--hpc / --no-hpc, else the configured default (minictr/siteconfig.py)."""
+    """--hpc / --no-hpc, else the configured default ([run] hpc, minictr/settings.py)."""
     if args.hpc is not None:
         return args.hpc
-    from minictr import siteconfig
+    from minictr import settings
 
-    return siteconfig.load().hpc
+    return bool(settings.load("run")["hpc"])
 
 
 def _gpu_roots(args: argparse.Namespace) -> tuple:
@@ -165,11 +164,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_spec(args: argparse.Namespace) -> int:
     from minictr import api
 
-    spec = api.plan(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args)).spec
-    if args.bundle:
-        api.write_bundle(spec, args.bundle)
+    # With --bundle, the files the spec mounts (the GPU loader cache) go into the bundle, so
+    # that runc or crun can run it; printed, the spec names them where `run` would write them.
+    bundle = os.path.abspath(args.bundle) if args.bundle else None
+    plan = api.plan(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
+                    files_dir=bundle, warn=_warn)
+    if bundle:
+        api.write_bundle(plan.spec, bundle, plan.files)
     else:
-        _print_json(spec)
+        _print_json(plan.spec)
     return 0
 
 

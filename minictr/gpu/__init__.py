@@ -1,7 +1,10 @@
 """NVIDIA GPUs in containers, as container edits (DESIGN.md §4).
 
-discover (host driver, from files) -> select (what the run asked for) -> require (does the
-image's NVIDIA_REQUIRE_* hold) -> inject (device nodes, mounts, env, a loader cache written by
-ldcache/loader) ; cdi writes and reads the same edits as CDI spec files; mps handles
---gpu-memory. See docs/gpus.md.
+One request path (resolve.py), for `minictr run` and for `minictr-runc create` alike: the
+request found in the spec (spec/gpu_request.py) -> what it means under the site's settings
+(request.py) -> the host's driver (discover, from files) -> the GPUs (select, inside a batch
+job's allocation) -> whether the image's NVIDIA_REQUIRE_* hold (require) -> the edits (inject:
+device nodes, mounts, env, and a loader cache built by ldcache/loader, written by the runtime).
+cdi reads and writes the same edits as CDI spec files; mps handles --gpu-memory.
+See docs/gpus.md and docs/engines.md.
 """

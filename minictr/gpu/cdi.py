@@ -12,30 +12,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 
-from minictr.errors import GPUError
-from minictr.gpu.discover import Driver, Node
-from minictr.spec.edits import ContainerEdits
+from minictr.errors import GPUError, SpecError
+from minictr.gpu.discover import Driver
+from minictr.spec.edits import HOOK_STAGES, ContainerEdits
 
 CDI_VERSION = "1.1.0"
 KIND = "nvidia.com/gpu"
 SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
-HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
-               "poststop")
 MOUNT_OPTIONS = ["ro", "nosuid", "nodev", "rbind"]
 _NAME = re.compile(r"^([a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9._-]*)"     # vendor/class
                    r"=([a-zA-Z0-9][a-zA-Z0-9_.:-]*)$")                     # =device
 
 
 # ---------------------------------------------------------------- generate
-
-
-def _cdi_node(node: Node) -> dict:
-    out = {"path": node.path, "type": "c", "major": node.major, "minor": node.minor}
-    if node.host_path != node.path:
-        out["hostPath"] = node.host_path
-    return out
 
 
 def _cdi_mount(driver: Driver, host: str, container: str | None = None) -> dict:
@@ -47,9 +37,9 @@ def _common_edits(driver: Driver) -> dict:
     """What every device of the spec needs: control nodes and all driver files. Each library is
     mounted at its host path and at its SONAMEs beside it, so the loader finds it by its default
     search path even when no hook updates the image's ld.so.cache."""
-    nodes = [_cdi_node(driver.control[n]) for n in
+    nodes = [driver.control[n].to_cdi() for n in
              ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
-             if n in driver.control and driver.control[n].present]
+             if n in driver.control and f"/dev/{n}" not in driver.missing]
     mounts = []
     folders = []
     for lib in driver.libraries:
@@ -80,15 +70,15 @@ def spec_dict(driver: Driver) -> dict:
     (``G:M``), and ``all``; shared nodes and mounts at the top."""
     devices = []
     for g in driver.gpus:
-        nodes = [_cdi_node(g.node)]
+        nodes = [g.node.to_cdi()]
         for name in (str(g.index), g.uuid):
             if name:
                 devices.append({"name": name, "containerEdits": {"deviceNodes": nodes}})
         for m in g.mig:
             devices.append({"name": f"{m.gpu_index}:{m.index}", "containerEdits": {
-                "deviceNodes": nodes + [_cdi_node(n) for n in m.nodes]}})
+                "deviceNodes": nodes + [n.to_cdi() for n in m.nodes]}})
     devices.append({"name": "all", "containerEdits": {
-        "deviceNodes": [_cdi_node(g.node) for g in driver.gpus]}})
+        "deviceNodes": [g.node.to_cdi() for g in driver.gpus]}})
     return {"cdiVersion": CDI_VERSION, "kind": KIND, "devices": devices,
             "containerEdits": _common_edits(driver)}
 
@@ -150,62 +140,36 @@ def registry(spec_dirs=SPEC_DIRS) -> tuple[dict, dict]:
     return devices, common
 
 
-def _oci_device(node: dict, where: str) -> dict:
-    path = node.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise GPUError(f"{where}: deviceNode without an absolute path")
-    major, minor, kind = node.get("major"), node.get("minor"), node.get("type")
-    if major is None or minor is None or kind is None:
-        host = node.get("hostPath") or path
-        try:
-            st = os.stat(host)
-        except OSError as err:
-            raise GPUError(f"{where}: device {host} does not exist ({err.strerror})") from None
-        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise GPUError(f"{where}: {host} is not a device node")
-        kind = kind or ("c" if stat.S_ISCHR(st.st_mode) else "b")
-        major = os.major(st.st_rdev) if major is None else major
-        minor = os.minor(st.st_rdev) if minor is None else minor
-    out = {"path": path, "type": kind, "major": int(major), "minor": int(minor),
-           "fileMode": int(node.get("fileMode", 0o666)), "uid": int(node.get("uid", 0)),
-           "gid": int(node.get("gid", 0))}
-    return out
-
-
-def _oci_mount(m: dict, where: str) -> dict:
-    if not m.get("hostPath") or not str(m.get("containerPath", "")).startswith("/"):
-        raise GPUError(f"{where}: mount needs hostPath and an absolute containerPath")
-    return {"destination": m["containerPath"], "source": m["hostPath"],
-            "type": m.get("type") or "bind", "options": list(m.get("options") or ["rbind"])}
-
-
-def _hook(h: dict, where: str) -> dict:
-    if h.get("hookName") not in HOOK_STAGES or not h.get("path"):
-        raise GPUError(f"{where}: hook needs hookName (one of {', '.join(HOOK_STAGES)}) and path")
-    out = {"hookName": h["hookName"], "path": h["path"]}
-    for key in ("args", "env", "timeout"):
-        if h.get(key) is not None:
-            out[key] = h[key]
-    return out
-
-
 def from_cdi(edits: dict, where: str) -> ContainerEdits:
-    """CDI ``containerEdits`` -> ContainerEdits in OCI shapes (hooks keep their stage)."""
-    return ContainerEdits(
-        env=tuple(str(e) for e in edits.get("env") or ()),
-        device_nodes=tuple(_oci_device(n, where) for n in edits.get("deviceNodes") or ()),
-        mounts=tuple(_oci_mount(m, where) for m in edits.get("mounts") or ()),
-        hooks=tuple(_hook(h, where) for h in edits.get("hooks") or ()),
-        additional_gids=tuple(int(g) for g in edits.get("additionalGids") or ()))
+    """CDI ``containerEdits`` -> ContainerEdits (spec/edits.py, the one model of a device node,
+    mount and hook); nodes that name only a path get type and numbers from the host node."""
+    from minictr.spec.devices import fill_device_nodes
+
+    try:
+        out = fill_device_nodes(ContainerEdits.from_cdi(edits))
+    except SpecError as err:
+        raise GPUError(f"{where}: {err}", hint=err.hint) from None
+    for node in out.device_nodes:
+        if not node.path.startswith("/"):
+            raise GPUError(f"{where}: deviceNode without an absolute path")
+    for mount in out.mounts:
+        if not mount.host_path or not mount.container_path.startswith("/"):
+            raise GPUError(f"{where}: mount needs hostPath and an absolute containerPath")
+    # a bind mount with no options is a recursive bind (as runc and the CDI library read it)
+    out = out._replace(mounts=tuple(m._replace(options=("rbind",)) if not m.options and
+                                    m.type == "bind" else m for m in out.mounts))
+    for hook in out.hooks:
+        if hook.hook_name not in HOOK_STAGES or not hook.path:
+            raise GPUError(f"{where}: hook needs hookName (one of {', '.join(HOOK_STAGES)}) "
+                           "and path")
+    return out
 
 
 def merge(parts: list[ContainerEdits]) -> ContainerEdits:
-    return ContainerEdits(
-        env=tuple(e for p in parts for e in p.env),
-        device_nodes=tuple(d for p in parts for d in p.device_nodes),
-        mounts=tuple(m for p in parts for m in p.mounts),
-        hooks=tuple(h for p in parts for h in p.hooks),
-        additional_gids=tuple(dict.fromkeys(g for p in parts for g in p.additional_gids)))
+    out = ContainerEdits()
+    for part in parts:
+        out = out.merge(part)
+    return out._replace(additional_gids=tuple(dict.fromkeys(out.additional_gids)))
 
 
 def edits_for_names(names, spec_dirs=SPEC_DIRS) -> ContainerEdits:

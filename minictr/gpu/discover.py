@@ -24,6 +24,7 @@ from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
 from minictr.gpu.driverlibs import Library, read_libraries
 from minictr.gpu.require import cuda_version_for_driver
+from minictr.spec.edits import DeviceNode
 
 NVIDIA_MAJOR = 195
 CTL_MINOR = 255
@@ -51,24 +52,12 @@ class DriverRoots:
 
 
 @record
-class Node:
-    """A character device the container needs: its path inside, and what the host has."""
-
-    path: str                 # /dev/nvidia0 (same path inside the container)
-    major: int
-    minor: int
-    host_path: str            # where it is on the host (under dev_root)
-    file_mode: int = 0o666
-    present: bool = True
-
-
-@record
 class MigDevice:
     gpu_index: int
     index: int                # rank among this GPU's MIG devices, for NVIDIA_VISIBLE_DEVICES=g:m
     gi: int
     ci: int
-    nodes: tuple[Node, ...]   # /dev/nvidia-caps/nvidia-capN for the GI and the CI access
+    nodes: tuple[DeviceNode, ...]   # /dev/nvidia-caps/nvidia-capN of the GI and the CI access
 
 
 @record
@@ -79,7 +68,7 @@ class GPU:
     model: str
     bus_id: str
     proc_dir: str             # PROC/driver/nvidia/gpus/<bus>
-    node: Node
+    node: DeviceNode
     mig: tuple[MigDevice, ...] = ()
 
 
@@ -89,13 +78,14 @@ class Driver:
     version: str
     cuda_version: str | None
     gpus: tuple[GPU, ...]
-    control: dict[str, Node]            # nvidiactl, nvidia-modeset, nvidia-uvm, nvidia-uvm-tools
+    control: dict[str, DeviceNode]      # nvidiactl, nvidia-modeset, nvidia-uvm, nvidia-uvm-tools
     libraries: tuple[Library, ...]
     binaries: dict[str, str]            # name -> host path
     firmware: tuple[str, ...]           # host paths (container path: minus driver_root)
     ipc: tuple[str, ...]                # host socket paths (container path: minus driver_root)
     stale: tuple[str, ...] = ()         # library files whose version is not the module's
     warnings: tuple[str, ...] = ()
+    missing: frozenset[str] = frozenset()   # container paths of nodes the dev root lacks
 
     def container_path(self, host_path: str) -> str:
         """The path a driver file gets inside the container: its path under driver_root."""
@@ -114,7 +104,8 @@ class Driver:
                       "bus_id": g.bus_id, "device": g.node.path,
                       "mig": [f"{m.gpu_index}:{m.index} (gi {m.gi}, ci {m.ci})"
                               for m in g.mig]} for g in self.gpus],
-            "control_nodes": {n.path: f"{n.major}:{n.minor}" + ("" if n.present else " missing")
+            "control_nodes": {n.path: f"{n.major}:{n.minor}" + (" missing" if n.path in
+                                                                 self.missing else "")
                               for n in self.control.values()},
             "libraries": by_cap,
             "binaries": dict(self.binaries),
@@ -165,13 +156,19 @@ def char_majors(roots: DriverRoots) -> dict[str, int]:
     return majors
 
 
-def _node(roots: DriverRoots, path: str, major: int, minor: int) -> Node:
+def _node(roots: DriverRoots, path: str, major: int, minor: int,
+          missing: set[str]) -> DeviceNode:
+    """The device node the container gets at ``path`` (the model apply_edits and the device
+    filter use, spec/edits.py), and the host node it copies: under the dev root, so a rootless
+    runtime bind-mounts that one (it cannot mknod)."""
     host = roots.host(roots.dev_root, path)
     try:
-        st = os.stat(host)
+        mode = stat.S_IMODE(os.stat(host).st_mode)
     except OSError:
-        return Node(path, major, minor, host, present=False)
-    return Node(path, major, minor, host, file_mode=stat.S_IMODE(st.st_mode))
+        missing.add(path)
+        mode = 0o666
+    return DeviceNode(path=path, type="c", major=major, minor=minor, file_mode=mode, uid=0,
+                      gid=0, host_path=host if host != path else None)
 
 
 def _info_fields(text: str) -> dict[str, str]:
@@ -183,7 +180,8 @@ def _info_fields(text: str) -> dict[str, str]:
     return out
 
 
-def _mig_devices(roots: DriverRoots, gpu_index: int, minor: int, caps_major: int | None):
+def _mig_devices(roots: DriverRoots, gpu_index: int, minor: int, caps_major: int | None,
+                 missing: set[str]):
     base = os.path.join(roots.proc_root, f"driver/nvidia/capabilities/gpu{minor}/mig")
     found = []
     for gi in _listdir(base):
@@ -199,7 +197,8 @@ def _mig_devices(roots: DriverRoots, gpu_index: int, minor: int, caps_major: int
             found.append((int(gi[2:]), int(ci[2:]), gi_minor, ci_minor))
     return tuple(
         MigDevice(gpu_index, i, g, c, tuple(
-            _node(roots, f"/dev/nvidia-caps/nvidia-cap{m}", caps_major, m) for m in (gm, cm)))
+            _node(roots, f"/dev/nvidia-caps/nvidia-cap{m}", caps_major, m, missing)
+            for m in (gm, cm)))
         for i, (g, c, gm, cm) in enumerate(sorted(found)))
 
 
@@ -210,7 +209,7 @@ def _access_minor(path: str) -> int | None:
 
 
 def read_gpus(roots: DriverRoots, nvidia_major: int, caps_major: int | None,
-              warnings: list[str]) -> tuple[GPU, ...]:
+              warnings: list[str], missing: set[str]) -> tuple[GPU, ...]:
     gpus_dir = os.path.join(roots.proc_root, "driver/nvidia/gpus")
     out = []
     # the directory names are PCI bus ids; sorted = PCI bus order = nvidia-smi's index order
@@ -222,30 +221,32 @@ def read_gpus(roots: DriverRoots, nvidia_major: int, caps_major: int | None,
         except (KeyError, ValueError):
             warnings.append(f"{proc_dir}/information has no Device Minor; GPU skipped")
             continue
-        node = _node(roots, f"/dev/nvidia{minor}", nvidia_major, minor)
-        if not node.present:
-            warnings.append(f"{node.host_path} is missing (GPU {index}); "
+        node = _node(roots, f"/dev/nvidia{minor}", nvidia_major, minor, missing)
+        if node.path in missing:
+            warnings.append(f"{node.host_path or node.path} is missing (GPU {index}); "
                             "create it with nvidia-modprobe -c=" + str(minor))
         out.append(GPU(index=index, minor=minor, uuid=info.get("GPU UUID", ""),
                        model=info.get("Model", ""), bus_id=info.get("Bus Location", bus),
                        proc_dir=proc_dir, node=node,
-                       mig=_mig_devices(roots, index, minor, caps_major)))
+                       mig=_mig_devices(roots, index, minor, caps_major, missing)))
     return tuple(out)
 
 
-def control_nodes(roots: DriverRoots, majors: dict[str, int], warnings: list[str]):
+def control_nodes(roots: DriverRoots, majors: dict[str, int], warnings: list[str],
+                  missing: set[str]):
     nv = majors.get("nvidia-frontend", majors.get("nvidia", NVIDIA_MAJOR))
-    nodes = {"nvidiactl": _node(roots, "/dev/nvidiactl", nv, CTL_MINOR),
-             "nvidia-modeset": _node(roots, "/dev/nvidia-modeset", nv, MODESET_MINOR)}
+    nodes = {"nvidiactl": _node(roots, "/dev/nvidiactl", nv, CTL_MINOR, missing),
+             "nvidia-modeset": _node(roots, "/dev/nvidia-modeset", nv, MODESET_MINOR, missing)}
     uvm = majors.get("nvidia-uvm")
     if uvm is None:
         warnings.append("nvidia-uvm is not loaded (no entry in /proc/devices): CUDA will fail; "
                         "load it with nvidia-modprobe -u -c=0")
     else:
-        nodes["nvidia-uvm"] = _node(roots, "/dev/nvidia-uvm", uvm, 0)
-        nodes["nvidia-uvm-tools"] = _node(roots, "/dev/nvidia-uvm-tools", uvm, 1)
-    if not nodes["nvidiactl"].present:
-        warnings.append(f"{nodes['nvidiactl'].host_path} is missing: run nvidia-modprobe")
+        nodes["nvidia-uvm"] = _node(roots, "/dev/nvidia-uvm", uvm, 0, missing)
+        nodes["nvidia-uvm-tools"] = _node(roots, "/dev/nvidia-uvm-tools", uvm, 1, missing)
+    if "/dev/nvidiactl" in missing:
+        warnings.append(f"{nodes['nvidiactl'].host_path or '/dev/nvidiactl'} is missing: "
+                        "run nvidia-modprobe")
     return nv, nodes
 
 
@@ -270,8 +271,9 @@ def discover(roots: DriverRoots | None = None) -> Driver:
     if note:
         warnings.append(note)
     majors = char_majors(roots)
-    nv_major, control = control_nodes(roots, majors, warnings)
-    gpus = read_gpus(roots, nv_major, majors.get("nvidia-caps"), warnings)
+    missing: set[str] = set()
+    nv_major, control = control_nodes(roots, majors, warnings, missing)
+    gpus = read_gpus(roots, nv_major, majors.get("nvidia-caps"), warnings, missing)
     libraries, stale = read_libraries(roots, version, warnings)
     fw_dir = os.path.join(roots.driver_root, "lib/firmware/nvidia", version)
     firmware = tuple(os.path.join(fw_dir, n) for n in _listdir(fw_dir) if n.endswith(".bin"))
@@ -279,4 +281,4 @@ def discover(roots: DriverRoots | None = None) -> Driver:
                 for p in sockets if os.path.exists(roots.host(roots.driver_root, p)))
     return Driver(roots=roots, version=version, cuda_version=cuda, gpus=gpus, control=control,
                   libraries=libraries, binaries=find_binaries(roots), firmware=firmware,
-                  ipc=ipc, stale=stale, warnings=tuple(warnings))
+                  ipc=ipc, stale=stale, warnings=tuple(warnings), missing=frozenset(missing))

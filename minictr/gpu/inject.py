@@ -1,7 +1,11 @@
-"""GPU request -> container edits: device nodes, bind mounts, env and a loader cache.
+"""A resolved GPU request -> container edits: device nodes, bind mounts, env, and the bytes of
+a new loader cache.
 
-The composition ``api.plan`` calls :func:`edits_for_request`. Order of work: who asked (select),
-what the host has (discover), whether the image's requirements hold (require), then the edits.
+``resolve.py`` (the one request path) calls :func:`inject` with the request, the discovered
+driver, the selected GPUs and a reader of the image's files. The device nodes are discovery's
+own records (spec/edits.py ``DeviceNode``: the one model from /proc to the device filter), the
+mounts are ``Mount`` records; nothing is written here: the cache comes back as bytes, and the
+caller says where the runtime will find it (``cache_source``), so planning has no side effect.
 What is injected per capability is listed in ``capabilities``; docs/gpus.md explains each choice
 and where minictr differs from the NVIDIA Container Toolkit.
 """
@@ -14,40 +18,28 @@ from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
 from minictr.gpu import ldcache, loader, mps
 from minictr.gpu import require as req_mod
-from minictr.gpu.discover import Driver, DriverRoots, Library, Node, discover
-from minictr.gpu.select import Request, Selection, env_dict, request_for, select
-from minictr.spec.edits import ContainerEdits
+from minictr.gpu.discover import Driver, Library
+from minictr.gpu.select import Selection
+from minictr.records import record
+from minictr.spec.edits import ContainerEdits, DeviceNode, Mount
 
-RO = ["rbind", "ro", "nosuid", "nodev"]
-RW = ["rbind", "nosuid", "nodev"]
+RO = ("rbind", "ro", "nosuid", "nodev")
+RW = ("rbind", "nosuid", "nodev")
 PROC_FILES = ("params", "version", "registry")
 
 Warn = Callable[[str], None] | None
 
 
-def device(node: Node) -> dict:
-    """An OCI ``linux.devices`` entry (config-linux.md "Devices"); apply_edits adds the allow
-    rule to ``linux.resources.devices`` beside it. ``hostPath`` (CDI's name) when the host node
-    is elsewhere: in a user namespace nodes cannot be made, so the runtime bind-mounts it."""
-    out = {"path": node.path, "type": "c", "major": node.major, "minor": node.minor,
-           "fileMode": node.file_mode, "uid": 0, "gid": 0}
-    if node.host_path != node.path:
-        out["hostPath"] = node.host_path
-    return out
+@record
+class Injection:
+    edits: ContainerEdits
+    cache: bytes                      # the container's /etc/ld.so.cache, for ``cache_source``
+    unset_env: tuple[str, ...] = ()   # variables to remove (a job's CUDA_VISIBLE_DEVICES)
 
 
-def bind(source: str, destination: str, options=None) -> dict:
-    return {"destination": destination, "source": source, "type": "bind",
-            "options": list(options or RO)}
-
-
-def _image_env(image_config: dict) -> dict[str, str]:
-    cfg = image_config.get("config", image_config) if image_config else {}
-    return env_dict((cfg or {}).get("Env") or ())
-
-
-def _spec_env(spec: dict) -> dict[str, str]:
-    return env_dict(((spec or {}).get("process") or {}).get("env") or ())
+def bind(source: str, destination: str, options=RO) -> Mount:
+    return Mount(host_path=source, container_path=destination, type="bind",
+                 options=tuple(options))
 
 
 def check_requirements(driver: Driver, selection: Selection, env: dict[str, str]) -> None:
@@ -83,7 +75,8 @@ def check_essentials(driver: Driver, wanted: frozenset[str]) -> None:
                        "see --nvidia-driver-root")
 
 
-def device_nodes(driver: Driver, selection: Selection, wanted: frozenset[str]) -> list[dict]:
+def device_nodes(driver: Driver, selection: Selection,
+                 wanted: frozenset[str]) -> list[DeviceNode]:
     nodes = [g.node for g in selection.gpus]
     for mig in selection.mig:
         nodes.extend(mig.nodes)
@@ -92,8 +85,7 @@ def device_nodes(driver: Driver, selection: Selection, wanted: frozenset[str]) -
         names += ["nvidia-uvm", "nvidia-uvm-tools"]
     if "display" in wanted:
         names.append("nvidia-modeset")
-    nodes += [driver.control[n] for n in names if n in driver.control]
-    return [device(n) for n in nodes]
+    return nodes + [driver.control[n] for n in names if n in driver.control]
 
 
 def _libraries(driver: Driver, wanted: frozenset[str]) -> list[Library]:
@@ -123,7 +115,7 @@ def library_edits(driver: Driver, wanted: frozenset[str], image: loader.ImageLoa
     return mounts, entries
 
 
-def file_mounts(driver: Driver, selection: Selection, wanted: frozenset[str]) -> list[dict]:
+def file_mounts(driver: Driver, selection: Selection, wanted: frozenset[str]) -> list[Mount]:
     """Binaries, GSP firmware, IPC sockets and /proc/driver/nvidia entries."""
     out = []
     for cap in sorted(wanted):
@@ -141,7 +133,7 @@ def file_mounts(driver: Driver, selection: Selection, wanted: frozenset[str]) ->
     return out
 
 
-def visible_value(request: Request, selection: Selection) -> str:
+def visible_value(request, selection: Selection) -> str:
     """NVIDIA_VISIBLE_DEVICES inside: what was selected, by UUID (unambiguous for any tool
     inside that reads it again); MIG devices as G:M or the MIG UUIDs asked for."""
     if request.devices == ("none",):
@@ -154,40 +146,29 @@ def visible_value(request: Request, selection: Selection) -> str:
     return ",".join(ids) or "void"
 
 
-def edits_for_request(opts, spec: dict, gpu_roots: DriverRoots | None, image_config: dict,
-                      read_file, scratch_dir: str | None = None, *, warn: Warn = None,
-                      discover_fn=discover,
-                      allocation: frozenset[int] | None = None) -> ContainerEdits | None:
-    """The GPU edits for a run, or None when no GPU is requested.
+def cuda_visible(selection: Selection) -> str | None:
+    """CUDA_VISIBLE_DEVICES in the container's own numbering: CUDA (in PCI_BUS_ID order)
+    numbers the visible whole GPUs 0..n-1; MIG UUIDs pass as asked. None: leave it unset
+    (MIG instances by G:M, whose CUDA numbering minictr cannot know without NVML)."""
+    if selection.mig_uuids:
+        return ",".join(selection.mig_uuids)
+    if selection.mig:
+        return None
+    return ",".join(str(i) for i in range(len(selection.gpus)))
 
-    ``scratch_dir``: where the generated ld.so.cache goes (the container's own directory);
-    without it a private, content-named file under $TMPDIR is used. ``warn`` receives
-    explanations (stale libraries, driver libraries baked into the image). ``allocation``:
-    the device minors of a Slurm job's GPU allocation (hpc/slurm.py), or None.
-    """
-    image_env = _image_env(image_config)
-    user_env = env_dict(getattr(opts, "env", ()) or ())
-    request = request_for(getattr(opts, "gpus", None), image_env, user_env)
-    if request is None:
-        if getattr(opts, "gpu_memory", None):
-            raise GPUError("--gpu-memory needs GPUs", hint="add --gpus")
-        return None
-    env = {**image_env, **_spec_env(spec), **user_env}
-    try:
-        driver = discover_fn(gpu_roots or DriverRoots())
-    except GPUError:
-        if request.source != "image":
-            raise
-        if warn:        # the image declares NVIDIA_VISIBLE_DEVICES; nobody asked on this host
-            warn("the image asks for GPUs (NVIDIA_VISIBLE_DEVICES) but this host has no NVIDIA "
-                 "driver: running without GPUs")
-        return None
-    for w in driver.warnings:
-        if warn:
-            warn(w)
-    selection = select(driver, request, allocation)
+
+def inject(request, driver: Driver, selection: Selection, read_file, cache_source: str, *,
+           disable_require: bool = False, renumber: bool = False,
+           warn: Warn = None) -> Injection:
+    """The edits for ``selection``; the image is read through ``read_file(path) -> bytes |
+    None``. ``cache_source``: where the runtime will find the new loader cache (the mount's
+    source; the caller writes ``Injection.cache`` there). ``renumber``: set (or unset)
+    CUDA_VISIBLE_DEVICES to the container's numbering, whatever the spec says (inside a batch
+    job, whose exported value numbers the node's GPUs, not the container's)."""
+    env = request.env_dict
     wanted = request.capabilities
-    check_requirements(driver, selection, env)
+    if not disable_require:
+        check_requirements(driver, selection, env)
     check_essentials(driver, wanted)
     image = loader.inspect_image(read_file)
     if image.musl:
@@ -200,23 +181,26 @@ def edits_for_request(opts, spec: dict, gpu_roots: DriverRoots | None, image_con
                  "LD_LIBRARY_PATH would still win)")
     compat = loader.compat_entries(read_file, env, driver.cuda_version, wanted)
     mounts, entries = library_edits(driver, wanted, image, compat)
-    cache_path = loader.write_cache(loader.new_cache(image, entries), scratch_dir)
-    mounts.append(bind(cache_path, "/etc/ld.so.cache"))
+    mounts.append(bind(cache_source, "/etc/ld.so.cache"))
     mounts += file_mounts(driver, selection, wanted)
     env_out = ["CUDA_DEVICE_ORDER=PCI_BUS_ID",
                f"NVIDIA_VISIBLE_DEVICES={visible_value(request, selection)}",
                "NVIDIA_DRIVER_CAPABILITIES=" + ",".join(sorted(wanted))]
-    if selection.mig_uuids:
-        env_out.append("CUDA_VISIBLE_DEVICES=" + ",".join(selection.mig_uuids))
+    unset: tuple[str, ...] = ()
+    numbering = cuda_visible(selection)
+    if selection.mig_uuids or (renumber and numbering is not None):
+        env_out.append(f"CUDA_VISIBLE_DEVICES={numbering}")
+    elif renumber:
+        unset = ("CUDA_VISIBLE_DEVICES",)
     pipe = mps.pipe_dir(driver.roots.mps_pipe_dir)
-    gpu_memory = getattr(opts, "gpu_memory", None)
-    if gpu_memory:
-        env_out += mps.limits_env(gpu_memory, [g.index for g in selection.gpus], pipe)
+    if request.memory:
+        env_out += mps.limits_env(request.memory, [g.index for g in selection.gpus], pipe)
     if "compute" in wanted and mps.running(pipe):
         # clients find the daemon through this directory (libnvidia-container mounts it too)
         mounts.append(bind(pipe, pipe, RW))
-        if not gpu_memory:
+        if not request.memory:
             env_out.append(f"CUDA_MPS_PIPE_DIRECTORY={pipe}")
-    return ContainerEdits(env=tuple(env_out),
-                          device_nodes=tuple(device_nodes(driver, selection, wanted)),
-                          mounts=tuple(mounts))
+    edits = ContainerEdits(env=tuple(env_out),
+                           device_nodes=tuple(device_nodes(driver, selection, wanted)),
+                           mounts=tuple(mounts))
+    return Injection(edits, loader.new_cache(image, entries), unset)

@@ -4,7 +4,8 @@ libnvidia-container runs the image's ``ldconfig`` inside the container; the CDI 
 ``nvidia-ctk hook update-ldcache``. minictr instead (a) bind-mounts each driver library into the
 image's own library directory twice, at its real name and at its SONAME (the same file; no
 symlink is created in the image), and (b) writes a new ``/etc/ld.so.cache`` in Python: the
-image's own entries plus the injected SONAMEs, mounted read-only over the image's. No binary from
+image's own entries plus the injected SONAMEs (the bytes: the runtime writes the file at create
+and mounts it read-only over the image's). No binary from
 an untrusted image runs, no symlink the image planted is followed, and it costs microseconds.
 
 The image is only *read* through ``read_file(path) -> bytes | None`` (a missing file may also
@@ -13,11 +14,9 @@ forward-compatibility library ``/usr/local/cuda/compat/libcuda.so.1``.
 """
 from __future__ import annotations
 
-import os
-
 from minictr.records import record
 
-from minictr.errors import GPUError, MinictrError
+from minictr.errors import MinictrError
 from minictr.gpu import capabilities as caps
 from minictr.gpu import ldcache
 from minictr.gpu.require import version_tuple
@@ -29,7 +28,17 @@ RPM_LIBDIR32 = "/usr/lib"
 COMPAT_DIR = "/usr/local/cuda/compat"
 COMPAT_SONAMES = ("libcuda.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4")
 FLAG_I386 = ldcache.FLAG_ELF_LIBC6
-_IMAGE_KEEP = ldcache.key_pattern(("libc",) + caps.ALL_STEMS)
+_COMPILED: list = []
+
+
+def _image_keep():
+    """The keys kept when an image's cache is scanned, compiled on first use (~0.4 ms: most
+    images, which have an os-release and no driver library baked in, never need it)."""
+    if not _COMPILED:
+        _COMPILED.append(ldcache.key_pattern(("libc",) + caps.ALL_STEMS))
+    return _COMPILED[0]
+
+
 _DRIVER_MARKERS = (b"nvidia", b"libcuda", b"libnvcuvid", b"libnvoptix")
 _KNOWN_IDS = {"debian", "ubuntu", "fedora", "rhel", "centos", "suse", "opensuse", "sles",
               "amzn", "rocky", "almalinux", "ol"}
@@ -89,7 +98,7 @@ def inspect_image(read_file) -> ImageLoader:
     entries: tuple[ldcache.Entry, ...] = ()
     if raw and (not decided or any(m in raw for m in _DRIVER_MARKERS)):
         try:
-            entries = tuple(ldcache.parse(raw, _IMAGE_KEEP))
+            entries = tuple(ldcache.parse(raw, _image_keep()))
         except ldcache.LdCacheError:
             raw = None        # a broken cache is replaced; the loader would ignore it anyway
     if decided:
@@ -127,21 +136,6 @@ def compat_entries(read_file, image_env: dict[str, str], driver_cuda: str | None
     return out
 
 
-def _private_dir(base: str) -> str:
-    """A directory only this user can write, refusing one someone else planted."""
-    path = os.path.join(base, f"minictr-ldcache-{os.geteuid()}")
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.geteuid() or \
-            st.st_mode & 0o022:
-        raise GPUError(f"{path} is not a private directory of this user",
-                       hint="remove it, or give minictr a scratch directory")
-    return path
-
-
 def new_cache(image: ImageLoader, injected: list[ldcache.Entry]) -> bytes:
     """The image's cache plus the injected entries (ldcache.splice); a cache too damaged to
     splice is dropped, as the loader would ignore it too."""
@@ -149,38 +143,3 @@ def new_cache(image: ImageLoader, injected: list[ldcache.Entry]) -> bytes:
         return ldcache.splice(image.cache, injected)
     except ldcache.LdCacheError:
         return ldcache.write(injected)
-
-
-def write_cache(data: bytes, scratch_dir: str | None) -> str:
-    """Write the cache and return its path.
-
-    In ``scratch_dir`` (the container's own directory, removed with it and never reused) the
-    file is written in place: nothing else reads it before the container starts. Without one,
-    the file goes to a private directory under $TMPDIR, named by its content so identical runs
-    share it, and is written to a temporary name and renamed so no reader sees half a file.
-    """
-    if scratch_dir is not None:
-        os.makedirs(scratch_dir, exist_ok=True)
-        path = os.path.join(scratch_dir, "ld.so.cache")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
-    import hashlib          # only here: `run` always passes a scratch dir, and these imports
-    import tempfile         # would cost more than the rest of GPU injection
-
-    directory = _private_dir(tempfile.gettempdir())
-    path = os.path.join(directory, "ld.so.cache-" + hashlib.sha256(data).hexdigest()[:32])
-    if os.path.exists(path):
-        return path
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ld.so.cache.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path

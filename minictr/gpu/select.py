@@ -1,29 +1,21 @@
-"""Which GPUs and driver capabilities a run asked for, and which host GPUs that means.
+"""Which host GPUs a request means, inside a batch system's allocation when there is one.
 
-Inputs, strongest first: ``--gpus``; ``NVIDIA_VISIBLE_DEVICES`` / ``NVIDIA_DRIVER_CAPABILITIES``
-from ``-e``; the same variables from the image's config ``Env``. Their meanings follow the
-NVIDIA Container Toolkit (``cmd/nvidia-container-runtime/README.md``) and docker's ``--gpus``
-(``opts/gpus.go``), except that a bare number is a GPU index (``--gpus 0`` = GPU 0).
+A request (request.py) names GPUs as the toolkit and docker do: ``all``, ``none``, indices in
+nvidia-smi (PCI bus) order, ``GPU-<uuid>`` (a unique prefix is enough), PCI bus ids, ``G:M`` MIG
+devices and ``MIG-<uuid>``. Each is resolved to a discovered GPU (discover.py), so the rest of
+the path works with one model of a GPU: its index, minor, UUID and device node.
+
+An allocation (hpc/slurm.py's ``Allocation``: ``.minors``, the device minors the job may use,
+and ``.source``, where that was read) narrows ``all`` and ``count=N`` to those GPUs, refuses
+any other, and is the only list error messages offer.
 """
 from __future__ import annotations
 
-import os
 import re
-from minictr.records import record
 
 from minictr.errors import GPUError
-from minictr.gpu import capabilities as caps
 from minictr.gpu.discover import GPU, Driver, MigDevice
-
-VOID = ("", "void")
-
-
-@record
-class Request:
-    devices: tuple[str, ...]          # ("all",) | ("none",) | 0, GPU-.., bus id, 0:1, MIG-..
-    capabilities: frozenset[str]
-    source: str                       # "--gpus", "-e" or "image": who asked
-    count: int | None = None          # docker's count=N: the first N GPUs
+from minictr.records import record
 
 
 @record
@@ -33,95 +25,23 @@ class Selection:
     mig_uuids: tuple[str, ...] = ()   # MIG-<uuid> tokens, passed on to CUDA_VISIBLE_DEVICES
 
 
-def env_dict(entries) -> dict[str, str]:
-    out = {}
-    for item in entries or ():
-        key, sep, value = item.partition("=")
-        if sep:
-            out[key] = value
-        elif key in os.environ:        # -e KEY: take the host's value, as docker
-            out[key] = os.environ[key]
-    return out
+def _in_reach(driver: Driver, allocation) -> tuple[GPU, ...]:
+    if allocation is None:
+        return driver.gpus
+    return tuple(g for g in driver.gpus if g.minor in allocation.minors)
 
 
-def parse_gpus_flag(text: str) -> tuple[tuple[str, ...], int | None, frozenset[str] | None]:
-    """``--gpus``: all | none | 0,1 | GPU-uuid,.. | docker's ``device=.. count=N
-    capabilities=..`` fields (comma-separated; a bare item continues the previous field's list,
-    so ``device=0,2,capabilities=compute,utility`` works without csv quoting)."""
-    text = text.strip().strip('"').strip("'")
-    if not text:
-        raise GPUError("--gpus needs a value", hint="--gpus all, --gpus 0,1 or --gpus count=2")
-    if "=" not in text:
-        return tuple(t.strip() for t in text.split(",") if t.strip()), None, None
-    fields: dict[str, list[str]] = {}
-    current = None
-    for item in (i.strip().strip('"') for i in text.split(",")):
-        if "=" in item:
-            current, _, value = item.partition("=")
-            current = current.strip()
-            fields.setdefault(current, []).append(value.strip())
-        elif current is not None and item:
-            fields[current].append(item)
-    unknown = set(fields) - {"device", "count", "capabilities", "driver"}
-    if unknown:
-        raise GPUError(f"--gpus: unknown field {sorted(unknown)[0]!r}",
-                       hint="fields are device=, count=, capabilities=")
-    count = None
-    devices: tuple[str, ...] = tuple(fields.get("device", ()))
-    if "count" in fields:
-        raw = fields["count"][0]
-        if raw == "all":
-            devices = ("all",)
-        elif raw.isdigit():
-            count = int(raw)
-            devices = ("all",)
-        else:
-            raise GPUError(f"--gpus count={raw}: not a number", hint="count=2 or count=all")
-    if not devices:
-        devices = ("all",)
-    wanted = None
-    if "capabilities" in fields:
-        wanted = _capabilities(",".join(c for c in fields["capabilities"] if c != "gpu") or None)
-    return devices, count, wanted
+def _known(driver: Driver, allocation=None) -> str:
+    gpus = _in_reach(driver, allocation)
+    where = f" in reach ({allocation.source})" if allocation is not None else ""
+    if not gpus:
+        return f"no GPU is{where}" if allocation is not None else "this host has no GPU"
+    return (f"the GPUs{where} are " if allocation is not None else "this host has ") + "; ".join(
+        f"{g.index} ({g.uuid}, {g.model}, /dev/nvidia{g.minor})" for g in gpus)
 
 
-def _capabilities(text: str | None) -> frozenset[str]:
-    try:
-        return caps.parse_capabilities(text)
-    except ValueError as err:
-        raise GPUError(str(err), hint="NVIDIA_DRIVER_CAPABILITIES=compute,utility or all") \
-            from None
-
-
-def request_for(gpus_flag: str | None, image_env: dict[str, str],
-                user_env: dict[str, str]) -> Request | None:
-    """The request, or None when nothing asks for a GPU (NVIDIA_VISIBLE_DEVICES unset/void)."""
-    env = {**image_env, **user_env}
-    cap_text = env.get("NVIDIA_DRIVER_CAPABILITIES")
-    if gpus_flag is not None:
-        devices, count, wanted = parse_gpus_flag(gpus_flag)
-        return Request(devices, wanted or _capabilities(cap_text), "--gpus", count)
-    visible = env.get("NVIDIA_VISIBLE_DEVICES")
-    if visible is None and env.get("CUDA_VERSION") and "NVIDIA_REQUIRE_CUDA" not in env:
-        # a "legacy" CUDA image (before NVIDIA_VISIBLE_DEVICES existed) gets every GPU, as the
-        # toolkit gives it; a host without a driver then runs it without GPUs (inject.py)
-        return Request(("all",), _capabilities(cap_text), "image")
-    if visible is None or visible.strip().lower() in VOID:
-        return None
-    source = "-e" if "NVIDIA_VISIBLE_DEVICES" in user_env else "image"
-    devices = tuple(t.strip() for t in visible.split(",") if t.strip())
-    return Request(devices, _capabilities(cap_text), source)
-
-
-def _known(driver: Driver) -> str:
-    if not driver.gpus:
-        return "this host has no GPU"
-    return "this host has " + "; ".join(
-        f"{g.index} ({g.uuid}, {g.model}, /dev/nvidia{g.minor})" for g in driver.gpus)
-
-
-def _unknown(driver: Driver, token: str) -> GPUError:
-    return GPUError(f"unknown GPU {token!r}: {_known(driver)}",
+def _unknown(driver: Driver, token: str, allocation=None) -> GPUError:
+    return GPUError(f"unknown GPU {token!r}: {_known(driver, allocation)}",
                     hint="`minictr gpus` lists index, minor and UUID")
 
 
@@ -133,17 +53,17 @@ def _bus_key(bus: str) -> str:
     return bus if bus.count(":") == 2 else "0000:" + bus
 
 
-def _one(driver: Driver, token: str) -> GPU | MigDevice | str:
+def _one(driver: Driver, token: str, allocation) -> GPU | MigDevice | str:
     if token.isdigit():
         i = int(token)
         if i < len(driver.gpus):
             return driver.gpus[i]
-        raise _unknown(driver, token)
+        raise _unknown(driver, token, allocation)
     if token.upper().startswith("GPU-"):
         hits = [g for g in driver.gpus if g.uuid.lower().startswith(token.lower())]
         if len(hits) == 1:
             return hits[0]
-        raise _unknown(driver, token)
+        raise _unknown(driver, token, allocation)
     if token.upper().startswith("MIG-"):
         return token
     if re.fullmatch(r"\d+:\d+", token):
@@ -158,49 +78,52 @@ def _one(driver: Driver, token: str) -> GPU | MigDevice | str:
         for g in driver.gpus:
             if _bus_key(g.bus_id)[-12:] == want[-12:]:
                 return g
-    raise _unknown(driver, token)
+    raise _unknown(driver, token, allocation)
 
 
-def select(driver: Driver, request: Request,
-           allocation: frozenset[int] | None = None) -> Selection:
-    """Resolve the request's tokens to host GPUs (each once, in the order asked).
-
-    ``allocation``: the device minors a batch system (Slurm) gave this job; ``all`` then means
-    all of those, and a GPU outside it is an error."""
+def select(driver: Driver, request, allocation=None) -> Selection:
+    """Resolve the request's tokens (``request.devices``, ``request.count``) to host GPUs,
+    each once, in the order asked; with an ``allocation``, only GPUs inside it."""
+    if allocation is not None:
+        unknown = sorted(allocation.minors - {g.minor for g in driver.gpus})
+        if unknown:
+            raise GPUError(f"the job's allocation ({allocation.source}) names "
+                           f"/dev/nvidia{unknown[0]}, which the driver does not know: "
+                           f"{_known(driver)}",
+                           hint="check the node's gres.conf against `minictr gpus`")
     selection = _select(driver, request, allocation)
     if allocation is not None:
-        outside = [g for g in selection.gpus if g.minor not in allocation]
+        outside = [g for g in selection.gpus if g.minor not in allocation.minors]
         if outside:
             g = outside[0]
-            raise GPUError(f"GPU {g.index} (/dev/nvidia{g.minor}) is outside this job's GPU "
-                           f"allocation (minors {','.join(map(str, sorted(allocation)))})",
-                           hint="ask for the GPUs Slurm gave the job, or --gpus all")
+            raise GPUError(f"GPU {g.index} (/dev/nvidia{g.minor}) is outside the job's "
+                           f"allocation: {_known(driver, allocation)}",
+                           hint="ask for the GPUs the job was given, or --gpus all")
     return selection
 
 
-def _select(driver: Driver, request: Request, allocation: frozenset[int] | None) -> Selection:
+def _select(driver: Driver, request, allocation) -> Selection:
     if request.devices == ("none",):
         return Selection(())
     if "all" in request.devices:
-        gpus = driver.gpus
-        if allocation is not None:
-            gpus = [g for g in gpus if g.minor in allocation]
+        gpus = _in_reach(driver, allocation)
         if request.count is not None:
             if request.count > len(gpus):
-                raise GPUError(f"--gpus count={request.count}: only {len(gpus)} GPUs exist",
-                               hint=_known(driver))
+                raise GPUError(f"--gpus count={request.count}: only {len(gpus)} GPUs "
+                               + ("are in reach" if allocation is not None else "exist"),
+                               hint=_known(driver, allocation))
             gpus = gpus[:request.count]
         return Selection(tuple(gpus))
     gpus: list[GPU] = []
     mig: list[MigDevice] = []
     mig_uuids: list[str] = []
     for token in request.devices:
-        hit = _one(driver, token)
+        hit = _one(driver, token, allocation)
         if isinstance(hit, str):
             mig_uuids.append(hit)
             # no NVML: a MIG UUID cannot be mapped to its instance, so every MIG instance of
             # the MIG-enabled GPUs is made available and CUDA_VISIBLE_DEVICES picks the one
-            parents = [g for g in driver.gpus if g.mig]
+            parents = [g for g in _in_reach(driver, allocation) if g.mig]
             if not parents:
                 raise GPUError(f"{hit}: no GPU on this host has MIG instances",
                                hint="`minictr gpus` lists GPUs and MIG devices")

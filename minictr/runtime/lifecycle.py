@@ -106,11 +106,15 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
            init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
-           keep_fds: tuple[int, ...] = (),
+           keep_fds: tuple[int, ...] = (), files=(),
            no_pivot: bool = False, no_new_keyring: bool = False,
            on_spawned: Callable[[int], None] | None = None, kernel=None,
            explain: Explain = None) -> Created:
-    """Create the container (see the module docstring); on failure nothing is left."""
+    """Create the container (see the module docstring); on failure nothing is left.
+
+    ``files``: (name, bytes) pairs written into the container's state directory before its
+    process is spawned, for mounts of the spec whose source names them there (the composition
+    puts a generated loader cache there: planning writes nothing). They go with the state."""
     from minictr.runtime import validate
 
     kernel = kernel or sc.Syscalls()
@@ -131,6 +135,8 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             spec = dict(spec, root=dict(spec["root"], path=root_path))
         state_mod.write_private(root.file(container_id, state_mod.CONFIG_FILE),
                                 json.dumps(spec).encode())
+        for name, data in files:
+            write_container_file(root, container_id, name, data)
         st = {"ociVersion": state_mod.OCI_VERSION, "id": container_id, "status": "creating",
               "pid": 0, "bundle": bundle, "rootfs": root_path, "created": state_mod.timestamp(),
               "owner": "", "annotations": spec.get("annotations") or {},
@@ -218,7 +224,11 @@ DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1,
 DEFAULT_ALLOW = [{"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
                  for _, major, minor in DEFAULT_DEVICES] + [
     {"allow": True, "type": "c", "major": 136, "access": "rwm"},      # /dev/pts/N
-    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"}]  # /dev/ptmx
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
+    # mknod of any node (not its use: read and write stay refused), as runc's AllowedDevices
+    # begin; docker's config.json leaves these to the runtime
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"}]
 
 
 def with_default_devices(spec: dict) -> dict:
@@ -240,6 +250,19 @@ def with_default_devices(spec: dict) -> dict:
         resources["devices"] = rules + [r for r in DEFAULT_ALLOW if r not in rules]
         linux["resources"] = resources
     return dict(spec, linux=linux)
+
+
+def write_container_file(root: StateRoot, container_id: str, name: str, data: bytes) -> None:
+    """A file the spec mounts (read-only) into the container: readable by every uid inside,
+    created fresh (O_EXCL, no symlink followed) in the container's new state directory."""
+    if "/" in name or name in ("", ".", "..", state_mod.CONFIG_FILE, state_mod.FIFO,
+                               state_mod.STATE_FILE):
+        raise RuntimeSetupError(f"cannot write {name!r} into the container's directory")
+    fd = os.open(root.file(container_id, name),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o644)                 # whatever the umask
+        f.write(data)
 
 
 def seccomp_cache_dir(root: StateRoot) -> str:

@@ -234,8 +234,13 @@ def _add_device(spec: dict, node: DeviceNode, in_userns: bool) -> None:
         linux["devices"] = devices + [entry]
     if node.type != "p":
         rules = linux.setdefault("resources", {}).setdefault("devices", [])
-        rules.append({"allow": True, "type": node.type, "major": node.major,
-                      "minor": node.minor, "access": node.permissions or "rwm"})
+        rule = {"allow": True, "type": node.type, "major": node.major, "minor": node.minor,
+                "access": node.permissions or "rwm"}
+        # edits applied again (a bundle written by `minictr spec`) add no second copy, unless
+        # a deny rule came after the first (rules apply in order: the last match decides)
+        last = max((i for i, r in enumerate(rules) if r == rule), default=None)
+        if last is None or any(not r.get("allow") for r in rules[last + 1:]):
+            rules.append(rule)
 
 
 def _add_hook(spec: dict, hook: Hook) -> None:

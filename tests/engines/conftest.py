@@ -20,10 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from engines_harness import (IMAGE, Containerd, Dockerd, EngineError, Podman, Runtime, Session,
-                             build_spy, install_spy, run)
+from engines_harness import (GPU_IMAGE, IMAGE, Containerd, Dockerd, EngineError, Podman, Runtime,
+                             Session, build_spy, install_spy, run)
 
 from tests import images
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "gpu"))
+import fakedriver  # noqa: E402  (the GPU tier's fake driver and probe image, shared)
+from probeimage import build_probe_rootfs, write_oci_layout  # noqa: E402
 
 HERE = Path(__file__).parent
 TARGET_ENV = "MINICTR_ENGINE_RUNTIME"
@@ -232,3 +236,90 @@ def podman(engines_session, runtimes, image_archives):
         yield daemon
     finally:
         daemon.stop()
+
+
+# ------------------------------------------------------------------ GPUs (fake driver)
+
+
+@pytest.fixture(scope="session")
+def fake_gpus(engines_session, runtimes):
+    """The GPU tier's fake driver (two GPUs: index 0 = minor 1, index 1 = minor 0) for the
+    runtime the engines start: minictr-runc reads its roots from config.toml in the session's
+    XDG_CONFIG_HOME (containerd and podman hand their environment to the runtime), along with a
+    CDI spec directory holding `minictr cdi generate`'s spec for the same driver."""
+    if not shutil.which("gcc"):
+        pytest.skip("needs gcc to build the fake driver's libraries (apt-get install gcc)")
+    target = runtimes["target"]
+    if not isinstance(target, Runtime):
+        pytest.skip(f"no runtime that injects GPUs: {target}")
+    drv = fakedriver.build(str(engines_session.dir / "gpu"))
+    cdi_dir = engines_session.dir / "cdi"
+    cdi_dir.mkdir()
+    minictr = Path(target.path).parent / "minictr"
+    exe = str(minictr) if minictr.exists() else shutil.which("minictr")
+    if not exe:
+        pytest.skip("needs the minictr command beside the runtime to write the CDI spec")
+    res = run([exe, "cdi", "generate", "-o", str(cdi_dir / "nvidia.yaml")],
+              env={**os.environ, **drv.env()})
+    assert res.returncode == 0, res.stderr
+    config = engines_session.xdg_config / "minictr" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(drv.config_toml(cdi_spec_dirs=[str(cdi_dir)]))
+    yield drv
+    config.unlink()
+
+
+@pytest.fixture(scope="session")
+def gpu_image_archives(engines_session, fake_gpus):
+    """The probe image (glibc, /probe, busybox) as (oci-archive, docker-archive) named
+    GPU_IMAGE: /probe dlopens libcuda.so.1 and opens device paths (tests/gpu/probeimage.py)."""
+    root = engines_session.dir / "gpu-image"
+    layout = write_oci_layout(build_probe_rootfs(str(root / "rootfs")), str(root / "layout"))
+    return images.write_archives(images.BuiltImage(Path(layout)), root, GPU_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def target(runtimes) -> Runtime:
+    """The runtime under test alone: the GPU tests need one that injects GPUs (runc and crun
+    would run docker's nvidia-container-runtime-hook, or nothing)."""
+    rt = runtimes["target"]
+    if isinstance(rt, str):
+        if rt.startswith("FAIL:"):
+            pytest.fail(rt[5:])
+        pytest.skip(rt)
+    return rt
+
+
+@pytest.fixture(scope="session")
+def docker_gpu(dockerd, gpu_image_archives):
+    dockerd.load(gpu_image_archives[1])
+    return dockerd
+
+
+@pytest.fixture(scope="session")
+def containerd_gpu(containerd, gpu_image_archives):
+    containerd.import_image(gpu_image_archives[0], GPU_IMAGE)
+    return containerd
+
+
+@pytest.fixture(scope="session")
+def podman_gpu(podman, gpu_image_archives):
+    podman.load(gpu_image_archives[1])
+    return podman
+
+
+@pytest.fixture
+def dockerd_gpu_default(engines_session, containerd, target, gpu_image_archives):
+    """A dockerd whose daemon.json names the runtime under test ``minictr`` (``runtimes``) and
+    makes it the ``default-runtime``, with the GPU probe image loaded; stopped after the test."""
+    daemon = None
+    try:
+        daemon = _start_dockerd(engines_session, containerd, (None, gpu_image_archives[1]),
+                                name="docker-gpu", namespace="moby-gpu",
+                                daemon_json={"runtimes": {"minictr": {"path": target.path}},
+                                             "default-runtime": "minictr"})
+        yield daemon
+    finally:
+        if daemon:
+            daemon.stop()
+            shutil.rmtree(daemon.dir, ignore_errors=True)

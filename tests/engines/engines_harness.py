@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE = "minictr.test/busybox:latest"          # the name every engine knows the test image by
+GPU_IMAGE = "minictr.test/gpu-probe:latest"    # the GPU probe image (test_gpus.py)
 TIMEOUT = 60                                   # seconds for one engine command
+NVIDIA_HOOK = "nvidia-container-runtime-hook"
+
+# dockerd 20.10 registers its "nvidia" device driver (docker run --gpus) only when this binary
+# is on its PATH (moby daemon/nvidia_linux.go), and then adds it as a prestart hook. A runtime
+# that injects GPUs itself replaces that hook; the stand-in records any call and fails it.
+HOOK_STANDIN = f"""#!/bin/sh
+echo "$0 $*" >> "$(dirname "$0")/ran"
+echo "{NVIDIA_HOOK} stand-in (tests/engines): a runtime ran the hook it should replace" >&2
+exit 1
+"""
 
 # Directories the engines create outside their private paths, whatever they are told:
 # containerd 1.6 puts shim sockets in /run/containerd/s (hashed names, removed when the shim
@@ -253,6 +264,30 @@ class Session:
         return problems
 
     @property
+    def xdg_config(self) -> Path:
+        """XDG_CONFIG_HOME of the runtimes the engines start (containerd's shims and podman's
+        conmon pass their environment on): minictr/config.toml there configures minictr-runc;
+        nothing else lives there."""
+        return self.dir / "xdg"
+
+    @property
+    def hook_dir(self) -> Path:
+        """A directory on dockerd's PATH holding the nvidia-container-runtime-hook stand-in."""
+        return self.dir / "nvidia-hook"
+
+    def hook_calls(self) -> list[str]:
+        try:
+            return (self.hook_dir / "ran").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def install_hook_standin(self) -> None:
+        self.hook_dir.mkdir(exist_ok=True)
+        hook = self.hook_dir / NVIDIA_HOOK
+        hook.write_text(HOOK_STANDIN)
+        hook.chmod(0o755)
+
+    @property
     def cgroup_parents(self) -> list[str]:
         """Top-level cgroup names this session's containers go under (one per engine)."""
         return [self.name, f"{self.name}-docker", f"{self.name}-podman"]
@@ -452,7 +487,9 @@ disabled_plugins = [{disabled}]
         self.fifo_dir.mkdir()
         (self.dir / "config.toml").write_text(self.config_toml())
         argv = ["containerd", "--config", str(self.dir / "config.toml")]
-        self.daemon = Daemon("containerd", argv, self.dir / "containerd.log", cwd=str(self.dir))
+        env = {**os.environ, "XDG_CONFIG_HOME": str(self.session.xdg_config)}
+        self.daemon = Daemon("containerd", argv, self.dir / "containerd.log", env=env,
+                             cwd=str(self.dir))
         self.daemon.start()
         self.daemon.wait_ready(lambda: self.socket.exists() and self.ctr("version").returncode == 0)
 
@@ -468,13 +505,13 @@ disabled_plugins = [{disabled}]
         return str(self.dir / "runc-root" / runtime.key)
 
     def run_argv(self, runtime: Runtime, cid: str, *cmd: str, flags: tuple = (),
-                 binary: str | None = None) -> list[str]:
+                 binary: str | None = None, image: str = IMAGE) -> list[str]:
         return self.ctr_argv("run", "--runc-binary", binary or runtime.path,
                              "--runc-root", self.runc_root(runtime),
-                             "--fifo-dir", str(self.fifo_dir), *flags, IMAGE, cid, *cmd)
+                             "--fifo-dir", str(self.fifo_dir), *flags, image, cid, *cmd)
 
-    def import_image(self, oci_archive: Path) -> None:
-        base = IMAGE.rsplit(":", 1)[0]
+    def import_image(self, oci_archive: Path, name: str = IMAGE) -> None:
+        base = name.rsplit(":", 1)[0]
         self.ctr("images", "import", "--base-name", base, str(oci_archive), check=True)
 
     def remove_all(self, namespace: str | None = None) -> None:
@@ -543,7 +580,10 @@ class Dockerd:
         (self.dir / "cli").mkdir(exist_ok=True)
         config = {"deprecated-key-path": str(self.dir / "key.json"), **self.daemon_json}
         (self.dir / "daemon.json").write_text(json.dumps(config, indent=2))
-        self.daemon = Daemon(self.name, self.argv(), self.dir / "dockerd.log", cwd=str(self.dir))
+        self.session.install_hook_standin()
+        env = {**os.environ, "PATH": f"{self.session.hook_dir}:{os.environ.get('PATH', '')}"}
+        self.daemon = Daemon(self.name, self.argv(), self.dir / "dockerd.log", env=env,
+                             cwd=str(self.dir))
         self.daemon.start()
         self.daemon.wait_ready(lambda: self.socket.exists() and
                                self.docker("version", timeout=10).returncode == 0)
@@ -609,6 +649,9 @@ class Podman:
 {ulimits}netns = "none"
 
 [engine]
+# conmon, and through it the runtime, gets only these variables (not podman's environment)
+conmon_env_vars = ["PATH={os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}",
+                   "XDG_CONFIG_HOME={self.session.xdg_config}"]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "{d}/events.log"

@@ -78,6 +78,18 @@ class FakeDriver:
     def proc_root(self) -> str:
         return self.roots.proc_root
 
+    def config_toml(self, **extra) -> str:
+        """A minictr config.toml [nvidia] table pointing at this driver (for runtimes that
+        engines start, whose environment the test does not control); ``extra``: more keys of
+        the table (underscores for dashes), e.g. cdi_spec_dirs=[...]."""
+        import json
+
+        lines = ["[nvidia]", f"driver-root = {json.dumps(self.driver_root)}",
+                 f"dev-root = {json.dumps(self.dev_root)}",
+                 f"proc-root = {json.dumps(self.proc_root)}"]
+        lines += [f"{k.replace('_', '-')} = {json.dumps(v)}" for k, v in extra.items()]
+        return "\n".join(lines) + "\n"
+
     def env(self) -> dict[str, str]:
         """MINICTR_NVIDIA_*_ROOT variables pointing the CLI at this driver."""
         return {"MINICTR_NVIDIA_DRIVER_ROOT": self.driver_root,

@@ -22,7 +22,7 @@ def layout(probe_rootfs, tmp_path_factory):
     return write_oci_layout(probe_rootfs, str(tmp_path_factory.mktemp("oci") / "probe"))
 
 
-def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None):
+def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None, opts=()):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     env = {**os.environ, **fake_driver.env(), "MINICTR_ROOT": str(tmp_path / "store"),
@@ -30,7 +30,7 @@ def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None):
     cmd = [cli, "run", "--rm", "--cap-add", "MKNOD"]
     if gpus is not None:
         cmd += ["--gpus", gpus]
-    res = subprocess.run(cmd + [f"oci:{layout}", *args], env=env, capture_output=True,
+    res = subprocess.run(cmd + [*opts, f"oci:{layout}", *args], env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return res.stdout
@@ -60,3 +60,57 @@ def test_nvidia_smi_is_injected(minictr_cli, fake_driver, tmp_path, layout):
     out = minictr_run(minictr_cli, fake_driver, tmp_path, layout, "/usr/bin/nvidia-smi",
                       gpus="all")
     assert "NVIDIA-SMI 580.65.06" in out
+
+
+def test_env_file_request_is_injected(minictr_cli, fake_driver, tmp_path, layout):
+    """NVIDIA_VISIBLE_DEVICES in an --env-file is in the spec's process.env, which is where
+    the one request path reads it."""
+    env_file = tmp_path / "gpu.env"
+    env_file.write_text("NVIDIA_VISIBLE_DEVICES=0\n")
+    out = minictr_run(minictr_cli, fake_driver, tmp_path, layout, "/probe", "/dev/nvidia1",
+                      "/dev/nvidia0", opts=("--env-file", str(env_file)))
+    assert "cuDeviceGetCount=2" in out
+    assert f"open /dev/nvidia1 errno={errno.ENXIO}" in out
+    assert f"open /dev/nvidia0 errno={errno.ENOENT}" in out
+
+
+def test_spec_bundle_runs_the_same_container_under_runc(minictr_cli, fake_driver, tmp_path,
+                                                       layout, probe_rootfs):
+    """`minictr spec --bundle DIR --gpus 0` writes the plan `run` executes, with the loader
+    cache beside config.json (printed, the spec names the container's state dir, where `run`
+    has create write it). runc given that bundle, and minictr-runc, run the same GPU container
+    as `minictr run`."""
+    import json
+    import shutil
+
+    runc = shutil.which("runc")
+    if os.geteuid() != 0 or not runc:
+        pytest.skip("needs root and runc")
+    env = {**os.environ, **fake_driver.env(), "MINICTR_ROOT": str(tmp_path / "store"),
+           "MINICTR_STATE": str(tmp_path / "state")}
+    probe = ["/probe", "/dev/nvidia1", "/dev/nvidia0", "mknod:195:0"]
+    args = ["--gpus", "0", "--cap-add", "MKNOD", f"oci:{layout}", *probe]
+    bundle = tmp_path / "bundle"
+    res = subprocess.run([minictr_cli, "spec", "--bundle", str(bundle), *args], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    spec = json.loads((bundle / "config.json").read_text())
+    cache = [m["source"] for m in spec["mounts"] if m["destination"] == "/etc/ld.so.cache"]
+    assert cache == [str(bundle / "ld.so.cache")] and (bundle / "ld.so.cache").is_file()
+    printed = json.loads(subprocess.run([minictr_cli, "spec", *args], env=env, check=True,
+                                        capture_output=True, text=True).stdout)
+    source = [m["source"] for m in printed["mounts"] if m["destination"] == "/etc/ld.so.cache"]
+    assert source[0].startswith(str(tmp_path / "state") + "/")
+    assert not os.path.exists(source[0])                      # planning wrote nothing
+    # root.path names where `run` would mount the image: give runc an unpacked copy
+    shutil.copytree(probe_rootfs, tmp_path / "rootfs", symlinks=True)
+    spec["root"]["path"] = str(tmp_path / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(spec))
+    expected = minictr_run(minictr_cli, fake_driver, tmp_path, layout, *probe, gpus="0")
+    for cmd in ([runc, "--root", str(tmp_path / "runc")],
+                [os.path.join(os.path.dirname(minictr_cli), "minictr-runc"),
+                 "--root", str(tmp_path / "minictr-runc")]):
+        res = subprocess.run([*cmd, "run", "--bundle", str(bundle), "gpu-bundle"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == expected, cmd[0]

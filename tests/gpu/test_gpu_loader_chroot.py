@@ -11,7 +11,11 @@ import subprocess
 
 import pytest
 
-from minictr.gpu import inject
+from minictr import api
+from minictr.gpu import resolve
+from minictr.gpu.request import GpuSettings
+from minictr.spec import gpu_request
+from minictr.spec.edits import Mount
 from minictr.spec.options import RunOptions
 
 from probeimage import build_probe_rootfs
@@ -52,9 +56,22 @@ def _run_chrooted(rootfs, mounts, *args):
     return res.stdout
 
 
+class _Edits:
+    def __init__(self, mounts):
+        self.mounts = mounts
+
+
 def _edits(fake_driver, tmp_path, read_file):
-    return inject.edits_for_request(RunOptions(image="x", gpus="0"), {}, fake_driver.roots, {},
-                                    read_file, str(tmp_path / "scratch"))
+    """`--gpus 0` through the one request path; its files written where the runtime would."""
+    spec = api._gpu_request({"process": {"env": []}, "mounts": []},
+                            RunOptions(image="x", gpus="0"), {})
+    files_dir = tmp_path / "state"
+    files_dir.mkdir(exist_ok=True)
+    got = resolve.resolve(spec, gpu_request.find(spec), read_file=read_file,
+                          files_dir=str(files_dir), settings=GpuSettings(fake_driver.roots))
+    for name, data in got.files:
+        (files_dir / name).write_bytes(data)
+    return _Edits([Mount.from_cdi(m) for m in got.spec["mounts"]])
 
 
 def test_debian_image_loads_injected_libcuda(fake_driver, tmp_path):

@@ -27,6 +27,7 @@ import fakedriver  # noqa: E402  (the GPU tier's fake driver, shared)
 from probeimage import build_probe_rootfs, write_oci_layout  # noqa: E402
 
 JOB_USER = "mctr-slurm"
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PMI2_C = r"""
 #include <stdio.h>
@@ -131,3 +132,57 @@ def probe_layout(slurm_base):
     root = os.path.join(slurm_base, "probe")
     build_probe_rootfs(os.path.join(root, "rootfs"))
     return write_oci_layout(os.path.join(root, "rootfs"), os.path.join(root, "layout"))
+
+
+@pytest.fixture(scope="session")
+def minictr_runc(slurm_base, fake_gpus) -> str:
+    """minictr-runc as oci.conf calls it, for root and for the job user: a world-readable venv
+    made from /usr/bin/python3 (the checkout's .venv may sit where the job user cannot read),
+    behind a script that sets XDG_CONFIG_HOME to a directory holding config.toml with the fake
+    driver's roots (slurmstepd gives the runtime slurmd's environment, not the test's)."""
+    if not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs /usr/bin/python3 (Debian's python3) for a venv the job user can read")
+    venv = os.path.join(slurm_base, "venv")
+    subprocess.run(["/usr/bin/python3", "-m", "venv", venv], check=True, capture_output=True)
+    res = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", PROJECT],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"installing minictr for the job user failed:\n{res.stderr[-2000:]}")
+    config = os.path.join(slurm_base, "xdg-config")
+    os.makedirs(os.path.join(config, "minictr"))
+    with open(os.path.join(config, "minictr", "config.toml"), "w") as f:
+        f.write(fake_gpus.config_toml())
+    script = os.path.join(slurm_base, "minictr-runc")
+    with open(script, "w") as f:
+        f.write(f"#!/bin/sh\nXDG_CONFIG_HOME={config} exec {venv}/bin/minictr-runc \"$@\"\n")
+    subprocess.run(["chmod", "-R", "a+rX", venv, config], check=True)
+    os.chmod(script, 0o755)
+    return script
+
+
+@pytest.fixture(scope="session")
+def gpu_bundles(slurm_base, job_user) -> dict[str, str]:
+    """Bundles around the GPU tier's probe image (glibc, /probe, busybox): "root" from
+    `runc spec`, "user" from `runc spec --rootless` with a rootfs the job user owns (an
+    unprivileged runtime makes the mount points of the injected files in it)."""
+    if not shutil.which("gcc"):
+        pytest.skip("needs gcc to build the probe")
+    if not os.access(SPEC_TOOL, os.X_OK):
+        pytest.skip(f"needs {SPEC_TOOL} (apt-get install runc)")
+    out = {}
+    for who in ("root", "user"):
+        path = os.path.join(slurm_base, f"gpu-bundle-{who}")
+        os.makedirs(path)
+        os.chmod(path, 0o755)
+        build_probe_rootfs(os.path.join(path, "rootfs"))
+        if who == "root":
+            subprocess.run([SPEC_TOOL, "spec", "--bundle", path], check=True,
+                           capture_output=True)
+        else:
+            subprocess.run(["chown", "-R", f"{job_user.pw_uid}:{job_user.pw_gid}", path],
+                           check=True)
+            subprocess.run(["runuser", "-u", job_user.pw_name, "--", SPEC_TOOL, "spec",
+                            "--rootless", "--bundle", path], check=True, capture_output=True)
+        os.chmod(os.path.join(path, "config.json"), 0o644)
+        out[who] = path
+    return out

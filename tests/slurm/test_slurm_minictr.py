@@ -2,7 +2,9 @@
 
 The node's four gres GPUs are the fake driver's /dev/nvidia0-3 (tests/gpu/fakedriver.py), and
 the task gets the same fake driver through MINICTR_NVIDIA_*_ROOT, so minictr discovers four GPUs
-and narrows `all` to the minors in SLURM_STEP_GPUS (minictr/hpc/slurm.py).
+and narrows `all` to the step's: SLURM_STEP_GPUS holds positions in gres.conf's File list, which
+minictr/hpc/slurm.py maps to device minors. Fail closed: a job without GPUs gets none, hints
+name only the allocated GPUs, CUDA_VISIBLE_DEVICES inside is the container's own numbering.
 """
 from __future__ import annotations
 
@@ -104,8 +106,6 @@ def test_gres_gpu_ids_are_positions_in_gres_conf_not_minors(upper_half):
     assert res.stdout.strip() == "0,1"              # the devices are nvidia2 and nvidia3
 
 
-@pytest.mark.xfail(strict=True, reason="hpc/slurm.py reads SLURM_STEP_GPUS as device minors; "
-                   "they are positions in gres.conf's File list (issue 14)")
 def test_minictr_injects_the_allocated_device_when_gres_conf_skips_minors(
         upper_half, slurm_base, fake_gpus, minictr_exe, probe_layout):
     env = minictr_env(slurm_base, fake_gpus, "upper")
@@ -114,3 +114,52 @@ def test_minictr_injects_the_allocated_device_when_gres_conf_skips_minors(
     res = upper_half.run(["srun", "--gres=gpu:1", "sh", "-c", script], env=env)
     position = int(re.search(r"^step-gpus=(\d)$", res.stdout, re.M).group(1))
     assert gpu_nodes(res.stdout) == {f"nvidia{2 + position}"}, res.stdout
+
+
+# ---------------------------------------------------------------- GPU allocations fail closed
+
+
+def srun_minictr_args(slurm, minictr_exe, probe_layout, env, minictr_args, cmd, gres=None,
+                      check=False):
+    script = (f'exec {minictr_exe} run --rm {minictr_args} oci:{probe_layout} {cmd}')
+    return slurm.run(["srun", *([f"--gres={gres}"] if gres else []), "sh", "-c", script],
+                     env=env, check=check)
+
+
+def test_job_without_gpus_gets_none_and_is_told(slurm, slurm_base, fake_gpus, minictr_exe,
+                                                probe_layout):
+    env = minictr_env(slurm_base, fake_gpus, "nogres")
+    res = srun_minictr_args(slurm, minictr_exe, probe_layout, env, "--gpus all",
+                            "/bin/busybox ls /dev")
+    assert res.returncode == 0, res.stderr
+    assert gpu_nodes(res.stdout) == set()
+    assert "no GPU injected: this job has no GPU on this node" in res.stderr
+    res = srun_minictr_args(slurm, minictr_exe, probe_layout, env, "--gpus 0", "/bin/true")
+    assert res.returncode == 125
+    assert "this job has no GPU on this node" in res.stderr
+
+
+def test_hints_name_only_the_allocated_gpus(slurm, slurm_base, fake_gpus, minictr_exe,
+                                            probe_layout):
+    env = minictr_env(slurm_base, fake_gpus, "hints")
+    script = ('echo "step-gpus=$SLURM_STEP_GPUS"; '
+              f'{minictr_exe} run --rm --gpus count=3 oci:{probe_layout} /bin/true')
+    res = slurm.run(["srun", "--gres=gpu:2", "sh", "-c", script], env=env, check=False)
+    assert res.returncode == 125, res.stderr
+    step = re.search(r"^step-gpus=(\S+)$", res.stdout, re.M).group(1)
+    named = set(re.findall(r"/dev/nvidia(\d)", res.stderr))
+    assert named == set(step.split(",")), res.stderr           # gres.conf: nvidia[0-3]
+    assert "only 2 GPUs are in reach" in res.stderr
+
+
+def test_cuda_visible_devices_is_the_containers_numbering(slurm, slurm_base, fake_gpus,
+                                                          minictr_exe, probe_layout):
+    """The task's CUDA_VISIBLE_DEVICES numbers the node's GPUs (e.g. 2,3); passed in with -e,
+    it would hide both injected GPUs from CUDA, which numbers them 0,1."""
+    env = minictr_env(slurm_base, fake_gpus, "cvd")
+    script = ('echo "outside=$CUDA_VISIBLE_DEVICES"; '
+              f'exec {minictr_exe} run --rm --gpus all -e CUDA_VISIBLE_DEVICES '
+              f'oci:{probe_layout} /bin/busybox sh -c \'echo "inside=$CUDA_VISIBLE_DEVICES"\'')
+    res = slurm.run(["srun", "--gres=gpu:2", "sh", "-c", script], env=env)
+    assert re.search(r"^outside=\d,\d$", res.stdout, re.M), res.stdout
+    assert "inside=0,1" in res.stdout.splitlines(), res.stdout

@@ -1,5 +1,6 @@
-"""`srun --container=BUNDLE` through oci.conf, with a real OCI runtime (slurm_harness.RUNTIME,
-runc by default), in both of Slurm 22.05's modes, as root and as an unprivileged user.
+"""`srun --container=BUNDLE` through oci.conf, with a real OCI runtime, in both of Slurm 22.05's
+modes, as root and as an unprivileged user: runc (slurm_harness.RUNTIME) and minictr-runc (the
+``minictr_runc`` fixture) run the same steps and must behave alike.
 
 The runtime is called through a logging wrapper, so these tests also pin down what slurmstepd
 does (the lead's spec for a minictr runtime under Slurm):
@@ -29,7 +30,8 @@ from slurm_harness import RUNTIME, OciConf
 
 pytestmark = [pytest.mark.slurm, pytest.mark.root]
 
-CASES = [("run", "root"), ("run", "user"), ("create-start", "root"), ("create-start", "user")]
+CASES = [(rt, mode, who) for rt in ("runc", "minictr") for mode in ("run", "create-start")
+         for who in ("root", "user")]
 SCRIPT = ("echo in-container; id -u; cat /proc/self/uid_map; ls /bin/busybox; "
           "env | sed 's/^/env: /'; exit 3")
 GPU_VARS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
@@ -39,9 +41,10 @@ GPU_VARS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "GPU_DE
 class Step:
     """One `srun --gres=gpu:2 --container=BUNDLE sh -c SCRIPT` and what the runtime saw."""
 
-    def __init__(self, slurm, mode, who, bundle, user):
+    def __init__(self, slurm, mode, who, bundle, user, runtime=RUNTIME):
         self.mode, self.who, self.bundle, self.user = mode, who, bundle, user
-        with slurm.oci(OciConf(RUNTIME, mode=mode, rootless=(who == "user"))):
+        self.runtime = runtime
+        with slurm.oci(OciConf(runtime, mode=mode, rootless=(who == "user"))):
             self.res = slurm.run(["srun", "--gres=gpu:2", f"--container={bundle}", "sh", "-c",
                                   SCRIPT], user=user.pw_name if user else None, check=False)
         self.calls = slurm.oci_calls()
@@ -73,10 +76,15 @@ class Step:
         return [f"--root={slurm.oci_state}/root"]
 
 
+def runtime_path(request, key: str) -> str:
+    return RUNTIME if key == "runc" else request.getfixturevalue("minictr_runc")
+
+
 @pytest.fixture(scope="module", params=CASES, ids=["-".join(c) for c in CASES])
 def step(request, slurm, bundles, job_user):
-    mode, who = request.param
-    return Step(slurm, mode, who, bundles[who], job_user if who == "user" else None)
+    rt, mode, who = request.param
+    return Step(slurm, mode, who, bundles[who], job_user if who == "user" else None,
+                runtime_path(request, rt))
 
 
 def test_container_runs_the_command_in_the_bundle(step):
@@ -105,7 +113,7 @@ def test_what_slurmstepd_runs(step, slurm):
     main = step.calls[0]
     expected_op = "run" if step.mode == "run" else "create"
     assert main["op"] == expected_op
-    assert main["argv"] == [RUNTIME, *step.global_opts(slurm), expected_op, step.cid,
+    assert main["argv"] == [step.runtime, *step.global_opts(slurm), expected_op, step.cid,
                             "-b", step.spool]
     # as the job user, in the generated bundle directory
     assert (main["uid"], main["euid"]) == (step.uid, step.uid)
@@ -124,7 +132,7 @@ def test_what_slurmstepd_runs(step, slurm):
     last = step.calls[-1]
     assert last["op"] == "state"
     assert last["euid"] == 0
-    assert last["argv"] == [RUNTIME, *step.global_opts(slurm), "state", step.cid]
+    assert last["argv"] == [step.runtime, *step.global_opts(slurm), "state", step.cid]
 
 
 def test_config_json_edits(step):

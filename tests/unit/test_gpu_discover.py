@@ -29,7 +29,8 @@ def test_gpus_in_pci_order_with_their_own_minors(fake):
 
 def test_control_nodes_take_majors_from_proc_devices(fake):
     d = discover.discover(fake.roots)
-    got = {n: (d.control[n].major, d.control[n].minor, d.control[n].present) for n in d.control}
+    got = {n: (d.control[n].major, d.control[n].minor, d.control[n].path not in d.missing)
+           for n in d.control}
     assert got == {"nvidiactl": (195, 255, True), "nvidia-modeset": (195, 254, True),
                    "nvidia-uvm": (fakedriver.UVM_MAJOR, 0, True),
                    "nvidia-uvm-tools": (fakedriver.UVM_MAJOR, 1, True)}

@@ -1,4 +1,6 @@
-"""GPU request -> container edits (minictr/gpu/inject.py) against the fake driver."""
+"""A resolved GPU request -> container edits (minictr/gpu/inject.py) against the fake driver.
+The request is made as every path makes it (test_gpu_select.request_for: written into a spec,
+read back); the cache bytes are written where the mount says, as the runtime does at create."""
 import os
 import shutil
 import subprocess
@@ -7,11 +9,14 @@ import sys
 import pytest
 
 from minictr.errors import GPUError
-from minictr.gpu import inject, ldcache
-from minictr.spec.options import RunOptions
+from minictr.gpu import discover, inject, ldcache
+from minictr.gpu.request import GpuSettings
+from minictr.gpu.select import select
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "gpu"))
+sys.path.insert(0, os.path.dirname(__file__))
 import fakedriver  # noqa: E402
+from test_gpu_select import request_for  # noqa: E402
 
 DEB = "/usr/lib/x86_64-linux-gnu"
 DEBIAN_FILES = {"/etc/os-release": b'ID=debian\nVERSION_ID="12"\n',
@@ -26,10 +31,22 @@ def fake(tmp_path):
 
 
 def edits(fake, tmp_path, *, gpus=None, env=(), image_env=(), files=DEBIAN_FILES, warn=None,
-          gpu_memory=None):
-    opts = RunOptions(image="img", gpus=gpus, env=tuple(env), gpu_memory=gpu_memory)
-    return inject.edits_for_request(opts, {}, fake.roots, {"config": {"Env": list(image_env)}},
-                                    files.get, str(tmp_path / "scratch"), warn=warn)
+          gpu_memory=None, read_file=None, allocation=None):
+    """The edits `minictr run [--gpus GPUS] [-e ENV]` makes on an image with ``image_env``, or
+    None when nothing asks for a GPU."""
+    settings = GpuSettings(roots=fake.roots)
+    request = request_for(gpus, dict(e.split("=", 1) for e in image_env),
+                          dict(e.split("=", 1) for e in env), settings, memory=gpu_memory)
+    if request is None:
+        return None
+    driver = discover.discover(fake.roots)
+    cache = str(tmp_path / "state" / "ld.so.cache")
+    got = inject.inject(request, driver, select(driver, request, allocation),
+                        read_file or files.get, cache, warn=warn)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "wb") as f:                  # what the runtime does at create
+        f.write(got.cache)
+    return got.edits
 
 
 def dests(e):
@@ -95,17 +112,6 @@ def test_image_lib_dir_is_decided_from_its_files(fake, tmp_path, files, libdir):
 def test_no_request_no_edits(fake, tmp_path):
     assert edits(fake, tmp_path) is None
     assert edits(fake, tmp_path, image_env=["NVIDIA_VISIBLE_DEVICES=void"]) is None
-
-
-def test_image_request_without_driver_runs_without_gpus(tmp_path):
-    empty = fakedriver.FakeDriver(str(tmp_path), inject.DriverRoots(str(tmp_path), str(tmp_path),
-                                                                    str(tmp_path)))
-    said = []
-    assert edits(empty, tmp_path, image_env=["NVIDIA_VISIBLE_DEVICES=all"], warn=said.append) \
-        is None
-    assert "no NVIDIA driver" in said[0]
-    with pytest.raises(GPUError, match="no NVIDIA driver"):
-        edits(empty, tmp_path, gpus="all")
 
 
 def test_none_gives_driver_files_but_no_gpu(fake, tmp_path):
@@ -215,9 +221,17 @@ def test_compat_library_too_large_for_the_store_still_counts(fake, tmp_path):
             raise ImageError(f"{path} in the image is 99999999 bytes, more than minictr reads")
         return DEBIAN_FILES.get(path)
 
-    opts = RunOptions(image="img", gpus="0")
-    e = inject.edits_for_request(opts, {}, fake.roots, {"config": {"Env": [
-        "CUDA_VERSION=13.2.0", "NVIDIA_DISABLE_REQUIRE=1"]}}, read_file, str(tmp_path / "s"))
+    e = edits(fake, tmp_path, gpus="0", image_env=["CUDA_VERSION=13.2.0",
+                                                   "NVIDIA_DISABLE_REQUIRE=1"],
+              read_file=read_file)
     with open(dests(e)["/etc/ld.so.cache"].host_path, "rb") as f:
         assert [x.value for x in ldcache.parse(f.read()) if x.key == "libcuda.so.1"] == \
             ["/usr/local/cuda/compat/libcuda.so.1"]
+
+
+def test_device_nodes_are_discoverys_records(fake, tmp_path):
+    """One model of a device from /proc to the filter: the edits hold discovery's DeviceNode."""
+    driver = discover.discover(fake.roots)
+    e = edits(fake, tmp_path, gpus="0")
+    assert e.device_nodes[0] is driver.gpus[0].node or e.device_nodes[0] == driver.gpus[0].node
+    assert type(e.device_nodes[0]).__name__ == "DeviceNode"

@@ -1,15 +1,38 @@
-"""--gpus / NVIDIA_VISIBLE_DEVICES / NVIDIA_DRIVER_CAPABILITIES (minictr/gpu/select.py)."""
+"""Which GPUs a request means: --gpus / NVIDIA_VISIBLE_DEVICES / NVIDIA_DRIVER_CAPABILITIES
+written into a spec (api._gpu_request), read back once (spec/gpu_request.find, gpu/request.py),
+and resolved to host GPUs (gpu/select.py)."""
 import os
 import sys
 
 import pytest
 
+from minictr import api
 from minictr.errors import GPUError
 from minictr.gpu import discover
-from minictr.gpu.select import parse_gpus_flag, request_for, select
+from minictr.gpu.request import GpuSettings, from_inputs, parse_gpus_flag
+from minictr.gpu.select import select
+from minictr.hpc.slurm import Allocation
+from minictr.spec import gpu_request
+from minictr.spec.edits import merge_env
+from minictr.spec.options import RunOptions
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "gpu"))
 import fakedriver  # noqa: E402
+
+SETTINGS = GpuSettings(roots=discover.DriverRoots())
+
+
+def request_for(flag, image_env: dict, user_env: dict, settings=SETTINGS, memory=None):
+    """What `minictr run [--gpus FLAG] [-e K=V]` on an image with ``image_env`` asks for: the
+    spec as plan builds it, read back as every path reads it."""
+    image = [f"{k}={v}" for k, v in image_env.items()]
+    env = merge_env(image, [f"{k}={v}" for k, v in user_env.items()])
+    spec = api._gpu_request({"process": {"env": env}},
+                            RunOptions(image="x", gpus=flag, gpu_memory=memory),
+                            {"config": {"Env": image}})
+    inputs = gpu_request.find(spec)
+    return None if inputs is None else from_inputs(inputs, settings)
+
 
 UC = frozenset({"utility", "compute"})
 A = "GPU-aaaaaaaa-0000-4000-8000-000000000001"     # index 0, minor 1
@@ -55,11 +78,16 @@ def test_request_table(flag, image_env, user_env, devices, caps, source):
 def test_docker_count_and_capabilities_fields():
     assert parse_gpus_flag("count=2") == (("all",), 2, None)
     assert parse_gpus_flag("count=all") == (("all",), None, None)
-    assert parse_gpus_flag("capabilities=compute,utility,device=0")[0] == ("0",)
+    assert parse_gpus_flag("capabilities=compute,utility,device=0") == (
+        ("0",), None, "compute,utility")
+    with pytest.raises(GPUError, match="cannot be combined"):
+        parse_gpus_flag("count=1,device=0")
     with pytest.raises(GPUError, match="unknown field"):
         parse_gpus_flag("devices=0")
     with pytest.raises(GPUError, match="count=two"):
         parse_gpus_flag("count=two")
+    with pytest.raises(GPUError, match="unknown driver capability"):
+        parse_gpus_flag("capabilities=compute,gaming")
 
 
 def test_unknown_capability_names_the_known_ones():
@@ -97,18 +125,30 @@ def test_mig_by_index_and_by_uuid(driver):
         select(driver, request_for("0:0", {}, {}))
 
 
-def test_slurm_allocation_narrows_all_and_refuses_outside(driver):
-    from minictr.hpc.slurm import gpu_allocation
-
-    alloc = gpu_allocation({"SLURM_JOB_GPUS": "0"})          # minor 0 = index 1 (bus 41)
-    assert alloc == frozenset({0})
-    assert gpu_allocation({"SLURM_STEP_GPUS": "1", "SLURM_JOB_GPUS": "0,1"}) == {1}
-    assert gpu_allocation({}) is None
+def test_allocation_narrows_all_and_refuses_outside(driver):
+    alloc = Allocation(frozenset({0}), "Slurm job 7: SLURM_STEP_GPUS=0 = /dev/nvidia0")
     every = select(driver, request_for("all", {}, {}), alloc)
     assert [g.minor for g in every.gpus] == [0]
     assert [g.minor for g in select(driver, request_for("1", {}, {}), alloc).gpus] == [0]
     with pytest.raises(GPUError) as info:
         select(driver, request_for("0", {}, {}), alloc)       # index 0 is minor 1
-    assert "allocation" in str(info.value)
-    with pytest.raises(GPUError):
-        gpu_allocation({"SLURM_JOB_GPUS": "gpu0"})
+    assert "outside the job's allocation" in str(info.value)
+    assert "1 (GPU-bbbbbbbb" in str(info.value) and "GPU-aaaaaaaa" not in str(info.value)
+
+
+def test_hints_list_only_the_allocated_gpus(driver):
+    alloc = Allocation(frozenset({0}), "Slurm job 7: SLURM_STEP_GPUS=0 = /dev/nvidia0")
+    with pytest.raises(GPUError) as info:
+        select(driver, request_for("count=2", {}, {}), alloc)
+    text = str(info.value) + (info.value.hint or "")
+    assert "only 1 GPUs are in reach" in text
+    assert "GPU-bbbbbbbb" in text and "GPU-aaaaaaaa" not in text
+    with pytest.raises(GPUError) as info:
+        select(driver, request_for("7", {}, {}), alloc)
+    assert "GPU-aaaaaaaa" not in str(info.value) and "Slurm job 7" in str(info.value)
+
+
+def test_an_allocated_gpu_the_driver_does_not_know_is_an_error(driver):
+    alloc = Allocation(frozenset({0, 5}), "Slurm job 7: SLURM_STEP_GPUS=0,1")
+    with pytest.raises(GPUError, match="/dev/nvidia5, which the driver does not know"):
+        select(driver, request_for("all", {}, {}), alloc)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from minictr import siteconfig
+from minictr import settings
 from minictr.errors import MinictrError, SpecError, UsageError
 from minictr.hpc import slurm
 from minictr.runtime import container, idmap
@@ -126,20 +126,23 @@ def test_config_files_user_overrides_site(tmp_path):
     site.write_text("[run]\nhpc = true\n")
     user.write_text("[run]\nhpc = false\n")
     env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "user")}
-    assert siteconfig.config_files(env)[1] == str(user)
-    assert siteconfig.load({"MINICTR_CONFIG": str(site)}).hpc is True
-    assert siteconfig.load({"MINICTR_CONFIG": ""}).hpc is False
+    assert settings.files(env)[1] == str(user)
+    assert settings.load("run", paths=[str(site), str(user)])["hpc"] is False
+    assert settings.load("run", {"MINICTR_CONFIG": str(site)})["hpc"] is True
+    assert settings.load("run", {"MINICTR_CONFIG": ""})["hpc"] is False
+    with pytest.raises(UsageError, match="no such file"):
+        settings.load("run", {"MINICTR_CONFIG": str(tmp_path / "absent.toml")})
 
 
 @pytest.mark.parametrize("text, words", [("[run]\nhpc = 1\n", "must be a bool"),
-                                         ("[run]\nhcp = true\n", "unknown setting run.hcp"),
-                                         ("[gpu]\nx = 1\n", "unknown setting 'gpu'"),
+                                         ("[run]\nhcp = true\n", "unknown key 'hcp'"),
+                                         ("[gpu]\nx = 1\n", r"unknown table \[gpu\]"),
                                          ("[run\n", "not valid TOML")])
 def test_bad_config_is_an_error_naming_the_file(tmp_path, text, words):
     f = tmp_path / "c.toml"
     f.write_text(text)
     with pytest.raises(UsageError, match=words):
-        siteconfig.load({"MINICTR_CONFIG": str(f)})
+        settings.load("run", {"MINICTR_CONFIG": str(f)})
 
 
 # ---------------------------------------------------------------- Slurm PMI / PMIx

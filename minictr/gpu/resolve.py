@@ -1,0 +1,128 @@
+"""The one GPU request path: a spec that carries a request in, the spec with its GPUs out.
+
+Both front ends come here, once per container, with the spec they are about to execute:
+
+* ``minictr run`` and ``minictr spec`` (api.plan): ``--gpus``, ``-e``/``--env-file`` and the
+  image's ``Env`` are already in the built spec's process.env and minictr's annotations
+  (spec/gpu_request.py); nothing else is consulted;
+* ``minictr-runc create``/``run`` (bundles.create): whatever the engine wrote into config.json.
+
+The caller has found the inputs (``spec.gpu_request.find``, which imports nothing; a spec with
+none never loads this package). Then, in order: the request (request.py, under the site's
+policy); the allocation (the caller's ``allocation()``, asked only now: a Slurm job's, from
+hpc/slurm.py); for CDI names the CDI spec files (cdi.py), else the driver (discover), the GPUs
+(select) and the edits (inject); what the request replaces is removed (docker's
+``nvidia-container-runtime-hook``, a job's ``CUDA_VISIBLE_DEVICES``); the edits are applied
+(spec/edits.apply_edits). Nothing is written: the loader cache comes back as bytes in
+``Resolved.files``, and the spec's mount names ``files_dir/ld.so.cache``, where the runtime
+writes it when it creates the container.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from minictr.errors import GPUError
+from minictr.gpu import request as request_mod
+from minictr.gpu.discover import CTL_MINOR, NVIDIA_MAJOR, discover
+from minictr.records import record
+from minictr.spec import gpu_request
+from minictr.spec.edits import ContainerEdits, apply_edits
+
+CACHE_FILE = "ld.so.cache"
+Warn = Callable[[str], None] | None
+
+
+@record
+class Resolved:
+    spec: dict
+    files: tuple[tuple[str, bytes], ...] = ()   # (name, data) the runtime writes to files_dir
+    gpus: tuple = ()                            # the selected GPUs (discover.GPU), for messages
+
+
+def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: str,
+            settings: request_mod.GpuSettings, allocation: Callable[[], object] | None = None,
+            warn: Warn = None, discover_fn=discover) -> Resolved:
+    """``read_file(path) -> bytes | None`` reads the image (its loader cache, os-release, CUDA
+    compat libraries); ``allocation() -> Allocation | None`` the batch job's GPUs, called only
+    when a request exists."""
+    from minictr.gpu.select import select
+
+    request = request_mod.from_inputs(inputs, settings, warn)
+    if inputs.legacy_hooks:
+        spec = without_legacy_hooks(spec)
+    if request is None:
+        return Resolved(spec)
+    alloc = allocation() if allocation is not None else None
+    if request.kind == "cdi":
+        from minictr.gpu import cdi
+
+        edits = cdi.edits_for_names(request.devices, settings.cdi_spec_dirs)
+        check_cdi_allocation(edits, alloc)
+        return Resolved(apply_edits(spec, edits))
+    if alloc is not None and not alloc.minors and request.devices != ("none",):
+        if request.devices == ("all",) and not request.count:
+            _say(warn, f"no GPU injected: this job has no GPU on this node ({alloc.source})")
+            return Resolved(without_env(spec, ("CUDA_VISIBLE_DEVICES",)))
+        raise GPUError(f"{request.source} asks for GPU {','.join(request.devices)}"
+                       + (f" (count={request.count})" if request.count else "")
+                       + f", but this job has no GPU on this node ({alloc.source})",
+                       hint="ask Slurm for GPUs (srun --gres=gpu:N), or run without --gpus")
+    try:
+        driver = discover_fn(settings.roots)
+    except GPUError:
+        if request.required:
+            raise
+        # only the image declares GPUs (every nvidia/cuda image does); nobody asked on this host
+        _say(warn, "the image asks for GPUs (NVIDIA_VISIBLE_DEVICES) but this host has no "
+             "NVIDIA driver: running without GPUs")
+        return Resolved(spec)
+    for note in driver.warnings:
+        _say(warn, note)
+    from minictr.gpu.inject import inject
+
+    selection = select(driver, request, alloc)
+    injection = inject(request, driver, selection, read_file,
+                       os.path.join(files_dir, CACHE_FILE),
+                       disable_require=settings.disable_require, renumber=alloc is not None,
+                       warn=warn)
+    spec = without_env(spec, injection.unset_env)
+    return Resolved(apply_edits(spec, injection.edits), ((CACHE_FILE, injection.cache),),
+                    selection.gpus)
+
+
+def without_legacy_hooks(spec: dict) -> dict:
+    """docker --gpus' prestart hook (nvidia-container-runtime-hook prestart) is replaced by this
+    injection: it is never run, so no NVIDIA software but the driver is needed."""
+    hooks = dict(spec.get("hooks") or {})
+    hooks["prestart"] = [h for h in hooks.get("prestart") or ()
+                         if not gpu_request.is_legacy_hook(h)]
+    if not hooks["prestart"]:
+        del hooks["prestart"]
+    return dict(spec, hooks=hooks)
+
+
+def without_env(spec: dict, names) -> dict:
+    if not names:
+        return spec
+    process = dict(spec.get("process") or {})
+    process["env"] = [e for e in process.get("env") or () if e.partition("=")[0] not in names]
+    return dict(spec, process=process)
+
+
+def check_cdi_allocation(edits: ContainerEdits, alloc) -> None:
+    """A CDI device that is an NVIDIA GPU node (195:N, N below the control nodes' minors) must
+    be inside the batch job's allocation too."""
+    if alloc is None:
+        return
+    for node in edits.device_nodes:
+        if node.major == NVIDIA_MAJOR and node.minor is not None and \
+                node.minor < CTL_MINOR - 1 and node.minor not in alloc.minors:
+            raise GPUError(f"CDI device {node.path} (195:{node.minor}) is outside the job's "
+                           f"allocation ({alloc.source})",
+                           hint="ask for the GPUs the job was given")
+
+
+def _say(warn: Warn, text: str) -> None:
+    if warn:
+        warn(text)
