@@ -118,6 +118,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
     validate.check(spec)
     spec = with_default_devices(spec)
     process = spec["process"]
+    _check_capabilities(process, spec)
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given",
                          hint="give --console-socket PATH, or set terminal to false")
@@ -226,6 +227,14 @@ def with_default_devices(spec: dict) -> dict:
         resources["devices"] = rules + [r for r in DEFAULT_ALLOW if r not in rules]
         linux["resources"] = resources
     return dict(spec, linux=linux)
+
+
+def _check_capabilities(process: dict, spec: dict) -> None:
+    from minictr.runtime import capabilities
+
+    new_userns = any(ns.get("type") == "user" and not ns.get("path")
+                     for ns in (spec.get("linux") or {}).get("namespaces", ()))
+    capabilities.check_held(process.get("capabilities") or {}, new_userns)
 
 
 def seccomp_cache_dir(root: StateRoot) -> str:
@@ -444,6 +453,7 @@ def exec_process(root: StateRoot, container_id: str, process: dict, *, attached:
         raise NotRunning(f"cannot exec in container {container_id}: it is {now}")
     spec = root.read_config(container_id)
     validate.check(dict(spec, process=process))
+    _check_capabilities(process, spec)
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given")
     entries = spawn_mod.joined_namespaces(st["pid"], spec.get("linux", {}).get("namespaces", []))

@@ -376,3 +376,18 @@ def test_delete_of_a_stopped_container_removes_its_cgroup(runtime, bundle):
         else "/sys/fs/cgroup"
     assert v2 in ("/", "") or not os.path.exists(unified + v2)
     assert stat.S_ISDIR(os.stat(unified).st_mode)
+
+
+def test_a_capability_the_runtime_lacks_is_an_error(runtime, bundle):
+    """runc's capset fails for a capability it does not hold; minictr's python-prctl limit()
+    kept only the held ones, silently (issue 12). The runtime runs without CAP_SYS_TIME."""
+    import prctl
+
+    def lacking():
+        prctl.capbset_drop(prctl.CAP_SYS_TIME)
+
+    bundle.edit(lambda s: s["process"]["capabilities"]["permitted"].append("CAP_SYS_TIME"))
+    res = runtime("run", "--bundle", str(bundle), "caps", preexec_fn=lacking)
+    assert res.returncode != 0
+    assert "CAP_SYS_TIME" in res.stderr or "operation not permitted" in res.stderr.lower(), \
+        res.stderr
