@@ -56,12 +56,22 @@ def images(paths: Paths) -> list[dict]:
 
 
 def inspect(paths: Paths, ref: str) -> dict:
-    return _store(paths).inspect(ref)
+    from minictr.errors import NoSuchImage, NotFound
+
+    try:
+        return _store(paths).inspect(ref)
+    except NoSuchImage as err:
+        raise NotFound(str(err), hint=err.hint) from err
 
 
 def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
+    from minictr.errors import NoSuchImage, NotFound
+
     store = _store(paths)
-    out = [f"Untagged: {store.remove_image(ref)}" for ref in refs]
+    try:
+        out = [f"Untagged: {store.remove_image(ref)}" for ref in refs]
+    except NoSuchImage as err:
+        raise NotFound(str(err), hint=err.hint) from err
     if prune:
         res = store.gc(keep_layers=_layers_in_use(paths))
         out.append(f"Pruned {res['blobs']} blobs and {res['layers']} layers")

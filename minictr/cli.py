@@ -124,6 +124,22 @@ def _warn(text: str) -> None:
     print(f"minictr: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _error(err) -> None:
+    print(f"minictr: error: {err}", file=sys.stderr)
+    if err.hint:
+        print(f"minictr: hint: {err.hint}", file=sys.stderr)
+
+
+def _check_terminal(args: argparse.Namespace) -> None:
+    """docker's refusal: -i -t needs a terminal on stdin (a pipe cannot be put in raw mode,
+    and its end would never reach the container's terminal as one). Exit 1, as docker."""
+    if args.interactive and args.tty and not os.isatty(0):
+        from minictr.errors import UsageError
+
+        raise UsageError("the input device is not a TTY", exit_code=1,
+                         hint="drop -t to pipe input into the container (-i alone)")
+
+
 def _print_json(obj) -> None:
     import json
 
@@ -184,18 +200,37 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """As docker: what was found is printed, what was not is an error each, and exit 1."""
     from minictr import api
+    from minictr.errors import NotFound
 
-    _print_json([api.inspect(_paths(args), ref) for ref in args.images])
-    return 0
+    found, code = [], 0
+    for ref in args.images:
+        try:
+            found.append(api.inspect(_paths(args), ref))
+        except NotFound as err:
+            _error(err)
+            code = err.exit_code
+    _print_json(found)
+    return code
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
     from minictr import api
+    from minictr.errors import NotFound
 
-    for line in api.rmi(_paths(args), args.images, prune=args.prune):
-        print(line)
-    return 0
+    code = 0
+    for ref in args.images:
+        try:
+            for line in api.rmi(_paths(args), [ref]):
+                print(line)
+        except NotFound as err:
+            _error(err)
+            code = err.exit_code
+    if args.prune:
+        for line in api.rmi(_paths(args), [], prune=True):
+            print(line)
+    return code
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -507,9 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"minictr: error: {err}", file=sys.stderr)
-        if err.hint:
-            print(f"minictr: hint: {err.hint}", file=sys.stderr)
+        _error(err)
         return err.exit_code
     except KeyboardInterrupt:
         print("minictr: interrupted", file=sys.stderr)
