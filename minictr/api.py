@@ -32,6 +32,7 @@ class Plan:
     image: str                 # the image's normalised name, for `ps`
     layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
+    notes: tuple = ()          # what the plan chose that --explain should say
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -114,31 +115,93 @@ def logout(paths: Paths, registry_name: str, *, authfile: str | None = None) -> 
 
 
 def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=None,
-                   warn: Explain = None):
+                   warn: Explain = None, platform: str | None = None,
+                   tls_verify: bool | None = None):
     """The stored image for ``ref``; loads transports (oci:, oci-archive:, docker-archive:) and
-    pulls from a registry per ``pull_policy``."""
+    pulls from a registry per ``pull_policy``. With ``platform``, a stored image for another
+    platform counts as missing (docker pulls the requested one)."""
     from minictr.image.reference import is_transport
 
     store = _store(paths, warn)
+    want = _parse_platform(platform) if platform else None
     if is_transport(ref):
         from minictr.image import archive
 
-        names = archive.load(store, ref)
-        return store.resolve(names[0])
+        names = archive.load(store, ref, platform=want)
+        return _check_requested_platform(store.resolve(names[0]), want, ref)
+
+    def pulled():
+        return store.resolve(pull(paths, ref, platform=platform, tls_verify=tls_verify,
+                                  progress=progress, warn=warn))
+
     if pull_policy == "always":
-        return store.resolve(pull(paths, ref, progress=progress, warn=warn))
+        return _check_requested_platform(pulled(), want, ref)
     try:
-        return store.resolve(ref)
+        image = store.resolve(ref)
+        if want is None or _platform_of(image) is None or _matches(image, want):
+            return image
+        if pull_policy == "never":
+            _check_requested_platform(image, want, ref)
     except ImageError:
         if pull_policy == "never":
             raise
     try:
-        return store.resolve(pull(paths, ref, progress=progress, warn=warn))
+        return _check_requested_platform(pulled(), want, ref)
     except RegistryError as err:
         # Say first what the user most likely needs to know: it is not here.
         raise RegistryError(f"image {ref!r} is not in the store, and pulling it failed: {err}",
                             hint=err.hint or "minictr images lists stored images; "
                             "minictr load FILE loads a tarball") from err
+
+
+def _parse_platform(text: str) -> dict:
+    from minictr.image import manifests
+
+    p = manifests.parse_platform(text)
+    return {"os": p.os, "architecture": p.architecture, "variant": p.variant}
+
+
+def _platform_of(image) -> dict | None:
+    """The platform an image config declares (image-spec config.md), or None if it does not."""
+    config = image.config if isinstance(image.config, dict) else {}
+    if not isinstance(config.get("os"), str) or not isinstance(config.get("architecture"), str):
+        return None
+    return {"os": config["os"], "architecture": config["architecture"],
+            "variant": config.get("variant") if isinstance(config.get("variant"), str) else ""}
+
+
+def _platform_name(p: dict) -> str:
+    return "/".join(x for x in (p["os"], p["architecture"], p.get("variant")) if x)
+
+
+def _matches(image, want: dict) -> bool:
+    from minictr.image import oci
+
+    have = _platform_of(image)
+    return have is None or oci.platform_matches(have, want)
+
+
+def _check_requested_platform(image, want: dict | None, ref: str):
+    if want is not None and not _matches(image, want):
+        raise ImageError(f"image {ref!r} was found but its platform "
+                         f"({_platform_name(_platform_of(image))}) does not match the "
+                         f"requested {_platform_name(want)}",
+                         hint="pull the other platform's image (--pull missing or always), or "
+                         "drop --platform")
+    return image
+
+
+def _warn_platform(image, requested: str | None, warn: Explain) -> None:
+    """docker's warning for an image built for another platform than this host's, when none was
+    asked for: it may still run (binfmt_misc and qemu), or fail with "exec format error"."""
+    from minictr.image import oci
+
+    have = _platform_of(image)
+    host = oci.host_platform()
+    if requested or have is None or warn is None or oci.platform_matches(have, host):
+        return
+    warn(f"The requested image's platform ({_platform_name(have)}) does not match the detected "
+         f"host platform ({_platform_name(host)}) and no specific platform was requested")
 
 
 # ---------------------------------------------------------------- plan
@@ -147,16 +210,29 @@ def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=
 def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
          container_id: str | None = None, scratch_dir: str | None = None,
          warn: Explain = None) -> Plan:
-    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute."""
+    """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute.
+    ``scratch_dir`` is the container's own directory (its resolv.conf, hosts and hostname go
+    there); a plan without one (`minictr spec`) writes them by content to a temp dir."""
+    from minictr import host
+    from minictr.config import INIT_BINARY
     from minictr.runtime import state as state_mod
     from minictr.runtime.rootfs import RootfsPlan
-    from minictr.spec import builder
+    from minictr.spec import builder, defaults
     from minictr.spec.edits import apply_edits
 
-    image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
+    image = _resolve_image(paths, opts.image, pull_policy, progress, warn, opts.platform,
+                           opts.tls_verify)
+    _warn_platform(image, opts.platform, warn)
     store = _store(paths)
     container_id = container_id or state_mod.new_id()
     name = opts.name or state_mod.default_name(container_id)
+    held_caps, nofile_limit, nofile_why = host.launcher_limits(paths.rootless)
+    etc, notes = host.etc_files(opts, builder.container_hostname(opts.hostname, container_id),
+                                scratch_dir)
+    if nofile_limit < defaults.DEFAULT_NOFILE and not any(
+            u.strip().lower().startswith("nofile=") for u in opts.ulimits):
+        notes.append(f"RLIMIT_NOFILE {nofile_limit}:{nofile_limit}, not podman's "
+                     f"{defaults.DEFAULT_NOFILE}: {nofile_why}")
     lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
     container_dir = os.path.join(paths.containers, container_id)
     rootfs = RootfsPlan(
@@ -174,7 +250,9 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=lambda path: store.read_image_file(image, path),
-        uid_mappings=uid_mappings, gid_mappings=gid_mappings)
+        uid_mappings=uid_mappings, gid_mappings=gid_mappings, launcher_caps=held_caps,
+        nofile_limit=nofile_limit, etc_files=etc,
+        init_path=INIT_BINARY if os.path.exists(INIT_BINARY) else None)
     read_file = lambda p: store.read_image_file(image, p)  # noqa: E731
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
@@ -183,7 +261,8 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
                            ANNOTATION_IMAGE: image.name,
                            ANNOTATION_LAYERS: ",".join(layer.chain_id for layer in image.layers)}
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image.name, layers=tuple(layer.chain_id for layer in image.layers))
+                image=image.name, layers=tuple(layer.chain_id for layer in image.layers),
+                notes=tuple(notes))
 
 
 def _overlay_driver() -> str:
@@ -264,33 +343,106 @@ def state_root(paths: Paths):
 
 
 def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Explain = None,
-        dry_run: bool = False, pull_policy: str = "missing", progress=None) -> int:
+        dry_run: bool = False, pull_policy: str = "missing", progress=None,
+        cidfile: str | None = None) -> int:
     """Plan the container, then create, start and wait for it; return its status. A dry run
     goes through the same steps against a recording syscall face."""
-    from minictr.runtime import lifecycle, spawn
-    from minictr.runtime import state as state_mod
-    from minictr.runtime.process import Supervisor
-
     if dry_run and explain is None:
         raise UsageError("--dry-run only makes sense with --explain",
                          hint="minictr run --dry-run --explain IMAGE CMD")
+    _claim_cidfile(cidfile)
+    try:
+        root, p, kernel = _prepare(paths, opts, gpu_roots=gpu_roots, dry_run=dry_run,
+                                   pull_policy=pull_policy, progress=progress, warn=warn,
+                                   explain=explain)
+        return _execute(paths, root, p, opts, kernel=kernel, explain=explain, warn=warn,
+                        stdin=0 if opts.interactive else None, out=1, cidfile=cidfile)
+    except BaseException:
+        _drop_cidfile(cidfile)
+        raise
+
+
+def run_detached(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None,
+                 warn: Explain = None, pull_policy: str = "missing", progress=None,
+                 cidfile: str | None = None) -> str:
+    """`run -d`: plan here (pull progress and plan errors reach the user), then leave a
+    monitor process as the container's parent (monitor.py) that runs the same create, start,
+    wait and cleanup as an attached run, with the container's output going to its log.
+    Returns the container's id once its command runs; a setup error is raised here."""
+    from minictr import monitor
+
+    _claim_cidfile(cidfile)
+    try:
+        root, p, _ = _prepare(paths, opts, gpu_roots=gpu_roots, dry_run=False,
+                              pull_policy=pull_policy, progress=progress, warn=warn,
+                              explain=explain)
+        monitor.detach(lambda stdio, out, on_started: _execute(
+            paths, root, p, opts, kernel=None, explain=explain, warn=warn, stdio=stdio,
+            stdin=None, out=out, on_started=on_started, cidfile=cidfile),
+            log_path=log_path(paths, p.container_id), interactive=opts.interactive)
+    except BaseException:
+        _drop_cidfile(cidfile)
+        raise
+    return p.container_id
+
+
+def log_path(paths: Paths, container_id: str) -> str:
+    """A detached container's stdout and stderr, in the order written (one file for both)."""
+    return os.path.join(paths.containers, container_id, "container.log")
+
+
+def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, progress,
+             warn: Explain, explain: Explain):
+    """(state root, plan, recording face or None): the plan made and the name claimed. A plan
+    that fails leaves nothing behind (its container directory holds the files it wrote)."""
+    from minictr.runtime import state as state_mod
+
     root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
-    p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
-             container_id=container_id, warn=warn,
-             scratch_dir=None if dry_run else os.path.join(paths.containers, container_id))
-    kernel = _dry_kernel(p) if dry_run else None
-    if not dry_run:
-        root.claim_name(p.name, container_id)
+    # a dry run too: its steps must name the same files; it removes the directory at the end
+    scratch = os.path.join(paths.containers, container_id)
+    try:
+        p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
+                 container_id=container_id, warn=warn, scratch_dir=scratch)
+        if not dry_run:
+            root.claim_name(p.name, container_id)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        if dry_run:
+            shutil.rmtree(root.path, ignore_errors=True)
+        raise
+    for note in p.notes:
+        if explain:
+            explain(note)
+    return root, p, _dry_kernel(p) if dry_run else None
+
+
+def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, warn: Explain,
+             stdio: tuple = (), stdin: int | None, out: int, on_started=None,
+             cidfile: str | None = None) -> int:
+    """create, start, wait (relaying the terminal), then the cleanup: the one way a container
+    of `minictr run` is executed, attached or by a detached run's monitor. ``stdio``: the
+    container's own fds 0-2 (default: ours); ``stdin``/``out``: what the terminal relay
+    copies from and to; ``on_started()`` runs once the command was exec'd."""
+    from minictr.runtime import lifecycle, spawn
+    from minictr.runtime.process import Supervisor
+
+    container_id = p.container_id
+    dry_run = kernel is not None
     code = None
     try:
         with Supervisor(None, explain) as sup:
             try:
                 created = lifecycle.create(
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
-                    attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
+                    attached=True, stdin_null=not (opts.interactive or opts.tty), stdio=stdio,
                     preserve_fds=opts.preserve_fds, rootless=paths.rootless,
                     on_spawned=sup.attach, kernel=kernel, explain=explain)
+                if cidfile and not dry_run:
+                    with open(cidfile, "w") as f:
+                        f.write(container_id)
                 lifecycle.start(root, container_id, kernel=kernel, explain=explain)
                 if dry_run:
                     return 0
@@ -300,18 +452,47 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                     code = 128 + sup.default_action
                     return code
                 raise
-            code = sup.relay_tty(created.console) if created.console is not None \
-                else sup.wait()
+            if on_started:
+                on_started()
             if created.console is not None:
-                os.close(created.console)
+                try:
+                    code = sup.relay_tty(created.console, stdin=stdin, out=out)
+                finally:
+                    os.close(created.console)
+            else:
+                code = sup.wait()
         return code
     finally:
         if dry_run:
             import shutil
 
             shutil.rmtree(root.path, ignore_errors=True)
+            shutil.rmtree(os.path.join(paths.containers, container_id), ignore_errors=True)
         else:
-            _after_exit(paths, root, container_id, p, remove=opts.rm, warn=warn)
+            _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn)
+
+
+def _claim_cidfile(path: str | None) -> None:
+    """--cidfile: made empty now, exclusively (docker refuses an existing one: another
+    container may own it); the id is written once the container is created."""
+    if path is None:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    except FileExistsError:
+        raise UsageError(f"container ID file found, make sure the other container isn't "
+                         f"running or delete {path}") from None
+    except OSError as err:
+        raise UsageError(f"--cidfile {path}: {err.strerror}") from err
+
+
+def _drop_cidfile(path: str | None) -> None:
+    """A run that failed before its container was created leaves no cidfile (docker)."""
+    try:
+        if path and os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _dry_root(paths: Paths):
@@ -339,16 +520,23 @@ def _dry_kernel(p: Plan):
     return kernel
 
 
-def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
-                warn: Explain) -> None:
-    """The container has stopped (or never started): report an OOM kill, free its cgroup,
-    and with --rm remove it and its writable layer."""
+def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | None,
+                remove: bool, warn: Explain) -> None:
+    """The container has stopped (or never started): record its exit status, report an OOM
+    kill, free its cgroup, and with --rm remove it and its writable layer. A container whose
+    create failed is gone already: its directory (the files the plan wrote) goes too."""
     from minictr.runtime import lifecycle
+    from minictr.runtime import state as state_mod
 
     try:
         st = root.read(container_id)
+    except state_mod.NoSuchContainer:
+        _remove_writable_layer(paths, container_id, p.spec.get("linux", {}))
+        return
     except MinictrError:
         return
+    if code is not None and not remove:
+        st = root.update(container_id, exit_code=code, finished=state_mod.timestamp())
     if st.get("cgroup_paths") and warn:
         from minictr.runtime import cgroups
 
@@ -405,15 +593,29 @@ def ps(paths: Paths, all_: bool = False, stats: bool = False, warn: Explain = No
         notes = st["annotations"]
         try:
             args = state_root(paths).read_config(st["id"])["process"]["args"]
+            exit_code = state_root(paths).read(st["id"]).get("exit_code")
         except MinictrError:
-            args = []
+            args, exit_code = [], None
         row = {"id": st["id"], "name": notes.get(ANNOTATION_NAME, st["id"][:12]),
                "image": notes.get(ANNOTATION_IMAGE, ""), "pid": st["pid"] or None,
-               "status": st["status"], "command": args, "created": st["created"]}
+               "status": st["status"], "command": args, "created": st["created"],
+               "exit_code": exit_code if st["status"] == "stopped" else None,
+               "labels": _labels(notes)}
         if stats:
             row["stats"] = _cgroup_stats(paths, st["id"])
         rows.append(row)
     return sorted(rows, key=lambda r: r["created"])
+
+
+def _labels(annotations: dict) -> dict:
+    import json
+
+    from minictr.spec.builder import LABELS_ANNOTATION
+
+    try:
+        return json.loads(annotations.get(LABELS_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
 
 
 def _cgroup_stats(paths: Paths, container_id: str) -> dict | None:
@@ -459,10 +661,88 @@ def exec_(paths: Paths, name: str, command: list[str], *, env=(), tty=False, int
         made = lifecycle.exec_process(root, cid, process, attached=True,
                                       stdin_null=not (interactive or tty), on_spawned=sup.attach)
         spawn.wait_for_exec(made.exec_pipe, command[0])
-        code = sup.relay_tty(made.console) if made.console is not None else sup.wait()
+        code = sup.relay_tty(made.console, stdin=0 if interactive else None) \
+            if made.console is not None else sup.wait()
     if made.console is not None:
         os.close(made.console)
     return code
+
+
+def stop(paths: Paths, name: str, *, signal_name: str | None = None,
+         timeout: int | None = None) -> None:
+    """docker stop: the container's stop signal (--stop-signal, the image's StopSignal, else
+    SIGTERM), then SIGKILL if it is still running after the timeout (--stop-timeout, else 10
+    s; -1 waits for ever). A stopped container is left as it is."""
+    import signal
+
+    from minictr.runtime import lifecycle
+    from minictr.runtime.state import parse_signal
+    from minictr.spec.builder import (DEFAULT_STOP_TIMEOUT, STOP_SIGNAL_ANNOTATION,
+                                      STOP_TIMEOUT_ANNOTATION)
+
+    root = state_root(paths)
+    cid = find_container(root, name)
+    st = root.read(cid)
+    if lifecycle.status(root, st) == "stopped":
+        return
+    notes = st.get("annotations") or {}
+    sig = parse_signal(signal_name or notes.get(STOP_SIGNAL_ANNOTATION) or "TERM")
+    if timeout is None:
+        timeout = int(notes.get(STOP_TIMEOUT_ANNOTATION, DEFAULT_STOP_TIMEOUT))
+    try:
+        lifecycle.kill(root, cid, sig)
+        if lifecycle.wait_gone(st["pid"], st.get("pid_ticks"),
+                               float("inf") if timeout < 0 else timeout):
+            return
+        lifecycle.kill(root, cid, signal.SIGKILL)
+    except lifecycle.NotRunning:
+        return
+    lifecycle.wait_gone(st["pid"], st.get("pid_ticks"))
+
+
+def logs(paths: Paths, name: str, *, follow: bool = False):
+    """The detached container's output (run -d), as chunks of bytes; with ``follow``, until the
+    container has stopped (or is removed)."""
+    import select
+
+    from minictr.errors import NotFound
+    from minictr.runtime import lifecycle
+    from minictr.runtime.state import StateError
+
+    root = state_root(paths)
+    cid = find_container(root, name)
+    try:
+        fd = os.open(log_path(paths, cid), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"container {name} has no log",
+                       hint="only a detached container (run -d) writes one; an attached run's "
+                       "output went to its terminal") from None
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if data:
+                yield data
+                continue
+            if not follow:
+                return
+            try:
+                st = root.read(cid)
+                running = lifecycle.status(root, st) != "stopped"
+            except StateError:
+                running = False               # removed (--rm): what was written is all
+            if not running:
+                follow = False                # read what is left, then stop
+                continue
+            try:
+                pidfd = os.pidfd_open(st["pid"])
+            except ProcessLookupError:
+                continue
+            try:
+                select.select([pidfd], [], [], 0.2)   # new output, or its exit, wakes us
+            finally:
+                os.close(pidfd)
+    finally:
+        os.close(fd)
 
 
 def kill(paths: Paths, name: str, signal_name: str) -> None:
@@ -512,4 +792,5 @@ def cdi_generate(roots, fmt: str = "yaml") -> str:
 
 
 __all__ = ["Plan", "MinictrError", "load", "images", "inspect", "rmi", "gc", "pull", "plan",
-           "run", "ps", "stats", "exec_", "kill", "rm", "gpus", "cdi_generate"]
+           "run", "run_detached", "logs", "ps", "stats", "exec_", "stop", "kill", "rm", "gpus",
+           "cdi_generate"]

@@ -53,7 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--name", help="container name (default: generated)")
     a("--rm", action="store_true", help="remove the container's writable layer when it exits")
     a("-i", "--interactive", action="store_true", help="keep stdin open")
-    a("-t", "--tty", action="store_true", help="give the container a pseudo-terminal")
+    a("-t", "--tty", action="store_true", help="give the container a pseudo-terminal (with -i "
+      "stdin must be a terminal; without -i no input is sent, as docker)")
     a("--read-only", action="store_true", help="mount the image read-only (no upper dir)")
     a("--init", action="store_true", help="run a minimal init as PID 1 that forwards signals and "
       "reaps zombies")
@@ -80,7 +81,32 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--gpus", help=GPUS_HELP)
     a("--gpu-memory", help="per-GPU device memory limit through MPS, e.g. 0=20G,1=10G")
     a("--annotation", action="append", default=[], help="KEY=VALUE added to the spec")
+    a("--ipc", choices=["private", "host"], default="private",
+      help="host: share the host's IPC namespace and /dev/shm (PyTorch's recommended setting)")
+    a("--pid", choices=["private", "host"], default="private",
+      help="host: share the host's PID namespace (the container sees every process)")
+    a("--shm-size", help="size of /dev/shm (default 64m)")
+    a("--dns", action="append", default=[], help="nameserver for /etc/resolv.conf")
+    a("--dns-search", action="append", default=[], help="search domain ('.' for none)")
+    a("--dns-option", "--dns-opt", action="append", default=[], help="resolv.conf option, "
+      "e.g. ndots:2")
+    a("--add-host", action="append", default=[], help="NAME:IP added to /etc/hosts "
+      "(IP host-gateway: the host, with the host's network)")
+    a("--group-add", action="append", default=[], help="supplementary group (name in the "
+      "image's /etc/group, or gid)")
+    a("-l", "--label", action="append", default=[], help="KEY=VALUE label of the container")
+    a("--stop-signal", help="signal `minictr stop` sends first (default: the image's, else TERM)")
+    a("--stop-timeout", type=int, help="seconds `minictr stop` waits before SIGKILL (default 10)")
+    a("--sysctl", action="append", default=[], help="namespaced sysctl KEY=VALUE, e.g. "
+      "net.ipv4.ip_unprivileged_port_start=0 (with --network none)")
+    a("--platform", help="os/arch[/variant] of the image to use and pull (default: this host's)")
+    a("--tls-verify", default=None, type=_bool_arg,
+      help="false allows plain http and unverified TLS when pulling")
     _add_gpu_root_args(p)
+
+
+def _bool_arg(text: str) -> bool:
+    return text.lower() not in ("false", "0", "no")
 
 
 def _run_options(args: argparse.Namespace):
@@ -102,7 +128,12 @@ def _run_options(args: argparse.Namespace):
         cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
         cgroup_parent=args.cgroup_parent, devices=tuple(args.device), gpus=args.gpus,
         gpu_memory=args.gpu_memory, annotations=tuple(args.annotation),
-        security_opts=tuple(args.security_opt))
+        security_opts=tuple(args.security_opt), ipc=args.ipc, pid=args.pid,
+        shm_size=args.shm_size, dns=tuple(args.dns), dns_search=tuple(args.dns_search),
+        dns_options=tuple(args.dns_option), add_hosts=tuple(args.add_host),
+        group_add=tuple(args.group_add), labels=tuple(args.label), stop_signal=args.stop_signal,
+        stop_timeout=args.stop_timeout, sysctls=tuple(args.sysctl), platform=args.platform,
+        tls_verify=args.tls_verify)
 
 
 def _gpu_roots(args: argparse.Namespace) -> tuple:
@@ -159,15 +190,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from minictr import api
 
     explain = _say if args.explain else None
+    if args.detach:
+        if args.dry_run:
+            from minictr.errors import UsageError
+
+            raise UsageError("--dry-run and -d do not go together",
+                             hint="a dry run starts nothing to detach from")
+        print(api.run_detached(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
+                               explain=explain, warn=_warn, pull_policy=args.pull,
+                               progress=_progress(args), cidfile=args.cidfile))
+        return 0
+    _check_terminal(args)
     return api.run(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
                    explain=explain, warn=_warn, dry_run=args.dry_run, pull_policy=args.pull,
-                   progress=_progress(args))
+                   progress=_progress(args), cidfile=args.cidfile)
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
     from minictr import api
 
-    spec = api.plan(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args)).spec
+    spec = api.plan(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
+                    warn=_warn).spec
     if args.bundle:
         api.write_bundle(spec, args.bundle)
     else:
@@ -293,7 +336,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
         _print_json(rows)
         return 0
     header = ["CONTAINER ID", "NAME", "IMAGE", "PID", "STATUS", "COMMAND"]
-    table = [[r["id"][:12], r["name"], r["image"], str(r.get("pid") or "-"), r["status"],
+    table = [[r["id"][:12], r["name"], r["image"], str(r.get("pid") or "-"),
+              r["status"] if r.get("exit_code") is None else f"exited ({r['exit_code']})",
               " ".join(r["command"])[:40]] for r in rows]
     if args.stats:
         header += ["MEM", "PIDS", "CPU s"]
@@ -316,11 +360,31 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     from minictr import api
 
+    _check_terminal(args)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     return api.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
                      interactive=args.interactive, workdir=args.workdir, user=args.user)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    out = sys.stdout.buffer
+    for chunk in api.logs(_paths(args), args.container, follow=args.follow):
+        out.write(chunk)
+        out.flush()
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from minictr import api
+
+    for name in args.containers:
+        api.stop(_paths(args), name, signal_name=args.signal, timeout=args.time)
+        print(name)
+    return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
@@ -437,6 +501,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
                    help="pull the image from its registry: missing (default), always, never")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background: print "
+                   "the container's id once it runs; its output goes to `minictr logs`")
+    p.add_argument("--cidfile", help="write the container's id to this file (which must not "
+                   "exist)")
 
     p = add("spec", cmd_spec, "print the OCI runtime spec (config.json) that run would execute")
     _add_run_args(p)
@@ -499,6 +567,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
 
+    p = add("logs", cmd_logs, "print a detached container's output (stdout and stderr)")
+    p.add_argument("container")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until it stops")
+
+    p = add("stop", cmd_stop, "stop containers: the stop signal, then SIGKILL after a timeout")
+    p.add_argument("containers", nargs="+")
+    p.add_argument("-s", "--signal", help="signal to send first (default: the container's "
+                   "--stop-signal, the image's StopSignal, else TERM)")
+    p.add_argument("-t", "--time", type=int, help="seconds to wait before SIGKILL (default: "
+                   "the container's --stop-timeout, else 10; -1 waits for ever)")
+
     p = add("kill", cmd_kill, "send a signal to a container's PID 1 (default SIGKILL)")
     p.add_argument("container")
     p.add_argument("signal", nargs="?", default="KILL", help="signal name or number "
@@ -522,7 +601,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "login", "logout",
-            "ps", "stats", "exec", "kill", "rm", "gpus", "cdi")
+            "ps", "stats", "exec", "logs", "stop", "kill", "rm", "gpus", "cdi")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,11 +106,12 @@ def list_states(root: StateRoot, warn: Explain = None) -> list[dict]:
 def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootfs=None,
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
-           init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
+           stdio: tuple = (), systemd_cgroup: bool = False, rootless: bool | None = None,
            no_pivot: bool = False, no_new_keyring: bool = False,
            on_spawned: Callable[[int], None] | None = None, kernel=None,
            explain: Explain = None) -> Created:
-    """Create the container (see the module docstring); on failure nothing is left."""
+    """Create the container (see the module docstring); on failure nothing is left.
+    ``stdio``: fds to become its first process's stdin, stdout and stderr (None: inherited)."""
     from minictr.runtime import validate
 
     kernel = kernel or sc.Syscalls()
@@ -166,8 +167,8 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
 
         plan = spawn_mod.SpawnPlan(
             process=process, namespaces=spawn_mod.plan_namespaces(linux.get("namespaces", [])),
-            rootless=rootless, attached=attached, stdin_null=stdin_null,
-            preserve_fds=preserve_fds, init=init, container=(spec, rootfs), fifo_fd=fifo_fd,
+            rootless=rootless, attached=attached, stdin_null=stdin_null, stdio=tuple(stdio),
+            preserve_fds=preserve_fds, container=(spec, rootfs), fifo_fd=fifo_fd,
             uid_mappings=tuple(linux.get("uidMappings") or ()),
             gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
             oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
@@ -502,6 +503,8 @@ def processes(root: StateRoot, container_id: str) -> list[int]:
         return []
     try:
         ns = os.readlink(f"/proc/{pid}/ns/pid")
+        if ns == os.readlink("/proc/self/ns/pid"):
+            return [pid]              # the host's PID namespace (--pid host): not all of it
     except OSError:
         return []
     pids = []
