@@ -1,4 +1,5 @@
-"""The command-line front end: parses arguments and calls ``minictr.api``. No logic beyond parsing.
+"""The command-line front end: parses arguments and calls ``minictr.api`` (images, plan, run)
+or ``minictr.containers`` (ps, exec, stop, logs, kill, rm). No logic beyond parsing.
 
 Only this module prints. Errors arrive as ``MinictrError`` and leave as one line, a hint, and an
 exit code (125 launcher, 126 cannot execute, 127 not found, else the container's own status).
@@ -329,9 +330,9 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
-    rows = api.ps(_paths(args), all_=args.all, stats=args.stats, warn=_warn)
+    rows = containers.ps(_paths(args), all_=args.all, stats=args.stats, warn=_warn)
     if args.format == "json":
         _print_json(rows)
         return 0
@@ -351,54 +352,54 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
-    _print_json(api.stats(_paths(args), args.container))
+    _print_json(containers.stats(_paths(args), args.container))
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
     _check_terminal(args)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    return api.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
+    return containers.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
                      interactive=args.interactive, workdir=args.workdir, user=args.user)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
     out = sys.stdout.buffer
-    for chunk in api.logs(_paths(args), args.container, follow=args.follow):
+    for chunk in containers.logs(_paths(args), args.container, follow=args.follow):
         out.write(chunk)
         out.flush()
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
     for name in args.containers:
-        api.stop(_paths(args), name, signal_name=args.signal, timeout=args.time)
+        containers.stop(_paths(args), name, signal_name=args.signal, timeout=args.time)
         print(name)
     return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
-    api.kill(_paths(args), args.container, args.signal)
+    containers.kill(_paths(args), args.container, args.signal)
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
     for name in args.containers:
-        api.rm(_paths(args), name, force=args.force, warn=_warn)
+        containers.rm(_paths(args), name, force=args.force, warn=_warn)
         print(name)
     return 0
 
