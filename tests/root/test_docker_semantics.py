@@ -297,7 +297,8 @@ def test_detach_logs_stop_and_the_exit_status(mc, tmp_path):
         cid = res.stdout.strip()
         assert len(cid) == 64 and cidfile.read_text() == cid
         logs = mc.popen("logs", "-f", "bg", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert logs.stdout.readline() == b"started\n"
+        ready, _, _ = select.select([logs.stdout], [], [], 60)     # a guard against a hang
+        assert ready and logs.stdout.readline() == b"started\n"
         assert mc("stop", "bg", timeout=60).stdout == "bg\n"
         out, err = logs.communicate(timeout=60)              # -f ends with the container
         assert out == b"stopping\n", err
