@@ -81,6 +81,9 @@ HINTS = {
     "shared mounts; on an initramfs root it always fails",
     ("bpf", errno.EPERM): "loading an eBPF device filter needs CAP_SYS_ADMIN in the initial user "
     "namespace (or CAP_BPF); rootless containers get no device filter",
+    ("setrlimit", errno.EPERM): "raising a hard limit above minictr's own needs CAP_SYS_RESOURCE "
+    "(root without it, or rootless): lower that --ulimit, or raise the limit where minictr "
+    "starts (ulimit -H, limits.conf)",
 }
 
 

@@ -354,3 +354,21 @@ def test_short_names_find_a_loaded_layout(mc, image_cache):
     res = mc("run", "--rm", "--pull", "never", "bbshort", "true")
     assert res.returncode == 0, res.stderr
     assert mc("run", "--rm", "--pull", "missing", "bbshort", "true").returncode == 0
+
+
+def test_unlimited_ulimits_as_nvidia_recommends_for_pytorch(mc):
+    """--ulimit memlock=-1 (and any -1) failed with "OverflowError: Python int too large":
+    the spec's RLIM_INFINITY (2**64-1) went to setrlimit as it is. A hard limit the launcher
+    cannot raise (no CAP_SYS_RESOURCE, as in this sandbox) is one line and a hint."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == resource.RLIM_INFINITY:
+        res = mc("run", "--rm", "--ulimit", "core=-1", "busybox:test", "sh", "-c", "ulimit -c")
+        assert res.returncode == 0 and res.stdout == "unlimited\n", res.stderr
+    res = mc("run", "--rm", "--ulimit", "memlock=-1", "busybox:test", "sh", "-c", "ulimit -l")
+    if int(_status_field("self", "CapEff"), 16) & (1 << 24):        # CAP_SYS_RESOURCE
+        assert res.returncode == 0 and res.stdout == "unlimited\n", res.stderr
+    else:
+        assert res.returncode == 125 and res.stderr.count("\n") == 2, res.stderr
+        assert "setrlimit(RLIMIT_MEMLOCK, unlimited, unlimited): Operation not permitted" \
+            in res.stderr and "CAP_SYS_RESOURCE" in res.stderr
