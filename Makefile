@@ -51,7 +51,7 @@ deps:
 	  fi; \
 	else echo "not root: skipping Debian packages ($(DEB_BUILD))"; fi
 
-$(VENV)/.installed: pyproject.toml setup.py native/minictr_native.c native/minictr_native.h native/build.py \
+$(VENV)/.installed: pyproject.toml setup.py native/minictr_native.c native/minictr_native.h native/build.py native/mcinit.c \
                    native/seccomp_build.py
 	$(MAKE) deps
 	$(BOOTSTRAP_PYTHON) -m venv $(VENV)

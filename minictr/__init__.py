@@ -1,5 +1,5 @@
 """minictr: a daemonless container launcher. image → plan (OCI runtime spec) → runtime."""
-import signal as _signal
+import sys as _sys
 
 __version__ = "0.1.0"
 
@@ -14,4 +14,9 @@ def _interrupted_early(signum, frame):
     os._exit(130)
 
 
-_signal.signal(_signal.SIGINT, _interrupted_early)
+# Only for the commands themselves: a program that imports minictr as a library keeps
+# Python's KeyboardInterrupt.
+if _sys.argv and _sys.argv[0].rsplit("/", 1)[-1] in ("minictr", "minictr-runc"):
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, _interrupted_early)

@@ -11,8 +11,7 @@ from minictr.records import record
 from collections.abc import Callable
 
 from minictr.config import Paths
-from minictr.errors import (ImageError, MinictrError, RegistryError, RuntimeSetupError,
-                            UsageError)
+from minictr.errors import ImageError, MinictrError, RegistryError, UsageError
 
 Explain = Callable[[str], None] | None
 # What minictr's own CLI records about a container, in its spec's annotations.
@@ -33,8 +32,9 @@ class Plan:
     layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
     keep_fds: tuple = ()       # host fds that pass in by number (job-native: Slurm's PMI_FD)
-    files: tuple = ()          # (name, bytes) the spec's mounts expect in files_dir (the GPU
-    #                            loader cache, job-native passwd/group): written at create
+    files: tuple = ()          # (name, bytes) the spec's mounts expect in files_dir (/etc files,
+    #                            the GPU loader cache, job-native passwd/group): written at create
+    notes: tuple = ()          # what the plan chose that --explain should say
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -59,12 +59,22 @@ def images(paths: Paths) -> list[dict]:
 
 
 def inspect(paths: Paths, ref: str) -> dict:
-    return _store(paths).inspect(ref)
+    from minictr.errors import NoSuchImage, NotFound
+
+    try:
+        return _store(paths).inspect(ref)
+    except NoSuchImage as err:
+        raise NotFound(str(err), hint=err.hint) from err
 
 
 def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
+    from minictr.errors import NoSuchImage, NotFound
+
     store = _store(paths)
-    out = [f"Untagged: {store.remove_image(ref)}" for ref in refs]
+    try:
+        out = [f"Untagged: {store.remove_image(ref)}" for ref in refs]
+    except NoSuchImage as err:
+        raise NotFound(str(err), hint=err.hint) from err
     if prune:
         res = store.gc(keep_layers=_layers_in_use(paths))
         out.append(f"Pruned {res['blobs']} blobs and {res['layers']} layers")
@@ -198,31 +208,93 @@ def logout(paths: Paths, registry_name: str, *, authfile: str | None = None) -> 
 
 
 def _resolve_image(paths: Paths, ref: str, pull_policy: str = "never", progress=None,
-                   warn: Explain = None):
+                   warn: Explain = None, platform: str | None = None,
+                   tls_verify: bool | None = None):
     """The stored image for ``ref``; loads transports (oci:, oci-archive:, docker-archive:) and
-    pulls from a registry per ``pull_policy``."""
+    pulls from a registry per ``pull_policy``. With ``platform``, a stored image for another
+    platform counts as missing (docker pulls the requested one)."""
     from minictr.image.reference import is_transport
 
     store = _store(paths, warn)
+    want = _parse_platform(platform) if platform else None
     if is_transport(ref):
         from minictr.image import archive
 
-        names = archive.load(store, ref)
-        return store.resolve(names[0])
+        names = archive.load(store, ref, platform=want)
+        return _check_requested_platform(store.resolve(names[0]), want, ref)
+
+    def pulled():
+        return store.resolve(pull(paths, ref, platform=platform, tls_verify=tls_verify,
+                                  progress=progress, warn=warn))
+
     if pull_policy == "always":
-        return store.resolve(pull(paths, ref, progress=progress, warn=warn))
+        return _check_requested_platform(pulled(), want, ref)
     try:
-        return store.resolve(ref)
+        image = store.resolve(ref)
+        if want is None or _platform_of(image) is None or _matches(image, want):
+            return image
+        if pull_policy == "never":
+            _check_requested_platform(image, want, ref)
     except ImageError:
         if pull_policy == "never":
             raise
     try:
-        return store.resolve(pull(paths, ref, progress=progress, warn=warn))
+        return _check_requested_platform(pulled(), want, ref)
     except RegistryError as err:
         # Say first what the user most likely needs to know: it is not here.
         raise RegistryError(f"image {ref!r} is not in the store, and pulling it failed: {err}",
                             hint=err.hint or "minictr images lists stored images; "
                             "minictr load FILE loads a tarball") from err
+
+
+def _parse_platform(text: str) -> dict:
+    from minictr.image import manifests
+
+    return manifests.parse_platform(text)
+
+
+def _platform_of(image) -> dict | None:
+    """The platform an image config declares (image-spec config.md), or None if it does not."""
+    config = image.config if isinstance(image.config, dict) else {}
+    if not isinstance(config.get("os"), str) or not isinstance(config.get("architecture"), str):
+        return None
+    return {"os": config["os"], "architecture": config["architecture"],
+            "variant": config.get("variant") if isinstance(config.get("variant"), str) else ""}
+
+
+def _platform_name(p: dict) -> str:
+    return "/".join(x for x in (p["os"], p["architecture"], p.get("variant")) if x)
+
+
+def _matches(image, want: dict) -> bool:
+    from minictr.image import manifests
+
+    have = _platform_of(image)
+    return have is None or manifests.platform_matches(have, want)
+
+
+def _check_requested_platform(image, want: dict | None, ref: str):
+    if want is not None and not _matches(image, want):
+        raise ImageError(f"image {ref!r} was found but its platform "
+                         f"({_platform_name(_platform_of(image))}) does not match the "
+                         f"requested {_platform_name(want)}",
+                         hint="pull the other platform's image (--pull missing or always), or "
+                         "drop --platform")
+    return image
+
+
+def _warn_platform(image, requested: str | None, warn: Explain) -> None:
+    """docker's warning for an image built for another platform than this host's, when none was
+    asked for: it may still run (binfmt_misc and qemu), or fail with "exec format error"."""
+    from minictr.image import manifests
+
+    have = _platform_of(image)
+    host = manifests.host_platform()
+    shown = dict(host, variant="") if host["architecture"] == "amd64" else host  # as docker
+    if requested or have is None or warn is None or manifests.platform_matches(have, host):
+        return
+    warn(f"The requested image's platform ({_platform_name(have)}) does not match the detected "
+         f"host platform ({_platform_name(shown)}) and no specific platform was requested")
 
 
 # ---------------------------------------------------------------- plan
@@ -236,13 +308,22 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     ``files_dir``: where the spec says the files of ``Plan.files`` are (default: the
     container's state directory, where `run` has create write them). Nothing is written here.
     """
+    from minictr import host
+    from minictr.config import INIT_BINARY
     from minictr.runtime import state as state_mod
     from minictr.runtime.rootfs import RootfsPlan
-    from minictr.spec import builder, gpu_request
+    from minictr.spec import builder, defaults, gpu_request
     from minictr.spec.edits import apply_edits
 
     container_id = container_id or state_mod.new_id()
     name = opts.name or state_mod.default_name(container_id)
+    files_dir = files_dir or os.path.join(paths.state, container_id)
+    held_caps, nofile_limit, nofile_why = host.launcher_limits(paths.rootless)
+    notes: list[str] = []
+    if nofile_limit < defaults.DEFAULT_NOFILE and not any(
+            u.strip().lower().startswith("nofile=") for u in opts.ulimits):
+        notes.append(f"RLIMIT_NOFILE {nofile_limit}:{nofile_limit}, not podman's "
+                     f"{defaults.DEFAULT_NOFILE}: {nofile_why}")
     container_dir = os.path.join(paths.containers, container_id)
     target = os.path.join(paths.state, container_id, "rootfs")
     scratch = os.path.join(paths.state, container_id, "rw")
@@ -262,7 +343,9 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         image_name, chain_ids, read_file = image.path, (), image.read_file
     else:
         check_missing_file(opts.image)
-        image = _resolve_image(paths, opts.image, pull_policy, progress, warn)
+        image = _resolve_image(paths, opts.image, pull_policy, progress, warn, opts.platform,
+                               opts.tls_verify)
+        _warn_platform(image, opts.platform, warn)
         store = _store(paths)
         lowerdirs = [store.layer_dir(layer.chain_id) for layer in image.layers]
         rootfs = RootfsPlan(
@@ -274,6 +357,13 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         image_name = image.name
         chain_ids = tuple(layer.chain_id for layer in image.layers)
         read_file = lambda path: store.read_image_file(image, path)  # noqa: E731
+    # /etc/resolv.conf, hosts and hostname: files of the container's own directory, which
+    # create writes (Plan.files), bind-mounted by the spec
+    etc, etc_notes = host.etc_files(opts, os.uname().nodename if opts.hpc else
+                                    builder.container_hostname(opts.hostname, container_id))
+    notes += etc_notes
+    files: tuple = tuple((os.path.basename(dest), data) for dest, data in etc.items())
+    etc_sources = {dest: os.path.join(files_dir, os.path.basename(dest)) for dest in etc}
     uid_mappings = gid_mappings = None
     if paths.rootless and opts.userns != "host":
         from minictr.runtime.idmap import rootless_mappings
@@ -284,12 +374,13 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=read_file,
-        uid_mappings=uid_mappings, gid_mappings=gid_mappings)
-    files_dir = files_dir or os.path.join(paths.state, container_id)
+        uid_mappings=uid_mappings, gid_mappings=gid_mappings, launcher_caps=held_caps,
+        nofile_limit=nofile_limit, etc_files=etc_sources,
+        init_path=INIT_BINARY if os.path.exists(INIT_BINARY) else None)
     keep_fds: tuple = ()
-    files: tuple = ()
     if opts.hpc:
-        job_edits, files, keep_fds = _job_native_edits(spec, read_file, files_dir, warn=warn)
+        job_edits, job_files, keep_fds = _job_native_edits(spec, read_file, files_dir, warn=warn)
+        files += job_files
         for edits in job_edits:
             spec = apply_edits(spec, edits)
     for edits in _edits_for(opts, gpu_roots):
@@ -307,7 +398,8 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
             settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation)
         spec, files = resolved.spec, files + tuple(resolved.files)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files)
+                image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files,
+                notes=tuple(notes))
 
 
 def _job_native_edits(spec: dict, read_file, files_dir: str, *, warn: Explain):
@@ -455,33 +547,107 @@ def state_root(paths: Paths):
 
 
 def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Explain = None,
-        dry_run: bool = False, pull_policy: str = "missing", progress=None) -> int:
+        dry_run: bool = False, pull_policy: str = "missing", progress=None,
+        cidfile: str | None = None) -> int:
     """Plan the container, then create, start and wait for it; return its status. A dry run
     goes through the same steps against a recording syscall face."""
-    from minictr.runtime import lifecycle, spawn
-    from minictr.runtime import state as state_mod
-    from minictr.runtime.process import Supervisor
-
     if dry_run and explain is None:
         raise UsageError("--dry-run only makes sense with --explain",
                          hint="minictr run --dry-run --explain IMAGE CMD")
+    _claim_cidfile(cidfile)
+    try:
+        root, p, kernel = _prepare(paths, opts, gpu_roots=gpu_roots, dry_run=dry_run,
+                                   pull_policy=pull_policy, progress=progress, warn=warn,
+                                   explain=explain)
+        return _execute(paths, root, p, opts, kernel=kernel, explain=explain, warn=warn,
+                        stdin=0 if opts.interactive else None, out=1, cidfile=cidfile)
+    except BaseException:
+        _drop_cidfile(cidfile)
+        raise
+
+
+def run_detached(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None,
+                 warn: Explain = None, pull_policy: str = "missing", progress=None,
+                 cidfile: str | None = None) -> str:
+    """`run -d`: plan here (pull progress and plan errors reach the user), then leave a
+    monitor process as the container's parent (monitor.py) that runs the same create, start,
+    wait and cleanup as an attached run, with the container's output going to its log.
+    Returns the container's id once its command runs; a setup error is raised here."""
+    from minictr import monitor
+
+    _claim_cidfile(cidfile)
+    try:
+        root, p, _ = _prepare(paths, opts, gpu_roots=gpu_roots, dry_run=False,
+                              pull_policy=pull_policy, progress=progress, warn=warn,
+                              explain=explain)
+        os.makedirs(os.path.join(paths.containers, p.container_id), mode=0o700, exist_ok=True)
+        monitor.detach(lambda stdio, out, on_started: _execute(
+            paths, root, p, opts, kernel=None, explain=explain, warn=warn, stdio=stdio,
+            stdin=None, out=out, on_started=on_started, cidfile=cidfile),
+            log_path=log_path(paths, p.container_id), interactive=opts.interactive)
+    except BaseException:
+        _drop_cidfile(cidfile)
+        raise
+    return p.container_id
+
+
+def log_path(paths: Paths, container_id: str) -> str:
+    """A detached container's stdout and stderr, in the order written (one file for both)."""
+    return os.path.join(paths.containers, container_id, "container.log")
+
+
+def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, progress,
+             warn: Explain, explain: Explain):
+    """(state root, plan, recording face or None): the plan made and the name claimed. A plan
+    that fails leaves nothing behind (its container directory holds the files it wrote)."""
+    from minictr.runtime import state as state_mod
+
     root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
-    p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
-             container_id=container_id, warn=warn, files_dir=root.dir(container_id))
-    kernel = _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
-    if not dry_run:
-        root.claim_name(p.name, container_id)
+    # planning writes nothing: the files the spec names in the container's state directory
+    # (Plan.files) are written by create, a dry run's into its own throwaway state root
+    try:
+        p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
+                 container_id=container_id, warn=warn, files_dir=root.dir(container_id))
+        if not dry_run:
+            root.claim_name(p.name, container_id)
+    except BaseException:
+        if dry_run:
+            import shutil
+
+            shutil.rmtree(root.path, ignore_errors=True)
+        raise
+    for note in p.notes:
+        if explain:
+            explain(note)
+    return root, p, _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
+
+
+def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, warn: Explain,
+             stdio: tuple = (), stdin: int | None, out: int, on_started=None,
+             cidfile: str | None = None) -> int:
+    """create, start, wait (relaying the terminal), then the cleanup: the one way a container
+    of `minictr run` is executed, attached or by a detached run's monitor. ``stdio``: the
+    container's own fds 0-2 (default: ours); ``stdin``/``out``: what the terminal relay
+    copies from and to; ``on_started()`` runs once the command was exec'd."""
+    from minictr.runtime import lifecycle, spawn
+    from minictr.runtime.process import Supervisor
+
+    container_id = p.container_id
+    dry_run = kernel is not None
     code = None
     try:
         with Supervisor(None, explain) as sup:
             try:
                 created = lifecycle.create(
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
-                    attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
+                    attached=True, stdin_null=not (opts.interactive or opts.tty), stdio=stdio,
                     preserve_fds=opts.preserve_fds, keep_fds=p.keep_fds,
                     rootless=paths.rootless, files=p.files,
                     on_spawned=sup.attach, kernel=kernel, explain=explain)
+                if cidfile and not dry_run:
+                    with open(cidfile, "w") as f:
+                        f.write(container_id)
                 lifecycle.start(root, container_id, kernel=kernel, explain=explain)
                 if dry_run:
                     return 0
@@ -491,18 +657,47 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                     code = 128 + sup.default_action
                     return code
                 raise
-            code = sup.relay_tty(created.console) if created.console is not None \
-                else sup.wait()
+            if on_started:
+                on_started()
             if created.console is not None:
-                os.close(created.console)
+                try:
+                    code = sup.relay_tty(created.console, stdin=stdin, out=out)
+                finally:
+                    os.close(created.console)
+            else:
+                code = sup.wait()
         return code
     finally:
         if dry_run:
             import shutil
 
             shutil.rmtree(root.path, ignore_errors=True)
+            shutil.rmtree(os.path.join(paths.containers, container_id), ignore_errors=True)
         else:
-            _after_exit(paths, root, container_id, p, remove=opts.rm, warn=warn)
+            _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn)
+
+
+def _claim_cidfile(path: str | None) -> None:
+    """--cidfile: made empty now, exclusively (docker refuses an existing one: another
+    container may own it); the id is written once the container is created."""
+    if path is None:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    except FileExistsError:
+        raise UsageError(f"container ID file found, make sure the other container isn't "
+                         f"running or delete {path}") from None
+    except OSError as err:
+        raise UsageError(f"--cidfile {path}: {err.strerror}") from err
+
+
+def _drop_cidfile(path: str | None) -> None:
+    """A run that failed before its container was created leaves no cidfile (docker)."""
+    try:
+        if path and os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _dry_root(paths: Paths):
@@ -542,11 +737,13 @@ def _dry_kernel(p: Plan, scratch: str):
     return kernel
 
 
-def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
-                warn: Explain) -> None:
-    """The container has stopped (or never started): report an OOM kill, free its cgroup,
-    and with --rm remove it and its writable layer."""
+def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | None,
+                remove: bool, warn: Explain) -> None:
+    """The container has stopped (or never started): record its exit status, report an OOM
+    kill, free its cgroup, and with --rm remove it and its writable layer. A container whose
+    create failed is gone already: its writable layer and name go too."""
     from minictr.runtime import lifecycle
+    from minictr.runtime import state as state_mod
 
     try:
         st = root.read(container_id)
@@ -556,6 +753,8 @@ def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
         _remove_writable_layer(paths, container_id, p.spec.get("linux", {}))
         root.release_names(container_id)
         return
+    if code is not None and not remove:
+        st = root.update(container_id, exit_code=code, finished=state_mod.timestamp())
     if st.get("cgroup_paths") and warn:
         from minictr.runtime import cgroups
 
@@ -586,123 +785,6 @@ def _states(paths: Paths, warn: Explain = None) -> list[dict]:
     return lifecycle.list_states(StateRoot(paths.state), warn=warn)
 
 
-def find_container(root, name: str) -> str:
-    """A container's id from its name, full id or a unique id prefix."""
-    from minictr.runtime.state import NoSuchContainer
-
-    by_name = root.name_to_id(name)
-    if by_name and os.path.isdir(root.dir(by_name)):
-        return by_name
-    ids = root.ids()
-    if name in ids:
-        return name
-    matches = [cid for cid in ids if cid.startswith(name)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise UsageError(f"{name!r} matches {len(matches)} containers", hint="give more of the id")
-    raise NoSuchContainer(name)
-
-
-def ps(paths: Paths, all_: bool = False, stats: bool = False, warn: Explain = None) -> list[dict]:
-    rows = []
-    for st in _states(paths, warn):
-        if not all_ and st["status"] not in ("running", "created", "paused"):
-            continue
-        notes = st["annotations"]
-        try:
-            args = state_root(paths).read_config(st["id"])["process"]["args"]
-        except MinictrError:
-            args = []
-        row = {"id": st["id"], "name": notes.get(ANNOTATION_NAME, st["id"][:12]),
-               "image": notes.get(ANNOTATION_IMAGE, ""), "pid": st["pid"] or None,
-               "status": st["status"], "command": args, "created": st["created"]}
-        if stats:
-            row["stats"] = _cgroup_stats(paths, st["id"])
-        rows.append(row)
-    return sorted(rows, key=lambda r: r["created"])
-
-
-def _cgroup_stats(paths: Paths, container_id: str) -> dict | None:
-    from minictr.runtime import cgroups
-
-    st = state_root(paths).read(container_id)
-    if not st.get("cgroup_paths"):
-        return None
-    try:
-        return cgroups.Cgroup.from_paths(st["cgroup_paths"]).stats()
-    except OSError:
-        return None
-
-
-def stats(paths: Paths, name: str) -> dict:
-    from minictr.runtime import lifecycle
-
-    root = state_root(paths)
-    cid = find_container(root, name)
-    if lifecycle.status(root, root.read(cid)) != "running":
-        raise MinictrError(f"container {name} is not running")
-    usage = _cgroup_stats(paths, cid)
-    if usage is None:
-        raise MinictrError(f"container {name} has no cgroup to read usage from",
-                           hint="rootless containers without a delegated cgroup have none")
-    return {"id": cid, "name": root.read(cid)["annotations"].get(ANNOTATION_NAME), **usage}
-
-
-def exec_(paths: Paths, name: str, command: list[str], *, env=(), tty=False, interactive=False,
-          workdir=None, user=None) -> int:
-    """Run ``command`` in a running container, through the spawn path its first process took."""
-    from minictr.runtime import lifecycle, spawn
-    from minictr.runtime.process import Supervisor
-    from minictr.spec.process import exec_process_settings
-
-    if not command:
-        raise UsageError("exec needs a command", hint="minictr exec NAME sh")
-    root = state_root(paths)
-    cid = find_container(root, name)
-    spec = root.read_config(cid)
-    process = exec_process_settings(spec["process"], command, list(env), tty, workdir, user)
-    with Supervisor(None) as sup:
-        made = lifecycle.exec_process(root, cid, process, attached=True,
-                                      stdin_null=not (interactive or tty), on_spawned=sup.attach)
-        spawn.wait_for_exec(made.exec_pipe, command[0])
-        code = sup.relay_tty(made.console) if made.console is not None else sup.wait()
-    if made.console is not None:
-        os.close(made.console)
-    return code
-
-
-def kill(paths: Paths, name: str, signal_name: str) -> None:
-    from minictr.runtime import lifecycle
-    from minictr.runtime.state import parse_signal
-
-    root = state_root(paths)
-    lifecycle.kill(root, find_container(root, name), parse_signal(signal_name))
-
-
-def rm(paths: Paths, name: str, force: bool = False, warn: Explain = None) -> None:
-    """Remove a stopped container (with force, a running one) and its writable layer."""
-    from minictr.runtime import lifecycle
-
-    root = state_root(paths)
-    cid = find_container(root, name)
-    try:
-        linux = root.read_config(cid).get("linux", {})
-    except MinictrError:
-        linux = {}
-    try:
-        now = lifecycle.status(root, root.read(cid))
-    except MinictrError:
-        now = "stopped"
-        if not force:
-            raise
-    if now in ("running", "paused", "created") and not force:
-        raise RuntimeSetupError(f"container {name} is {now}",
-                                hint="stop it first, or use minictr rm -f")
-    lifecycle.delete(root, cid, force=True, warn=warn)
-    _remove_writable_layer(paths, cid, linux)
-
-
 # ---------------------------------------------------------------- GPUs
 
 
@@ -719,4 +801,4 @@ def cdi_generate(roots, fmt: str = "yaml") -> str:
 
 
 __all__ = ["Plan", "MinictrError", "load", "images", "inspect", "rmi", "gc", "pull", "plan",
-           "run", "ps", "stats", "exec_", "kill", "rm", "gpus", "cdi_generate"]
+           "run", "run_detached", "gpus", "cdi_generate"]

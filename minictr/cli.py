@@ -1,4 +1,5 @@
-"""The command-line front end: parses arguments and calls ``minictr.api``. No logic beyond parsing.
+"""The command-line front end: parses arguments and calls ``minictr.api`` (images, plan, run)
+or ``minictr.containers`` (ps, exec, stop, logs, kill, rm). No logic beyond parsing.
 
 Only this module prints. Errors arrive as ``MinictrError`` and leave as one line, a hint, and an
 exit code (125 launcher, 126 cannot execute, 127 not found, else the container's own status).
@@ -52,7 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--name", help="container name (default: generated)")
     a("--rm", action="store_true", help="remove the container's writable layer when it exits")
     a("-i", "--interactive", action="store_true", help="keep stdin open")
-    a("-t", "--tty", action="store_true", help="give the container a pseudo-terminal")
+    a("-t", "--tty", action="store_true", help="give the container a pseudo-terminal (with -i "
+      "stdin must be a terminal; without -i no input is sent, as docker)")
     a("--read-only", action="store_true", help="mount the image read-only (no upper dir)")
     a("--init", action="store_true", help="run a minimal init as PID 1 that forwards signals and "
       "reaps zombies")
@@ -84,7 +86,32 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
       "LD_LIBRARY_PATH...), you as yourself with $HOME and the current directory mounted, the "
       "host's PID, IPC and UTS namespaces, Slurm's PMI/PMIx; default from "
       "/etc/minictr/config.toml or ~/.config/minictr/config.toml ([run] hpc = true)")
+    a("--ipc", choices=["private", "host"], default="private",
+      help="host: share the host's IPC namespace and /dev/shm (PyTorch's recommended setting)")
+    a("--pid", choices=["private", "host"], default="private",
+      help="host: share the host's PID namespace (the container sees every process)")
+    a("--shm-size", help="size of /dev/shm (default 64m)")
+    a("--dns", action="append", default=[], help="nameserver for /etc/resolv.conf")
+    a("--dns-search", action="append", default=[], help="search domain ('.' for none)")
+    a("--dns-option", "--dns-opt", action="append", default=[], help="resolv.conf option, "
+      "e.g. ndots:2")
+    a("--add-host", action="append", default=[], help="NAME:IP added to /etc/hosts "
+      "(IP host-gateway: the host, with the host's network)")
+    a("--group-add", action="append", default=[], help="supplementary group (name in the "
+      "image's /etc/group, or gid)")
+    a("-l", "--label", action="append", default=[], help="KEY=VALUE label of the container")
+    a("--stop-signal", help="signal `minictr stop` sends first (default: the image's, else TERM)")
+    a("--stop-timeout", type=int, help="seconds `minictr stop` waits before SIGKILL (default 10)")
+    a("--sysctl", action="append", default=[], help="namespaced sysctl KEY=VALUE, e.g. "
+      "net.ipv4.ip_unprivileged_port_start=0 (with --network none)")
+    a("--platform", help="os/arch[/variant] of the image to use and pull (default: this host's)")
+    a("--tls-verify", default=None, type=_bool_arg,
+      help="false allows plain http and unverified TLS when pulling")
     _add_gpu_root_args(p)
+
+
+def _bool_arg(text: str) -> bool:
+    return text.lower() not in ("false", "0", "no")
 
 
 def _run_options(args: argparse.Namespace):
@@ -106,7 +133,12 @@ def _run_options(args: argparse.Namespace):
         cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
         cgroup_parent=args.cgroup_parent, devices=tuple(args.device), gpus=args.gpus,
         gpu_memory=args.gpu_memory, annotations=tuple(args.annotation),
-        security_opts=tuple(args.security_opt), hpc=_hpc(args))
+        security_opts=tuple(args.security_opt), hpc=_hpc(args), ipc=args.ipc, pid=args.pid,
+        shm_size=args.shm_size, dns=tuple(args.dns), dns_search=tuple(args.dns_search),
+        dns_options=tuple(args.dns_option), add_hosts=tuple(args.add_host),
+        group_add=tuple(args.group_add), labels=tuple(args.label), stop_signal=args.stop_signal,
+        stop_timeout=args.stop_timeout, sysctls=tuple(args.sysctl), platform=args.platform,
+        tls_verify=args.tls_verify)
 
 
 def _hpc(args: argparse.Namespace) -> bool:
@@ -137,6 +169,22 @@ def _warn(text: str) -> None:
     print(f"minictr: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _error(err) -> None:
+    print(f"minictr: error: {err}", file=sys.stderr)
+    if err.hint:
+        print(f"minictr: hint: {err.hint}", file=sys.stderr)
+
+
+def _check_terminal(args: argparse.Namespace) -> None:
+    """docker's refusal: -i -t needs a terminal on stdin (a pipe cannot be put in raw mode,
+    and its end would never reach the container's terminal as one). Exit 1, as docker."""
+    if args.interactive and args.tty and not os.isatty(0):
+        from minictr.errors import UsageError
+
+        raise UsageError("the input device is not a TTY", exit_code=1,
+                         hint="drop -t to pipe input into the container (-i alone)")
+
+
 def _print_json(obj) -> None:
     import json
 
@@ -156,9 +204,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from minictr import api
 
     explain = _say if args.explain else None
+    if args.detach:
+        if args.dry_run:
+            from minictr.errors import UsageError
+
+            raise UsageError("--dry-run and -d do not go together",
+                             hint="a dry run starts nothing to detach from")
+        print(api.run_detached(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
+                               explain=explain, warn=_warn, pull_policy=args.pull,
+                               progress=_progress(args), cidfile=args.cidfile))
+        return 0
+    _check_terminal(args)
     return api.run(_paths(args), _run_options(args), gpu_roots=_gpu_roots(args),
                    explain=explain, warn=_warn, dry_run=args.dry_run, pull_policy=args.pull,
-                   progress=_progress(args))
+                   progress=_progress(args), cidfile=args.cidfile)
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
@@ -201,18 +260,37 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """As docker: what was found is printed, what was not is an error each, and exit 1."""
     from minictr import api
+    from minictr.errors import NotFound
 
-    _print_json([api.inspect(_paths(args), ref) for ref in args.images])
-    return 0
+    found, code = [], 0
+    for ref in args.images:
+        try:
+            found.append(api.inspect(_paths(args), ref))
+        except NotFound as err:
+            _error(err)
+            code = err.exit_code
+    _print_json(found)
+    return code
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
     from minictr import api
+    from minictr.errors import NotFound
 
-    for line in api.rmi(_paths(args), args.images, prune=args.prune):
-        print(line)
-    return 0
+    code = 0
+    for ref in args.images:
+        try:
+            for line in api.rmi(_paths(args), [ref]):
+                print(line)
+        except NotFound as err:
+            _error(err)
+            code = err.exit_code
+    if args.prune:
+        for line in api.rmi(_paths(args), [], prune=True):
+            print(line)
+    return code
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -281,14 +359,15 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
-    rows = api.ps(_paths(args), all_=args.all, stats=args.stats, warn=_warn)
+    rows = containers.ps(_paths(args), all_=args.all, stats=args.stats, warn=_warn)
     if args.format == "json":
         _print_json(rows)
         return 0
     header = ["CONTAINER ID", "NAME", "IMAGE", "PID", "STATUS", "COMMAND"]
-    table = [[r["id"][:12], r["name"], r["image"], str(r.get("pid") or "-"), r["status"],
+    table = [[r["id"][:12], r["name"], r["image"], str(r.get("pid") or "-"),
+              r["status"] if r.get("exit_code") is None else f"exited ({r['exit_code']})",
               " ".join(r["command"])[:40]] for r in rows]
     if args.stats:
         header += ["MEM", "PIDS", "CPU s"]
@@ -302,34 +381,54 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
-    _print_json(api.stats(_paths(args), args.container))
+    _print_json(containers.stats(_paths(args), args.container))
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
+    _check_terminal(args)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    return api.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
+    return containers.exec_(_paths(args), args.container, command, env=args.env, tty=args.tty,
                      interactive=args.interactive, workdir=args.workdir, user=args.user)
 
 
-def cmd_kill(args: argparse.Namespace) -> int:
-    from minictr import api
+def cmd_logs(args: argparse.Namespace) -> int:
+    from minictr import containers
 
-    api.kill(_paths(args), args.container, args.signal)
+    out = sys.stdout.buffer
+    for chunk in containers.logs(_paths(args), args.container, follow=args.follow):
+        out.write(chunk)
+        out.flush()
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from minictr import containers
+
+    for name in args.containers:
+        containers.stop(_paths(args), name, signal_name=args.signal, timeout=args.time)
+        print(name)
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from minictr import containers
+
+    containers.kill(_paths(args), args.container, args.signal)
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from minictr import api
+    from minictr import containers
 
     for name in args.containers:
-        api.rm(_paths(args), name, force=args.force, warn=_warn)
+        containers.rm(_paths(args), name, force=args.force, warn=_warn)
         print(name)
     return 0
 
@@ -432,6 +531,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
                    help="pull the image from its registry: missing (default), always, never")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background: print "
+                   "the container's id once it runs; its output goes to `minictr logs`")
+    p.add_argument("--cidfile", help="write the container's id to this file (which must not "
+                   "exist)")
 
     p = add("spec", cmd_spec, "print the OCI runtime spec (config.json) that run would execute")
     _add_run_args(p)
@@ -509,6 +612,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
 
+    p = add("logs", cmd_logs, "print a detached container's output (stdout and stderr)")
+    p.add_argument("container")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until it stops")
+
+    p = add("stop", cmd_stop, "stop containers: the stop signal, then SIGKILL after a timeout")
+    p.add_argument("containers", nargs="+")
+    p.add_argument("-s", "--signal", help="signal to send first (default: the container's "
+                   "--stop-signal, the image's StopSignal, else TERM)")
+    p.add_argument("-t", "--time", type=int, help="seconds to wait before SIGKILL (default: "
+                   "the container's --stop-timeout, else 10; -1 waits for ever)")
+
     p = add("kill", cmd_kill, "send a signal to a container's PID 1 (default SIGKILL)")
     p.add_argument("container")
     p.add_argument("signal", nargs="?", default="KILL", help="signal name or number "
@@ -532,7 +646,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "export", "login",
-            "logout", "ps", "stats", "exec", "kill", "rm", "gpus", "cdi")
+            "logout", "ps", "stats", "exec", "logs", "stop", "kill", "rm", "gpus", "cdi")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,9 +681,7 @@ def _report(err: BaseException, debug: bool) -> int:
 
         traceback.print_exception(err)
     if isinstance(err, MinictrError):
-        print(f"minictr: error: {err}", file=sys.stderr)
-        if err.hint:
-            print(f"minictr: hint: {err.hint}", file=sys.stderr)
+        _error(err)
         return err.exit_code
     if isinstance(err, BrokenPipeError) and _stdout_closed():
         return 0                                   # `minictr images | head`: not a failure

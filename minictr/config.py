@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from minictr.records import record
 
+# native/mcinit.c, built into the package (setup.py): what every container process is exec'd
+# through, and the init of `run --init` (bind-mounted into the container at /dev/init)
+INIT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mcinit")
+
 
 @record
 class Paths:

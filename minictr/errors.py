@@ -17,9 +17,11 @@ class MinictrError(Exception):
 
     exit_code = EXIT_LAUNCHER
 
-    def __init__(self, what: str, *, hint: str | None = None):
+    def __init__(self, what: str, *, hint: str | None = None, exit_code: int | None = None):
         super().__init__(what)
         self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class UsageError(MinictrError):
@@ -28,6 +30,17 @@ class UsageError(MinictrError):
 
 class ImageError(MinictrError):
     """An image could not be found, read, verified or stored."""
+
+
+class NoSuchImage(ImageError):
+    """The store has no image by that name."""
+
+
+class NotFound(MinictrError):
+    """What `inspect` or `rmi` was asked about does not exist: docker exits 1 for these ("No
+    such image"), keeping 125 for its own failures."""
+
+    exit_code = 1
 
 
 class RegistryError(ImageError):
@@ -68,6 +81,9 @@ HINTS = {
     "shared mounts; on an initramfs root it always fails",
     ("bpf", errno.EPERM): "loading an eBPF device filter needs CAP_SYS_ADMIN in the initial user "
     "namespace (or CAP_BPF); rootless containers get no device filter",
+    ("setrlimit", errno.EPERM): "raising a hard limit above minictr's own needs CAP_SYS_RESOURCE "
+    "(root without it, or rootless): lower that --ulimit, or raise the limit where minictr "
+    "starts (ulimit -H, limits.conf)",
 }
 
 

@@ -8,15 +8,22 @@
  * therefore copies this small static program into a sealed memfd and fexecve()s it: from then
  * on /proc/self/exe names an anonymous, sealed in-memory file, not a host file.
  *
- * Usage: mcinit ERRFD MODE PATH -- ARGV...
- *   ERRFD  a pipe to the launcher; on exec failure "errno\n" is written there. -1 when no
- *          launcher waits (a container started by `start`): the error goes to stderr.
- *   MODE   "exec": execve PATH with ARGV (the launcher already searched PATH: execvp's
- *                  fallback to /bin/sh on ENOEXEC would turn a binary for another
- *                  architecture into a shell syntax error).
- *          "init": also stay as PID 1: fork, exec in the child, forward signals to it,
- *                  reap every zombie, and exit with its status (docker run --init).
- * Exit 127 when PATH is not found, 126 when it cannot be executed.
+ * Two ways to run it:
+ *
+ *   mcinit ERRFD exec PATH -- ARGV...      how the runtime execs every container process
+ *     ERRFD  a pipe to the launcher; on exec failure "errno\n" is written there. -1 when no
+ *            launcher waits (a container started by `start`): the error goes to stderr.
+ *     execve PATH with ARGV (the launcher already searched PATH: execvp's fallback to /bin/sh
+ *     on ENOEXEC would turn a binary for another architecture into a shell syntax error).
+ *
+ *   mcinit -- COMMAND [ARGS...]            the init of `minictr run --init` (as tini)
+ *     The spec itself says so: minictr bind-mounts this program at /dev/init and its
+ *     process.args are ["/dev/init", "--", COMMAND, ...], as docker does with docker-init, so
+ *     runc running the same spec runs the same init. Stays as PID 1: forks, searches PATH for
+ *     COMMAND in the child (no /bin/sh fallback either) and execs it, forwards signals to it,
+ *     reaps every zombie, and exits with its status.
+ *
+ * Exit 127 when the command is not found, 126 when it cannot be executed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,8 +32,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 extern char **environ;
 
@@ -47,6 +57,49 @@ static void exec_or_report(int errfd, const char *path, char **argv)
     _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
 }
 
+/* runc's LookPath: a COMMAND with a '/' as it is, else the first executable regular file of
+ * that name in $PATH (an empty entry is the current directory). NULL with *err set when
+ * there is none: EACCES if one exists but is not executable, else ENOENT. */
+static const char *look_path(const char *cmd, char *buf, size_t size, int *err)
+{
+    const char *path = getenv("PATH"), *p, *end;
+    struct stat st;
+    int denied = 0, n;
+
+    if (strchr(cmd, '/'))
+        return cmd;
+    for (p = path ? path : DEFAULT_PATH;; p = end + 1) {
+        end = strchrnul(p, ':');
+        if (end == p)
+            n = snprintf(buf, size, "./%s", cmd);
+        else
+            n = snprintf(buf, size, "%.*s/%s", (int)(end - p), p, cmd);
+        if (n > 0 && (size_t)n < size && stat(buf, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (access(buf, X_OK) == 0)
+                return buf;
+            denied = 1;
+        }
+        if (!*end)
+            break;
+    }
+    *err = denied ? EACCES : ENOENT;
+    return NULL;
+}
+
+static void search_and_exec(const char *cmd, char **argv)
+{
+    char buf[4096];
+    int err = 0;
+    const char *path = look_path(cmd, buf, sizeof(buf), &err);
+
+    if (!path) {
+        fprintf(stderr, "minictr-init: exec %s: %s\n", cmd,
+                err == EACCES ? "permission denied" : "executable file not found in $PATH");
+        _exit(err == EACCES ? 126 : 127);
+    }
+    exec_or_report(-1, path, argv);
+}
+
 static volatile sig_atomic_t child_pid;
 
 static void forward(int sig)
@@ -55,7 +108,7 @@ static void forward(int sig)
         kill(child_pid, sig);
 }
 
-static int run_as_init(int errfd, const char *path, char **argv)
+static int run_as_init(const char *cmd, char **argv)
 {
     static const int sigs[] = { SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
                                 SIGWINCH, SIGCONT };
@@ -74,11 +127,9 @@ static int run_as_init(int errfd, const char *path, char **argv)
         setpgid(0, 0);
         if (isatty(0))
             tcsetpgrp(0, getpid());
-        exec_or_report(errfd, path, argv);
+        search_and_exec(cmd, argv);
     }
     child_pid = pid;
-    if (errfd >= 0)
-        close(errfd);
     /* As PID 1, every orphan in the namespace is re-parented here: reap them all,
      * and leave when the main child is gone (tini does the same). */
     for (;;) {
@@ -102,16 +153,17 @@ int main(int argc, char **argv)
 {
     int errfd;
 
-    if (argc < 6 || strcmp(argv[4], "--") != 0) {
-        fprintf(stderr, "usage: mcinit ERRFD exec|init PATH -- ARGV...\n");
+    if (argc >= 3 && strcmp(argv[1], "--") == 0)
+        return run_as_init(argv[2], argv + 2);
+    if (argc < 6 || strcmp(argv[2], "exec") != 0 || strcmp(argv[4], "--") != 0) {
+        fprintf(stderr, "usage: mcinit ERRFD exec PATH -- ARGV...  or  mcinit -- COMMAND "
+                "[ARGS...]\n");
         return 125;
     }
     errfd = atoi(argv[1]);
     /* The report pipe must not leak into the container's process (CVE-2024-21626 class). */
     if (errfd >= 0)
         fcntl(errfd, F_SETFD, FD_CLOEXEC);
-    if (strcmp(argv[2], "init") == 0)
-        return run_as_init(errfd, argv[3], argv + 5);
     exec_or_report(errfd, argv[3], argv + 5);
     return 126;
 }

@@ -300,6 +300,17 @@ def _acceptable(want: dict) -> list[tuple[str, str]]:
     return out
 
 
+def platform_matches(have: dict | None, want: dict) -> bool:
+    """Can a machine of platform ``want`` run an image of platform ``have``? The same rule as
+    select_manifest (containerd's): amd64/v3 runs amd64/v2 and plain amd64, arm64 runs arm/v8.
+    An image that declares no platform matches (containerd does the same)."""
+    if not have:
+        return True
+    have, want = normalize(have), normalize(want)
+    return have["os"] == want["os"] and (have["architecture"], have["variant"]) in \
+        _acceptable(want)
+
+
 def is_attestation(desc: dict) -> bool:
     """BuildKit stores provenance/SBOM attestations as manifests for platform unknown/unknown."""
     p = desc.get("platform") or {}

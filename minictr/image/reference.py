@@ -115,10 +115,21 @@ def _split_tag(text: str, rest: str) -> tuple[str, str | None]:
     return name, tag
 
 
+def _is_domain(first: str, sep: str) -> bool:
+    return bool(sep) and (any(c in first for c in ".:") or first == "localhost"
+                          or first.lower() != first)
+
+
+def names_registry(text: str) -> bool:
+    """Does ``text`` name its registry (``ghcr.io/o/r``, ``localhost/x``), or is it a short
+    name (``busybox``, ``library/debian:12``) that docker reads as docker.io's?"""
+    first, sep, _ = text.partition("/")
+    return _is_domain(first, sep)
+
+
 def _split_registry(text: str, name: str) -> tuple[str, str]:
     first, sep, remainder = name.partition("/")
-    is_domain = sep and (any(c in first for c in ".:") or first == "localhost"
-                         or first.lower() != first)
+    is_domain = _is_domain(first, sep)
     if is_domain:
         if not _DOMAIN.fullmatch(first):
             raise _invalid(text, f"{first!r} is not a valid registry host[:port]")

@@ -29,7 +29,7 @@ import _thread
 import time
 from collections.abc import Callable
 
-from minictr.errors import ImageError, MinictrError
+from minictr.errors import ImageError, MinictrError, NoSuchImage
 from minictr.image import manifests as mf
 from minictr.image import reference
 from minictr.image.files import (HashingReader, atomic_write, lock_file, remove_tree,
@@ -378,7 +378,7 @@ class Store:
         record goes when no name is left. Returns what was untagged."""
         record, resolved_as = self._find(ref)
         if record is None:
-            raise ImageError(f"image {ref!r} is not in the store", hint=HINT_MISSING)
+            raise NoSuchImage(f"image {ref!r} is not in the store", hint=HINT_MISSING)
         digest = record["manifest_digest"]
         with self._tags_lock():
             tags = self._read_tags()
@@ -432,7 +432,7 @@ class Store:
         """The stored image called ``name``: a reference, an image id, or a unique id prefix."""
         record, resolved_as = self._find(name)
         if record is None:
-            raise ImageError(f"image {name!r} is not in the store", hint=HINT_MISSING)
+            raise NoSuchImage(f"image {name!r} is not in the store", hint=HINT_MISSING)
         return self._make_record(record, None, resolved_as)
 
     def _find(self, name: str) -> tuple[dict | None, str | None]:
@@ -443,12 +443,16 @@ class Store:
                 raise
             ref = None
         tags = self._read_tags()
-        if ref is not None:
-            key = str(ref)
+        # A short name (no registry) is looked up as podman does: localhost/NAME first (what
+        # `load` names an image that carries no registry), then docker.io's form.
+        refs = [reference.parse("localhost/" + name)] if ref is not None and \
+            not reference.names_registry(name) else []
+        for ref_ in refs + ([ref] if ref is not None else []):
+            key = str(ref_)
             if key in tags:
                 return self._load_record(tags[key]), key
-            if ref.digest:
-                record = self._by_digest(tags, ref)
+            if ref_.digest:
+                record = self._by_digest(tags, ref_)
                 if record is not None:
                     return record, key
         if reference.looks_like_id(name) and (ref is None or ref.registry == "docker.io"):

@@ -41,6 +41,35 @@ def _numbers(names) -> list[int]:
     return [table[n.upper()] for n in names if n.upper() in table]
 
 
+def held_permitted(status: str = "/proc/self/status") -> set[int]:
+    """This process's permitted set (CapPrm, proc(5)), by capability number."""
+    with open(status) as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapPrm:"))
+    return {n for n in range(mask.bit_length()) if mask >> n & 1}
+
+
+def check_held(caps: dict, new_user_namespace: bool, status: str = "/proc/self/status") -> None:
+    """Refuse a process whose effective, permitted, inheritable or ambient set names a
+    capability the launcher does not hold, as runc's capset fails ("unable to apply caps:
+    operation not permitted"): python-prctl's limit() would quietly keep only the held ones.
+    A new user namespace grants every capability inside it, so nothing is checked then; the
+    bounding set is not checked either (runc keeps what it can there)."""
+    if new_user_namespace:
+        return
+    table = known_caps()
+    wanted = {c.upper() for key in ("effective", "permitted", "inheritable", "ambient")
+              for c in caps.get(key) or ()}
+    held = held_permitted(status)
+    missing = sorted(c for c in wanted if c in table and table[c] not in held)
+    if missing:
+        from minictr.errors import RuntimeSetupError
+
+        raise RuntimeSetupError(f"unable to apply capabilities: {', '.join(missing)} "
+                                "not held by the runtime",
+                                hint="the runtime cannot give what it lacks (CapPrm in "
+                                "/proc/self/status); remove them from process.capabilities")
+
+
 def drop_bounding_set(kernel, caps: dict, explain: Explain) -> None:
     """Remove every capability not in process.capabilities.bounding from the bounding set
     (PR_CAPBSET_DROP needs CAP_SETPCAP, so this happens while we still have it)."""

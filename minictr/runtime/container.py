@@ -254,7 +254,7 @@ def close_fds(kernel, keep: int, explain: Explain, also: tuple[int, ...] = ()) -
 
 
 def exec_process(kernel, process: dict, path: str, init_fd: int, exec_w: int | None,
-                 init: bool, explain: Explain, seccomp: tuple | None = None) -> None:
+                 explain: Explain, seccomp: tuple | None = None) -> None:
     """execve the process through mcinit (native/mcinit.c: /proc/self/exe must not name a host
     binary, runc CVE-2019-5736). ``exec_w`` (attached runs) carries an execve errno back. The
     seccomp filter is the very last step (with no_new_privs): it must allow execveat."""
@@ -262,13 +262,12 @@ def exec_process(kernel, process: dict, path: str, init_fd: int, exec_w: int | N
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in process.get("env", ()))
     if exec_w is not None:
         kernel.set_inheritable(exec_w)
-    mode = "init" if init else "exec"
     if seccomp is not None and process.get("noNewPrivileges"):
         from minictr.runtime import seccomp as seccomp_mod
 
         seccomp_mod.load(kernel, seccomp[0], seccomp[1], explain)
-    _say(explain, f"execve({path!r}, {args!r})" + ("  via mcinit --init as PID 1" if init else ""))
-    kernel.fexecve(init_fd, ["mcinit", str(-1 if exec_w is None else exec_w), mode, path, "--",
+    _say(explain, f"execve({path!r}, {args!r})")
+    kernel.fexecve(init_fd, ["mcinit", str(-1 if exec_w is None else exec_w), "exec", path, "--",
                              *args], env)
 
 

@@ -105,7 +105,7 @@ def list_states(root: StateRoot, warn: Explain = None) -> list[dict]:
 def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootfs=None,
            console_socket: str | None = None, pid_file: str | None = None,
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
-           init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
+           stdio: tuple = (), systemd_cgroup: bool = False, rootless: bool | None = None,
            keep_fds: tuple[int, ...] = (), files=(),
            no_pivot: bool = False, no_new_keyring: bool = False,
            on_spawned: Callable[[int], None] | None = None, kernel=None,
@@ -114,7 +114,8 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
 
     ``files``: (name, bytes) pairs written into the container's state directory before its
     process is spawned, for mounts of the spec whose source names them there (the composition
-    puts a generated loader cache there: planning writes nothing). They go with the state."""
+    puts a generated loader cache there: planning writes nothing). They go with the state.
+    ``stdio``: fds to become its first process's stdin, stdout and stderr (None: inherited)."""
     from minictr.runtime import validate
 
     kernel = kernel or sc.Syscalls()
@@ -122,6 +123,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
     validate.check(spec)
     spec = with_default_devices(spec)
     process = spec["process"]
+    _check_capabilities(process, spec)
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given",
                          hint="give --console-socket PATH, or set terminal to false")
@@ -182,8 +184,8 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             uid_maps, gid_maps, nest = idmap.setup_mappings(uid_maps, gid_maps)
         plan = spawn_mod.SpawnPlan(
             process=process, namespaces=namespaces,
-            rootless=rootless, attached=attached, stdin_null=stdin_null,
-            preserve_fds=preserve_fds, keep_fds=tuple(keep_fds), init=init,
+            rootless=rootless, attached=attached, stdin_null=stdin_null, stdio=tuple(stdio),
+            preserve_fds=preserve_fds, keep_fds=tuple(keep_fds),
             container=(spec, rootfs), fifo_fd=fifo_fd,
             uid_mappings=tuple(uid_maps), gid_mappings=tuple(gid_maps), nest_ids=nest,
             hook_state=hook_state,
@@ -263,6 +265,14 @@ def write_container_file(root: StateRoot, container_id: str, name: str, data: by
     with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, 0o644)                 # whatever the umask
         f.write(data)
+
+
+def _check_capabilities(process: dict, spec: dict) -> None:
+    from minictr.runtime import capabilities
+
+    new_userns = any(ns.get("type") == "user" and not ns.get("path")
+                     for ns in (spec.get("linux") or {}).get("namespaces", ()))
+    capabilities.check_held(process.get("capabilities") or {}, new_userns)
 
 
 def seccomp_cache_dir(root: StateRoot) -> str:
@@ -512,6 +522,7 @@ def exec_process(root: StateRoot, container_id: str, process: dict, *, attached:
         raise NotRunning(f"cannot exec in container {container_id}: it is {now}")
     spec = root.read_config(container_id)
     validate.check(dict(spec, process=process))
+    _check_capabilities(process, spec)
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given")
     entries = spawn_mod.joined_namespaces(st["pid"], spec.get("linux", {}).get("namespaces", []))
@@ -560,6 +571,8 @@ def processes(root: StateRoot, container_id: str) -> list[int]:
         return []
     try:
         ns = os.readlink(f"/proc/{pid}/ns/pid")
+        if ns == os.readlink("/proc/self/ns/pid"):
+            return [pid]              # the host's PID namespace (--pid host): not all of it
     except OSError:
         return []
     pids = []

@@ -18,7 +18,6 @@ import os
 import select
 import signal
 import struct
-import sys
 import termios
 import tty as tty_mod
 from collections.abc import Callable
@@ -101,21 +100,26 @@ class Supervisor:
             return 128 + self.default_action
         return exit_code(status)
 
-    def relay_tty(self, master: int) -> int:
-        """Copy stdin → pty master and master → stdout until the container exits; keep the
+    def relay_tty(self, master: int, stdin: int | None = 0, out: int = 1) -> int:
+        """Copy ``stdin`` → pty master and master → ``out`` until the container exits; keep the
         window size in step (SIGWINCH). Our terminal is in raw mode meanwhile, so Ctrl-C, Ctrl-Z
-        reach the container's foreground process group through its own terminal (job control)."""
-        stdin = sys.stdin.fileno()
+        reach the container's foreground process group through its own terminal (job control).
+        ``stdin`` None: nothing is sent (docker's -t without -i, and a detached container).
+
+        When ``stdin`` ends (a closed pipe, a terminal hung up) the container's terminal is
+        told as a user would tell it, with its EOF character (``send_eof``): a pty has no other
+        way to say "no more input", and without it `cat` would wait forever."""
         saved = None
-        if os.isatty(stdin):
+        if stdin is not None and os.isatty(stdin):
             saved = termios.tcgetattr(stdin)
-            tty_mod.setraw(stdin)
+            tty_mod.setraw(stdin, termios.TCSANOW)    # not TCSAFLUSH: keep typed-ahead input
             copy_winsize(stdin, master)
             signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(stdin, master))
         pidfd = os.pidfd_open(self.pid)
         status = None
+        last = b"\n"
         try:
-            fds = [master, pidfd, stdin]
+            fds = [master, pidfd] + ([stdin] if stdin is not None else [])
             while True:
                 try:
                     ready, _, _ = select.select(fds, [], [])
@@ -130,14 +134,26 @@ class Supervisor:
                         data = b""
                     if not data:
                         fds.remove(master)
-                    else:
-                        _write_all(sys.stdout.fileno(), data)
-                if stdin in ready:
-                    data = os.read(stdin, 65536)
+                    elif out is not None:
+                        try:
+                            _write_all(out, data)
+                        except OSError as err:      # our terminal is gone: keep draining
+                            if err.errno not in (errno.EIO, errno.EPIPE):
+                                raise
+                            out = None
+                if stdin is not None and stdin in ready:
+                    try:
+                        data = os.read(stdin, 65536)
+                    except OSError as err:          # a hung-up terminal: EIO, as EOF
+                        if err.errno != errno.EIO:
+                            raise
+                        data = b""
                     if data:
                         _write_all(master, data)
+                        last = data[-1:]
                     else:
                         fds.remove(stdin)
+                        send_eof(master, partial_line=last not in (b"\n", b"\r"))
                 if pidfd in ready and status is None:
                     _, status = os.waitpid(self.pid, 0)
                     fds = [fd for fd in fds if fd != pidfd and fd != stdin]
@@ -151,9 +167,31 @@ class Supervisor:
         finally:
             os.close(pidfd)
             if saved is not None:
-                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+                try:
+                    termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+                except termios.error:
+                    pass                            # hung up: nothing left to restore
                 signal.signal(signal.SIGWINCH, signal.SIG_DFL)
         return self._code(status)
+
+
+def send_eof(master: int, partial_line: bool) -> None:
+    """Write the terminal's EOF character (VEOF, usually Ctrl-D) to the pty, as a user ending
+    input does. In canonical mode it ends a read with what is pending (termios(3), VEOF), so
+    after an unfinished line it takes a second one for the reader to see end-of-file. A
+    program that put its terminal in raw mode reads input byte by byte and has no end-of-file:
+    nothing is sent then."""
+    try:
+        attrs = termios.tcgetattr(master)
+    except termios.error:
+        return
+    if not attrs[3] & termios.ICANON:
+        return
+    eof = attrs[6][termios.VEOF]
+    try:
+        _write_all(master, eof * (2 if partial_line else 1))
+    except OSError:
+        pass
 
 
 def copy_winsize(src: int, dst: int) -> None:

@@ -40,6 +40,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+from minictr.config import INIT_BINARY
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
                             MinictrError, RuntimeSetupError, SpecError, hint_for)
 from minictr.records import record
@@ -49,7 +50,7 @@ from minictr.runtime import syscalls as sc
 
 Explain = Callable[[str], None] | None
 
-MCINIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mcinit")
+MCINIT = INIT_BINARY
 # Python ignores SIGPIPE and SIGXFSZ for itself; an ignored disposition survives execve(2), so
 # they are reset, or every container process would ignore them too (subprocess's
 # restore_signals does the same).
@@ -165,9 +166,9 @@ class SpawnPlan:
     rootless: bool = False
     attached: bool = True                # the launcher stays its parent: die with it
     stdin_null: bool = False             # minictr run without -i: stdin is /dev/null
+    stdio: tuple = ()                    # fds that become 0, 1, 2 (a detached run's log)
     preserve_fds: int = 0                # fds 3..3+N-1 pass in (runc --preserve-fds)
     keep_fds: tuple = ()                 # more fds that pass in by number (Slurm's PMI_FD)
-    init: bool = False                   # mcinit stays as PID 1 (docker run --init)
     container: object = None             # the first process: (spec, RootfsPlan or None)
     fifo_fd: int | None = None           # the first process waits on it for `start`
     uid_mappings: tuple = ()             # written for a new user namespace
@@ -476,6 +477,9 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
     kernel.setsid()
     if plan.new_keyring is not None:
         _join_keyring(kernel, plan.new_keyring, explain)
+    for target, fd in enumerate(plan.stdio):
+        if fd is not None and fd != target:
+            kernel.dup2(fd, target)
     if plan.stdin_null:
         null = kernel.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         kernel.dup2(null, 0)
@@ -528,7 +532,7 @@ def finish(kernel, plan: SpawnPlan, path: str, init_fd: int, host_pid: int,
             hooks.run_hooks(kernel, spec, "startContainer",
                             dict(plan.hook_state or {}, pid=host_pid, status="created"),
                             explain)
-    container.exec_process(kernel, plan.process, path, init_fd, exec_w, plan.init, explain,
+    container.exec_process(kernel, plan.process, path, init_fd, exec_w, explain,
                            seccomp=plan.seccomp)
 
 

@@ -271,7 +271,18 @@ class Syscalls:
         os.setresuid(uid, uid, uid)
 
     def setrlimit(self, resource: int, soft: int, hard: int) -> None:
-        _resource.setrlimit(resource, (soft, hard))
+        """setrlimit(2); the spec's RLIM_INFINITY (2**64-1) is Python's -1. CPython reports
+        EPERM (raising a hard limit without CAP_SYS_RESOURCE) as ValueError: an OSError
+        naming the call here, like every other call of this face."""
+        limits = tuple(_resource.RLIM_INFINITY if v >= 2**63 - 1 else v for v in (soft, hard))
+        try:
+            _resource.setrlimit(resource, limits)
+        except ValueError as err:
+            name = next((n for n in dir(_resource) if n.startswith("RLIMIT_")
+                         and getattr(_resource, n) == resource), str(resource))
+            shown = ["unlimited" if v == _resource.RLIM_INFINITY else str(v) for v in limits]
+            _check(-errno.EPERM if "not allowed" in str(err) else -errno.EINVAL,
+                   f"setrlimit({name}, {shown[0]}, {shown[1]})")
 
     def setsid(self) -> None:
         os.setsid()

@@ -17,12 +17,20 @@ from minictr.spec import defaults, mounts as mounts_mod, native, process as proc
 from minictr.spec import security, units
 from minictr.spec.edits import insert_mount
 from minictr.spec.options import RunOptions
-from minictr.spec.users import ExecUser, resolve_user
+from minictr.spec.users import ExecUser, resolve_groups, resolve_user
 
 OCI_VERSION = "1.0.2"
 ReadFile = Callable[[str], "bytes | None"]
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?$")   # HOST_NAME_MAX 64
 IMAGE_ANNOTATION_PREFIX = "org.opencontainers.image."
+# image-spec conversion.md: Config.StopSignal goes to the runtime config as this annotation
+STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
+STOP_TIMEOUT_ANNOTATION = "org.minictr.stop-timeout"
+LABELS_ANNOTATION = "org.minictr.labels"
+DEFAULT_STOP_TIMEOUT = 10                       # seconds, as docker stop
+# --init: minictr's init (native/mcinit.c) is bind-mounted here and put before the command, as
+# docker does with /sbin/docker-init, so the spec itself says what runs as PID 1
+INIT_PATH = "/dev/init"
 
 
 def _read_host_file(path: str) -> bytes:
@@ -36,12 +44,21 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
                host_env: dict | None = None,
                read_host_file: Callable[[str], bytes] = _read_host_file,
                host_stat: Callable[[str], os.stat_result] = os.stat,
-               host_ids: tuple[int, int] | None = None, host: "HostFacts | None" = None) -> dict:
+               host_ids: tuple[int, int] | None = None, host: "HostFacts | None" = None,
+               launcher_caps: tuple[str, ...] | None = None, nofile_limit: int | None = None,
+               etc_files: dict[str, str] | None = None, init_path: str | None = None) -> dict:
     """The whole plan. ``image_config`` is the OCI image config JSON (its "config" object holds
     Entrypoint, Cmd, Env, WorkingDir, User, Labels). ``host_env`` (default: this process's
     environment) serves ``-e KEY`` and bare keys in env files. ``host_ids`` is (euid, egid),
     default this process's, for the rootless id mapping and --userns keep-id. ``host``: the
-    facts job-native mode (``opts.hpc``) takes from the host, default this process's."""
+    facts job-native mode (``opts.hpc``) takes from the host, default this process's.
+
+    What the launcher itself can give, which api.py reads from the host: ``launcher_caps``, the
+    capabilities it holds (None: any; a container in a user namespace of its own gets every
+    capability there, whatever the launcher holds); ``nofile_limit``, the highest hard
+    RLIMIT_NOFILE it can set (None: no ceiling). ``etc_files`` maps /etc/resolv.conf,
+    /etc/hosts and /etc/hostname to the host files written for this container
+    (spec/etcfiles.py); ``init_path`` is the host path of minictr's init, for --init."""
     config = image_fields(image_config)
     host_env = dict(os.environ) if host_env is None else host_env
     host_ids = (os.geteuid(), os.getegid()) if host_ids is None else host_ids
@@ -50,18 +67,25 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         host = host or HostFacts.here()
         hostname = host.hostname
     else:
-        hostname = _hostname(opts.hostname, container_id)
+        hostname = container_hostname(opts.hostname, container_id)
     userns = _user_namespace(opts, rootless, uid_mappings, gid_mappings, host_ids)
     user = _exec_user(opts, config, read_file, userns, host_ids)
     if opts.hpc and userns is None:
         # root: your groups are set as they are on the host
         user = user._replace(additional_gids=tuple(g for g in host.groups if g != user.gid))
-    caps = proc.capability_set(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
+    caps = proc.capability_set(opts.cap_add, opts.cap_drop, privileged=opts.privileged,
+                               available=None if userns else launcher_caps)
     secopts = security.parse_security_opts(opts.security_opts, read_host_file)
+    args = proc.process_args(config, opts.command, opts.entrypoint)
+    if opts.init:
+        if init_path is None:
+            raise SpecError("--init: minictr's init program was not found",
+                            hint="reinstall minictr (make install builds minictr/mcinit)")
+        args = [INIT_PATH, "--", *args]
     process = {
         "terminal": bool(opts.tty),
         "user": _process_user(user),
-        "args": proc.process_args(config, opts.command, opts.entrypoint),
+        "args": args,
         "env": proc.process_env(config, hostname=hostname, home=user.home, tty=opts.tty,
                                 env_files=opts.env_files, env=opts.env, host_env=host_env,
                                 read_host_file=read_host_file,
@@ -69,15 +93,19 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
                                 else None),
         "cwd": proc.process_cwd(opts.workdir or (host.cwd if opts.hpc else None), config),
         "capabilities": proc.process_capabilities(caps, user.uid),
-        "rlimits": proc.process_rlimits(opts.ulimits),
-        "noNewPrivileges": secopts.no_new_privileges,
+        "rlimits": proc.process_rlimits(opts.ulimits, nofile_limit),
+        # on by default (stricter than docker); --privileged turns it off unless
+        # --security-opt no-new-privileges says otherwise
+        "noNewPrivileges": (not opts.privileged if secopts.no_new_privileges is None
+                            else secopts.no_new_privileges),
     }
     spec = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": rootfs_path, "readonly": bool(opts.read_only)},
         "hostname": hostname,
-        "mounts": _mounts(opts, rootless, host_stat, host),
+        "mounts": _mounts(opts, rootless, host_stat, host, etc_files or {},
+                          init_path if opts.init else None),
         "linux": _linux(opts, container_id, userns),
     }
     if opts.hpc:
@@ -85,7 +113,7 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     seccomp = security.linux_seccomp(secopts, caps=caps, privileged=opts.privileged)
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
-    annotations = _annotations(config, opts.annotations)
+    annotations = _annotations(config, opts)
     if annotations:
         spec["annotations"] = annotations
     return spec
@@ -182,7 +210,8 @@ def _is_dir_with(host_stat):
 # ---------------------------------------------------------------- identity
 
 
-def _hostname(hostname: str | None, container_id: str) -> str:
+def container_hostname(hostname: str | None, container_id: str) -> str:
+    """--hostname, else the container id's first 12 characters (docker's default)."""
     name = hostname if hostname is not None else container_id[:12]
     if not _HOSTNAME.match(name):
         raise SpecError(f"--hostname {name!r} is not a valid host name",
@@ -234,8 +263,10 @@ def _exec_user(opts: RunOptions, config: dict, read_file: ReadFile, userns: dict
     if spec is None:
         spec = config.get("User") or None
     user = resolve_user(spec, read_file)
+    added = resolve_groups(opts.group_add, read_file)
     if userns is None:
-        return user
+        return ExecUser(user.uid, user.gid, tuple(dict.fromkeys(user.additional_gids + added)),
+                        user.home, user.name)
     uids, gids = userns["uidMappings"], userns["gidMappings"]
     for kind, value, maps in (("uid", user.uid, uids), ("gid", user.gid, gids)):
         if not _mapped(value, maps):
@@ -246,7 +277,14 @@ def _exec_user(opts: RunOptions, config: dict, read_file: ReadFile, userns: dict
     # mapped gid the runtime must write "deny" to setgroups, so none can be set at all.
     single = sum(m["size"] for m in gids) == 1
     extra = () if single else tuple(g for g in user.additional_gids if _mapped(g, gids))
-    return ExecUser(user.uid, user.gid, extra, user.home, user.name)
+    for gid in added:
+        if single or not _mapped(gid, gids):
+            raise SpecError(f"--group-add: gid {gid} is not mapped in the container's user "
+                            "namespace, so it cannot be a supplementary group",
+                            hint="give this user subordinate ids in /etc/subgid (a single "
+                            "mapped gid allows no supplementary groups at all)")
+    return ExecUser(user.uid, user.gid, tuple(dict.fromkeys(extra + added)), user.home,
+                    user.name)
 
 
 def _process_user(user: ExecUser) -> dict:
@@ -259,39 +297,107 @@ def _process_user(user: ExecUser) -> dict:
 # ---------------------------------------------------------------- mounts
 
 
-def _mounts(opts: RunOptions, rootless: bool, host_stat, host=None) -> list[dict]:
+def _mounts(opts: RunOptions, rootless: bool, host_stat, host, etc_files: dict[str, str],
+            init_path: str | None) -> list[dict]:
     """The default kernel filesystems, then (job-native) the host's /proc, /dev/shm and
-    /dev/mqueue and binds of HOME and the current directory, then user mounts; a later mount
-    at an earlier one's destination (say --tmpfs /dev/shm:size=1g) replaces it."""
+    /dev/mqueue and binds of HOME and the current directory, /etc's per-container files, then
+    user mounts; a later mount at an earlier one's destination (say --tmpfs /dev/shm:size=1g,
+    -v F:/etc/hosts) replaces it."""
+    shm_size = None
+    if opts.shm_size is not None:
+        if opts.ipc == "host":
+            raise SpecError("--shm-size has no effect with --ipc host",
+                            hint="with --ipc host the container uses the host's /dev/shm")
+        shm_size = units.parse_bytes(opts.shm_size, "--shm-size")
+        if shm_size <= 0:
+            raise SpecError(f"--shm-size {opts.shm_size}: must be more than 0")
     mounts = defaults.default_mounts(rootless=rootless, private_network=opts.network == "none",
-                                     privileged=opts.privileged)
+                                     privileged=opts.privileged, host_ipc=opts.ipc == "host",
+                                     host_pid=opts.pid == "host", shm_size=shm_size,
+                                     host_has_mqueue=opts.ipc != "host" or not rootless or
+                                     _exists(host_stat, "/dev/mqueue"))
     if opts.hpc:
         mounts = native.host_namespace_mounts(mounts, _exists_with(host_stat))
         for mount in native.identity_binds(host.home, host.cwd, _is_dir_with(host_stat)):
             insert_mount(mounts, mount)
+    for dest in ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname"):
+        if dest in etc_files:
+            # docker's options: writable by the container, as the image's own file would be
+            mounts.append({"destination": dest, "type": "bind", "source": etc_files[dest],
+                           "options": ["rbind", "rprivate"]})
+    if init_path is not None:
+        mounts.append({"destination": INIT_PATH, "type": "bind", "source": init_path,
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
     for mount in mounts_mod.user_mounts(opts.volumes, opts.mounts, opts.tmpfs, host_stat):
         insert_mount(mounts, mount)
     return mounts
+
+
+def _exists(host_stat, path: str) -> bool:
+    try:
+        host_stat(path)
+        return True
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- linux
 
 
 def _namespaces(opts: RunOptions, userns: dict | None) -> list[dict]:
-    """pid, ipc, uts, mount and cgroup always; network only with --network none (the default
-    shares the host's, as HPC launchers do); user when there are id mappings. Job-native mode
-    (--hpc) keeps the host's pid, ipc and uts namespaces."""
+    """uts, mount and cgroup always; pid and ipc unless --pid host / --ipc host; network only
+    with --network none (the default shares the host's, as HPC launchers do); user when there
+    are id mappings. Job-native mode (--hpc) keeps the host's pid, ipc and uts namespaces."""
+    for flag, value in (("--ipc", opts.ipc), ("--pid", opts.pid)):
+        if value not in ("private", "host"):
+            raise SpecError(f"{flag} {value}: minictr knows host and private",
+                            hint=f"{flag} host shares the host's namespace; joining another "
+                            "container's is not supported")
+    host_pid = opts.pid == "host" or opts.hpc
+    host_ipc = opts.ipc == "host" or opts.hpc
     kinds = ["user"] if userns else []
-    kinds += [] if opts.hpc else ["pid"]
-    kinds += ["network"] if opts.network == "none" else []
-    kinds += ["mount", "cgroup"] if opts.hpc else ["ipc", "uts", "mount", "cgroup"]
+    kinds += ([] if host_pid else ["pid"]) + (["network"] if opts.network == "none" else [])
+    kinds += ([] if host_ipc else ["ipc"]) + ([] if opts.hpc else ["uts"]) + ["mount", "cgroup"]
     return [{"type": k} for k in kinds]
+
+
+# Namespaced sysctls a container may set (moby's ValidateSysctl): IPC ones need its own IPC
+# namespace, net.* its own network namespace; every other key would change the host.
+IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+               "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+
+
+def sysctls(entries: tuple[str, ...], opts: RunOptions) -> dict[str, str]:
+    """--sysctl KEY=VALUE -> linux.sysctl, refusing keys that are not the container's own."""
+    out = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        key = key.strip().replace("/", ".")
+        if not sep or not key:
+            raise SpecError(f"--sysctl {entry!r}: expected KEY=VALUE")
+        if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            if opts.ipc == "host":
+                raise SpecError(f"--sysctl {key}: not allowed with --ipc host",
+                                hint="it would change the host's IPC namespace")
+        elif key.startswith("net."):
+            if opts.network != "none":
+                raise SpecError(f"--sysctl {key}: not allowed in the host's network namespace",
+                                hint="it would change the host's network settings; use "
+                                "--network none for a namespace of the container's own")
+        else:
+            raise SpecError(f"--sysctl {key}: not a namespaced sysctl a container may set",
+                            hint="allowed: " + ", ".join(IPC_SYSCTLS) +
+                            ", fs.mqueue.*, net.* (with a network namespace)")
+        out[key] = value
+    return out
 
 
 def _linux(opts: RunOptions, container_id: str, userns: dict | None) -> dict:
     linux: dict = {"namespaces": _namespaces(opts, userns)}
     if userns:
         linux.update(userns)
+    if opts.sysctls:
+        linux["sysctl"] = sysctls(opts.sysctls, opts)
     linux["devices"] = defaults.default_devices()
     linux["resources"] = resources(opts)
     if opts.cgroup_parent:
@@ -346,14 +452,50 @@ def cgroups_path(parent: str, container_id: str) -> str:
     return "/" + joined if parent.startswith("/") else joined
 
 
-def _annotations(config: dict, entries: tuple[str, ...]) -> dict:
-    """The image's org.opencontainers.image.* labels (podman records them), then
-    --annotation KEY=VALUE entries, which win."""
+def _annotations(config: dict, opts: RunOptions) -> dict:
+    """The image's org.opencontainers.image.* labels (podman records them); the stop signal
+    (--stop-signal, else the image's StopSignal) and --stop-timeout, which `minictr stop`
+    reads; the container's labels (the image's Labels, then --label); then --annotation
+    KEY=VALUE entries, which win."""
     out = {k: v for k, v in (config.get("Labels") or {}).items()
            if k.startswith(IMAGE_ANNOTATION_PREFIX) and isinstance(v, str)}
-    for entry in entries:
+    stop_signal = opts.stop_signal or config.get("StopSignal")
+    if stop_signal:
+        out[STOP_SIGNAL_ANNOTATION] = _check_signal(stop_signal, opts.stop_signal)
+    if opts.stop_timeout is not None:
+        if opts.stop_timeout < -1:
+            raise SpecError(f"--stop-timeout {opts.stop_timeout}: must be -1 (wait forever) "
+                            "or more")
+        out[STOP_TIMEOUT_ANNOTATION] = str(opts.stop_timeout)
+    labels = {k: v for k, v in (config.get("Labels") or {}).items() if isinstance(v, str)}
+    for entry in opts.labels:
+        key, _, value = entry.partition("=")
+        if not key:
+            raise SpecError(f"--label {entry!r}: expected KEY=VALUE")
+        labels[key] = value
+    if opts.labels:
+        import json
+
+        out[LABELS_ANNOTATION] = json.dumps(labels, sort_keys=True)
+    for entry in opts.annotations:
         key, sep, value = entry.partition("=")
         if not sep or not key:
             raise SpecError(f"--annotation {entry!r}: expected KEY=VALUE")
         out[key] = value
     return out
+
+
+def _check_signal(text: str, given: str | None) -> str:
+    """A stop signal as its name (TERM, SIGTERM) or number 1-64, checked here so that a typo
+    fails at run, not at stop (runtime.state.parse_signal reads it back)."""
+    import signal
+
+    what = "--stop-signal" if given else "the image's StopSignal"
+    value = text.strip().upper()
+    if value.isdigit() and 0 < int(value) < 65:
+        return value
+    name = value if value.startswith("SIG") else "SIG" + value
+    if name in signal.Signals.__members__:
+        return name
+    raise SpecError(f"{what} {text!r} is not a signal", hint="a name such as TERM or "
+                    "SIGUSR1, or a number")

@@ -48,7 +48,11 @@ RLIMITS = {
     "rss": "RLIMIT_RSS", "rtprio": "RLIMIT_RTPRIO", "rttime": "RLIMIT_RTTIME",
     "sigpending": "RLIMIT_SIGPENDING", "stack": "RLIMIT_STACK", "as": "RLIMIT_AS",
 }
-DEFAULT_RLIMITS = ({"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},)   # runc's example
+# podman's default (runc's example spec has 1024:1024, too few for many servers and for
+# PyTorch's data loaders)
+DEFAULT_NOFILE = 1048576
+DEFAULT_RLIMITS = ({"type": "RLIMIT_NOFILE", "hard": DEFAULT_NOFILE, "soft": DEFAULT_NOFILE},)
+DEFAULT_SHM_SIZE = 65536 * 1024                 # docker's 64m
 
 # The six nodes every container gets (RUNTIME.md "Default devices"): (name, major, minor).
 DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -57,7 +61,9 @@ DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1,
 _NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
 
 
-def default_mounts(*, rootless: bool, private_network: bool, privileged: bool) -> list[dict]:
+def default_mounts(*, rootless: bool, private_network: bool, privileged: bool,
+                   host_ipc: bool = False, host_pid: bool = False,
+                   shm_size: int | None = None, host_has_mqueue: bool = True) -> list[dict]:
     """The kernel filesystems every container gets, in the order they must be mounted.
 
     In a user namespace (rootless) the kernel allows a fresh sysfs only to the owner of the
@@ -71,22 +77,43 @@ def default_mounts(*, rootless: bool, private_network: bool, privileged: bool) -
     privilege. Only the top of a bind is made read-only: submounts keep their flags, but the
     user's own permissions still apply. devpts gets no gid=5 when rootless, since gid 5 is
     usually not mapped (mount fails with EINVAL).
+
+    With the host's IPC namespace (--ipc host) /dev/shm is the host's, bound in, as docker
+    does: POSIX shared memory is files there, so this is what shares it (PyTorch's data
+    loaders need it); rootless, /dev/mqueue is the host's too, since a fresh mqueue mount
+    needs an IPC namespace its user namespace owns (none when the host has no /dev/mqueue).
+    With the host's PID namespace (--pid host) rootless, /proc is a recursive bind of the
+    host's: a fresh proc mount needs a PID namespace its user namespace owns (as root a fresh
+    proc of the host's namespace works).
     """
     sys_ro = [] if privileged else ["ro"]
     pts_opts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
     if not rootless:
         pts_opts.append("gid=5")
+    proc = {"destination": "/proc", "type": "proc", "source": "proc",
+            "options": list(_NOSUID_NOEXEC_NODEV)}
+    if host_pid and rootless:
+        proc = {"destination": "/proc", "type": "bind", "source": "/proc",
+                "options": ["rbind"] + _NOSUID_NOEXEC_NODEV}
+    size = shm_size or DEFAULT_SHM_SIZE
+    shm = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+           "options": _NOSUID_NOEXEC_NODEV + ["mode=1777", f"size={size // 1024}k"
+                                              if size % 1024 == 0 else f"size={size}"]}
+    if host_ipc:
+        shm = {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+               "options": ["rbind"] + _NOSUID_NOEXEC_NODEV}
+    mqueue = {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+              "options": list(_NOSUID_NOEXEC_NODEV)}
+    if host_ipc and rootless:
+        mqueue = {"destination": "/dev/mqueue", "type": "bind", "source": "/dev/mqueue",
+                  "options": ["rbind"] + _NOSUID_NOEXEC_NODEV} if host_has_mqueue else None
     mounts = [
-        {"destination": "/proc", "type": "proc", "source": "proc",
-         "options": list(_NOSUID_NOEXEC_NODEV)},
+        proc,
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": pts_opts},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": _NOSUID_NOEXEC_NODEV + ["mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": list(_NOSUID_NOEXEC_NODEV)},
-    ]
+        shm,
+    ] + ([mqueue] if mqueue else [])
     sys_opts = _NOSUID_NOEXEC_NODEV + sys_ro
     if rootless and not private_network:
         # the rbind of /sys carries the host's /sys/fs/cgroup with it

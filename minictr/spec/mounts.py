@@ -70,9 +70,15 @@ def _check_source(source: str, host_stat: Stat, what: str) -> str:
     return os.path.normpath(source)
 
 
+# -v options docker accepts that mean nothing for a bind on Linux: accepted and ignored.
+# z/Z ask for SELinux relabeling (minictr applies no label); cached/delegated are Docker
+# Desktop's file-sharing hints; nocopy concerns named volumes, which minictr does not have.
+IGNORED_VOLUME_OPTIONS = ("z", "Z", "cached", "delegated", "consistent", "nocopy")
+
+
 def parse_volume(text: str, host_stat: Stat) -> dict:
-    """-v SRC:DST[:OPTS], OPTS a comma list of ro|rw, a propagation mode, z|Z (accepted and
-    ignored: minictr does no SELinux relabeling)."""
+    """-v SRC:DST[:OPTS], OPTS a comma list of ro|rw, a propagation mode, or one of
+    IGNORED_VOLUME_OPTIONS."""
     parts = text.split(":")
     if len(parts) == 1:
         raise SpecError(f"-v {text}: anonymous volumes are not supported",
@@ -87,7 +93,7 @@ def parse_volume(text: str, host_stat: Stat) -> dict:
             readonly = opt == "ro"
         elif opt in PROPAGATIONS:
             propagation = opt
-        elif opt not in ("z", "Z"):
+        elif opt not in IGNORED_VOLUME_OPTIONS:
             raise SpecError(f"-v {text}: unknown option {opt!r}",
                             hint="options are ro, rw, or a propagation mode such as rslave")
     return _bind(source, dest, readonly=readonly, propagation=propagation)

@@ -50,3 +50,20 @@ class RunOptions:
     annotations: tuple[str, ...] = ()
     security_opts: tuple[str, ...] = ()      # --security-opt seccomp=FILE, no-new-privileges=BOOL
     hpc: bool = False                        # --hpc: job-native mode (spec/native.py)
+    # namespaces shared with the host (docker's --ipc host, --pid host), /dev/shm's size
+    ipc: str = "private"                     # private | host
+    pid: str = "private"                     # private | host
+    shm_size: str | None = None              # --shm-size 1g (default 64m, as docker)
+    # /etc/resolv.conf, /etc/hosts (written per container, see spec/etcfiles.py)
+    dns: tuple[str, ...] = ()                # --dns IP
+    dns_search: tuple[str, ...] = ()         # --dns-search DOMAIN ("." for none)
+    dns_options: tuple[str, ...] = ()        # --dns-option ndots:2
+    add_hosts: tuple[str, ...] = ()          # --add-host NAME:IP
+    group_add: tuple[str, ...] = ()          # --group-add GROUP (name in the image, or gid)
+    labels: tuple[str, ...] = ()             # --label KEY=VALUE
+    stop_signal: str | None = None           # --stop-signal (default: the image's, else TERM)
+    stop_timeout: int | None = None          # --stop-timeout seconds (default 10)
+    sysctls: tuple[str, ...] = ()            # --sysctl KEY=VALUE (namespaced ones only)
+    # which image: how `run` pulls it (not part of the spec)
+    platform: str | None = None              # --platform os/arch[/variant]
+    tls_verify: bool | None = None           # --tls-verify=false: plain http, unverified TLS

@@ -130,18 +130,33 @@ def normalize_capability(name: str) -> str:
     return cap
 
 
-def capability_set(cap_add, cap_drop, *, privileged: bool) -> list[str]:
+def capability_set(cap_add, cap_drop, *, privileged: bool, available=None) -> list[str]:
     """Docker's TweakCapabilities: --privileged gives all; --cap-add ALL gives all but the
-    dropped; --cap-drop ALL keeps only the added; otherwise defaults - drops + adds."""
+    dropped; --cap-drop ALL keeps only the added; otherwise defaults - drops + adds.
+
+    ``available``: the capabilities the launcher holds and so can give (None: any). "All"
+    (--privileged, --cap-add ALL) means all of those, as podman takes its bounding set, and
+    a default the launcher lacks is left out; but a capability named in --cap-add that the
+    launcher does not hold is an error, as runc's capset fails: the container would
+    otherwise run without it, silently."""
     adds = list(dict.fromkeys(normalize_capability(c) for c in cap_add))
     drops = list(dict.fromkeys(normalize_capability(c) for c in cap_drop))
+    every = [c for c in defaults.ALL_CAPABILITIES if available is None or c in available]
+    missing = [c for c in adds if c != "ALL" and c not in every]
+    if missing and not privileged:
+        raise SpecError(f"--cap-add {', '.join(missing)}: minictr does not hold "
+                        f"{'this capability' if len(missing) == 1 else 'these capabilities'}, "
+                        "so it cannot give it to the container",
+                        hint="it is not in the launcher's permitted set (CapPrm in "
+                        "/proc/self/status; a container runtime or sandbox may have dropped "
+                        "it); runc refuses the same")
     if privileged:
-        return list(defaults.ALL_CAPABILITIES)
+        return every
     if "ALL" in adds:
-        return [c for c in defaults.ALL_CAPABILITIES if c not in drops]
+        return [c for c in every if c not in drops]
     if "ALL" in drops:
         return [c for c in adds if c != "ALL"]
-    caps = [c for c in defaults.DEFAULT_CAPABILITIES if c not in drops]
+    caps = [c for c in defaults.DEFAULT_CAPABILITIES if c not in drops and c in every]
     return caps + [c for c in adds if c not in caps]
 
 
@@ -184,9 +199,16 @@ def parse_ulimit(entry: str) -> dict:
     return {"type": defaults.RLIMITS[name.strip().lower()], "hard": hard, "soft": soft}
 
 
-def process_rlimits(ulimits: tuple[str, ...]) -> list[dict]:
-    """runc's RLIMIT_NOFILE 1024:1024, then each --ulimit (a later one of a kind wins)."""
+def process_rlimits(ulimits: tuple[str, ...], nofile_limit: int | None = None) -> list[dict]:
+    """podman's RLIMIT_NOFILE 1048576:1048576, or ``nofile_limit`` for both when the launcher
+    cannot set a hard limit that high (setrlimit(2) needs CAP_SYS_RESOURCE to raise a hard
+    limit, and fs.nr_open caps it); then each --ulimit (a later one of a kind wins). An
+    explicit --ulimit is never lowered: if it cannot be set, the run fails and says so."""
     limits = {r["type"]: r for r in defaults.default_rlimits()}
+    nofile = limits["RLIMIT_NOFILE"]
+    if nofile_limit is not None and nofile_limit < nofile["hard"]:
+        limits["RLIMIT_NOFILE"] = dict(nofile, hard=nofile_limit,
+                                       soft=min(nofile["soft"], nofile_limit))
     for entry in ulimits:
         limit = parse_ulimit(entry)
         limits[limit["type"]] = limit

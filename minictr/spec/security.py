@@ -5,7 +5,9 @@
 - ``no-new-privileges``, ``no-new-privileges=true|false`` (strconv.ParseBool's spellings):
   process.noNewPrivileges. **minictr sets no_new_privs by default**, unlike docker (whose
   default is off unless the daemon sets ``no-new-privileges``): a setuid binary or one with file
-  capabilities in an image gains nothing. ``no-new-privileges=false`` turns it off.
+  capabilities in an image gains nothing (``su`` and ``sudo`` cannot switch user).
+  ``no-new-privileges=false`` turns it off, and so does ``--privileged`` unless
+  ``no-new-privileges`` is given too.
 - ``label=...`` (SELinux) and ``apparmor=...``: minictr applies no LSM profile, and saying so is
   better than ignoring the option; docker's other keys (``systempaths``, ``writable-cgroups``)
   are refused the same way. Anything else is an unknown option.
@@ -35,12 +37,12 @@ _UNSUPPORTED = {
 class SecurityOptions:
     seccomp: str = "builtin"                 # builtin | unconfined | file
     seccomp_profile: dict | None = None      # the parsed profile when seccomp == "file"
-    no_new_privileges: bool = True
+    no_new_privileges: bool | None = None    # None: not given (on, except with --privileged)
 
 
 def parse_security_opts(entries, read_host_file: Callable[[str], bytes]) -> SecurityOptions:
     """The --security-opt values, in order (a later seccomp= replaces an earlier one)."""
-    seccomp, profile, nnp = "builtin", None, True
+    seccomp, profile, nnp = "builtin", None, None
     for entry in entries:
         key, sep, value = entry.partition("=")
         if key == "no-new-privileges":

@@ -152,3 +152,12 @@ def resolve_user(spec: str | None, read_file: ReadFile) -> ExecUser:
 def _root_entry(passwd: list[PasswdEntry]) -> PasswdEntry | None:
     """No USER given means uid 0, looked up like a numeric USER."""
     return next((e for e in passwd if e.uid == 0), None)
+
+
+def resolve_groups(groups, read_file: ReadFile) -> tuple[int, ...]:
+    """--group-add GROUP...: each a name in the image's /etc/group or a gid, as docker resolves
+    them (a name with no entry is an error, a number is used as it is)."""
+    if not groups:
+        return ()
+    entries = parse_group(read_file("/etc/group"))
+    return tuple(dict.fromkeys(_find_group(g, entries) for g in groups))

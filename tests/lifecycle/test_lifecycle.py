@@ -387,3 +387,18 @@ def test_a_failing_start_container_hook_is_reported_by_run(runtime, bundle):
     res = runtime("run", "--bundle", str(bundle), "s1")
     assert res.returncode != 0 and "SHOULD-NOT-RUN" not in res.stdout
     assert "startContainer" in res.stderr or "hook" in res.stderr, res.stderr
+
+
+def test_a_capability_the_runtime_lacks_is_an_error(runtime, bundle):
+    """runc's capset fails for a capability it does not hold; minictr's python-prctl limit()
+    kept only the held ones, silently (issue 12). The runtime runs without CAP_SYS_TIME."""
+    import prctl
+
+    def lacking():
+        prctl.capbset_drop(prctl.CAP_SYS_TIME)
+
+    bundle.edit(lambda s: s["process"]["capabilities"]["permitted"].append("CAP_SYS_TIME"))
+    res = runtime("run", "--bundle", str(bundle), "caps", preexec_fn=lacking)
+    assert res.returncode != 0
+    assert "CAP_SYS_TIME" in res.stderr or "operation not permitted" in res.stderr.lower(), \
+        res.stderr

@@ -171,3 +171,31 @@ def test_launcher_errors_are_one_line_and_125(user_mc):
         assert res.returncode == 125, (args, res.stderr)
         assert "Traceback" not in res.stderr and res.stderr.startswith("minictr: error: ")
         assert res.stderr.count("\n") <= 2, res.stderr
+
+
+def test_docker_run_flags_without_root(user_mc):
+    """Issue 12's flags where a user namespace changes how they are made: /etc files written by
+    the user, --ipc host (the host's /dev/shm and /dev/mqueue bound in: a fresh mqueue needs an
+    IPC namespace of the container's user namespace), --pid host (the host's /proc bound in:
+    a fresh proc needs a PID namespace it owns), the nofile default within the user's own
+    hard limit, and a detached container with its log."""
+    res = user_mc("run", "--rm", "--add-host", "db.test:192.0.2.7", "busybox:test", "sh", "-c",
+                  "cat /etc/hosts /etc/resolv.conf /etc/hostname >/dev/null && "
+                  "grep db.test /etc/hosts && ulimit -Hn")
+    assert res.returncode == 0, res.stderr
+    hard = subprocess.run(["runuser", "-u", user_mc.pw.pw_name, "--", "sh", "-c", "ulimit -Hn"],
+                          capture_output=True, text=True).stdout.strip()
+    assert res.stdout.split() == ["192.0.2.7", "db.test", str(min(int(hard), 1048576))]
+    p = user_mc.probe("--ipc", "host", "--pid", "host", probe_args=("--only", "ns,pids"))
+    assert p["ns"]["ipc"] == os.stat("/proc/self/ns/ipc").st_ino
+    assert p["ns"]["pid"] == os.stat("/proc/self/ns/pid").st_ino and len(p["pids"]) > 1
+    res = user_mc("run", "-d", "--name", "bg", "busybox:test", "sh", "-c",
+                  "echo up; exec sleep 1000")
+    try:
+        assert res.returncode == 0 and len(res.stdout.strip()) == 64, res.stderr
+        assert user_mc("stop", "-t", "0", "bg").returncode == 0
+        assert user_mc("logs", "bg").stdout == "up\n"
+    finally:
+        user_mc("rm", "-f", "bg")
+    containers = os.path.join(user_mc.root, "containers")
+    assert not os.path.isdir(containers) or not os.listdir(containers)

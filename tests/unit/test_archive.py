@@ -285,10 +285,39 @@ def test_cli_end_to_end(tmp_path, image):
     info = json.loads(_minictr(root, "inspect", "busybox:1.36").stdout)[0]
     assert info["id"] == image.config_digest
     missing = _minictr(root, "inspect", "nope")
-    assert missing.returncode == 125 and "minictr: hint:" in missing.stderr
+    assert missing.returncode == 1 and "minictr: hint:" in missing.stderr
     assert _minictr(root, "rmi", "busybox:1.36").stdout == \
         "Untagged: docker.io/library/busybox:1.36\n"
     assert _minictr(root, "gc").stdout.startswith("removed 4 blobs, 2 layers")
+
+
+def test_missing_images_exit_1_for_inspect_and_rmi_as_docker(tmp_path, image):
+    """docker: "No such image", exit 1 (125 stays for minictr's own failures); what exists is
+    still inspected or removed (issue 12)."""
+    root = str(tmp_path / "root")
+    tar = f.docker_archive(str(tmp_path / "d.tar"), [(image, ["busybox:1.36"])])
+    _minictr(root, "load", tar)
+    res = _minictr(root, "inspect", "busybox:1.36", "nope")
+    assert res.returncode == 1 and "'nope' is not in the store" in res.stderr
+    assert [i["id"] for i in json.loads(res.stdout)] == [image.config_digest]
+    res = _minictr(root, "rmi", "nope", "busybox:1.36")
+    assert res.returncode == 1 and "'nope' is not in the store" in res.stderr
+    assert res.stdout == "Untagged: docker.io/library/busybox:1.36\n"
+
+
+def test_short_names_find_locally_loaded_images_as_podman(tmp_path, image):
+    """`load` of an OCI layout without a registry names it localhost/NAME; `run NAME` must not
+    go to Docker Hub for it (podman looks for localhost/NAME first)."""
+    root = str(tmp_path / "root")
+    layout = f.write_layout(str(tmp_path / "busybox"), [(image, {"annotations": {REF: "1.36"}})])
+    assert _minictr(root, "load", layout).stdout == "Loaded image: localhost/busybox:1.36\n"
+    info = json.loads(_minictr(root, "inspect", "busybox:1.36").stdout)
+    assert info and info[0]["name"] == "localhost/busybox:1.36"
+    spec = _minictr(root, "spec", "busybox:1.36", "true")
+    assert spec.returncode == 0, spec.stderr
+    assert json.loads(spec.stdout)["annotations"]["org.minictr.image"] == \
+        "localhost/busybox:1.36"
+    assert _minictr(root, "rmi", "busybox:1.36").stdout == "Untagged: localhost/busybox:1.36\n"
 
 
 @pytest.mark.skipif(not os.path.exists(SKOPEO), reason="skopeo is not installed")

@@ -27,12 +27,13 @@ def host_stat(path):
     raise FileNotFoundError(2, "No such file or directory", path)
 
 
-def build(image=IMAGE, *, rootless=False, files=FILES, host_env=None, **kw):
+def build(image=IMAGE, *, rootless=False, files=FILES, host_env=None, launcher_caps=None,
+          **kw):
     kw.setdefault("image", "nginx")
     return build_spec(image, RunOptions(**kw), rootless=rootless, container_id=CID,
                       rootfs_path="/run/r", read_file=files.get, host_env=host_env or {},
                       host_stat=host_stat, read_host_file=lambda p: {"/env": b"FROMFILE=1\n"}[p],
-                      host_ids=(1000, 1000))
+                      host_ids=(1000, 1000), launcher_caps=launcher_caps)
 
 
 def test_whole_spec_for_a_plain_run():
@@ -47,7 +48,7 @@ def test_whole_spec_for_a_plain_run():
     assert p["cwd"] == "/srv" and p["terminal"] is False and p["noNewPrivileges"] is True
     assert p["user"] == {"uid": 0, "gid": 0}
     assert p["capabilities"]["bounding"] == list(defaults.DEFAULT_CAPABILITIES)
-    assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}]
     linux = spec["linux"]
     assert linux["namespaces"] == [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     assert "uidMappings" not in linux and "cgroupsPath" not in linux
@@ -343,3 +344,105 @@ def test_image_without_config_object_needs_a_command():
     with pytest.raises(SpecError, match="no command"):
         build({"architecture": "amd64"})
     assert build({}, command=("true",))["process"]["args"] == ["true"]
+
+
+def test_namespaces_shared_with_the_host_and_shm():
+    spec = build(ipc="host", pid="host")
+    assert [n["type"] for n in spec["linux"]["namespaces"]] == ["uts", "mount", "cgroup"]
+    shm = next(m for m in spec["mounts"] if m["destination"] == "/dev/shm")
+    assert shm == {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+                   "options": ["rbind", "nosuid", "noexec", "nodev"]}
+    assert next(m for m in spec["mounts"] if m["destination"] == "/proc")["type"] == "proc"
+    rootless = build(rootless=True, ipc="host", pid="host")
+    proc = next(m for m in rootless["mounts"] if m["destination"] == "/proc")
+    assert proc["type"] == "bind" and proc["source"] == "/proc"
+    # host_stat here knows no /dev/mqueue: a rootless container gets none then
+    assert not [m for m in rootless["mounts"] if m["destination"] == "/dev/mqueue"]
+    shm = next(m for m in build(shm_size="1g")["mounts"] if m["destination"] == "/dev/shm")
+    assert "size=1048576k" in shm["options"]
+    with pytest.raises(SpecError, match="--shm-size has no effect with --ipc host"):
+        build(ipc="host", shm_size="1g")
+    with pytest.raises(SpecError, match="--ipc container:x"):
+        build(ipc="container:x")
+
+
+def test_sysctls():
+    spec = build(network="none", sysctls=("net.ipv4.ip_forward=1", "kernel.shmmax=1024",
+                                         "fs/mqueue/msg_max=20"))
+    assert spec["linux"]["sysctl"] == {"net.ipv4.ip_forward": "1", "kernel.shmmax": "1024",
+                                       "fs.mqueue.msg_max": "20"}
+    for kw, match in ((dict(sysctls=("net.ipv4.ip_forward=1",)), "host's network namespace"),
+                      (dict(ipc="host", sysctls=("kernel.shmmax=1",)), "--ipc host"),
+                      (dict(sysctls=("vm.swappiness=1",)), "not a namespaced sysctl"),
+                      (dict(sysctls=("kernel.sem",)), "KEY=VALUE")):
+        with pytest.raises(SpecError, match=match):
+            build(**kw)
+
+
+def test_group_add_labels_and_stop_signal():
+    spec = build(user="alice", group_add=("www", "4242"))
+    assert spec["process"]["user"]["additionalGids"] == [44, 100, 33, 4242]
+    with pytest.raises(SpecError, match="unable to find group nope"):
+        build(group_add=("nope",))
+    # a single mapped gid (rootless without subordinate ids) can hold no supplementary group
+    with pytest.raises(SpecError, match="--group-add: gid 4242 is not mapped"):
+        build(rootless=True, group_add=("4242",))
+    notes = build(labels=("team=ml",), stop_signal="usr1", stop_timeout=30)["annotations"]
+    assert json.loads(notes["org.minictr.labels"]) == {"maintainer": "someone",
+                                                      "org.opencontainers.image.version": "1.25",
+                                                      "team": "ml"}
+    assert notes["org.opencontainers.image.stopSignal"] == "SIGUSR1"
+    assert notes["org.minictr.stop-timeout"] == "30"
+    image = dict(IMAGE, config=dict(IMAGE["config"], StopSignal="SIGQUIT"))
+    assert build(image)["annotations"]["org.opencontainers.image.stopSignal"] == "SIGQUIT"
+    with pytest.raises(SpecError, match="--stop-signal 'SIGNOPE' is not a signal"):
+        build(stop_signal="SIGNOPE")
+
+
+def test_no_new_privileges_is_off_with_privileged_unless_asked():
+    assert build()["process"]["noNewPrivileges"] is True
+    assert build(privileged=True)["process"]["noNewPrivileges"] is False
+    assert build(security_opts=("no-new-privileges=false",))["process"]["noNewPrivileges"] \
+        is False
+    assert build(privileged=True, security_opts=("no-new-privileges",))["process"][
+        "noNewPrivileges"] is True
+
+
+def test_init_is_part_of_the_spec():
+    spec = build_spec(IMAGE, RunOptions(image="nginx", init=True), rootless=False,
+                      container_id=CID, rootfs_path="/run/r", read_file=FILES.get,
+                      host_env={}, host_stat=host_stat, host_ids=(0, 0),
+                      init_path="/opt/minictr/mcinit")
+    assert spec["process"]["args"] == ["/dev/init", "--", "/docker-entrypoint.sh", "nginx"]
+    assert spec["mounts"][-1] == {"destination": "/dev/init", "type": "bind",
+                                  "source": "/opt/minictr/mcinit",
+                                  "options": ["bind", "ro", "nosuid", "nodev"]}
+    with pytest.raises(SpecError, match="init program was not found"):
+        build(init=True)
+
+
+def test_etc_files_are_bind_mounted_and_a_users_own_wins():
+    etc = {"/etc/resolv.conf": "/c/resolv.conf", "/etc/hosts": "/c/hosts",
+           "/etc/hostname": "/c/hostname"}
+    spec = build_spec(IMAGE, RunOptions(image="nginx", volumes=("/data:/etc/hosts",)),
+                      rootless=False, container_id=CID, rootfs_path="/run/r",
+                      read_file=FILES.get, host_env={}, host_stat=host_stat, host_ids=(0, 0),
+                      etc_files=etc)
+    by_dest = {m["destination"]: m for m in spec["mounts"]}
+    assert by_dest["/etc/resolv.conf"] == {"destination": "/etc/resolv.conf", "type": "bind",
+                                           "source": "/c/resolv.conf",
+                                           "options": ["rbind", "rprivate"]}
+    assert by_dest["/etc/hostname"]["source"] == "/c/hostname"
+    assert by_dest["/etc/hosts"]["source"] == "/data"
+
+
+def test_capabilities_within_what_the_launcher_holds():
+    held = tuple(c for c in defaults.ALL_CAPABILITIES if c != "CAP_SYS_TIME")
+    with pytest.raises(SpecError, match="CAP_SYS_TIME: minictr does not hold"):
+        build(cap_add=("SYS_TIME",), launcher_caps=held)
+    assert "CAP_SYS_TIME" not in build(privileged=True, launcher_caps=held)["process"][
+        "capabilities"]["bounding"]
+    # in a user namespace of its own the container gets its capabilities there, whatever the
+    # launcher holds
+    spec = build(rootless=True, cap_add=("SYS_TIME",), launcher_caps=held)
+    assert "CAP_SYS_TIME" in spec["process"]["capabilities"]["bounding"]

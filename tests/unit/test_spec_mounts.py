@@ -46,6 +46,11 @@ def test_check_destination_rejects(path, match):
                                  "options": ["rbind", "rslave", "ro"]}),
     ("/data:/d:z", {"destination": "/d", "type": "bind", "source": "/data",
                     "options": ["rbind", "rprivate"]}),
+    # docker's no-ops for a bind on Linux (Docker Desktop hints, named-volume copying)
+    ("/data:/d:cached", {"destination": "/d", "type": "bind", "source": "/data",
+                         "options": ["rbind", "rprivate"]}),
+    ("/data:/d:ro,delegated,nocopy", {"destination": "/d", "type": "bind", "source": "/data",
+                                      "options": ["rbind", "rprivate", "ro"]}),
     ("/data:/proc/meminfo:ro", {"destination": "/proc/meminfo", "type": "bind",
                                 "source": "/data", "options": ["rbind", "rprivate", "ro"]}),
     ("/host/dev:/dev", {"destination": "/dev", "type": "bind", "source": "/host/dev",

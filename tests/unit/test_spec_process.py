@@ -160,17 +160,43 @@ def test_capabilities_root_and_non_root():
 
 
 @pytest.mark.parametrize("ulimits,expected", [
-    ((), [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]),
+    ((), [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}]),
     (("nofile=1024:2048",), [{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024}]),
     (("nofile=4096",), [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]),
     (("nproc=10:20", "core=-1"),
-     [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+     [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576},
       {"type": "RLIMIT_NPROC", "hard": 20, "soft": 10},
       {"type": "RLIMIT_CORE", "hard": 2**64 - 1, "soft": 2**64 - 1}]),
     (("NOFILE=1:2", "nofile=3:4"), [{"type": "RLIMIT_NOFILE", "hard": 4, "soft": 3}]),
 ])
 def test_rlimits(ulimits, expected):
     assert proc.process_rlimits(ulimits) == expected
+
+
+def test_default_nofile_is_podmans_within_what_the_launcher_can_set():
+    """podman's 1048576:1048576 (once runc's hard 1024); a launcher without CAP_SYS_RESOURCE
+    cannot raise its hard limit, so the plan falls back to that limit instead of failing; an
+    explicit --ulimit is never lowered (it fails at run if it cannot be set)."""
+    assert proc.process_rlimits((), 524288) == [
+        {"type": "RLIMIT_NOFILE", "hard": 524288, "soft": 524288}]
+    assert proc.process_rlimits((), 2**64 - 1)[0]["hard"] == 1048576
+    assert proc.process_rlimits(("nofile=2000000",), 524288) == [
+        {"type": "RLIMIT_NOFILE", "hard": 2000000, "soft": 2000000}]
+
+
+def test_cap_add_of_a_capability_the_launcher_lacks_is_an_error():
+    """runc fails in capset; minictr once dropped it silently (issue 12)."""
+    held = tuple(c for c in defaults.ALL_CAPABILITIES if c != "CAP_SYS_RESOURCE")
+    with pytest.raises(SpecError, match="CAP_SYS_RESOURCE: minictr does not hold"):
+        proc.capability_set(["SYS_RESOURCE"], [], privileged=False, available=held)
+    # "all" means all the launcher holds, and defaults it lacks are left out
+    assert proc.capability_set([], [], privileged=True, available=held) == list(held)
+    assert "CAP_SYS_RESOURCE" not in proc.capability_set(["ALL"], [], privileged=False,
+                                                         available=held)
+    no_kill = tuple(c for c in held if c != "CAP_KILL")
+    assert "CAP_KILL" not in proc.capability_set([], [], privileged=False, available=no_kill)
+    assert proc.capability_set(["SYS_RESOURCE"], [], privileged=False, available=None)[-1] == \
+        "CAP_SYS_RESOURCE"
 
 
 @pytest.mark.parametrize("entry,match", [

@@ -199,7 +199,7 @@ def test_a_missing_profile_file_is_an_error():
         opts("seccomp=/nope.json")
 
 
-@pytest.mark.parametrize("entries,value", [((), True), (("no-new-privileges",), True),
+@pytest.mark.parametrize("entries,value", [((), None), (("no-new-privileges",), True),
                                            (("no-new-privileges=true",), True),
                                            (("no-new-privileges=false",), False),
                                            (("no-new-privileges=0",), False),
