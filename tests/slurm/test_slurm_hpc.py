@@ -214,9 +214,6 @@ def test_two_gpu_steps_at_once_each_sees_its_own_two(slurm, slurm_base, fake_gpu
     assert len(seen[0]) == 2 and seen[0].isdisjoint(seen[1])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 2 (GPU allocations fail closed) is done "
-                   "in branch gpu-engines: until it merges --gpus all in a job without GPUs "
-                   "injects all of the node's; remove this marker when it has")
 def test_gpus_all_in_a_job_without_gpus_injects_none_and_says_so(slurm, slurm_base, fake_gpus,
                                                                  minictr_exe, hpc_images):
     env = minictr_env(slurm_base, fake_gpus, "no-gres")
