@@ -20,3 +20,5 @@ int mc_bpf(int cmd, void *attr, unsigned int size);
 int mc_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int mc_pidfd_open(int pid, unsigned int flags);
 int mc_seccomp(unsigned int flags, const void *filter, unsigned short count);
+int mc_landlock_create_ruleset(unsigned long long scoped);
+int mc_landlock_restrict_self(int ruleset_fd);
