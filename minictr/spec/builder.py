@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from minictr.errors import SpecError
 from minictr.spec import defaults, mounts as mounts_mod, process as proc
+from minictr.spec import network as netspec
 from minictr.spec import security, units
 from minictr.spec.edits import insert_mount
 from minictr.spec.options import RunOptions
@@ -22,6 +23,11 @@ OCI_VERSION = "1.0.2"
 ReadFile = Callable[[str], "bytes | None"]
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?$")   # HOST_NAME_MAX 64
 IMAGE_ANNOTATION_PREFIX = "org.opencontainers.image."
+ANNOTATION_NETWORK = "org.minictr.network"
+ANNOTATION_PORTS = "org.minictr.ports"
+# The runtime confines a process carrying this annotation to a Landlock domain scoping the
+# listed IPC (runtime/landlock.py); the default network sets it (spec/network.py, DEFAULT).
+ANNOTATION_LANDLOCK_SCOPE = "org.minictr.landlock.scoped"
 
 
 def _read_host_file(path: str) -> bytes:
@@ -35,18 +41,26 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
                host_env: dict | None = None,
                read_host_file: Callable[[str], bytes] = _read_host_file,
                host_stat: Callable[[str], os.stat_result] = os.stat,
-               host_ids: tuple[int, int] | None = None) -> dict:
+               host_ids: tuple[int, int] | None = None,
+               network_path: str | None = None) -> dict:
     """The whole plan. ``image_config`` is the OCI image config JSON (its "config" object holds
     Entrypoint, Cmd, Env, WorkingDir, User, Labels). ``host_env`` (default: this process's
     environment) serves ``-e KEY`` and bare keys in env files. ``host_ids`` is (euid, egid),
-    default this process's, for the rootless id mapping and --userns keep-id."""
+    default this process's, for the rootless id mapping and --userns keep-id.
+    ``network_path`` is the namespace --network container:NAME joins (api resolves the name)."""
     config = image_fields(image_config)
     host_env = dict(os.environ) if host_env is None else host_env
+    network = netspec.parse_network(opts.network)
+    ports = netspec.parse_publish(opts.publish)
+    netspec.check_publish(network, ports)
+    hardened = default_network_hardened(network, opts, host_env)
     host_ids = (os.geteuid(), os.getegid()) if host_ids is None else host_ids
     hostname = _hostname(opts.hostname, container_id)
     userns = _user_namespace(opts, rootless, uid_mappings, gid_mappings, host_ids)
     user = _exec_user(opts, config, read_file, userns, host_ids)
     caps = proc.capability_set(opts.cap_add, opts.cap_drop, privileged=opts.privileged)
+    if hardened and "CAP_NET_RAW" not in {proc.normalize_capability(c) for c in opts.cap_add}:
+        caps = [c for c in caps if c != "CAP_NET_RAW"]
     secopts = security.parse_security_opts(opts.security_opts, read_host_file)
     process = {
         "terminal": bool(opts.tty),
@@ -65,13 +79,24 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         "process": process,
         "root": {"path": rootfs_path, "readonly": bool(opts.read_only)},
         "hostname": hostname,
-        "mounts": _mounts(opts, rootless, host_stat),
-        "linux": _linux(opts, container_id, userns),
+        "mounts": _mounts(opts, network, rootless, host_stat),
+        "linux": _linux(opts, container_id, userns,
+                        _network_namespace(network, rootless, network_path)),
     }
     seccomp = security.linux_seccomp(secopts, caps=caps, privileged=opts.privileged)
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
     annotations = _annotations(config, opts.annotations)
+    # minictr's own keys: what the network is, for `ps` and for the runtime (a user's
+    # --annotation cannot change them)
+    for key in (ANNOTATION_NETWORK, ANNOTATION_PORTS, ANNOTATION_LANDLOCK_SCOPE):
+        annotations.pop(key, None)
+    if network.kind != netspec.DEFAULT:
+        annotations[ANNOTATION_NETWORK] = str(network)
+    if ports:
+        annotations[ANNOTATION_PORTS] = ",".join(str(p) for p in ports)
+    if hardened:
+        annotations[ANNOTATION_LANDLOCK_SCOPE] = "abstract_unix_socket"
     if annotations:
         spec["annotations"] = annotations
     return spec
@@ -188,10 +213,11 @@ def _process_user(user: ExecUser) -> dict:
 # ---------------------------------------------------------------- mounts
 
 
-def _mounts(opts: RunOptions, rootless: bool, host_stat) -> list[dict]:
+def _mounts(opts: RunOptions, network: netspec.Network, rootless: bool,
+            host_stat) -> list[dict]:
     """The default kernel filesystems, then user mounts; a user mount at a default's
     destination (say --tmpfs /dev/shm:size=1g) replaces it."""
-    mounts = defaults.default_mounts(rootless=rootless, private_network=opts.network == "none",
+    mounts = defaults.default_mounts(rootless=rootless, private_network=network.own_namespace,
                                      privileged=opts.privileged)
     for mount in mounts_mod.user_mounts(opts.volumes, opts.mounts, opts.tmpfs, host_stat):
         insert_mount(mounts, mount)
@@ -201,17 +227,51 @@ def _mounts(opts: RunOptions, rootless: bool, host_stat) -> list[dict]:
 # ---------------------------------------------------------------- linux
 
 
-def _namespaces(opts: RunOptions, userns: dict | None) -> list[dict]:
-    """pid, ipc, uts, mount and cgroup always; network only with --network none (the default
+def default_network_hardened(network: netspec.Network, opts: RunOptions, host_env: dict) -> bool:
+    """The default network outside a Slurm job (a docker-like run): the host's network
+    namespace, but without CAP_NET_RAW (raw packets on the host's interfaces) and with abstract
+    unix sockets scoped to the container (the host's, such as containerd-shim's or X11's, are
+    out of reach: CVE-2020-15257). Inside a job (SLURM_JOB_ID) ranks in separate containers
+    talk through abstract sockets (NCCL, UCX), so the host network stays as it is, as it does
+    with an explicit --network host or --privileged (docs/network.md, "The default")."""
+    return (network.kind == netspec.DEFAULT and not opts.privileged
+            and "SLURM_JOB_ID" not in host_env)
+
+
+def _network_namespace(network: netspec.Network, rootless: bool,
+                       network_path: str | None) -> dict | None:
+    """The linux.namespaces entry of the network: none for the host's, a new one for none
+    and bridge, a path for container:NAME and ns:PATH."""
+    if not network.own_namespace:
+        return None
+    if network.kind in ("none", "bridge"):
+        return {"type": "network"}
+    if rootless:
+        # The launcher joins it around the clone (the child, in its new user namespace, holds
+        # no capability over a namespace the host's user namespace owns: setns(2)), and an
+        # unprivileged launcher may not (CAP_SYS_ADMIN in its own user namespace).
+        raise SpecError(f"--network {network} needs root",
+                        hint="rootless containers can share a network only through --network "
+                        "bridge (pasta or slirp4netns)")
+    path = network.target if network.kind == "ns" else network_path
+    if not path:
+        raise SpecError(f"--network {network}: the namespace's path is unknown")
+    return {"type": "network", "path": path}
+
+
+def _namespaces(userns: dict | None, network: dict | None) -> list[dict]:
+    """pid, ipc, uts, mount and cgroup always; network when it is not the host's (the default
     shares the host's, as HPC launchers do); user when there are id mappings."""
-    kinds = ["user"] if userns else []
-    kinds += ["pid"] + (["network"] if opts.network == "none" else [])
-    kinds += ["ipc", "uts", "mount", "cgroup"]
-    return [{"type": k} for k in kinds]
+    out = [{"type": "user"}] if userns else []
+    out.append({"type": "pid"})
+    if network is not None:
+        out.append(network)
+    return out + [{"type": k} for k in ("ipc", "uts", "mount", "cgroup")]
 
 
-def _linux(opts: RunOptions, container_id: str, userns: dict | None) -> dict:
-    linux: dict = {"namespaces": _namespaces(opts, userns)}
+def _linux(opts: RunOptions, container_id: str, userns: dict | None,
+           network: dict | None) -> dict:
+    linux: dict = {"namespaces": _namespaces(userns, network)}
     if userns:
         linux.update(userns)
     linux["devices"] = defaults.default_devices()
