@@ -32,6 +32,8 @@ class Plan:
     image: str                 # the image's normalised name, for `ps`
     layers: tuple = ()         # the image's chain ids, kept from gc while the container exists
     hooks: tuple = ()          # CDI hooks, already part of spec["hooks"]
+    network: object = None     # runtime.network.NetworkPlan: what connects its namespace
+    dns_driver: str = "default"  # the network as spec.network.nameservers() names it
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -161,10 +163,11 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         from minictr.runtime.idmap import rootless_mappings
 
         uid_mappings, gid_mappings = rootless_mappings(opts.userns)
+    network, network_path, dns_driver = _network_for(paths, opts)
     spec = builder.build_spec(
         image.config, opts, rootless=paths.rootless, container_id=container_id,
         rootfs_path=rootfs.target, read_file=lambda path: store.read_image_file(image, path),
-        uid_mappings=uid_mappings, gid_mappings=gid_mappings)
+        uid_mappings=uid_mappings, gid_mappings=gid_mappings, network_path=network_path)
     read_file = lambda p: store.read_image_file(image, p)  # noqa: E731
     for edits in _edits_for(opts, spec, gpu_roots, image.config, read_file, scratch_dir, warn):
         spec = apply_edits(spec, edits)
@@ -173,8 +176,46 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
                            ANNOTATION_IMAGE: image.name,
                            ANNOTATION_LAYERS: ",".join(layer.chain_id for layer in image.layers)}
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image.name, layers=tuple(layer.chain_id for layer in image.layers))
+                image=image.name, layers=tuple(layer.chain_id for layer in image.layers),
+                network=network, dns_driver=dns_driver)
 
+
+def _network_for(paths: Paths, opts) -> tuple:
+    """(runtime.network.NetworkPlan or None, the namespace path to join or None, the DNS
+    driver) for --network. Only a bridge imports the network code (and pyroute2 with it)."""
+    from minictr.spec import network as netspec
+
+    network = netspec.parse_network(opts.network)
+    if network.kind == "bridge":
+        from minictr.runtime import network as runtime_network
+
+        ports = tuple(p.to_dict() for p in netspec.parse_publish(opts.publish))
+        plan_ = runtime_network.plan_bridge(ports, rootless=paths.rootless)
+        return plan_, None, plan_.driver
+    if network.kind == "container":
+        return None, *_joined_network(paths, network.target)
+    return None, None, network.kind
+
+
+def _joined_network(paths: Paths, name: str) -> tuple[str, str]:
+    """--network container:NAME: the namespace of NAME's first process, and its driver."""
+    from minictr.runtime import lifecycle
+
+    root = state_root(paths)
+    cid = find_container(root, name)
+    st = root.read(cid)
+    if lifecycle.status(root, st) not in ("running", "created", "paused"):
+        raise UsageError(f"--network container:{name}: the container is not running",
+                         hint="its network namespace lives only as long as its process")
+    kinds = {ns.get("type"): ns for ns in
+             root.read_config(cid).get("linux", {}).get("namespaces", [])}
+    if "network" not in kinds:
+        driver = "host"
+    elif st.get("network"):
+        driver = st["network"].get("driver", "bridge")
+    else:
+        driver = "ns" if kinds["network"].get("path") else "none"
+    return f"/proc/{st['pid']}/ns/net", driver
 
 def _overlay_driver() -> str:
     """MINICTR_OVERLAY=fuse-overlayfs picks the user-space overlay (kernels or filesystems where
@@ -273,6 +314,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
     if not dry_run:
         root.claim_name(p.name, container_id)
     code = None
+    created = None
     try:
         with Supervisor(None, explain) as sup:
             try:
@@ -280,7 +322,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
                     attached=True, stdin_null=not (opts.interactive or opts.tty), init=opts.init,
                     preserve_fds=opts.preserve_fds, rootless=paths.rootless,
-                    on_spawned=sup.attach, kernel=kernel, explain=explain)
+                    on_spawned=sup.attach, network=p.network, kernel=kernel, explain=explain)
                 lifecycle.start(root, container_id, kernel=kernel, explain=explain)
                 if dry_run:
                     return 0
@@ -301,7 +343,8 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
 
             shutil.rmtree(root.path, ignore_errors=True)
         else:
-            _after_exit(paths, root, container_id, p, remove=opts.rm, warn=warn)
+            _after_exit(paths, root, container_id, p, remove=opts.rm, warn=warn,
+                        network=created.network if created is not None else None)
 
 
 def _dry_root(paths: Paths):
@@ -330,15 +373,17 @@ def _dry_kernel(p: Plan):
 
 
 def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, remove: bool,
-                warn: Explain) -> None:
-    """The container has stopped (or never started): report an OOM kill, free its cgroup,
-    and with --rm remove it and its writable layer."""
+                warn: Explain, network=None) -> None:
+    """The container has stopped (or never started): report an OOM kill, free its network
+    (address, ports, helper) and its cgroup, and with --rm remove it and its writable layer."""
     from minictr.runtime import lifecycle
 
     try:
         st = root.read(container_id)
     except MinictrError:
         return
+    if st.get("network"):
+        lifecycle.release_network(root, container_id, network)
     if st.get("cgroup_paths") and warn:
         from minictr.runtime import cgroups
 

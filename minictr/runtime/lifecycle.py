@@ -38,6 +38,7 @@ from collections.abc import Callable
 from minictr.errors import MinictrError, RuntimeSetupError, UsageError
 from minictr.records import record
 from minictr.runtime import hooks as hooks_mod
+from minictr.runtime import landlock
 from minictr.runtime import spawn as spawn_mod
 from minictr.runtime import state as state_mod
 from minictr.runtime import syscalls as sc
@@ -55,6 +56,7 @@ class Created:
     pid: int
     console: int | None = None        # the pty master (attached create with a terminal)
     exec_pipe: int | None = None      # attached: EOF once the command is exec'd
+    network: object = None            # runtime.network.Attached: release it when it exits
 
 
 # ---------------------------------------------------------------- status
@@ -108,9 +110,11 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            preserve_fds: int = 0, attached: bool = False, stdin_null: bool = False,
            init: bool = False, systemd_cgroup: bool = False, rootless: bool | None = None,
            no_pivot: bool = False, no_new_keyring: bool = False,
-           on_spawned: Callable[[int], None] | None = None, kernel=None,
+           on_spawned: Callable[[int], None] | None = None, network=None, kernel=None,
            explain: Explain = None) -> Created:
-    """Create the container (see the module docstring); on failure nothing is left."""
+    """Create the container (see the module docstring); on failure nothing is left.
+    ``network`` (a runtime.network.NetworkPlan, minictr's own runs only) connects its new
+    network namespace before it goes on (network.py)."""
     from minictr.runtime import validate
 
     kernel = kernel or sc.Syscalls()
@@ -124,6 +128,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
     root.add(container_id)
     created = None
     cgroup = None
+    connected = None
     try:
         root_path = spec["root"]["path"]
         if not os.path.isabs(root_path):
@@ -163,6 +168,14 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             for stage in ("prestart", "createRuntime"):
                 hooks_mod.run_hooks(kernel, spec, stage, dict(hook_state, pid=pid), explain)
 
+        def connect(pid: int) -> None:
+            nonlocal connected
+            from minictr.runtime import network as network_mod
+
+            connected = network_mod.attach(
+                kernel, root.path, root.dir(container_id), container_id, network, pid,
+                lambda rec: root.update(container_id, network=rec), explain)
+
         plan = spawn_mod.SpawnPlan(
             process=process, namespaces=spawn_mod.plan_namespaces(linux.get("namespaces", [])),
             rootless=rootless, attached=attached, stdin_null=stdin_null,
@@ -170,9 +183,11 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             uid_mappings=tuple(linux.get("uidMappings") or ()),
             gid_mappings=tuple(linux.get("gidMappings") or ()), hook_state=hook_state,
             oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
-            new_keyring=None if no_new_keyring else container_id)
+            new_keyring=None if no_new_keyring else container_id,
+            landlock_scoped=landlock.scopes_for(kernel, spec, explain))
         try:
             created = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=spawned,
+                                      on_placed=connect if network is not None else None,
                                       on_hooks=runtime_hooks, explain=explain)
         finally:
             kernel.close(fifo_fd)
@@ -187,12 +202,14 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             write_pid_file(pid_file, created.pid)
         if cgroup is not None:
             cgroup.release()                     # the program stays attached to the cgroup
-        return Created(pid=created.pid, console=console, exec_pipe=created.exec_pipe)
+        return Created(pid=created.pid, console=console, exec_pipe=created.exec_pipe,
+                       network=connected)
     except BaseException:
         if created is not None:
             spawn_mod._kill_and_reap(created.pid)
         if cgroup is not None:
             cgroup.destroy(quiet=True)
+        _release_network_quietly(kernel, root, container_id, connected)
         root.remove(container_id)
         raise
 
@@ -226,6 +243,30 @@ def with_default_devices(spec: dict) -> dict:
         resources["devices"] = rules + [r for r in DEFAULT_ALLOW if r not in rules]
         linux["resources"] = resources
     return dict(spec, linux=linux)
+
+
+def release_network(root: StateRoot, container_id: str, attached=None, kernel=None) -> None:
+    """Undo what connected the container's network (runtime/network.py), as its state records
+    it; idempotent. The record stays (a stopped container keeps saying what it had)."""
+    try:
+        st = root.read(container_id)
+    except MinictrError:
+        return
+    record_ = st.get("network")
+    if record_ and not record_.get("released"):
+        from minictr.runtime import network as network_mod
+
+        network_mod.release(kernel or sc.Syscalls(), container_id, record_, attached)
+        root.update(container_id, network=dict(record_, released=True))
+
+
+def _release_network_quietly(kernel, root: StateRoot, container_id: str, attached) -> None:
+    """A failed create releases what its network got so far; its own error is the one to
+    report."""
+    try:
+        release_network(root, container_id, attached, kernel)
+    except (MinictrError, OSError):
+        pass
 
 
 def seccomp_cache_dir(root: StateRoot) -> str:
@@ -399,6 +440,10 @@ def delete(root: StateRoot, container_id: str, *, force: bool = False, kernel=No
         except ProcessLookupError:
             pass
     destroy_cgroup(st)
+    if st.get("network") and not st["network"].get("released"):
+        from minictr.runtime import network as network_mod
+
+        network_mod.release(kernel, container_id, st["network"])
     spec = None
     try:
         spec = root.read_config(container_id)
@@ -453,7 +498,8 @@ def exec_process(root: StateRoot, container_id: str, process: dict, *, attached:
                                stdin_null=stdin_null, preserve_fds=preserve_fds,
                                oom_score_adj=process.get("oomScoreAdj"),
                                seccomp=spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root),
-                                                                 explain))
+                                                                 explain),
+                               landlock_scoped=landlock.scopes_for(kernel, spec, explain))
     made = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=on_spawned, explain=explain)
     console = made.console
     if console is not None and console_socket:

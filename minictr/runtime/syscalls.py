@@ -72,6 +72,8 @@ SECCOMP_FILTER_FLAG_LOG = lib.SECCOMP_FILTER_FLAG_LOG
 SECCOMP_FILTER_FLAG_SPEC_ALLOW = lib.SECCOMP_FILTER_FLAG_SPEC_ALLOW
 SECCOMP_FILTER_FLAG_NEW_LISTENER = lib.SECCOMP_FILTER_FLAG_NEW_LISTENER
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = lib.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = lib.LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+LANDLOCK_SCOPE_SIGNAL = lib.LANDLOCK_SCOPE_SIGNAL
 SOCK_FILTER_SIZE = 8        # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (linux/filter.h)
 
 NAMESPACE_FLAGS = {
@@ -111,6 +113,12 @@ def _check(rc: int, call: str) -> int:
         err.call = call.split("(", 1)[0]
         raise err
     return rc
+
+
+def _named(code: int, call: str) -> OSError:
+    err = OSError(code, f"{call}: {os.strerror(code)}")
+    err.call = call.split("(", 1)[0]
+    return err
 
 
 def call_of(err: BaseException) -> str | None:
@@ -186,6 +194,24 @@ class Syscalls:
                           "whole number of BPF instructions")
         return _check(lib.mc_seccomp(flags, ffi.from_buffer(bpf), count),
                       f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}, <{count} instructions>)")
+
+    def landlock_abi_version(self) -> int:
+        """landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION): the highest
+        Landlock ABI this kernel offers; 0 when Landlock is absent or disabled."""
+        rc = lib.mc_landlock_create_ruleset(0)
+        return max(rc, 0)
+
+    def landlock_create_ruleset(self, scoped: int) -> int:
+        """landlock_create_ruleset(2) of a ruleset that scopes IPC only (``scoped``, a mask of
+        LANDLOCK_SCOPE_*; Landlock ABI 6); returns its fd."""
+        return _check(lib.mc_landlock_create_ruleset(scoped),
+                      f"landlock_create_ruleset(scoped={scoped:#x})")
+
+    def landlock_restrict_self(self, ruleset_fd: int) -> None:
+        """landlock_restrict_self(2): this thread and what it execs are confined from now on;
+        needs no_new_privs or CAP_SYS_ADMIN in its user namespace."""
+        _check(lib.mc_landlock_restrict_self(ruleset_fd),
+               f"landlock_restrict_self({ruleset_fd})")
 
     # Calls Python already wraps; kept on the face so the runtime has one seam (and a dry run
     # or a test can record them instead).
@@ -281,6 +307,118 @@ class Syscalls:
 
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+
+    # rtnetlink(7) through pyroute2, as ip(8) does it: links (RTM_NEWLINK...), addresses
+    # (RTM_NEWADDR), routes (RTM_NEWROUTE). ``netns`` is the network namespace to act in, a
+    # path such as /proc/PID/ns/net; None is the launcher's own. pyroute2 costs ~120 ms to
+    # import, so only a network that needs it imports it (bench/README.md, "Network").
+    def link_get(self, ifname: str, netns: str | None = None) -> dict | None:
+        """RTM_GETLINK: {"index", "kind", "alias", "master", "up"} of ``ifname``, or None."""
+        def get(ipr):
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return None
+            link = ipr.get_links(found[0])[0]
+            info = link.get_attr("IFLA_LINKINFO")
+            return {"index": link["index"], "alias": link.get_attr("IFLA_IFALIAS"),
+                    "kind": info.get_attr("IFLA_INFO_KIND") if info else None,
+                    "master": link.get_attr("IFLA_MASTER"), "up": bool(link["flags"] & 1)}
+        return self._rtnl(netns, f"RTM_GETLINK({ifname!r})", get)
+
+    def link_add(self, ifname: str, kind: str, netns: str | None = None, *,
+                 peer: str | None = None, peer_netns_pid: int | None = None,
+                 alias: str | None = None) -> None:
+        """RTM_NEWLINK (ip-link(8) add): a ``kind`` link; for a veth pair, its other end
+        ``peer`` is made directly in the network namespace of ``peer_netns_pid``
+        (IFLA_NET_NS_PID), so it never shows in ours."""
+        attrs: dict = {"ifname": ifname, "kind": kind}
+        if peer is not None:
+            attrs["peer"] = {"ifname": peer}
+            if peer_netns_pid is not None:
+                attrs["peer"]["net_ns_pid"] = peer_netns_pid
+
+        def add(ipr):
+            ipr.link("add", **attrs)
+            if alias is not None:          # the kernel takes IFLA_IFALIAS on a change only
+                ipr.link("set", index=self._index(ipr, ifname), ifalias=alias)
+        self._rtnl(netns, f"RTM_NEWLINK({ifname!r}, {kind})", add)
+
+    def link_set(self, ifname: str, netns: str | None = None, *, up: bool | None = None,
+                 master: str | None = None) -> None:
+        """RTM_NEWLINK on an existing link (ip-link(8) set): up or down, a bridge master."""
+        def set_(ipr):
+            attrs: dict = {"index": self._index(ipr, ifname)}
+            if master is not None:
+                attrs["master"] = self._index(ipr, master)
+            if up is not None:
+                attrs["state"] = "up" if up else "down"
+            ipr.link("set", **attrs)
+        self._rtnl(netns, f"RTM_NEWLINK({ifname!r})", set_)
+
+    def link_del(self, ifname: str, netns: str | None = None) -> None:
+        """RTM_DELLINK (ip-link(8) del); deleting one end of a veth pair deletes both."""
+        self._rtnl(netns, f"RTM_DELLINK({ifname!r})",
+                   lambda ipr: ipr.link("del", index=self._index(ipr, ifname)))
+
+    def addr_add(self, ifname: str, address: str, prefixlen: int,
+                 netns: str | None = None) -> None:
+        """RTM_NEWADDR (ip-address(8) add)."""
+        self._rtnl(netns, f"RTM_NEWADDR({ifname!r}, {address}/{prefixlen})",
+                   lambda ipr: ipr.addr("add", index=self._index(ipr, ifname),
+                                        address=address, prefixlen=prefixlen))
+
+    def route_add(self, gateway: str, netns: str | None = None,
+                  dst: str = "0.0.0.0/0") -> None:
+        """RTM_NEWROUTE (ip-route(8) add): by default the default route."""
+        self._rtnl(netns, f"RTM_NEWROUTE({dst} via {gateway})",
+                   lambda ipr: ipr.route("add", dst=dst, gateway=gateway))
+
+    @staticmethod
+    def _index(ipr, ifname: str) -> int:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise OSError(errno.ENODEV, f"{ifname}: no such network interface")
+        return found[0]
+
+    def _rtnl(self, netns: str | None, call: str, action):
+        """Run ``action(ipr)`` on an rtnetlink socket of ``netns``; a netlink error becomes the
+        OSError the face promises, naming the message."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        sock = None if netns is None else self._socket_in_netns(netns)
+        try:
+            with IPRoute(use_socket=sock) if sock is not None else IPRoute() as ipr:
+                return action(ipr)
+        except NetlinkError as err:
+            raise _named(err.code, call) from None
+        except OSError as err:
+            raise _named(err.errno or errno.EIO, call) from None
+        finally:
+            if sock is not None:
+                sock.close()
+
+    def _socket_in_netns(self, netns: str):
+        """An rtnetlink socket of another network namespace: setns(2) there, socket(2), setns
+        back. A socket stays in the namespace it was made in (network_namespaces(7)), so the
+        launcher never has to leave its own for longer than that. Only safe in a
+        single-threaded process (setns changes the calling thread)."""
+        import socket
+
+        own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self.setns(target, CLONE_NEWNET)
+                try:
+                    return socket.socket(socket.AF_NETLINK,
+                                         socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+                finally:
+                    self.setns(own, CLONE_NEWNET)
+            finally:
+                os.close(target)
+        finally:
+            os.close(own)
 
     def readlinkat(self, dirfd: int, name: str) -> str | None:
         """The target of symlink ``name`` in ``dirfd``, or None if it is not a symlink."""
@@ -393,6 +531,40 @@ class Syscalls:
             return 128 - proc.returncode, out
         return proc.returncode, out
 
+    def start_helper(self, path: str, args: list[str], pass_fds: tuple = (),
+                     log_path: str | None = None) -> int:
+        """fork + execve ``path`` (args[0] is argv[0]) as a helper of the container (pasta,
+        slirp4netns): in a session of its own (a Ctrl-C at the terminal is the container's
+        to get), stdin and stdout on /dev/null, stderr appended to ``log_path``, no fd but
+        ``pass_fds`` inherited, and PR_SET_PDEATHSIG SIGKILL so that it dies with the
+        launcher (prctl(2); checked against getppid for a launcher that died first)."""
+        import signal
+
+        launcher = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        try:
+            os.setsid()
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != launcher:
+                os._exit(1)
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):     # ignored ones survive execve
+                signal.signal(sig, signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            if log_path:
+                log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                              0o600)
+                os.dup2(log, 2)
+            lib.mc_close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC)
+            for fd in pass_fds:
+                os.set_inheritable(fd, True)
+            os.execv(path, args)
+        finally:
+            os._exit(127)
+
     # Queries. A dry run answers them from the host where the answer is the host's.
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
@@ -423,18 +595,20 @@ class RecordingSyscalls:
 
     dry_run = True
     QUERIES = {"readlinkat", "same_file", "is_dir", "statvfs_flags", "exists", "read_text",
-               "stat", "access"}
+               "stat", "access", "link_get", "landlock_abi_version"}
 
     def __init__(self, fail: dict[str, int] | None = None,
                  on_call: Callable[[str], None] | None = None, *,
                  container_root: str | None = None, binds: dict[str, str] | None = None,
-                 lookup: Callable[[str], str | None] | None = None):
+                 lookup: Callable[[str], str | None] | None = None,
+                 links: dict[str, dict] | None = None):
         self.calls: list[tuple] = []
         self.fail = fail or {}
         self.on_call = on_call
         self.container_root = container_root
         self.binds = dict(binds or {})
         self.lookup = lookup                 # container path -> host file, for image paths
+        self.links = links                   # the launcher's network links, when not the host's
         self.made: set[str] = set()          # paths a recorded mkdir "made"
         self._pivoted = False
         self._next_pid = 4242
@@ -451,10 +625,10 @@ class RecordingSyscalls:
         if name.startswith("_") or not callable(getattr(Syscalls, name, None)):
             raise AttributeError(f"the syscall face has no method {name!r}")
 
-        def record(*args):
-            self.calls.append((name, *args))
+        def record(*args, **kwargs):
+            self.calls.append((name, *args, kwargs) if kwargs else (name, *args))
             if self.on_call:
-                self.on_call(f"{name}{args!r}")
+                self.on_call(f"{name}{args!r}" + (f" {kwargs!r}" if kwargs else ""))
             if name in self.fail:
                 err = self.fail[name]
                 raise OSError(err, f"{name}{args!r}: {os.strerror(err)}")
@@ -494,6 +668,8 @@ class RecordingSyscalls:
     def _answer(self, name: str, args: tuple):
         if name in ("clone", "clone3"):
             return self._next_pid
+        if name == "start_helper":
+            return self._next_pid + 1
         if name == "pivot_root":
             self._pivoted = True
         if name == "signal_fifo":
@@ -511,7 +687,7 @@ class RecordingSyscalls:
             if host is not None and not os.path.lexists(host):
                 raise FileNotFoundError(errno.ENOENT, f"openat2: {path}: no such file")
             return self._fd(path)
-        if name in ("bpf", "pidfd_open", "memfd_sealed"):
+        if name in ("bpf", "pidfd_open", "memfd_sealed", "landlock_create_ruleset"):
             return self._fd(f"<{name}>")
         if name == "run_program":
             return 0, b""
@@ -575,6 +751,14 @@ class RecordingSyscalls:
         real = Syscalls()
         if name == "readlinkat":
             return None
+        if name == "landlock_abi_version":
+            return real.landlock_abi_version()
+        if name == "link_get":
+            # the host's own links are the host's answer; a container's namespace is not made
+            netns = args[1] if len(args) > 1 else None
+            if netns is not None:
+                return None
+            return real.link_get(args[0]) if self.links is None else self.links.get(args[0])
         if name == "same_file":
             return self._fds.get(args[0]) == self._fds.get(args[1])
         if name in ("exists", "read_text"):
