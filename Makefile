@@ -10,12 +10,13 @@ IMAGES  := .test-images
 # python3-dev and python3-venv let the rootless tier install minictr for its unprivileged users
 # with /usr/bin/python3. The rest are the peers and servers the test tiers and benchmarks use
 # (docker-registry, skopeo, umoci, runc, crun, bwrap, podman, ch-run; qemu and a Debian kernel
-# for the VM tier; containerd and docker.io, whose daemons the engines tier starts privately).
+# for the VM tier; containerd and docker.io, whose daemons the engines tier starts privately;
+# nftables, passt (pasta) and slirp4netns for --network bridge, root and rootless).
 DEB_BUILD := build-essential libcap-dev libffi-dev libseccomp-dev python3-venv python3-dev
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
              golang-github-opencontainers-specs-dev podman charliecloud-runtime \
-             containerd docker.io
+             containerd docker.io nftables passt slirp4netns iproute2
 # Installed without their Recommends: docker.io's (cgroupfs-mount, needrestart, ...) change how
 # the machine boots and restarts services, and no test needs them.
 DEB_NO_RECOMMENDS := containerd docker.io
