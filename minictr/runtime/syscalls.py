@@ -532,12 +532,12 @@ class Syscalls:
         return proc.returncode, out
 
     def start_helper(self, path: str, args: list[str], pass_fds: tuple = (),
-                     log_path: str | None = None) -> int:
+                     log_path: str | None = None, cwd: str | None = None) -> int:
         """fork + execve ``path`` (args[0] is argv[0]) as a helper of the container (pasta,
         slirp4netns): in a session of its own (a Ctrl-C at the terminal is the container's
-        to get), stdin and stdout on /dev/null, stderr appended to ``log_path``, no fd but
-        ``pass_fds`` inherited, and PR_SET_PDEATHSIG SIGKILL so that it dies with the
-        launcher (prctl(2); checked against getppid for a launcher that died first)."""
+        to get), in ``cwd``, stdin and stdout on /dev/null, stderr appended to ``log_path``,
+        no fd but ``pass_fds`` inherited, and PR_SET_PDEATHSIG SIGKILL so that it dies with
+        the launcher (prctl(2); checked against getppid for a launcher that died first)."""
         import signal
 
         launcher = os.getpid()
@@ -558,6 +558,8 @@ class Syscalls:
                 log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                               0o600)
                 os.dup2(log, 2)
+            if cwd:
+                os.chdir(cwd)
             lib.mc_close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC)
             for fd in pass_fds:
                 os.set_inheritable(fd, True)

@@ -44,6 +44,7 @@ Explain = Callable[[str], None] | None
 PASTA_DNS_FORWARD = "169.254.1.1"      # spec/network.py's PASTA_DNS_FORWARD
 SLIRP_TAP = "tap0"
 SLIRP_ADDRESS = "10.0.2.100"           # slirp4netns --configure's guest address
+API_SOCKET = "slirp4netns.sock"        # in the container's state directory
 
 
 def pasta_args(pid: int, ports: list[dict], ready_path: str, log_path: str) -> list[str]:
@@ -134,11 +135,14 @@ def _start_slirp4netns(kernel, helper: str, pid: int, ports: list[dict], workdir
                        log_path: str, explain: Explain) -> Session:
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
-    api = os.path.join(workdir, "slirp4netns.sock") if ports else None
+    # A unix socket's path must fit sun_path (108 bytes, unix(7)), which a state directory's
+    # path may not: slirp4netns runs in the container's state directory and binds a relative
+    # name, which the launcher reaches through /proc/self/fd of that directory.
+    api = API_SOCKET if ports else None
     try:
         args = slirp4netns_args(pid, ready_w, exit_r, api)
         _say(explain, " ".join(args))
-        helper_pid = kernel.start_helper(helper, args, (ready_w, exit_r), log_path)
+        helper_pid = kernel.start_helper(helper, args, (ready_w, exit_r), log_path, workdir)
     except BaseException:
         for fd in (ready_r, ready_w, exit_r, exit_w):
             os.close(fd)
@@ -154,7 +158,7 @@ def _start_slirp4netns(kernel, helper: str, pid: int, ports: list[dict], workdir
                           f"{port.get('host_ip') or '0.0.0.0'}:{port['host_port']} -> "
                           f"{SLIRP_ADDRESS}:{port['container_port']}")
             if not getattr(kernel, "dry_run", False):
-                add_hostfwd(api, port)
+                add_hostfwd(workdir, port)
     except BaseException:
         stop(helper_pid, None)
         session.close()
@@ -193,28 +197,33 @@ def _wait_ready(helper_pid: int, ready_fd: int, name: str, log_path: str) -> Non
 
 
 def _last_line(path: str) -> str:
+    """The helper's last words: the last three lines of its log, on one line."""
     try:
         with open(path, errors="replace") as f:
             lines = [ln.strip() for ln in f if ln.strip()]
     except OSError:
         return "no log"
-    return lines[-1] if lines else "no log"
+    return " / ".join(lines[-3:]) if lines else "no log"
 
 
-def add_hostfwd(api_socket: str, port: dict) -> None:
-    """One port forward through slirp4netns's API socket (docs of slirp4netns(1), "API"):
-    one JSON request per connection, answered with {"return": ...} or {"error": ...}."""
+def add_hostfwd(workdir: str, port: dict) -> None:
+    """One port forward through slirp4netns's API socket in ``workdir`` (slirp4netns(1),
+    "API"): one JSON request per connection, answered with {"return": ...} or {"error": ...}."""
     request = {"execute": "add_hostfwd",
                "arguments": {"proto": port["protocol"], "host_addr": port.get("host_ip")
                              or "0.0.0.0", "host_port": port["host_port"],
                              "guest_port": port["container_port"]}}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(api_socket)
-        sock.sendall(json.dumps(request).encode())
-        sock.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
+    directory = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(f"/proc/self/fd/{directory}/{API_SOCKET}")
+            sock.sendall(json.dumps(request).encode())
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+    finally:
+        os.close(directory)
     answer = json.loads(reply or b"{}")
     if "error" in answer or "return" not in answer:
         raise RuntimeSetupError(f"slirp4netns could not publish {port['host_port']}/"

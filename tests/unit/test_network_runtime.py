@@ -247,10 +247,10 @@ def test_pasta_command_line_forwards_only_what_was_published():
 
 
 def test_slirp4netns_command_line():
-    args = usernet.slirp4netns_args(42, 7, 8, "/s/api.sock")
+    args = usernet.slirp4netns_args(42, 7, 8, usernet.API_SOCKET)
     assert args[0] == "slirp4netns" and args[-2:] == ["42", "tap0"]
     for flag in ("--configure", "--disable-host-loopback", "--ready-fd=7", "--exit-fd=8",
-                 "--userns-path=/proc/42/ns/user", "--api-socket=/s/api.sock"):
+                 "--userns-path=/proc/42/ns/user", "--api-socket=slirp4netns.sock"):
         assert flag in args
 
 
