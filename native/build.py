@@ -23,6 +23,7 @@ CLOSE_RANGE_CLOEXEC
 SECCOMP_FILTER_FLAG_TSYNC SECCOMP_FILTER_FLAG_LOG SECCOMP_FILTER_FLAG_SPEC_ALLOW
 SECCOMP_FILTER_FLAG_NEW_LISTENER SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET LANDLOCK_SCOPE_SIGNAL
+SIOCGIFFLAGS SIOCSIFFLAGS IFF_UP IFNAMSIZ
 """.split()
 # Newer than the build machine's headers may be (linux-libc-dev 6.1): the kernel's values, used
 # only where the headers lack them (include/uapi/linux/landlock.h, Linux 6.12).
@@ -45,6 +46,7 @@ ffibuilder.set_source(
     '#define _GNU_SOURCE\n#include <sched.h>\n#include <fcntl.h>\n#include <sys/mount.h>\n'
     '#include <sys/stat.h>\n#include <linux/openat2.h>\n#include <linux/bpf.h>\n'
     '#include <linux/close_range.h>\n#include <linux/seccomp.h>\n#include <linux/landlock.h>\n'
+    '#include <net/if.h>\n#include <linux/sockios.h>\n'
     + FALLBACKS + '#include "minictr_native.h"\n',
     sources=["native/minictr_native.c"],
     include_dirs=["native"],

@@ -171,6 +171,13 @@ def attach(kernel, state_path: str, container_id: str, plan, pid: int,
                         explain)
         else:
             check_bridge(kernel, plan.bridge, state_path)
+        publish = nftables.add_ports_script(plan.bridge, ports, address)
+        what = "publish " + ", ".join(_port_text(p) for p in ports)
+        if not current:
+            # one nft transaction (nft -f): the table afresh, with this container's ports
+            publish = nftables.table_script(plan.bridge, plan.subnet) + publish
+            what = (f"table {nftables.table(plan.bridge)}: masquerade {plan.subnet}"
+                    + (f"; {what}" if ports else ""))
         _say(explain, f"ip link add {veth} type veth peer name {CONTAINER_IF} netns {pid}"
                       f"; ip link set {veth} master {plan.bridge} up")
         kernel.link_add(veth, "veth", peer=CONTAINER_IF, peer_netns_pid=pid)
@@ -180,9 +187,8 @@ def attach(kernel, state_path: str, container_id: str, plan, pid: int,
         kernel.addr_add(CONTAINER_IF, address, subnet.prefixlen, netns)
         kernel.link_set(CONTAINER_IF, netns, up=True)
         kernel.route_add(gateway, netns)
-        if ports:
-            nftables.apply(kernel, plan.nft, nftables.add_ports_script(plan.bridge, ports, address),
-                           explain, "publish " + ", ".join(_port_text(p) for p in ports))
+        if publish:
+            nftables.apply(kernel, plan.nft, publish, explain, what)
     return out
 
 
@@ -190,7 +196,7 @@ def make_bridge(kernel, leases: Leases, plan, state_path: str, gateway_cidr: str
                 explain: Explain) -> None:
     """The first container on the bridge makes it (a stale one of ours is made afresh), sets
     route_localnet on it (nftables.py explains why), makes sure the namespace forwards IPv4,
-    and (re)makes minictr's nftables table."""
+    and deletes a stale nftables table (attach makes it afresh, with the ports)."""
     alias = bridge_alias(state_path)
     found = kernel.link_get(plan.bridge)
     if found is not None:
@@ -209,8 +215,6 @@ def make_bridge(kernel, leases: Leases, plan, state_path: str, gateway_cidr: str
     if kernel.read_text(forward).strip() != "1":
         leases.remember_ip_forward("0")
         sysctl(kernel, "net/ipv4/ip_forward", "1", explain)
-    nftables.apply(kernel, plan.nft, nftables.table_script(plan.bridge, plan.subnet), explain,
-                   f"table {nftables.table(plan.bridge)}: masquerade {plan.subnet}, published ports")
 
 
 def check_bridge(kernel, bridge: str, state_path: str) -> None:
@@ -262,17 +266,28 @@ def release_stale(kernel, leases: Leases, nft: str, explain: Explain) -> dict[st
 
 
 def release(kernel, record: dict, container_id: str) -> None:
-    """Undo ``attach`` for one container (idempotent); the last one out removes the bridge and
-    the table, and turns ip_forward back off if minictr turned it on."""
+    """Undo ``attach`` for one container (idempotent). The last one out removes the bridge and
+    the table (its ports go with the table: no element is deleted one by one), and turns
+    ip_forward back off if minictr turned it on."""
     address = record.get("address")
     with Leases(record["state"]) as leases:
-        lease = leases.read(address) if address else None
-        if lease is not None and lease.get("id") == container_id:
-            _release_lease(kernel, leases, address, lease, record["nft"])
-        else:
-            _del_link(kernel, record.get("veth"))  # the address went to another container
-        if not release_stale(kernel, leases, record["nft"], None):
+        everything = leases.all()
+        lease = everything.get(address) if address else None
+        ours = lease is not None and lease.get("id") == container_id
+        live = {a: lease_ for a, lease_ in everything.items()
+                if lease_ and not (ours and a == address)
+                and state_mod.alive(lease_.get("pid"), lease_.get("ticks"))}
+        if not ours:
+            _del_link(kernel, record.get("veth"))  # the address may have gone to another one
+        if not live:
+            for a, lease_ in everything.items():   # ours and any stale one
+                _del_link(kernel, (lease_ or {}).get("veth"))
+                leases.drop(a)
             remove_bridge(kernel, leases, record["bridge"], record["state"], record["nft"])
+            return
+        if ours:
+            _release_lease(kernel, leases, address, lease, record["nft"])
+        release_stale(kernel, leases, record["nft"], None)
 
 
 def _release_lease(kernel, leases: Leases, address: str, lease: dict | None, nft: str) -> None:

@@ -103,18 +103,19 @@ def test_first_container_makes_the_bridge_then_its_veth(tmp_path):
     assert rec["veth"] == "mc" + CID1[:13] and len(rec["veth"]) == 15
     calls = [c for c in kernel.calls if c[0] not in ("read_text",)]
     names = [c[0] for c in calls]
-    assert names == ["link_get", "link_add", "addr_add", "link_set", "write_file", "run_program",
+    assert names == ["link_get", "link_add", "addr_add", "link_set", "write_file",
                      "link_add", "link_set", "addr_add", "link_set", "route_add", "run_program"]
     assert calls[1] == ("link_add", "minictr0", "bridge",
                         {"alias": f"minictr:{tmp_path}"})
     assert calls[4] == ("write_file", "/proc/sys/net/ipv4/conf/minictr0/route_localnet", "1")
-    assert calls[6] == ("link_add", rec["veth"], "veth",
+    assert calls[5] == ("link_add", rec["veth"], "veth",
                         {"peer": "eth0", "peer_netns_pid": pid})
-    assert calls[7] == ("link_set", rec["veth"], {"master": "minictr0", "up": True})
+    assert calls[6] == ("link_set", rec["veth"], {"master": "minictr0", "up": True})
     netns = f"/proc/{pid}/ns/net"
-    assert calls[8] == ("addr_add", "eth0", "10.87.0.2", 16, netns)
-    assert calls[10] == ("route_add", "10.87.0.1", netns)
-    assert "create element" in nft_scripts(kernel)[1]
+    assert calls[7] == ("addr_add", "eth0", "10.87.0.2", 16, netns)
+    assert calls[9] == ("route_add", "10.87.0.1", netns)
+    (script,) = nft_scripts(kernel)                 # one transaction: the table and the ports
+    assert script.startswith("add table ip minictr0\n") and "create element" in script
     lease = json.loads((tmp_path / ".network" / "leases" / "10.87.0.2").read_text())
     assert lease["id"] == CID1 and lease["pid"] == pid and lease["ports"] == list(PORTS)
 
@@ -161,9 +162,7 @@ def test_release_is_idempotent_and_the_last_one_out_removes_bridge_and_table(tmp
     alias = {"minictr0": {"alias": f"minictr:{tmp_path}"}}
     kernel = RecordingSyscalls(links=alias)
     bridge.release(kernel, rec, CID1)
-    scripts = nft_scripts(kernel)
-    assert scripts == ["delete element ip minictr0 published { tcp . 8080 }\n",
-                       "delete table ip minictr0\n"]
+    assert nft_scripts(kernel) == ["delete table ip minictr0\n"]   # the elements go with it
     assert ("link_del", rec["veth"]) in kernel.calls and ("link_del", "minictr0") in kernel.calls
     assert not os.listdir(tmp_path / ".network" / "leases")
     again = RecordingSyscalls(links={})
@@ -171,14 +170,26 @@ def test_release_is_idempotent_and_the_last_one_out_removes_bridge_and_table(tmp
     assert all("element" not in s for s in nft_scripts(again))
 
 
+def test_release_deletes_its_ports_while_others_still_run(tmp_path):
+    rec = attach(RecordingSyscalls(links={}), tmp_path, CID1, ports=PORTS[:1])
+    alias = {"minictr0": {"alias": f"minictr:{tmp_path}"}}
+    attach(RecordingSyscalls(links=alias), tmp_path, CID2)
+    kernel = RecordingSyscalls(links=alias)
+    bridge.release(kernel, rec, CID1)
+    assert nft_scripts(kernel) == ["delete element ip minictr0 published { tcp . 8080 }\n"]
+    assert ("link_del", "minictr0") not in kernel.calls
+    assert os.listdir(tmp_path / ".network" / "leases") == ["10.87.0.3"]
+
+
 def test_release_leaves_an_address_that_went_to_another_container(tmp_path):
     rec = attach(RecordingSyscalls(links={}), tmp_path, CID1, ports=PORTS[:1])
     lease_path = tmp_path / ".network" / "leases" / "10.87.0.2"
     lease = json.loads(lease_path.read_text())
-    lease_path.write_text(json.dumps(dict(lease, id=CID2)))
+    lease_path.write_text(json.dumps(dict(lease, id=CID2)))      # CID2's, and alive
     kernel = RecordingSyscalls(links={})
     bridge.release(kernel, rec, CID1)
     assert lease_path.exists() and nft_scripts(kernel) == []
+    assert ("link_del", rec["veth"]) in kernel.calls
 
 
 def test_a_different_subnet_while_containers_run_is_refused(tmp_path):
