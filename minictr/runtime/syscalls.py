@@ -401,17 +401,24 @@ class Syscalls:
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
-        sock = None if netns is None else self._socket_in_netns(netns)
         try:
-            with IPRoute(use_socket=sock) if sock is not None else IPRoute() as ipr:
-                return action(ipr)
+            if netns is None:
+                # one socket for the launcher's own namespace, kept for the face's life
+                own = self.__dict__.get("_own_rtnl")
+                if own is None:
+                    own = self.__dict__["_own_rtnl"] = IPRoute()
+                return action(own)
+            # another namespace's socket is closed at once: it would keep that namespace alive
+            sock = self._socket_in_netns(netns)
+            try:
+                with IPRoute(use_socket=sock) as ipr:
+                    return action(ipr)
+            finally:
+                sock.close()
         except NetlinkError as err:
             raise _named(err.code, call) from None
         except OSError as err:
             raise _named(err.errno or errno.EIO, call) from None
-        finally:
-            if sock is not None:
-                sock.close()
 
     def _socket_in_netns(self, netns: str):
         """An rtnetlink socket of another network namespace: setns(2) there, socket(2), setns
