@@ -66,15 +66,22 @@ class NetnsWorld:
         return ["nsenter", f"--net=/run/netns/{self.outside}"]
 
     def serve_peer_address(self, port: int) -> None:
-        """A TCP server in "outside" that answers each connection with the address it came
+        """An HTTP server in "outside" whose every answer is the address the request came
         from (so a test sees whether the container's traffic was masqueraded); returns once
-        it listens."""
+        it listens. It reads the request before answering, so the client closes after the
+        server does (pasta 2023-03 can lose the answer when both ends close at once)."""
         code = ("import socket,sys\n"
                 "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                 f"s.bind(('{OUTSIDE_ADDRESS}', {port})); s.listen(16)\n"
                 "print('listening', flush=True)\n"
                 "while True:\n"
-                "    c, a = s.accept(); c.sendall((a[0] + '\\n').encode()); c.close()\n")
+                "    c, a = s.accept(); b = b''\n"
+                "    while b'\\r\\n\\r\\n' not in b:\n"
+                "        d = c.recv(4096)\n"
+                "        if not d: break\n"
+                "        b += d\n"
+                "    c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n'"
+                " + (a[0] + '\\n').encode()); c.close()\n")
         proc = subprocess.Popen([*self.in_outside(), "/usr/bin/python3", "-c", code],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "listening"

@@ -91,8 +91,8 @@ def test_published_ports_answer_on_the_hosts_loopback_and_addresses(mc, world):
 def test_outbound_traffic_leaves_masqueraded(mc, world):
     """The server in "outside" sees the host's address, not the container's."""
     world.serve_peer_address(9000)
-    res = mc("run", "--rm", "--network", "bridge", "busybox:test", "sh", "-c",
-             f"nc -w 5 {OUTSIDE_ADDRESS} 9000 </dev/null")
+    res = mc("run", "--rm", "--network", "bridge", "busybox:test", "wget", "-q", "-O", "-",
+             f"http://{OUTSIDE_ADDRESS}:9000/")
     assert res.returncode == 0 and res.stdout.strip() == HOST_ADDRESS, res.stderr
 
 

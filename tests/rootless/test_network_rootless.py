@@ -47,7 +47,13 @@ def run(world, user_mc, driver, *args, popen=False):
     if popen:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        # runuser forks: the timeout killed it, not the launcher, which would outlive the test
+        subprocess.run(["pkill", "-KILL", "-u", str(user_mc.pw.pw_uid), "-f",
+                        f"minictr run .*--state {user_mc.state} "])
+        raise
 
 
 def helpers_of(user_mc) -> list[int]:
@@ -94,7 +100,7 @@ def test_outbound_reaches_a_server_outside(world, user_mc, driver):
     port = next(_ports) + 1000
     world.serve_peer_address(port)
     res = run(world, user_mc, driver, "run", "--rm", "--network", "bridge", "busybox:test",
-              "sh", "-c", f"nc -w 5 {OUTSIDE_ADDRESS} {port} </dev/null")
+              "wget", "-q", "-O", "-", f"http://{OUTSIDE_ADDRESS}:{port}/")
     assert res.returncode == 0, res.stderr
     # the helper's sockets are the host's: the server sees the host namespace's address
     assert res.stdout.strip() == HOST_ADDRESS
