@@ -15,8 +15,6 @@ The runtime side (runtime/network.py) executes a bridge; the namespace entries a
 """
 from __future__ import annotations
 
-import ipaddress
-
 from minictr.errors import SpecError
 from minictr.records import record
 
@@ -122,6 +120,8 @@ def _parse_one(entry: str) -> PortMapping:
                         hint="e.g. -p 8080:80 or -p 127.0.0.1:8080:80/tcp (a host port is "
                         "required: minictr does not pick one)")
     if host_ip:
+        import ipaddress        # ~1.5 ms: not on the default path
+
         try:
             address = ipaddress.IPv4Address(host_ip)
         except ValueError:
@@ -163,6 +163,8 @@ def host_nameservers(resolv_conf: str) -> list[str]:
 
 
 def _loopback(address: str) -> bool:
+    import ipaddress
+
     try:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
     except ValueError:
