@@ -1,8 +1,9 @@
 """minictr's own nftables table: masquerading for the bridge and the published ports (nft(8)).
 
-One table per bridge, named after it (``ip minictr0``), made when the bridge is made and deleted
-with it, so minictr never edits a rule of anyone else's. Published ports are *elements of two maps*, not rules: a
-container's ports are added and deleted as elements, atomically, and nothing else changes.
+One table per bridge, named after it (``ip minictr0``), made when the bridge is made and
+deleted with it, so minictr never edits a rule of anyone else's. Published ports are *elements
+of two maps*, not rules: a container's ports are added and deleted as elements, atomically, and
+nothing else changes.
 
     table ip minictr0
       map published      l4proto . port            : container address . port   (-p H:C)

@@ -319,7 +319,8 @@ class Syscalls(Rtnetlink):
                                                          struct.pack(ifreq, name, 0)))[1]
                 fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(ifreq, name, flags | IFF_UP))
             except OSError as err:
-                raise named_error(err.errno or errno.EIO, f"ioctl(SIOCSIFFLAGS, {ifname!r})") from None
+                raise named_error(err.errno or errno.EIO,
+                                  f"ioctl(SIOCSIFFLAGS, {ifname!r})") from None
 
     def readlinkat(self, dirfd: int, name: str) -> str | None:
         """The target of symlink ``name`` in ``dirfd``, or None if it is not a symlink."""

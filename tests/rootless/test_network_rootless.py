@@ -63,7 +63,8 @@ def helpers_of(user_mc) -> list[int]:
 
 
 def _launcher_of(user_mc, name: str) -> int:
-    out = subprocess.run(["pgrep", "-u", str(user_mc.pw.pw_uid), "-f", f"minictr run .*--name {name} "],
+    out = subprocess.run(["pgrep", "-u", str(user_mc.pw.pw_uid), "-f",
+                          f"minictr run .*--name {name} "],
                          capture_output=True, text=True).stdout.split()
     assert len(out) == 1, out
     return int(out[0])
