@@ -15,13 +15,15 @@ IMAGES  := .test-images
 # (docker-registry, skopeo, umoci, runc, crun, bwrap, podman, ch-run; qemu and a Debian kernel
 # for the VM tier; containerd and docker.io, whose daemons the engines tier starts privately;
 # Slurm, munge, PMI2 and PMIx for the Slurm tier, which runs its own daemons; squashfs-tools and
-# squashfuse for single-file images, Go and the SIF reference sources to build siftool).
+# squashfuse for single-file images, Go and the SIF reference sources to build siftool;
+# nftables, passt (pasta) and slirp4netns for --network bridge, root and rootless).
 DEB_BUILD := build-essential libcap-dev libffi-dev libseccomp-dev python3-venv python3-dev
 DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry apache2-utils \
              runc crun bubblewrap debootstrap zstd openssl curl qemu-system-x86 linux-image-amd64 \
              golang-github-opencontainers-specs-dev podman charliecloud-runtime \
              containerd docker.io slurm-wlm munge libpmi2-0-dev libpmix-dev \
-             squashfs-tools squashfuse golang-go golang-github-sylabs-sif-dev
+             squashfs-tools squashfuse golang-go golang-github-sylabs-sif-dev \
+             nftables passt slirp4netns iproute2
 # Installed without their Recommends: docker.io's (cgroupfs-mount, needrestart, ...) change how
 # the machine boots and restarts services, and no test needs them.
 DEB_NO_RECOMMENDS := containerd docker.io

@@ -35,6 +35,8 @@ class Plan:
     files: tuple = ()          # (name, bytes) the spec's mounts expect in files_dir (/etc files,
     #                            the GPU loader cache, job-native passwd/group): written at create
     notes: tuple = ()          # what the plan chose that --explain should say
+    network: object = None     # runtime.network.NetworkPlan: what connects its namespace
+    dns_driver: str = "default"  # the network as spec.network.nameservers() names it
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -359,8 +361,10 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         read_file = lambda path: store.read_image_file(image, path)  # noqa: E731
     # /etc/resolv.conf, hosts and hostname: files of the container's own directory, which
     # create writes (Plan.files), bind-mounted by the spec
+    network, network_path, dns_driver = _network_for(paths, opts)
     etc, etc_notes = host.etc_files(opts, os.uname().nodename if opts.hpc else
-                                    builder.container_hostname(opts.hostname, container_id))
+                                    builder.container_hostname(opts.hostname, container_id),
+                                    dns_driver)
     notes += etc_notes
     files: tuple = tuple((os.path.basename(dest), data) for dest, data in etc.items())
     etc_sources = {dest: os.path.join(files_dir, os.path.basename(dest)) for dest in etc}
@@ -376,7 +380,8 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         rootfs_path=rootfs.target, read_file=read_file,
         uid_mappings=uid_mappings, gid_mappings=gid_mappings, launcher_caps=held_caps,
         nofile_limit=nofile_limit, etc_files=etc_sources,
-        init_path=INIT_BINARY if os.path.exists(INIT_BINARY) else None)
+        init_path=INIT_BINARY if os.path.exists(INIT_BINARY) else None,
+        network_path=network_path)
     keep_fds: tuple = ()
     if opts.hpc:
         job_edits, job_files, keep_fds = _job_native_edits(spec, read_file, files_dir, warn=warn)
@@ -399,7 +404,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         spec, files = resolved.spec, files + tuple(resolved.files)
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
                 image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files,
-                notes=tuple(notes))
+                notes=tuple(notes), network=network, dns_driver=dns_driver)
 
 
 def _job_native_edits(spec: dict, read_file, files_dir: str, *, warn: Explain):
@@ -458,6 +463,44 @@ def _fd_open(fd: int) -> bool:
     except OSError:
         return False
 
+
+def _network_for(paths: Paths, opts) -> tuple:
+    """(runtime.network.NetworkPlan or None, the namespace path to join or None, the DNS
+    driver) for --network. Only a bridge imports the network code (and pyroute2 with it)."""
+    from minictr.spec import network as netspec
+
+    network = netspec.parse_network(opts.network)
+    if network.kind == "bridge":
+        from minictr.runtime import network as runtime_network
+
+        ports = tuple(p.to_dict() for p in netspec.parse_publish(opts.publish))
+        plan_ = runtime_network.plan_bridge(ports, rootless=paths.rootless)
+        return plan_, None, plan_.driver
+    if network.kind == "container":
+        return None, *_joined_network(paths, network.target)
+    return None, None, network.kind
+
+
+def _joined_network(paths: Paths, name: str) -> tuple[str, str]:
+    """--network container:NAME: the namespace of NAME's first process, and its driver."""
+    from minictr.containers import find_container
+    from minictr.runtime import lifecycle
+
+    root = state_root(paths)
+    cid = find_container(root, name)
+    st = root.read(cid)
+    if lifecycle.status(root, st) not in ("running", "created", "paused"):
+        raise UsageError(f"--network container:{name}: the container is not running",
+                         hint="its network namespace lives only as long as its process")
+    kinds = {ns.get("type"): ns for ns in
+             root.read_config(cid).get("linux", {}).get("namespaces", [])}
+    if "network" not in kinds:
+        driver = "host"
+    elif st.get("network"):
+        driver = st["network"].get("driver", "bridge")
+    else:
+        driver = "ns" if kinds["network"].get("path") else "none"
+    return f"/proc/{st['pid']}/ns/net", driver
 
 def _overlay_driver() -> str:
     """MINICTR_OVERLAY=fuse-overlayfs picks the user-space overlay (kernels or filesystems where
@@ -636,6 +679,7 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
     container_id = p.container_id
     dry_run = kernel is not None
     code = None
+    created = None
     try:
         with Supervisor(None, explain) as sup:
             try:
@@ -644,7 +688,7 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
                     attached=True, stdin_null=not (opts.interactive or opts.tty), stdio=stdio,
                     preserve_fds=opts.preserve_fds, keep_fds=p.keep_fds,
                     rootless=paths.rootless, files=p.files,
-                    on_spawned=sup.attach, kernel=kernel, explain=explain)
+                    on_spawned=sup.attach, network=p.network, kernel=kernel, explain=explain)
                 if cidfile and not dry_run:
                     with open(cidfile, "w") as f:
                         f.write(container_id)
@@ -674,7 +718,8 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
             shutil.rmtree(root.path, ignore_errors=True)
             shutil.rmtree(os.path.join(paths.containers, container_id), ignore_errors=True)
         else:
-            _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn)
+            _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn,
+                        network=created.network if created is not None else None)
 
 
 def _claim_cidfile(path: str | None) -> None:
@@ -738,10 +783,11 @@ def _dry_kernel(p: Plan, scratch: str):
 
 
 def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | None,
-                remove: bool, warn: Explain) -> None:
+                remove: bool, warn: Explain, network=None) -> None:
     """The container has stopped (or never started): record its exit status, report an OOM
-    kill, free its cgroup, and with --rm remove it and its writable layer. A container whose
-    create failed is gone already: its writable layer and name go too."""
+    kill, free its network (address, ports, helper) and its cgroup, and with --rm remove it and
+    its writable layer. A container whose create failed is gone already: its writable layer
+    and name go too."""
     from minictr.runtime import lifecycle
     from minictr.runtime import state as state_mod
 
@@ -755,6 +801,8 @@ def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | N
         return
     if code is not None and not remove:
         st = root.update(container_id, exit_code=code, finished=state_mod.timestamp())
+    if st.get("network"):
+        lifecycle.release_network(root, container_id, network)
     if st.get("cgroup_paths") and warn:
         from minictr.runtime import cgroups
 

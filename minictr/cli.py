@@ -58,8 +58,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     a("--read-only", action="store_true", help="mount the image read-only (no upper dir)")
     a("--init", action="store_true", help="run a minimal init as PID 1 that forwards signals and "
       "reaps zombies")
-    a("--network", "--net", default="host", choices=["host", "none"],
-      help="host: share the host's network (default, as HPC tools do); none: own netns, lo only")
+    a("--network", "--net", default=None, metavar="NETWORK",
+      help="host | none | bridge | container:NAME | ns:PATH (default: the host's network; "
+      "outside a Slurm job without CAP_NET_RAW and with the host's abstract unix sockets out "
+      "of reach; see docs/network.md)")
+    a("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CONTAINER[/PROTO]",
+      help="publish a container port on the host (with --network bridge), e.g. 8080:80, "
+      "127.0.0.1:5353:53/udp")
     a("--cap-add", action="append", default=[], help="add a capability (e.g. NET_ADMIN, ALL)")
     a("--cap-drop", action="append", default=[], help="drop a capability (e.g. CHOWN, ALL)")
     a("--preserve-fds", type=int, default=0, help="pass N fds beyond 0-2 into the container")
@@ -126,6 +131,7 @@ def _run_options(args: argparse.Namespace):
         mounts=tuple(args.mount), tmpfs=tuple(args.tmpfs), workdir=args.workdir, user=args.user,
         hostname=args.hostname, name=args.name, rm=args.rm, interactive=args.interactive,
         tty=args.tty, read_only=args.read_only, init=args.init, network=args.network,
+        publish=tuple(args.publish),
         cap_add=tuple(args.cap_add), cap_drop=tuple(args.cap_drop),
         preserve_fds=args.preserve_fds, ulimits=tuple(args.ulimit), privileged=args.privileged,
         userns=args.userns, memory=args.memory, memory_swap=args.memory_swap,

@@ -61,16 +61,17 @@ def launcher_limits(rootless: bool, *, status: str = "/proc/self/status",
     return held, ceiling, "fs.nr_open"
 
 
-def etc_files(opts, hostname: str,
+def etc_files(opts, hostname: str, driver: str = "default",
               read=lambda path: _read_text(path)) -> tuple[dict[str, bytes], list[str]]:
-    """The container's resolv.conf, hosts and hostname, {destination: content}, and the notes
-    to show under --explain. Nothing is written here: the plan names them as files of the
-    container's own directory, which `create` writes (api.Plan.files)."""
+    """The container's resolv.conf, hosts and hostname, {destination: content}, on network
+    ``driver`` (spec/etcfiles.py, nameservers_for), and the notes to show under --explain.
+    Nothing is written here: the plan names them as files of the container's own directory,
+    which `create` writes (api.Plan.files)."""
     from minictr.spec import etcfiles
 
-    own = opts.network == "none"
+    own = driver not in etcfiles.HOST_NETWORKS
     resolv, notes = etcfiles.resolv_conf(
-        read("/etc/resolv.conf"), own_network=own, dns=opts.dns, dns_search=opts.dns_search,
+        read("/etc/resolv.conf"), driver=driver, dns=opts.dns, dns_search=opts.dns_search,
         dns_options=opts.dns_options,
         resolved_text=read("/run/systemd/resolve/resolv.conf") if own else None)
     hosts = etcfiles.hosts("" if own else read("/etc/hosts"), own_network=own,

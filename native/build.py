@@ -24,7 +24,19 @@ SECCOMP_FILTER_FLAG_TSYNC SECCOMP_FILTER_FLAG_LOG SECCOMP_FILTER_FLAG_SPEC_ALLOW
 SECCOMP_FILTER_FLAG_NEW_LISTENER SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 FSOPEN_CLOEXEC FSCONFIG_SET_FLAG FSCONFIG_SET_STRING FSCONFIG_CMD_CREATE FSMOUNT_CLOEXEC MOUNT_ATTR_RDONLY
 MOUNT_ATTR_NOSUID MOUNT_ATTR_NODEV MOVE_MOUNT_F_EMPTY_PATH
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET LANDLOCK_SCOPE_SIGNAL
+SIOCGIFFLAGS SIOCSIFFLAGS IFF_UP IFNAMSIZ
 """.split()
+# Newer than the build machine's headers may be (linux-libc-dev 6.1): the kernel's values, used
+# only where the headers lack them (include/uapi/linux/landlock.h, Linux 6.12).
+FALLBACKS = """
+#ifndef LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+#define LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
+#endif
+#ifndef LANDLOCK_SCOPE_SIGNAL
+#define LANDLOCK_SCOPE_SIGNAL (1ULL << 1)
+#endif
+"""
 
 ffibuilder = FFI()
 ffibuilder.cdef(
@@ -35,7 +47,9 @@ ffibuilder.set_source(
     "minictr._native",
     '#define _GNU_SOURCE\n#include <sched.h>\n#include <fcntl.h>\n#include <sys/mount.h>\n'
     '#include <sys/stat.h>\n#include <linux/openat2.h>\n#include <linux/bpf.h>\n'
-    '#include <linux/close_range.h>\n#include <linux/seccomp.h>\n#include "minictr_native.h"\n',
+    '#include <linux/close_range.h>\n#include <linux/seccomp.h>\n#include <linux/landlock.h>\n'
+    '#include <net/if.h>\n#include <linux/sockios.h>\n'
+    + FALLBACKS + '#include "minictr_native.h"\n',
     sources=["native/minictr_native.c"],
     include_dirs=["native"],
     extra_compile_args=["-O2", "-Wall"],

@@ -22,6 +22,8 @@
 #include <linux/bpf.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/landlock.h>
+#include <linux/types.h>
 
 #include "minictr_native.h"
 
@@ -193,4 +195,31 @@ int mc_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const cha
 {
     return syscall(SYS_move_mount, from_dirfd, from_path, to_dirfd, to_path, flags) == 0
         ? 0 : -errno;
+}
+
+/*
+ * landlock_create_ruleset(2) for a ruleset that only scopes IPC (Landlock ABI 6, Linux 6.12):
+ * no filesystem or network access is handled, only ``scoped`` (LANDLOCK_SCOPE_*). The struct is
+ * laid out here because linux-libc-dev 6.1's landlock_ruleset_attr predates the later fields;
+ * a kernel older than ABI 6 refuses the size with E2BIG. scoped == 0 asks for the ABI version.
+ */
+struct mc_landlock_scoped_attr {
+    __u64 handled_access_fs;
+    __u64 handled_access_net;
+    __u64 scoped;
+};
+
+int mc_landlock_create_ruleset(unsigned long long scoped)
+{
+    struct mc_landlock_scoped_attr attr = { 0, 0, scoped };
+    long fd = scoped ? syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0)
+                     : syscall(SYS_landlock_create_ruleset, NULL, 0,
+                               LANDLOCK_CREATE_RULESET_VERSION);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+/* landlock_restrict_self(2) */
+int mc_landlock_restrict_self(int ruleset_fd)
+{
+    RET(syscall(SYS_landlock_restrict_self, ruleset_fd, 0));
 }

@@ -19,7 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -263,6 +267,31 @@ static void action(int argc, char **argv, const char *flag, void (*fn)(const cha
     if (any) close_('}');
 }
 
+/* connect(2) to the abstract unix socket @NAME (unix(7)): Landlock's scope refuses EPERM. */
+static void do_connect_abstract(const char *name)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    size_t len = strnlen(name, sizeof addr.sun_path - 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), err = 0;
+    memcpy(addr.sun_path + 1, name, len);
+    if (fd < 0) err = errno;
+    else if (connect(fd, (struct sockaddr *)&addr, offsetof(struct sockaddr_un, sun_path) + 1 + len))
+        err = errno;
+    if (fd >= 0) close(fd);
+    kstr(name, ename(err));
+}
+
+/* socket(2) of a kind: "raw" is AF_INET SOCK_RAW (needs CAP_NET_RAW), "packet" AF_PACKET. */
+static void do_socket(const char *kind)
+{
+    int fd = -1;
+    if (!strcmp(kind, "raw")) fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+    else if (!strcmp(kind, "packet")) fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    else errno = EINVAL;
+    kstr(kind, ename(fd < 0 ? errno : 0));
+    if (fd >= 0) close(fd);
+}
+
 static void open_ro(const char *p) { kstr(p, ename(try_open(p, O_RDONLY))); }
 static void open_rw(const char *p) { kstr(p, ename(try_open(p, O_RDWR))); }
 
@@ -292,6 +321,8 @@ int main(int argc, char **argv)
     action(argc, argv, "--open", open_ro);
     action(argc, argv, "--open-rw", open_rw);
     action(argc, argv, "--stat", do_stat);
+    action(argc, argv, "--connect-abstract", do_connect_abstract);
+    action(argc, argv, "--socket", do_socket);
     close_('}');
     putchar('\n');
     return fflush(stdout) == 0 ? code : 1;

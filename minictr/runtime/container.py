@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 
 from minictr.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ContainerExecError, RuntimeSetupError
-from minictr.runtime import capabilities, rootfs as rootfs_mod
+from minictr.runtime import capabilities, landlock, rootfs as rootfs_mod
 from minictr.runtime import syscalls as sc
 
 Explain = Callable[[str], None] | None
@@ -137,10 +137,12 @@ def bind_console(kernel, slave: int, explain: Explain) -> None:
 
 
 def setup_process(kernel, process: dict, rootless: bool, explain: Explain, *,
-                  keep_pdeathsig: bool = True, seccomp: tuple | None = None) -> None:
+                  keep_pdeathsig: bool = True, seccomp: tuple | None = None,
+                  landlock_scoped: int = 0) -> None:
     """The process settings of config.md "Process", in runc's order. A seccomp filter is
     loaded last, in exec_process, when no_new_privs allows it; without no_new_privs seccomp(2)
-    needs CAP_SYS_ADMIN, so then it is loaded here, before the capabilities go (runc)."""
+    needs CAP_SYS_ADMIN, so then it is loaded here, before the capabilities go (runc). A
+    Landlock scope (landlock.py) follows no_new_privs for the same reason."""
     for rl in process.get("rlimits", ()):
         _say(explain, f"setrlimit({rl['type']}, {rl['soft']}, {rl['hard']})")
         kernel.setrlimit(RLIMITS[rl["type"]], rl["soft"], rl["hard"])
@@ -153,6 +155,8 @@ def setup_process(kernel, process: dict, rootless: bool, explain: Explain, *,
         from minictr.runtime import seccomp as seccomp_mod
 
         seccomp_mod.load(kernel, seccomp[0], seccomp[1], explain)
+    if landlock_scoped:
+        landlock.restrict(kernel, landlock_scoped, explain)
     caps = process.get("capabilities", {})
     capabilities.drop_bounding_set(kernel, caps, explain)
     set_user(kernel, user, rootless, explain)

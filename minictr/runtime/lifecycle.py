@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 from minictr.errors import MinictrError, RuntimeSetupError, UsageError
 from minictr.records import record
+from minictr.runtime import landlock
 from minictr.runtime import spawn as spawn_mod
 from minictr.runtime import state as state_mod
 from minictr.runtime import syscalls as sc
@@ -54,6 +55,7 @@ class Created:
     pid: int
     console: int | None = None        # the pty master (attached create with a terminal)
     exec_pipe: int | None = None      # attached: EOF once the command is exec'd
+    network: object = None            # runtime.network.Attached: release it when it exits
 
 
 # ---------------------------------------------------------------- status
@@ -108,14 +110,16 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
            stdio: tuple = (), systemd_cgroup: bool = False, rootless: bool | None = None,
            keep_fds: tuple[int, ...] = (), files=(),
            no_pivot: bool = False, no_new_keyring: bool = False,
-           on_spawned: Callable[[int], None] | None = None, kernel=None,
+           on_spawned: Callable[[int], None] | None = None, network=None, kernel=None,
            explain: Explain = None) -> Created:
     """Create the container (see the module docstring); on failure nothing is left.
 
     ``files``: (name, bytes) pairs written into the container's state directory before its
     process is spawned, for mounts of the spec whose source names them there (the composition
     puts a generated loader cache there: planning writes nothing). They go with the state.
-    ``stdio``: fds to become its first process's stdin, stdout and stderr (None: inherited)."""
+    ``stdio``: fds to become its first process's stdin, stdout and stderr (None: inherited).
+    ``network`` (a runtime.network.NetworkPlan, minictr's own runs only) connects its new
+    network namespace before it goes on (network.py)."""
     from minictr.runtime import validate
 
     kernel = kernel or sc.Syscalls()
@@ -130,6 +134,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
     root.add(container_id)
     created = None
     cgroup = None
+    connected = None
     try:
         root_path = spec["root"]["path"]
         if not os.path.isabs(root_path):
@@ -182,6 +187,15 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             from minictr.runtime import idmap
 
             uid_maps, gid_maps, nest = idmap.setup_mappings(uid_maps, gid_maps)
+
+        def connect(pid: int) -> None:
+            nonlocal connected
+            from minictr.runtime import network as network_mod
+
+            connected = network_mod.attach(
+                kernel, root.path, root.dir(container_id), container_id, network, pid,
+                lambda rec: root.update(container_id, network=rec), explain)
+
         plan = spawn_mod.SpawnPlan(
             process=process, namespaces=namespaces,
             rootless=rootless, attached=attached, stdin_null=stdin_null, stdio=tuple(stdio),
@@ -190,9 +204,11 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             uid_mappings=tuple(uid_maps), gid_mappings=tuple(gid_maps), nest_ids=nest,
             hook_state=hook_state,
             oom_score_adj=process.get("oomScoreAdj"), no_pivot=no_pivot, seccomp=seccomp,
-            new_keyring=None if no_new_keyring else container_id, image_mount=image_mount)
+            new_keyring=None if no_new_keyring else container_id, image_mount=image_mount,
+            landlock_scoped=landlock.scopes_for(kernel, spec, explain))
         try:
             created = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=spawned,
+                                      on_placed=connect if network is not None else None,
                                       on_hooks=runtime_hooks, explain=explain)
         finally:
             kernel.close(fifo_fd)
@@ -209,12 +225,14 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
             write_pid_file(pid_file, created.pid)
         if cgroup is not None:
             cgroup.release()                     # the program stays attached to the cgroup
-        return Created(pid=created.pid, console=console, exec_pipe=created.exec_pipe)
+        return Created(pid=created.pid, console=console, exec_pipe=created.exec_pipe,
+                       network=connected)
     except BaseException:
         if created is not None:
             spawn_mod._kill_and_reap(created.pid)
         if cgroup is not None:
             cgroup.destroy(quiet=True)
+        _release_network_quietly(kernel, root, container_id, connected)
         root.remove(container_id)
         raise
 
@@ -273,6 +291,30 @@ def _check_capabilities(process: dict, spec: dict) -> None:
     new_userns = any(ns.get("type") == "user" and not ns.get("path")
                      for ns in (spec.get("linux") or {}).get("namespaces", ()))
     capabilities.check_held(process.get("capabilities") or {}, new_userns)
+
+
+def release_network(root: StateRoot, container_id: str, attached=None, kernel=None) -> None:
+    """Undo what connected the container's network (runtime/network.py), as its state records
+    it; idempotent. The record stays (a stopped container keeps saying what it had)."""
+    try:
+        st = root.read(container_id)
+    except MinictrError:
+        return
+    record_ = st.get("network")
+    if record_ and not record_.get("released"):
+        from minictr.runtime import network as network_mod
+
+        network_mod.release(kernel or sc.Syscalls(), container_id, record_, attached)
+        root.update(container_id, network=dict(record_, released=True))
+
+
+def _release_network_quietly(kernel, root: StateRoot, container_id: str, attached) -> None:
+    """A failed create releases what its network got so far; its own error is the one to
+    report."""
+    try:
+        release_network(root, container_id, attached, kernel)
+    except (MinictrError, OSError):
+        pass
 
 
 def seccomp_cache_dir(root: StateRoot) -> str:
@@ -475,6 +517,10 @@ def delete(root: StateRoot, container_id: str, *, force: bool = False, kernel=No
         except ProcessLookupError:
             pass
     destroy_cgroup(st)
+    if st.get("network") and not st["network"].get("released"):
+        from minictr.runtime import network as network_mod
+
+        network_mod.release(kernel, container_id, st["network"])
     spec = None
     try:
         spec = root.read_config(container_id)
@@ -532,7 +578,8 @@ def exec_process(root: StateRoot, container_id: str, process: dict, *, attached:
                                stdin_null=stdin_null, preserve_fds=preserve_fds,
                                oom_score_adj=process.get("oomScoreAdj"),
                                seccomp=spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root),
-                                                                 explain))
+                                                                 explain),
+                               landlock_scoped=landlock.scopes_for(kernel, spec, explain))
     made = spawn_mod.spawn(kernel, plan, cgroup=cgroup, on_spawned=on_spawned, explain=explain)
     console = made.console
     if console is not None and console_socket:

@@ -177,6 +177,7 @@ class SpawnPlan:
     oom_score_adj: int | None = None
     no_pivot: bool = False               # runc --no-pivot: MS_MOVE + chroot
     seccomp: tuple | None = None         # (BPF program, flags) compiled by the launcher
+    landlock_scoped: int = 0             # LANDLOCK_SCOPE_* mask (runtime/landlock.py)
     new_keyring: str | None = None       # the first process joins a new session keyring
     image_mount: int | None = None       # the launcher's detached squashfs mount (fsmount fd)
     nest_ids: tuple | None = None        # (uid, gid): set up as root, then nest (idmap.py)
@@ -241,12 +242,15 @@ class DirectChannel:
 
 
 def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], None] | None = None,
+          on_placed: Callable[[int], None] | None = None,
           on_hooks: Callable[[int], None] | None = None, explain: Explain = None) -> Spawned:
     """Make the process ``plan`` describes and wait until it is ready to exec (see the module
     docstring). ``on_spawned(pid)`` runs right after the clone (signal forwarding starts
-    there); ``on_hooks(pid)`` runs the runtime-namespace hooks when the child asks."""
+    there); ``on_placed(pid)`` once its id maps and cgroups are in place, before "go" (the
+    launcher connects its network namespace there); ``on_hooks(pid)`` runs the
+    runtime-namespace hooks when the child asks."""
     if getattr(kernel, "dry_run", False):
-        return _dry_spawn(kernel, plan, cgroup, on_spawned, on_hooks, explain)
+        return _dry_spawn(kernel, plan, cgroup, on_spawned, on_placed, on_hooks, explain)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     exec_r = exec_w = None
     if plan.attached:
@@ -268,6 +272,8 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
             on_spawned(pid)
         channel = Channel(ours)
         _place(kernel, plan, pid, cgroup, born_in, explain)
+        if on_placed:
+            on_placed(pid)
         try:
             channel.send("go", pid=pid)
             console = _serve(channel, pid, on_hooks)
@@ -289,12 +295,15 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
             os.close(exec_w)
 
 
-def _dry_spawn(kernel, plan: SpawnPlan, cgroup, on_spawned, on_hooks, explain) -> Spawned:
+def _dry_spawn(kernel, plan: SpawnPlan, cgroup, on_spawned, on_placed, on_hooks,
+               explain) -> Spawned:
     """The same steps against a recording face: the parent's, then the child's in place."""
     pid, born_in = _clone(kernel, plan.namespaces, cgroup, explain)
     if on_spawned:
         on_spawned(pid)
     _place(kernel, plan, pid, cgroup, born_in, explain)
+    if on_placed:
+        on_placed(pid)
     prepare(kernel, plan, DirectChannel(on_hooks, explain), pid, None, explain)
     return Spawned(pid=pid)
 
@@ -505,7 +514,8 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
     if process.get("terminal"):
         container.make_console(kernel, channel, process.get("consoleSize"), explain)
     container.setup_process(kernel, process, plan.rootless, explain,
-                            keep_pdeathsig=plan.attached, seccomp=plan.seccomp)
+                            keep_pdeathsig=plan.attached, seccomp=plan.seccomp,
+                            landlock_scoped=plan.landlock_scoped)
     path = container.find_executable(kernel, process)
     container.close_fds(kernel, 3 + plan.preserve_fds, explain, plan.keep_fds)
     if plan.fifo_fd is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import prctl
 
 from minictr import _native
+from minictr.runtime.rtnetlink import Rtnetlink, named_error
 
 lib = _native.lib
 ffi = _native.ffi
@@ -83,6 +84,12 @@ LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
+SIOCGIFFLAGS = lib.SIOCGIFFLAGS
+SIOCSIFFLAGS = lib.SIOCSIFFLAGS
+IFF_UP = lib.IFF_UP
+IFNAMSIZ = lib.IFNAMSIZ
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = lib.LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+LANDLOCK_SCOPE_SIGNAL = lib.LANDLOCK_SCOPE_SIGNAL
 SOCK_FILTER_SIZE = 8        # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k (linux/filter.h)
 
 NAMESPACE_FLAGS = {
@@ -135,8 +142,11 @@ def _b(s: str | bytes | None):
     return s if isinstance(s, bytes) else os.fsencode(s)
 
 
-class Syscalls:
-    """The real kernel. Methods are named after their man pages."""
+class Syscalls(Rtnetlink):
+    """The real kernel. Methods are named after their man pages; the rtnetlink(7) ones (links,
+    addresses, routes) are in rtnetlink.py."""
+
+    CLONE_NEWNET = CLONE_NEWNET
 
     def unshare(self, flags: int) -> None:
         _check(lib.mc_unshare(flags), f"unshare({ns_flag_names(flags)})")
@@ -197,6 +207,24 @@ class Syscalls:
                           "whole number of BPF instructions")
         return _check(lib.mc_seccomp(flags, ffi.from_buffer(bpf), count),
                       f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}, <{count} instructions>)")
+
+    def landlock_abi_version(self) -> int:
+        """landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION): the highest
+        Landlock ABI this kernel offers; 0 when Landlock is absent or disabled."""
+        rc = lib.mc_landlock_create_ruleset(0)
+        return max(rc, 0)
+
+    def landlock_create_ruleset(self, scoped: int) -> int:
+        """landlock_create_ruleset(2) of a ruleset that scopes IPC only (``scoped``, a mask of
+        LANDLOCK_SCOPE_*; Landlock ABI 6); returns its fd."""
+        return _check(lib.mc_landlock_create_ruleset(scoped),
+                      f"landlock_create_ruleset(scoped={scoped:#x})")
+
+    def landlock_restrict_self(self, ruleset_fd: int) -> None:
+        """landlock_restrict_self(2): this thread and what it execs are confined from now on;
+        needs no_new_privs or CAP_SYS_ADMIN in its user namespace."""
+        _check(lib.mc_landlock_restrict_self(ruleset_fd),
+               f"landlock_restrict_self({ruleset_fd})")
 
     # Calls Python already wraps; kept on the face so the runtime has one seam (and a dry run
     # or a test can record them instead).
@@ -298,11 +326,23 @@ class Syscalls:
         os.execve(fd, argv, env)
 
     def link_up(self, ifname: str) -> None:
-        """Set a network link up through rtnetlink(7) (pyroute2)."""
-        from pyroute2 import IPRoute
+        """Set a link of this network namespace up: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP
+        (netdevice(7)), as crun does for lo. The container's process brings its lo up this
+        way, so it never loads a netlink library (pyroute2 costs ~120 ms to import)."""
+        import fcntl
+        import socket
+        import struct
 
-        with IPRoute() as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+        ifreq = "%dsh%dx" % (IFNAMSIZ, 40 - IFNAMSIZ - 2)       # struct ifreq: 40 bytes
+        name = ifname.encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            try:
+                flags = struct.unpack(ifreq, fcntl.ioctl(sock, SIOCGIFFLAGS,
+                                                         struct.pack(ifreq, name, 0)))[1]
+                fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(ifreq, name, flags | IFF_UP))
+            except OSError as err:
+                raise named_error(err.errno or errno.EIO,
+                                  f"ioctl(SIOCSIFFLAGS, {ifname!r})") from None
 
     def readlinkat(self, dirfd: int, name: str) -> str | None:
         """The target of symlink ``name`` in ``dirfd``, or None if it is not a symlink."""
@@ -531,6 +571,42 @@ class Syscalls:
             return 128 - proc.returncode, out
         return proc.returncode, out
 
+    def start_helper(self, path: str, args: list[str], pass_fds: tuple = (),
+                     log_path: str | None = None, cwd: str | None = None) -> int:
+        """fork + execve ``path`` (args[0] is argv[0]) as a helper of the container (pasta,
+        slirp4netns): in a session of its own (a Ctrl-C at the terminal is the container's
+        to get), in ``cwd``, stdin and stdout on /dev/null, stderr appended to ``log_path``,
+        no fd but ``pass_fds`` inherited, and PR_SET_PDEATHSIG SIGKILL so that it dies with
+        the launcher (prctl(2); checked against getppid for a launcher that died first)."""
+        import signal
+
+        launcher = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        try:
+            os.setsid()
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != launcher:
+                os._exit(1)
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):     # ignored ones survive execve
+                signal.signal(sig, signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            if log_path:
+                log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                              0o600)
+                os.dup2(log, 2)
+            if cwd:
+                os.chdir(cwd)
+            lib.mc_close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC)
+            for fd in pass_fds:
+                os.set_inheritable(fd, True)
+            os.execv(path, args)
+        finally:
+            os._exit(127)
+
     # Queries. A dry run answers them from the host where the answer is the host's.
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
@@ -561,18 +637,20 @@ class RecordingSyscalls:
 
     dry_run = True
     QUERIES = {"readlinkat", "same_file", "is_dir", "statvfs_flags", "exists", "read_text",
-               "stat", "access"}
+               "stat", "access", "link_get", "landlock_abi_version"}
 
     def __init__(self, fail: dict[str, int] | None = None,
                  on_call: Callable[[str], None] | None = None, *,
                  container_root: str | None = None, binds: dict[str, str] | None = None,
-                 lookup: Callable[[str], str | None] | None = None):
+                 lookup: Callable[[str], str | None] | None = None,
+                 links: dict[str, dict] | None = None):
         self.calls: list[tuple] = []
         self.fail = fail or {}
         self.on_call = on_call
         self.container_root = container_root
         self.binds = dict(binds or {})
         self.lookup = lookup                 # container path -> host file, for image paths
+        self.links = links                   # the launcher's network links, when not the host's
         self.made: set[str] = set()          # paths a recorded mkdir "made"
         self._pivoted = False
         self._next_pid = 4242
@@ -589,10 +667,10 @@ class RecordingSyscalls:
         if name.startswith("_") or not callable(getattr(Syscalls, name, None)):
             raise AttributeError(f"the syscall face has no method {name!r}")
 
-        def record(*args):
-            self.calls.append((name, *args))
+        def record(*args, **kwargs):
+            self.calls.append((name, *args, kwargs) if kwargs else (name, *args))
             if self.on_call:
-                self.on_call(f"{name}{args!r}")
+                self.on_call(f"{name}{args!r}" + (f" {kwargs!r}" if kwargs else ""))
             if name in self.fail:
                 err = self.fail[name]
                 raise OSError(err, f"{name}{args!r}: {os.strerror(err)}")
@@ -632,6 +710,8 @@ class RecordingSyscalls:
     def _answer(self, name: str, args: tuple):
         if name in ("clone", "clone3"):
             return self._next_pid
+        if name == "start_helper":
+            return self._next_pid + 1
         if name == "pivot_root":
             self._pivoted = True
         if name == "signal_fifo":
@@ -652,7 +732,8 @@ class RecordingSyscalls:
         if name == "spawn_fuse":
             self._next_pid += 1
             return self._next_pid
-        if name in ("bpf", "pidfd_open", "memfd_sealed", "fsmount_loop"):
+        if name in ("bpf", "pidfd_open", "memfd_sealed", "fsmount_loop",
+                    "landlock_create_ruleset"):
             return self._fd(f"<{name}>")
         if name == "run_program":
             return 0, b""
@@ -728,6 +809,14 @@ class RecordingSyscalls:
         real = Syscalls()
         if name == "readlinkat":
             return None
+        if name == "landlock_abi_version":
+            return real.landlock_abi_version()
+        if name == "link_get":
+            # the host's own links are the host's answer; a container's namespace is not made
+            netns = args[1] if len(args) > 1 else None
+            if netns is not None:
+                return None
+            return real.link_get(args[0]) if self.links is None else self.links.get(args[0])
         if name == "same_file":
             return self._fds.get(args[0]) == self._fds.get(args[1])
         if name in ("exists", "read_text"):

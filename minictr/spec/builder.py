@@ -14,6 +14,7 @@ from collections.abc import Callable
 from minictr.errors import SpecError
 from minictr.records import record
 from minictr.spec import defaults, mounts as mounts_mod, native, process as proc
+from minictr.spec import network as netspec
 from minictr.spec import security, units
 from minictr.spec.edits import insert_mount
 from minictr.spec.options import RunOptions
@@ -31,6 +32,11 @@ DEFAULT_STOP_TIMEOUT = 10                       # seconds, as docker stop
 # --init: minictr's init (native/mcinit.c) is bind-mounted here and put before the command, as
 # docker does with /sbin/docker-init, so the spec itself says what runs as PID 1
 INIT_PATH = "/dev/init"
+ANNOTATION_NETWORK = "org.minictr.network"
+ANNOTATION_PORTS = "org.minictr.ports"
+# The runtime confines a process carrying this annotation to a Landlock domain scoping the
+# listed IPC (runtime/landlock.py); the default network sets it (spec/network.py, DEFAULT).
+ANNOTATION_LANDLOCK_SCOPE = "org.minictr.landlock.scoped"
 
 
 def _read_host_file(path: str) -> bytes:
@@ -46,12 +52,14 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
                host_stat: Callable[[str], os.stat_result] = os.stat,
                host_ids: tuple[int, int] | None = None, host: "HostFacts | None" = None,
                launcher_caps: tuple[str, ...] | None = None, nofile_limit: int | None = None,
-               etc_files: dict[str, str] | None = None, init_path: str | None = None) -> dict:
+               etc_files: dict[str, str] | None = None, init_path: str | None = None,
+               network_path: str | None = None) -> dict:
     """The whole plan. ``image_config`` is the OCI image config JSON (its "config" object holds
     Entrypoint, Cmd, Env, WorkingDir, User, Labels). ``host_env`` (default: this process's
     environment) serves ``-e KEY`` and bare keys in env files. ``host_ids`` is (euid, egid),
     default this process's, for the rootless id mapping and --userns keep-id. ``host``: the
     facts job-native mode (``opts.hpc``) takes from the host, default this process's.
+    ``network_path`` is the namespace --network container:NAME joins (api resolves the name).
 
     What the launcher itself can give, which api.py reads from the host: ``launcher_caps``, the
     capabilities it holds (None: any; a container in a user namespace of its own gets every
@@ -61,6 +69,10 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     (spec/etcfiles.py); ``init_path`` is the host path of minictr's init, for --init."""
     config = image_fields(image_config)
     host_env = dict(os.environ) if host_env is None else host_env
+    network = netspec.parse_network(opts.network)
+    ports = netspec.parse_publish(opts.publish)
+    netspec.check_publish(network, ports)
+    hardened = default_network_hardened(network, opts, host_env)
     host_ids = (os.geteuid(), os.getegid()) if host_ids is None else host_ids
     if opts.hpc:
         _check_job_native(opts)
@@ -75,6 +87,8 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         user = user._replace(additional_gids=tuple(g for g in host.groups if g != user.gid))
     caps = proc.capability_set(opts.cap_add, opts.cap_drop, privileged=opts.privileged,
                                available=None if userns else launcher_caps)
+    if hardened and "CAP_NET_RAW" not in {proc.normalize_capability(c) for c in opts.cap_add}:
+        caps = [c for c in caps if c != "CAP_NET_RAW"]
     secopts = security.parse_security_opts(opts.security_opts, read_host_file)
     args = proc.process_args(config, opts.command, opts.entrypoint)
     if opts.init:
@@ -104,9 +118,10 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
         "process": process,
         "root": {"path": rootfs_path, "readonly": bool(opts.read_only)},
         "hostname": hostname,
-        "mounts": _mounts(opts, rootless, host_stat, host, etc_files or {},
+        "mounts": _mounts(opts, network, rootless, host_stat, host, etc_files or {},
                           init_path if opts.init else None),
-        "linux": _linux(opts, container_id, userns),
+        "linux": _linux(opts, container_id, userns,
+                        _network_namespace(network, rootless, network_path)),
     }
     if opts.hpc:
         del spec["hostname"]                   # the host's UTS namespace: its own name
@@ -114,6 +129,16 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     if seccomp is not None:
         spec["linux"]["seccomp"] = seccomp
     annotations = _annotations(config, opts)
+    # minictr's own keys: what the network is, for `ps` and for the runtime (a user's
+    # --annotation cannot change them)
+    for key in (ANNOTATION_NETWORK, ANNOTATION_PORTS, ANNOTATION_LANDLOCK_SCOPE):
+        annotations.pop(key, None)
+    if network.kind != netspec.DEFAULT:
+        annotations[ANNOTATION_NETWORK] = str(network)
+    if ports:
+        annotations[ANNOTATION_PORTS] = ",".join(str(p) for p in ports)
+    if hardened:
+        annotations[ANNOTATION_LANDLOCK_SCOPE] = "abstract_unix_socket"
     if annotations:
         spec["annotations"] = annotations
     return spec
@@ -297,8 +322,8 @@ def _process_user(user: ExecUser) -> dict:
 # ---------------------------------------------------------------- mounts
 
 
-def _mounts(opts: RunOptions, rootless: bool, host_stat, host, etc_files: dict[str, str],
-            init_path: str | None) -> list[dict]:
+def _mounts(opts: RunOptions, network: netspec.Network, rootless: bool, host_stat, host,
+            etc_files: dict[str, str], init_path: str | None) -> list[dict]:
     """The default kernel filesystems, then (job-native) the host's /proc, /dev/shm and
     /dev/mqueue and binds of HOME and the current directory, /etc's per-container files, then
     user mounts; a later mount at an earlier one's destination (say --tmpfs /dev/shm:size=1g,
@@ -311,7 +336,7 @@ def _mounts(opts: RunOptions, rootless: bool, host_stat, host, etc_files: dict[s
         shm_size = units.parse_bytes(opts.shm_size, "--shm-size")
         if shm_size <= 0:
             raise SpecError(f"--shm-size {opts.shm_size}: must be more than 0")
-    mounts = defaults.default_mounts(rootless=rootless, private_network=opts.network == "none",
+    mounts = defaults.default_mounts(rootless=rootless, private_network=network.own_namespace,
                                      privileged=opts.privileged, host_ipc=opts.ipc == "host",
                                      host_pid=opts.pid == "host", shm_size=shm_size,
                                      host_has_mqueue=opts.ipc != "host" or not rootless or
@@ -344,10 +369,42 @@ def _exists(host_stat, path: str) -> bool:
 # ---------------------------------------------------------------- linux
 
 
-def _namespaces(opts: RunOptions, userns: dict | None) -> list[dict]:
-    """uts, mount and cgroup always; pid and ipc unless --pid host / --ipc host; network only
-    with --network none (the default shares the host's, as HPC launchers do); user when there
-    are id mappings. Job-native mode (--hpc) keeps the host's pid, ipc and uts namespaces."""
+def default_network_hardened(network: netspec.Network, opts: RunOptions, host_env: dict) -> bool:
+    """The default network outside a Slurm job (a docker-like run): the host's network
+    namespace, but without CAP_NET_RAW (raw packets on the host's interfaces) and with abstract
+    unix sockets scoped to the container (the host's, such as containerd-shim's or X11's, are
+    out of reach: CVE-2020-15257). Inside a job (SLURM_JOB_ID) ranks in separate containers
+    talk through abstract sockets (NCCL, UCX), so the host network stays as it is, as it does
+    with an explicit --network host or --privileged (docs/network.md, "The default")."""
+    return (network.kind == netspec.DEFAULT and not opts.privileged and not opts.hpc
+            and "SLURM_JOB_ID" not in host_env)
+
+
+def _network_namespace(network: netspec.Network, rootless: bool,
+                       network_path: str | None) -> dict | None:
+    """The linux.namespaces entry of the network: none for the host's, a new one for none
+    and bridge, a path for container:NAME and ns:PATH."""
+    if not network.own_namespace:
+        return None
+    if network.kind in ("none", "bridge"):
+        return {"type": "network"}
+    if rootless:
+        # The launcher joins it around the clone (the child, in its new user namespace, holds
+        # no capability over a namespace the host's user namespace owns: setns(2)), and an
+        # unprivileged launcher may not (CAP_SYS_ADMIN in its own user namespace).
+        raise SpecError(f"--network {network} needs root",
+                        hint="rootless containers can share a network only through --network "
+                        "bridge (pasta or slirp4netns)")
+    path = network.target if network.kind == "ns" else network_path
+    if not path:
+        raise SpecError(f"--network {network}: the namespace's path is unknown")
+    return {"type": "network", "path": path}
+
+
+def _namespaces(opts: RunOptions, userns: dict | None, network: dict | None) -> list[dict]:
+    """uts, mount and cgroup always; pid and ipc unless --pid host / --ipc host; network when it
+    is not the host's (the default shares the host's, as HPC launchers do); user when there are
+    id mappings. Job-native mode (--hpc) keeps the host's pid, ipc and uts namespaces."""
     for flag, value in (("--ipc", opts.ipc), ("--pid", opts.pid)):
         if value not in ("private", "host"):
             raise SpecError(f"{flag} {value}: minictr knows host and private",
@@ -355,10 +412,11 @@ def _namespaces(opts: RunOptions, userns: dict | None) -> list[dict]:
                             "container's is not supported")
     host_pid = opts.pid == "host" or opts.hpc
     host_ipc = opts.ipc == "host" or opts.hpc
-    kinds = ["user"] if userns else []
-    kinds += ([] if host_pid else ["pid"]) + (["network"] if opts.network == "none" else [])
-    kinds += ([] if host_ipc else ["ipc"]) + ([] if opts.hpc else ["uts"]) + ["mount", "cgroup"]
-    return [{"type": k} for k in kinds]
+    out = [{"type": "user"}] if userns else []
+    out += [] if host_pid else [{"type": "pid"}]
+    out += [network] if network is not None else []
+    kinds = ([] if host_ipc else ["ipc"]) + ([] if opts.hpc else ["uts"]) + ["mount", "cgroup"]
+    return out + [{"type": k} for k in kinds]
 
 
 # Namespaced sysctls a container may set (moby's ValidateSysctl): IPC ones need its own IPC
@@ -367,7 +425,8 @@ IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
                "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
 
 
-def sysctls(entries: tuple[str, ...], opts: RunOptions) -> dict[str, str]:
+def sysctls(entries: tuple[str, ...], opts: RunOptions,
+            own_network: bool = False) -> dict[str, str]:
     """--sysctl KEY=VALUE -> linux.sysctl, refusing keys that are not the container's own."""
     out = {}
     for entry in entries:
@@ -380,10 +439,10 @@ def sysctls(entries: tuple[str, ...], opts: RunOptions) -> dict[str, str]:
                 raise SpecError(f"--sysctl {key}: not allowed with --ipc host",
                                 hint="it would change the host's IPC namespace")
         elif key.startswith("net."):
-            if opts.network != "none":
+            if not own_network:
                 raise SpecError(f"--sysctl {key}: not allowed in the host's network namespace",
                                 hint="it would change the host's network settings; use "
-                                "--network none for a namespace of the container's own")
+                                "--network none or bridge for a namespace of the container's own")
         else:
             raise SpecError(f"--sysctl {key}: not a namespaced sysctl a container may set",
                             hint="allowed: " + ", ".join(IPC_SYSCTLS) +
@@ -392,12 +451,13 @@ def sysctls(entries: tuple[str, ...], opts: RunOptions) -> dict[str, str]:
     return out
 
 
-def _linux(opts: RunOptions, container_id: str, userns: dict | None) -> dict:
-    linux: dict = {"namespaces": _namespaces(opts, userns)}
+def _linux(opts: RunOptions, container_id: str, userns: dict | None,
+           network: dict | None) -> dict:
+    linux: dict = {"namespaces": _namespaces(opts, userns, network)}
     if userns:
         linux.update(userns)
     if opts.sysctls:
-        linux["sysctl"] = sysctls(opts.sysctls, opts)
+        linux["sysctl"] = sysctls(opts.sysctls, opts, own_network=network is not None)
     linux["devices"] = defaults.default_devices()
     linux["resources"] = resources(opts)
     if opts.cgroup_parent:

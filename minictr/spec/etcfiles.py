@@ -8,12 +8,14 @@ destination replaces them. Pure functions: the host's files come in as text.
 resolv.conf follows docker's libnetwork/resolvconf:
 - from the host's /etc/resolv.conf: nameservers, ``search`` (``domain`` counts as search) and
   ``options``; everything else is dropped;
-- a loopback nameserver (127.0.0.53 of systemd-resolved, a local dnsmasq) only answers in the
-  host's network namespace. With the host's network the container shares it, so it is kept;
-  with a network namespace of its own the container cannot reach it: loopback servers are
-  dropped, systemd-resolved's upstream list (/run/systemd/resolve/resolv.conf) is used when the
-  host's file names only its stub, and with nothing left docker's fallback 8.8.8.8 and 8.8.4.4
-  is written (so said under --explain);
+- the nameservers follow the network (``nameservers_for``): a loopback nameserver (127.0.0.53
+  of systemd-resolved, a local dnsmasq) only answers in the host's network namespace. With the
+  host's network the container shares it, so it is kept; on the bridge and in a joined
+  namespace the container cannot reach it: loopback servers are dropped,
+  systemd-resolved's upstream list (/run/systemd/resolve/resolv.conf) is used when the host's
+  file names only its stub, and with nothing left docker's fallback 8.8.8.8 and 8.8.4.4 is
+  written (so said under --explain); behind pasta they are reached through pasta's forwarder;
+  slirp4netns has its own forwarder; with no network there is no server;
 - ``--dns`` replaces the nameservers, ``--dns-search`` the search list (``.`` for none),
   ``--dns-option`` the options.
 
@@ -28,6 +30,11 @@ from __future__ import annotations
 from minictr.errors import SpecError
 
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")          # docker's defaultIPv4Dns
+# The address pasta answers DNS queries on when the host's own servers are on loopback
+# (podman uses the same one; runtime/usernet.py starts pasta with it).
+PASTA_DNS_FORWARD = "169.254.1.1"
+SLIRP4NETNS_DNS = "10.0.2.3"         # slirp4netns's built-in forwarder (its --configure default)
+HOST_NETWORKS = ("host", "default")  # the drivers that share the host's network namespace
 DEFAULT_HOSTS = ("127.0.0.1\tlocalhost\n"
                  "::1\tlocalhost ip6-localhost ip6-loopback\n"
                  "fe00::0\tip6-localnet\n"
@@ -86,31 +93,49 @@ def _check_word(text: str, flag: str) -> str:
     return text
 
 
-def resolv_conf(host_text: str, *, own_network: bool, dns=(), dns_search=(), dns_options=(),
+def nameservers_for(driver: str, servers: list[str]) -> list[str]:
+    """The host's ``servers`` a container on network ``driver`` can use: host and default
+    (the host's network), none, bridge, pasta, slirp4netns, or a joined namespace (ns, or for
+    container:NAME the other container's driver)."""
+    if driver in HOST_NETWORKS:
+        return list(servers)
+    if driver == "none":
+        return []
+    if driver == "slirp4netns":
+        return [SLIRP4NETNS_DNS]
+    reachable = [n for n in servers if not is_loopback(n)]
+    if driver == "pasta":
+        return reachable if reachable or not servers else [PASTA_DNS_FORWARD]
+    if driver in ("bridge", "ns", "container"):
+        return reachable or list(FALLBACK_NAMESERVERS)
+    raise SpecError(f"no nameservers are known for network driver {driver!r}")
+
+
+def resolv_conf(host_text: str, *, driver: str, dns=(), dns_search=(), dns_options=(),
                 resolved_text: str | None = None) -> tuple[str, list[str]]:
-    """The container's resolv.conf and the notes to show under --explain (see module doc).
-    ``resolved_text`` is systemd-resolved's upstream resolv.conf, when the host has one."""
+    """The container's resolv.conf on network ``driver`` and the notes to show under --explain
+    (see module doc). ``resolved_text`` is systemd-resolved's upstream resolv.conf, when the
+    host has one."""
     nameservers, search, options = parse_resolv_conf(host_text)
     notes = []
     if dns:
         nameservers = [check_address(d, "--dns") for d in dns]
-    elif own_network:
+    elif driver not in HOST_NETWORKS:
         if nameservers and all(is_loopback(n) for n in nameservers) and resolved_text:
             upstream = [n for n in parse_resolv_conf(resolved_text)[0] if not is_loopback(n)]
             if upstream:
                 notes.append("resolv.conf: the host's nameserver is systemd-resolved's stub; "
                              "using its upstream servers " + ", ".join(upstream))
                 nameservers = upstream
-        kept = [n for n in nameservers if not is_loopback(n)]
-        if len(kept) < len(nameservers):
+        chosen = nameservers_for(driver, nameservers)
+        dropped = [n for n in nameservers if is_loopback(n) and n not in chosen]
+        if dropped and driver != "none":
             notes.append("resolv.conf: dropped loopback nameservers the container's network "
-                         "namespace cannot reach: " +
-                         ", ".join(n for n in nameservers if is_loopback(n)))
-        if not kept:
-            kept = list(FALLBACK_NAMESERVERS)
+                         "namespace cannot reach: " + ", ".join(dropped))
+        if chosen == list(FALLBACK_NAMESERVERS) and chosen != nameservers:
             notes.append("resolv.conf: no usable nameserver left; using docker's default "
-                         + ", ".join(kept) + " (give --dns to choose)")
-        nameservers = kept
+                         + ", ".join(chosen) + " (give --dns to choose)")
+        nameservers = chosen
     if dns_search:
         search = [] if list(dns_search) == ["."] else \
             [_check_word(d, "--dns-search") for d in dns_search]

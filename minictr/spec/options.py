@@ -27,7 +27,9 @@ class RunOptions:
     tty: bool = False                        # -t
     read_only: bool = False
     init: bool = False
-    network: str = "host"                    # host | none
+    network: str | None = None               # None (not given) | host | none | bridge |
+                                             # container:NAME | ns:PATH (spec/network.py)
+    publish: tuple[str, ...] = ()            # -p [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     preserve_fds: int = 0

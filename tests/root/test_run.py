@@ -12,6 +12,9 @@ from tests.root.conftest import host_mounts_mentioning
 pytestmark = pytest.mark.root
 
 DOCKER_DEFAULT_CAPS = 0xa80425fb   # CHOWN..AUDIT_WRITE: Docker's default set (reference/RUNTIME.md)
+CAP_NET_RAW = 1 << 13
+# the default network outside a Slurm job: the host's, without CAP_NET_RAW (docs/network.md)
+DEFAULT_NETWORK_CAPS = DOCKER_DEFAULT_CAPS & ~CAP_NET_RAW
 
 
 def test_exit_status_is_passed_back(mc):
@@ -33,8 +36,8 @@ def test_not_found_is_127_and_not_executable_is_126(mc):
 def test_probe_sees_an_isolated_root_process(mc):
     p = mc.probe()
     assert p["uid"] == 0 and p["gid"] == 0
-    assert int(p["caps"]["CapBnd"], 16) == DOCKER_DEFAULT_CAPS
-    assert int(p["caps"]["CapEff"], 16) == DOCKER_DEFAULT_CAPS
+    assert int(p["caps"]["CapBnd"], 16) == DEFAULT_NETWORK_CAPS
+    assert int(p["caps"]["CapEff"], 16) == DEFAULT_NETWORK_CAPS
     assert int(p["caps"]["CapInh"], 16) == 0 and int(p["caps"]["CapAmb"], 16) == 0
     assert p["NoNewPrivs"] == 1
     assert p["pid"] == 1
@@ -42,8 +45,10 @@ def test_probe_sees_an_isolated_root_process(mc):
                for name in ("mnt", "pid", "uts", "ipc", "cgroup")}
     for name, ino in host_ns.items():
         assert p["ns"][name] != ino, f"{name} namespace is the host's"
-    # --network host is the default, as HPC tools do
+    # the host's network is the default, as HPC tools do
     assert p["ns"]["net"] == os.stat("/proc/self/ns/net").st_ino
+    explicit = mc.probe("--network", "host")
+    assert int(explicit["caps"]["CapBnd"], 16) == DOCKER_DEFAULT_CAPS
 
 
 def test_no_host_processes_are_visible(mc):
@@ -377,8 +382,8 @@ def test_exec_is_confined_like_the_first_process(mc):
         status = mc("exec", "confined", "grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)",
                     "/proc/self/status", check=True).stdout
         fields = dict(line.split(":\t") for line in status.splitlines())
-        assert int(fields["CapBnd"], 16) == DOCKER_DEFAULT_CAPS
-        assert int(fields["CapEff"], 16) == DOCKER_DEFAULT_CAPS and fields["NoNewPrivs"] == "1"
+        assert int(fields["CapBnd"], 16) == DEFAULT_NETWORK_CAPS
+        assert int(fields["CapEff"], 16) == DEFAULT_NETWORK_CAPS and fields["NoNewPrivs"] == "1"
         pid1 = json.loads(mc("ps", "--format", "json").stdout)[-1]["pid"]
         with open(f"/proc/{pid1}/cgroup") as f:
             container_cgroups = f.read()

@@ -21,6 +21,12 @@ FILES = {"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/ww
          "/etc/group": b"root:x:0:\nwww:x:33:\nvideo:x:44:alice,www\nusers:x:100:alice\n"}
 
 
+# the default network outside a Slurm job drops CAP_NET_RAW (spec/builder.py,
+# default_network_hardened)
+HARDENED_CAPS = [c for c in defaults.DEFAULT_CAPABILITIES if c != "CAP_NET_RAW"]
+LANDLOCK = {"org.minictr.landlock.scoped": "abstract_unix_socket"}
+
+
 def host_stat(path):
     if path in ("/data", "/srv/cache"):
         return os.stat_result((0o40755, 0, 0, 1, 0, 0, 0, 0, 0, 0))
@@ -28,12 +34,13 @@ def host_stat(path):
 
 
 def build(image=IMAGE, *, rootless=False, files=FILES, host_env=None, launcher_caps=None,
-          **kw):
+          network_path=None, **kw):
     kw.setdefault("image", "nginx")
     return build_spec(image, RunOptions(**kw), rootless=rootless, container_id=CID,
                       rootfs_path="/run/r", read_file=files.get, host_env=host_env or {},
                       host_stat=host_stat, read_host_file=lambda p: {"/env": b"FROMFILE=1\n"}[p],
-                      host_ids=(1000, 1000), launcher_caps=launcher_caps)
+                      host_ids=(1000, 1000), launcher_caps=launcher_caps,
+                      network_path=network_path)
 
 
 def test_whole_spec_for_a_plain_run():
@@ -47,14 +54,14 @@ def test_whole_spec_for_a_plain_run():
                         f"HOSTNAME={CID[:12]}", "HOME=/root"]
     assert p["cwd"] == "/srv" and p["terminal"] is False and p["noNewPrivileges"] is True
     assert p["user"] == {"uid": 0, "gid": 0}
-    assert p["capabilities"]["bounding"] == list(defaults.DEFAULT_CAPABILITIES)
+    assert p["capabilities"]["bounding"] == HARDENED_CAPS
     assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}]
     linux = spec["linux"]
     assert linux["namespaces"] == [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     assert "uidMappings" not in linux and "cgroupsPath" not in linux
     assert linux["maskedPaths"] == list(defaults.MASKED_PATHS)
     assert linux["readonlyPaths"] == list(defaults.READONLY_PATHS)
-    assert spec["annotations"] == {"org.opencontainers.image.version": "1.25"}
+    assert spec["annotations"] == {"org.opencontainers.image.version": "1.25", **LANDLOCK}
     json.dumps(spec)        # plain JSON data, nothing else
 
 
@@ -123,7 +130,7 @@ def test_user_from_image_and_flag():
     assert p["user"] == {"uid": 33, "gid": 33, "additionalGids": [44]}
     assert "HOME=/var/www" in p["env"]
     assert p["capabilities"]["effective"] == [] and p["capabilities"]["permitted"] == []
-    assert p["capabilities"]["bounding"] == list(defaults.DEFAULT_CAPABILITIES)
+    assert p["capabilities"]["bounding"] == HARDENED_CAPS
     assert build(image, user="0")["process"]["user"] == {"uid": 0, "gid": 0}
     assert build(user="alice:video")["process"]["user"] == {"uid": 1000, "gid": 44}
     with pytest.raises(SpecError, match="unable to find user nobody: no matching entries"):
@@ -277,10 +284,11 @@ def test_cgroups_path(parent, expected):
 
 
 def test_annotations():
-    spec = build(annotations=("a=b", "org.opencontainers.image.version=override", "e="))
+    spec = build(annotations=("a=b", "org.opencontainers.image.version=override", "e="),
+                 network="host")
     assert spec["annotations"] == {"org.opencontainers.image.version": "override", "a": "b",
-                                   "e": ""}
-    assert "annotations" not in build({"config": {"Cmd": ["x"]}})
+                                   "e": "", "org.minictr.network": "host"}
+    assert build({"config": {"Cmd": ["x"]}})["annotations"] == LANDLOCK
     with pytest.raises(SpecError, match="KEY=VALUE"):
         build(annotations=("novalue",))
 
