@@ -150,53 +150,99 @@ def registry(spec_dirs=SPEC_DIRS) -> tuple[dict, dict]:
     return devices, common
 
 
+def _field(obj: dict, key: str, kind: type, where: str, default=None):
+    """``obj[key]`` if it has the JSON type the CDI spec gives it: a string (no NUL), a
+    number (0 to 2^32-1) or a list of strings. The file is input, not code: a wrong type is a
+    one-line error here, not a crash further down."""
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    items = value if kind is list and isinstance(value, list) else [value]
+    item_kind = str if kind is list else kind
+    if not isinstance(value, kind) or not all(_fits(v, item_kind) for v in items):
+        raise GPUError(f"{where}: {key} must be {_TYPE_NAMES[kind]}, not {value!r:.60}")
+    return value
+
+
+def _fits(value, kind: type) -> bool:
+    if kind is int:
+        return type(value) is int and 0 <= value < 2**32
+    return isinstance(value, str) and "\0" not in value
+
+
+_TYPE_NAMES = {str: "a string", int: "a number from 0 to 2^32-1", list: "a list of strings"}
+
+
+def _entries(edits: dict, key: str, where: str) -> list[dict]:
+    """containerEdits' list ``key`` (deviceNodes, mounts, hooks), each entry a mapping."""
+    value = edits.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise GPUError(f"{where}: containerEdits.{key} must be a list of mappings")
+    return value
+
+
 def _oci_device(node: dict, where: str) -> dict:
     path = node.get("path")
     if not isinstance(path, str) or not path.startswith("/"):
         raise GPUError(f"{where}: deviceNode without an absolute path")
-    major, minor, kind = node.get("major"), node.get("minor"), node.get("type")
+    major, minor = _field(node, "major", int, where), _field(node, "minor", int, where)
+    kind = _field(node, "type", str, where)
     if major is None or minor is None or kind is None:
-        host = node.get("hostPath") or path
+        host = _field(node, "hostPath", str, where) or path
         try:
             st = os.stat(host)
-        except OSError as err:
-            raise GPUError(f"{where}: device {host} does not exist ({err.strerror})") from None
+        except (OSError, ValueError) as err:
+            raise GPUError(f"{where}: device {host} does not exist "
+                           f"({getattr(err, 'strerror', None) or err})") from None
         if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise GPUError(f"{where}: {host} is not a device node")
         kind = kind or ("c" if stat.S_ISCHR(st.st_mode) else "b")
         major = os.major(st.st_rdev) if major is None else major
         minor = os.minor(st.st_rdev) if minor is None else minor
-    out = {"path": path, "type": kind, "major": int(major), "minor": int(minor),
-           "fileMode": int(node.get("fileMode", 0o666)), "uid": int(node.get("uid", 0)),
-           "gid": int(node.get("gid", 0))}
+    if kind not in ("c", "b", "u", "p"):
+        raise GPUError(f"{where}: device type {kind!r:.20} is not one of c, b, u, p")
+    out = {"path": path, "type": kind, "major": major, "minor": minor,
+           "fileMode": _field(node, "fileMode", int, where, 0o666),
+           "uid": _field(node, "uid", int, where, 0), "gid": _field(node, "gid", int, where, 0)}
     return out
 
 
 def _oci_mount(m: dict, where: str) -> dict:
-    if not m.get("hostPath") or not str(m.get("containerPath", "")).startswith("/"):
+    host, container = _field(m, "hostPath", str, where), _field(m, "containerPath", str, where)
+    if not host or not (container or "").startswith("/"):
         raise GPUError(f"{where}: mount needs hostPath and an absolute containerPath")
-    return {"destination": m["containerPath"], "source": m["hostPath"],
-            "type": m.get("type") or "bind", "options": list(m.get("options") or ["rbind"])}
+    return {"destination": container, "source": host,
+            "type": _field(m, "type", str, where) or "bind",
+            "options": list(_field(m, "options", list, where) or ["rbind"])}
 
 
 def _hook(h: dict, where: str) -> dict:
-    if h.get("hookName") not in HOOK_STAGES or not h.get("path"):
+    if h.get("hookName") not in HOOK_STAGES or not _field(h, "path", str, where):
         raise GPUError(f"{where}: hook needs hookName (one of {', '.join(HOOK_STAGES)}) and path")
     out = {"hookName": h["hookName"], "path": h["path"]}
-    for key in ("args", "env", "timeout"):
-        if h.get(key) is not None:
+    for key, kind in (("args", list), ("env", list), ("timeout", int)):
+        if _field(h, key, kind, where) is not None:
             out[key] = h[key]
     return out
 
 
 def from_cdi(edits: dict, where: str) -> ContainerEdits:
     """CDI ``containerEdits`` -> ContainerEdits in OCI shapes (hooks keep their stage)."""
+    if not isinstance(edits, dict):
+        raise GPUError(f"{where}: containerEdits must be a mapping")
     return ContainerEdits(
-        env=tuple(str(e) for e in edits.get("env") or ()),
-        device_nodes=tuple(_oci_device(n, where) for n in edits.get("deviceNodes") or ()),
-        mounts=tuple(_oci_mount(m, where) for m in edits.get("mounts") or ()),
-        hooks=tuple(_hook(h, where) for h in edits.get("hooks") or ()),
-        additional_gids=tuple(int(g) for g in edits.get("additionalGids") or ()))
+        env=tuple(_field(edits, "env", list, where) or ()),
+        device_nodes=tuple(_oci_device(n, where) for n in _entries(edits, "deviceNodes", where)),
+        mounts=tuple(_oci_mount(m, where) for m in _entries(edits, "mounts", where)),
+        hooks=tuple(_hook(h, where) for h in _entries(edits, "hooks", where)),
+        additional_gids=tuple(_gids(edits, where)))
+
+
+def _gids(edits: dict, where: str) -> list:
+    gids = edits.get("additionalGids") or []
+    if not isinstance(gids, list) or not all(_fits(g, int) for g in gids):
+        raise GPUError(f"{where}: additionalGids must be a list of group ids")
+    return gids
 
 
 def merge(parts: list[ContainerEdits]) -> ContainerEdits:

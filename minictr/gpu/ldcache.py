@@ -23,6 +23,7 @@ import re
 import struct
 from array import array
 
+from minictr.errors import GPUError
 from minictr.records import record
 
 OLD_MAGIC = b"ld.so-1.7.0"
@@ -58,7 +59,7 @@ class Entry:
         return self.flags & FLAG_ARCH_MASK == FLAG_X8664_LIB64
 
 
-class LdCacheError(ValueError):
+class LdCacheError(GPUError, ValueError):
     """The bytes are not a loader cache this module understands."""
 
 
@@ -126,6 +127,8 @@ def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
         return _parse_new(data, 0, keep)
     if not data.startswith(OLD_MAGIC):
         raise LdCacheError("not an ld.so.cache (unknown magic)")
+    if len(data) < _OLD_HEADER.size:
+        raise LdCacheError("truncated ld.so-1.7.0 header")
     _magic, nlibs = _OLD_HEADER.unpack_from(data, 0)
     strings = _OLD_HEADER.size + nlibs * _OLD_ENTRY.size
     if strings > len(data):
@@ -266,6 +269,8 @@ def splice(image_cache: bytes | None, injected) -> bytes:
     if base is None:
         image = parse(image_cache) if image_cache else []
         return write(merge(image, injected))
+    if len(image_cache) < base + _NEW_HEADER.size:
+        raise LdCacheError("truncated glibc-ld.so.cache1.1 header")
     _m, nlibs, _len, _flags, _p, ext, _u = _NEW_HEADER.unpack_from(image_cache, base)
     first = base + _NEW_HEADER.size
     old = image_cache[first:first + nlibs * _NEW_ENTRY.size]

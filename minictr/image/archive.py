@@ -182,14 +182,15 @@ def _docker_images(src, selector: str | None) -> list[_Image]:
     Docker >= 25 also writes an OCI index; its manifests are used when one matches the config,
     so the image keeps its real manifest digest. Classic archives have none: a Docker v2.2
     manifest is made from the files, as skopeo does."""
-    try:
-        entries = json.loads(src.read("manifest.json", manifests.MAX_MANIFEST))
-    except ValueError as err:
-        raise ImageError(f"{src.where}: manifest.json is not valid JSON") from err
+    entries = manifests.parse_json(src.read("manifest.json", manifests.MAX_MANIFEST),
+                                   f"{src.where}: manifest.json")
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and isinstance(e.get("Config"), str)
-            and isinstance(e.get("Layers"), list) for e in entries):
-        raise ImageError(f"{src.where}: manifest.json is not a docker-archive manifest")
+            and _strings(e.get("Layers")) and _strings(e.get("RepoTags") or [])
+            for e in entries):
+        raise ImageError(f"{src.where}: manifest.json is not a docker-archive manifest",
+                         hint="it should be [{\"Config\": PATH, \"RepoTags\": [NAME...], "
+                         "\"Layers\": [PATH...]}], as `docker save` writes")
     by_config = _index_manifests(src) if src.exists("index.json") else {}
     images = []
     for i, entry in enumerate(entries):
@@ -212,6 +213,10 @@ def _docker_images(src, selector: str | None) -> list[_Image]:
         raise ImageError(f"{src.where} has no image {selector!r}" if selector else
                          f"{src.where} holds no image")
     return images
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _selector_name(selector: str) -> str:

@@ -88,8 +88,12 @@ def retry_after(response, default: float) -> float:
     try:
         delay = float(value)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        delay = when.timestamp() - time.time() if when else default
+        try:
+            delay = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return default          # neither form: the registry's header is garbage
+    if delay != delay:              # float("nan")
+        return default
     return min(max(delay, 0.0), MAX_RETRY_AFTER)
 
 
@@ -99,7 +103,7 @@ def error_text(response) -> str:
         errors = response.json().get("errors") or []
         return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
                          for e in errors) or f"HTTP {response.status_code}"
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return f"HTTP {response.status_code} {response.reason or ''}".strip()
 
 
@@ -205,9 +209,13 @@ class Client:
             raise RegistryError(f"token server {realm} answered {error_text(r)}")
         try:
             body = r.json()
-            return body.get("token") or body["access_token"]
-        except (ValueError, KeyError) as err:
+            token = body.get("token") or body["access_token"]
+        except (ValueError, KeyError, AttributeError, RecursionError) as err:
             raise RegistryError(f"token server {realm} sent no token") from err
+        if not (isinstance(token, str) and token and token.isascii() and token.isprintable()):
+            raise RegistryError(f"token server {realm} sent a token that is not printable "
+                                "ASCII: refused")
+        return token
 
     def _auth_header(self, scope: str | None, refresh: bool = False) -> dict[str, str]:
         ch = self._challenge

@@ -254,7 +254,10 @@ class TarReader:
             if stored != signed:
                 raise ImageError("layer tar: header checksum mismatch (not a tar stream?)",
                                  hint=_HINT)
-        return header[156:157], parse_number(header[124:136])
+        size = parse_number(header[124:136])
+        if size < 0:    # base-256 can say so; a negative skip would re-read old headers forever
+            raise ImageError(f"layer tar: a header with a negative size ({size})", hint=_HINT)
+        return header[156:157], size
 
     def _entry(self, header: bytes, flag: bytes, size: int, pax: dict[str, bytes],
                longname: bytes | None, longlink: bytes | None) -> TarEntry:

@@ -50,6 +50,9 @@ def parse_env_file(path: str, data: bytes, host_env: dict) -> list[str]:
         line = line.lstrip()
         if not line or line.startswith("#"):
             continue
+        if "\0" in line:
+            raise SpecError(f"{path}:{number}: a NUL byte (execve(2) cannot pass it)",
+                            hint="an env file is text: one KEY=VALUE per line")
         key, sep, value = line.partition("=")
         if not key:
             raise SpecError(f"{path}:{number}: no variable name on line {line!r}")

@@ -7,6 +7,7 @@ a number with an optional binary suffix b, k, m, g, t, p (case-insensitive, an o
 """
 from __future__ import annotations
 
+import math
 import re
 
 from minictr.errors import SpecError
@@ -58,9 +59,10 @@ def parse_memory(memory: str | None, memory_swap: str | None) -> tuple[int | Non
 
 def cpu_quota(cpus: float) -> tuple[int, int]:
     """--cpus N -> (quota, period) in microseconds, period 100000 as docker."""
+    if not math.isfinite(cpus) or round(cpus * CPU_PERIOD) < MIN_CPU_QUOTA:
+        raise SpecError(f"--cpus {cpus}: must be a number of CPUs, at least 0.01",
+                        hint="e.g. --cpus 0.5 or --cpus 2")
     quota = round(cpus * CPU_PERIOD)
-    if quota < MIN_CPU_QUOTA:
-        raise SpecError(f"--cpus {cpus}: must be at least 0.01")
     return quota, CPU_PERIOD
 
 
