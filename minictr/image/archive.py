@@ -63,11 +63,12 @@ def load(store, source: str, tag: str | None = None, *, platform: str | dict | N
                                  "one only", hint="select one: oci:DIR:REF or "
                                  "docker-archive:FILE:NAME")
             images[0].names = [given_name]
-        _import_layers(store, src, images, jobs)
-    out = []
-    for image in images:
-        record = store.add_image(image.names, image.manifest_bytes, image.config_bytes)
-        out.extend(image.names or [record.id])
+        out = []
+        with store.importing():         # what it finds stored stays until it is recorded
+            _import_layers(store, src, images, jobs)
+            for image in images:
+                record = store.add_image(image.names, image.manifest_bytes, image.config_bytes)
+                out.extend(image.names or [record.id])
     return out
 
 
@@ -323,7 +324,7 @@ def _import_layers(store, src, images: list[_Image], jobs: int | None) -> None:
 
 
 def _import_one(store, src, layer, path: str, lowers: list[str], futures: dict) -> None:
-    if store.has_layer(layer.chain_id):
+    if store.reuse_layer(layer.chain_id):
         return
 
     def lower_lookup() -> list[str]:
@@ -338,7 +339,7 @@ def _import_one(store, src, layer, path: str, lowers: list[str], futures: dict) 
         with src.open(path) as stream:
             store.import_layer(stream, media_type=layer.media_type, digest=layer.digest,
                                diff_id=layer.diff_id, chain_id=layer.chain_id,
-                               lower_lookup=lower_lookup)
+                               lower_lookup=lower_lookup, size=layer.size)
     except MinictrError:
         raise
     except (OSError, tarfile.TarError) as err:

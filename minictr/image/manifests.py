@@ -304,7 +304,7 @@ def _acceptable(want: dict) -> list[tuple[str, str]]:
     own, then 32-bit arm."""
     arch, variant = want["architecture"], want["variant"]
     out = [(arch, variant)]
-    level = int(variant[1:]) if variant[1:].isdigit() else 0
+    level = int(variant[1:]) if variant[1:].isdecimal() else 0
     if arch == "amd64":
         out += [("amd64", f"v{n}") for n in range(level - 1, 1, -1)]
         out += [("amd64", "")] if variant else []
