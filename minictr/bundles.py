@@ -118,7 +118,7 @@ def _exec_process(root, container_id: str, process_file, command, *, tty, cwd, e
         process["env"] = merge_env(process.get("env", []), env)
     if user:
         uid, _, gid = user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
+        if not uid.isdecimal() or (gid and not gid.isdecimal()):
             raise UsageError(f"--user {user}: expected UID[:GID]")
         process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
     if additional_gids:

@@ -143,22 +143,24 @@ def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
 
 
 def libcmp(a: str, b: str) -> int:
-    """glibc's ``_dl_cache_libcmp``: runs of digits compare as numbers and sort after letters."""
+    """glibc's ``_dl_cache_libcmp``: runs of digits compare as numbers and sort after letters.
+    Digits are ASCII ones, as C's isdigit: "²" is a letter here (and no int())."""
+    isdigit = _ASCII_DIGITS.__contains__
     i = j = 0
     while i < len(a):
-        if a[i].isdigit():
-            if j >= len(b) or not b[j].isdigit():
+        if isdigit(a[i]):
+            if j >= len(b) or not isdigit(b[j]):
                 return 1
             i2, j2 = i, j
-            while i2 < len(a) and a[i2].isdigit():
+            while i2 < len(a) and isdigit(a[i2]):
                 i2 += 1
-            while j2 < len(b) and b[j2].isdigit():
+            while j2 < len(b) and isdigit(b[j2]):
                 j2 += 1
             va, vb = int(a[i:i2]), int(b[j:j2])
             if va != vb:
                 return va - vb
             i, j = i2, j2
-        elif j < len(b) and b[j].isdigit():
+        elif j < len(b) and isdigit(b[j]):
             return -1
         elif j >= len(b) or a[i] != b[j]:
             return ord(a[i]) - (ord(b[j]) if j < len(b) else 0)
@@ -175,7 +177,8 @@ def key_pattern(stems) -> re.Pattern:
     return re.compile(rb"lib(?:" + alts + rb")\.so[^\0/]*\0")
 
 
-_RUNS = re.compile(r"\d+|\D+")
+_ASCII_DIGITS = frozenset("0123456789")
+_RUNS = re.compile(r"[0-9]+|[^0-9]+")
 _TOP = "\U0010ffff"     # sorts after every character
 
 
@@ -185,7 +188,7 @@ def sort_key(key: str) -> tuple:
     ranks a digit above any letter at the same position ("ab1" > "abc")."""
     runs = _RUNS.findall(key)
     last = len(runs) - 1
-    return tuple((1, int(r)) if r[0].isdigit() else (0, r + _TOP if i < last else r)
+    return tuple((1, int(r)) if r[0] in _ASCII_DIGITS else (0, r + _TOP if i < last else r)
                  for i, r in enumerate(runs))
 
 

@@ -72,7 +72,7 @@ def parse_gpus_flag(text: str) -> tuple[tuple[str, ...], int | None, frozenset[s
         raw = fields["count"][0]
         if raw == "all":
             devices = ("all",)
-        elif raw.isdigit():
+        elif raw.isdecimal():
             count = int(raw)
             devices = ("all",)
         else:
@@ -134,7 +134,7 @@ def _bus_key(bus: str) -> str:
 
 
 def _one(driver: Driver, token: str) -> GPU | MigDevice | str:
-    if token.isdigit():
+    if token.isdecimal():
         i = int(token)
         if i < len(driver.gpus):
             return driver.gpus[i]

@@ -291,7 +291,7 @@ def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
 def parse_signal(name: str) -> int:
     """A signal by name (TERM, SIGTERM) or number, as kill(1) and runc take it."""
     text = str(name).upper()
-    if text.isdigit():
+    if text.isdecimal():
         number = int(text)
         if not 0 < number < 65:
             raise UsageError(f"invalid signal number {name}")

@@ -83,6 +83,8 @@ def parse_profile(data: bytes, source: str) -> dict:
         profile = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise SpecError(f"seccomp profile {source}: not valid JSON: {err}") from err
+    except RecursionError:
+        raise SpecError(f"seccomp profile {source}: not valid JSON: nested too deeply") from None
     check_profile(profile, source)
     return profile
 
