@@ -296,9 +296,15 @@ def check_login(registry: str, username: str, password: str, tls_verify: bool | 
     registry = auth.normalise_registry(registry)        # "https://host:5000/v2/" → host:5000
     endpoint = hosts.endpoints(registry, tls_verify, config)[-1]
     creds = auth.Credentials(username, password)
-    client = Client(endpoint, "", credentials=creds,
+    transfers = Transfers()
+
+    def wait(seconds: float) -> None:           # a retry's backoff ends at the deadline too
+        if transfers.cancel.wait(seconds):
+            raise Cancelled()
+
+    client = Client(endpoint, "", credentials=creds, sleep=wait,
                     session=session_factory(endpoint) if session_factory else None)
-    deadline = Deadline(pull_timeout(env), Transfers())
+    deadline = Deadline(pull_timeout(env), transfers)
     deadline.watch(client.session)
     deadline.start()
     try:
