@@ -71,10 +71,12 @@ FUZZ_SECONDS ?= 300
 fuzz: compile
 	MINICTR_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTEST) -q tests/fuzz
 
-# The soak tier with more runs than CI's: SOAK_RUNS runs of each kind (CI: see tests/soak).
+# The soak tier with more runs than CI's: SOAK_RUNS runs of each kind (CI: see tests/soak), and
+# the root tier's chaos test (SIGKILL during run) with as many kills.
 SOAK_RUNS ?= 500
 soak: compile
-	MINICTR_SOAK_RUNS=$(SOAK_RUNS) MINICTR_CHAOS_RUNS=$(SOAK_RUNS) $(PYTEST) -q -m soak tests
+	MINICTR_SOAK_RUNS=$(SOAK_RUNS) $(PYTEST) -q -m soak tests
+	MINICTR_CHAOS_RUNS=$(SOAK_RUNS) $(PYTEST) -q tests/root/test_chaos.py
 
 run: compile
 	$(PY) -m rootfs_tools demo $(IMAGES)/demo
