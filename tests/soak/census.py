@@ -108,11 +108,13 @@ def cgroup_dirs(parent: str) -> set[str]:
     """Every cgroup directory below ``parent`` (a --cgroup-parent), in each v1 hierarchy and
     the v2 tree."""
     found = set()
-    for top in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-        for ctl in os.listdir(top) if os.path.isdir(top) else ():
-            base = os.path.join(top, ctl, parent)
-            for dirpath, dirnames, _ in os.walk(base):
-                found.update(os.path.join(dirpath, d) for d in dirnames)
+    top = "/sys/fs/cgroup"       # v1 controllers and, on hybrid hosts, unified/ beside them
+    for ctl in os.listdir(top) if os.path.isdir(top) else ():
+        for dirpath, dirnames, _ in os.walk(os.path.join(top, ctl, parent)):
+            found.update(os.path.join(dirpath, d) for d in dirnames)
+    if os.path.exists(os.path.join(top, "cgroup.controllers")):     # pure v2
+        for dirpath, dirnames, _ in os.walk(os.path.join(top, parent)):
+            found.update(os.path.join(dirpath, d) for d in dirnames)
     return found
 
 

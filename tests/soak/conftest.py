@@ -67,14 +67,14 @@ def soak(minictr_exe, tmp_path_factory):
         pytest.skip("needs root (containers with cgroups, device filters and limits)")
     s = Soak(minictr_exe, str(tmp_path_factory.mktemp("soak")))
     yield s
-    for top in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):     # the parent dirs we named
-        for ctl in os.listdir(top) if os.path.isdir(top) else ():
-            path = os.path.join(top, ctl, s.cgroup_parent)
-            if os.path.isdir(path):
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass            # not empty: a leak, which the tests report
+    top = "/sys/fs/cgroup"          # the parent dirs the runs made (v1 controllers, unified/)
+    for ctl in [*os.listdir(top), "."] if os.path.isdir(top) else ():
+        path = os.path.join(top, ctl, s.cgroup_parent)
+        if os.path.isdir(path):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass                # not empty: a leak, which the tests report
 
 
 @pytest.fixture(scope="module")
