@@ -29,7 +29,7 @@ DEB_TEST  := busybox-static uidmap fuse-overlayfs skopeo umoci docker-registry a
 DEB_NO_RECOMMENDS := containerd docker.io
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 
-.PHONY: install compile deps test unit run bench clean
+.PHONY: install compile deps test unit fuzz soak run bench clean
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,18 @@ unit: compile
 
 test: compile
 	$(PYTEST) -q -ra tests
+
+# The fuzz tier for longer than CI gives it: FUZZ_SECONDS per target (CI: 5).
+FUZZ_SECONDS ?= 300
+fuzz: compile
+	MINICTR_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTEST) -q tests/fuzz
+
+# The soak tier with more runs than CI's: SOAK_RUNS runs of each kind (CI: see tests/soak), and
+# the root tier's chaos test (SIGKILL during run) with as many kills.
+SOAK_RUNS ?= 500
+soak: compile
+	MINICTR_SOAK_RUNS=$(SOAK_RUNS) $(PYTEST) -q -m soak tests
+	MINICTR_CHAOS_RUNS=$(SOAK_RUNS) $(PYTEST) -q tests/root/test_chaos.py
 
 run: compile
 	$(PY) -m rootfs_tools demo $(IMAGES)/demo

@@ -71,7 +71,7 @@ def with_user_namespace(spec: dict, uid: int, gid: int, *, warn: Explain = None)
         for opt in m.get("options") or ():
             key, _, value = str(opt).partition("=")
             mapped = inside_uid if key == "uid" else inside_gid
-            if key in ("uid", "gid") and value.isdigit() and int(value) != mapped:
+            if key in ("uid", "gid") and value.isdecimal() and int(value) != mapped:
                 if warn:
                     warn(f"mount {m.get('destination')}: option {opt} left out: {key} {value} "
                          "is not mapped in the user namespace added for an unprivileged run")
@@ -225,7 +225,7 @@ def _exec_process(root, container_id: str, process_file, command, *, tty, cwd, e
         process["env"] = merge_env(process.get("env", []), env)
     if user:
         uid, _, gid = user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
+        if not uid.isdecimal() or (gid and not gid.isdecimal()):
             raise UsageError(f"--user {user}: expected UID[:GID]")
         process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
     if additional_gids:

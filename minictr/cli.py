@@ -116,7 +116,28 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bool_arg(text: str) -> bool:
-    return text.lower() not in ("false", "0", "no")
+    """true/false (and 1/0, yes/no), as podman's --tls-verify; anything else is an error."""
+    value = {"true": True, "1": True, "yes": True,
+             "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value
+
+
+def _preserved_fds(n: int) -> int:
+    """--preserve-fds N passes fds 3..3+N-1, which must be open (podman's rule): a negative N
+    would close stderr in the container, a large one pass whatever the launcher holds."""
+    from minictr.errors import UsageError
+
+    if n < 0:
+        raise UsageError(f"--preserve-fds {n}: must be 0 or more")
+    for fd in range(3, 3 + n):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise UsageError(f"--preserve-fds {n}: fd {fd} is not open",
+                             hint="open fds 3 to 3+N-1 before minictr starts") from None
+    return n
 
 
 def _run_options(args: argparse.Namespace):
@@ -133,7 +154,8 @@ def _run_options(args: argparse.Namespace):
         tty=args.tty, read_only=args.read_only, init=args.init, network=args.network,
         publish=tuple(args.publish),
         cap_add=tuple(args.cap_add), cap_drop=tuple(args.cap_drop),
-        preserve_fds=args.preserve_fds, ulimits=tuple(args.ulimit), privileged=args.privileged,
+        preserve_fds=_preserved_fds(args.preserve_fds), ulimits=tuple(args.ulimit),
+        privileged=args.privileged,
         userns=args.userns, memory=args.memory, memory_swap=args.memory_swap,
         pids_limit=args.pids_limit, cpus=args.cpus, cpu_shares=args.cpu_shares,
         cpu_weight=args.cpu_weight, cpuset_cpus=args.cpuset_cpus,
@@ -485,7 +507,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad input; docker and podman use 125 for their own usage errors."""
 
     def error(self, message: str):
-        self.print_usage(sys.stderr)
+        # one line and a hint, as every other error (the usage is what --help prints)
         print(f"minictr: error: {message}", file=sys.stderr)
         print(f"minictr: hint: see '{self.prog} --help'", file=sys.stderr)
         sys.exit(125)

@@ -151,7 +151,7 @@ def char_majors(roots: DriverRoots) -> dict[str, int]:
     majors = {}
     for line in block.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit():
+        if len(parts) == 2 and parts[0].isdecimal():
             majors[parts[1]] = int(parts[0])
     return majors
 
@@ -185,11 +185,11 @@ def _mig_devices(roots: DriverRoots, gpu_index: int, minor: int, caps_major: int
     base = os.path.join(roots.proc_root, f"driver/nvidia/capabilities/gpu{minor}/mig")
     found = []
     for gi in _listdir(base):
-        if not gi.startswith("gi") or not gi[2:].isdigit():
+        if not gi.startswith("gi") or not gi[2:].isdecimal():
             continue
         gi_minor = _access_minor(os.path.join(base, gi, "access"))
         for ci in _listdir(os.path.join(base, gi)):
-            if not ci.startswith("ci") or not ci[2:].isdigit():
+            if not ci.startswith("ci") or not ci[2:].isdecimal():
                 continue
             ci_minor = _access_minor(os.path.join(base, gi, ci, "access"))
             if gi_minor is None or ci_minor is None or caps_major is None:

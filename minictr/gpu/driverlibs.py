@@ -100,7 +100,7 @@ def _from_dirs(driver_root: str, version: str, files: dict, stale: dict) -> list
             continue
         for name in names:
             stem, sep, suffix = name.partition(".so.")
-            if not sep or stem not in caps.STEM_CAPABILITY or not suffix[:1].isdigit():
+            if not sep or stem not in caps.STEM_CAPABILITY or not suffix[:1].isdecimal():
                 continue
             real = resolve_in_root(driver_root, os.path.join("/", d, name))
             if suffix != version:

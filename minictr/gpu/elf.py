@@ -8,6 +8,7 @@ little-endian objects only, which is what x86-64 drivers are.
 """
 from __future__ import annotations
 
+import os
 import struct
 
 PT_LOAD, PT_DYNAMIC = 1, 2
@@ -18,8 +19,13 @@ _DYN = struct.Struct("<qQ")
 
 
 def _read(f, offset: int, size: int) -> bytes:
+    """At most ``size`` bytes at ``offset``, never past the end of the file: the offsets and
+    sizes come from the file's own headers (64-bit, and not to be trusted)."""
+    end = os.fstat(f.fileno()).st_size
+    if offset >= end:
+        return b""
     f.seek(offset)
-    return f.read(size)
+    return f.read(min(size, end - offset))
 
 
 def soname(path: str) -> str | None:

@@ -23,6 +23,7 @@ import re
 import struct
 from array import array
 
+from minictr.errors import GPUError
 from minictr.records import record
 
 OLD_MAGIC = b"ld.so-1.7.0"
@@ -58,7 +59,7 @@ class Entry:
         return self.flags & FLAG_ARCH_MASK == FLAG_X8664_LIB64
 
 
-class LdCacheError(ValueError):
+class LdCacheError(GPUError, ValueError):
     """The bytes are not a loader cache this module understands."""
 
 
@@ -126,6 +127,8 @@ def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
         return _parse_new(data, 0, keep)
     if not data.startswith(OLD_MAGIC):
         raise LdCacheError("not an ld.so.cache (unknown magic)")
+    if len(data) < _OLD_HEADER.size:
+        raise LdCacheError("truncated ld.so-1.7.0 header")
     _magic, nlibs = _OLD_HEADER.unpack_from(data, 0)
     strings = _OLD_HEADER.size + nlibs * _OLD_ENTRY.size
     if strings > len(data):
@@ -140,22 +143,24 @@ def parse(data: bytes, keep: re.Pattern | None = None) -> list[Entry]:
 
 
 def libcmp(a: str, b: str) -> int:
-    """glibc's ``_dl_cache_libcmp``: runs of digits compare as numbers and sort after letters."""
+    """glibc's ``_dl_cache_libcmp``: runs of digits compare as numbers and sort after letters.
+    Digits are ASCII ones, as C's isdigit: "²" is a letter here (and no int())."""
+    isdigit = _ASCII_DIGITS.__contains__
     i = j = 0
     while i < len(a):
-        if a[i].isdigit():
-            if j >= len(b) or not b[j].isdigit():
+        if isdigit(a[i]):
+            if j >= len(b) or not isdigit(b[j]):
                 return 1
             i2, j2 = i, j
-            while i2 < len(a) and a[i2].isdigit():
+            while i2 < len(a) and isdigit(a[i2]):
                 i2 += 1
-            while j2 < len(b) and b[j2].isdigit():
+            while j2 < len(b) and isdigit(b[j2]):
                 j2 += 1
             va, vb = int(a[i:i2]), int(b[j:j2])
             if va != vb:
                 return va - vb
             i, j = i2, j2
-        elif j < len(b) and b[j].isdigit():
+        elif j < len(b) and isdigit(b[j]):
             return -1
         elif j >= len(b) or a[i] != b[j]:
             return ord(a[i]) - (ord(b[j]) if j < len(b) else 0)
@@ -172,7 +177,8 @@ def key_pattern(stems) -> re.Pattern:
     return re.compile(rb"lib(?:" + alts + rb")\.so[^\0/]*\0")
 
 
-_RUNS = re.compile(r"\d+|\D+")
+_ASCII_DIGITS = frozenset("0123456789")
+_RUNS = re.compile(r"[0-9]+|[^0-9]+")
 _TOP = "\U0010ffff"     # sorts after every character
 
 
@@ -182,7 +188,7 @@ def sort_key(key: str) -> tuple:
     ranks a digit above any letter at the same position ("ab1" > "abc")."""
     runs = _RUNS.findall(key)
     last = len(runs) - 1
-    return tuple((1, int(r)) if r[0].isdigit() else (0, r + _TOP if i < last else r)
+    return tuple((1, int(r)) if r[0] in _ASCII_DIGITS else (0, r + _TOP if i < last else r)
                  for i, r in enumerate(runs))
 
 
@@ -266,6 +272,8 @@ def splice(image_cache: bytes | None, injected) -> bytes:
     if base is None:
         image = parse(image_cache) if image_cache else []
         return write(merge(image, injected))
+    if len(image_cache) < base + _NEW_HEADER.size:
+        raise LdCacheError("truncated glibc-ld.so.cache1.1 header")
     _m, nlibs, _len, _flags, _p, ext, _u = _NEW_HEADER.unpack_from(image_cache, base)
     first = base + _NEW_HEADER.size
     old = image_cache[first:first + nlibs * _NEW_ENTRY.size]

@@ -35,7 +35,7 @@ def parse_limits(text: str) -> dict[int, str]:
     for item in (i.strip() for i in text.split(",") if i.strip()):
         index, sep, size = item.partition("=")
         m = _SIZE.match(size.strip())
-        if not sep or not index.strip().isdigit() or not m:
+        if not sep or not index.strip().isdecimal() or not m:
             raise GPUError(f"--gpu-memory: cannot parse {item!r}",
                            hint="INDEX=SIZE[,INDEX=SIZE], SIZE in M or G, e.g. 0=20G,1=512M")
         out[int(index)] = f"{int(m.group(1))}{m.group(2).upper()}"

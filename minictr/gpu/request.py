@@ -127,7 +127,7 @@ def parse_gpus_flag(text: str) -> tuple[tuple[str, ...], int | None, str | None]
         raw = fields["count"][0]
         if raw == "all":
             devices = ("all",)
-        elif raw.isdigit():
+        elif raw.isdecimal():
             count = int(raw)
             devices = ("all",)
         else:
@@ -265,7 +265,7 @@ def _check_annotations(notes: dict[str, str]) -> None:
 def _count(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    if not text.isdecimal():
         raise GPUError(f"annotation {inputs_mod.ANNOTATION_COUNT}={text}: not a number")
     return int(text)
 

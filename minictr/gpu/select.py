@@ -54,7 +54,7 @@ def _bus_key(bus: str) -> str:
 
 
 def _one(driver: Driver, token: str, allocation) -> GPU | MigDevice | str:
-    if token.isdigit():
+    if token.isdecimal():
         i = int(token)
         if i < len(driver.gpus):
             return driver.gpus[i]

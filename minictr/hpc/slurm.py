@@ -83,7 +83,7 @@ def container_allocation(spec_env: dict[str, str], runtime_env: dict[str, str], 
     job = spec_env.get("SLURM_JOB_ID")
     if not job:
         return None
-    if not job.isdigit():
+    if not job.isdecimal():
         raise GPUError(f"config.json says SLURM_JOB_ID={job!r}: not a job id")
     env = {**spec_env, **{k: v for k, v in runtime_env.items()
                           if k in ("SLURM_CONF", "SLURMD_NODENAME", "PATH")}}

@@ -63,11 +63,12 @@ def load(store, source: str, tag: str | None = None, *, platform: str | dict | N
                                  "one only", hint="select one: oci:DIR:REF or "
                                  "docker-archive:FILE:NAME")
             images[0].names = [given_name]
-        _import_layers(store, src, images, jobs)
-    out = []
-    for image in images:
-        record = store.add_image(image.names, image.manifest_bytes, image.config_bytes)
-        out.extend(image.names or [record.id])
+        out = []
+        with store.importing():         # what it finds stored stays until it is recorded
+            _import_layers(store, src, images, jobs)
+            for image in images:
+                record = store.add_image(image.names, image.manifest_bytes, image.config_bytes)
+                out.extend(image.names or [record.id])
     return out
 
 
@@ -182,14 +183,15 @@ def _docker_images(src, selector: str | None) -> list[_Image]:
     Docker >= 25 also writes an OCI index; its manifests are used when one matches the config,
     so the image keeps its real manifest digest. Classic archives have none: a Docker v2.2
     manifest is made from the files, as skopeo does."""
-    try:
-        entries = json.loads(src.read("manifest.json", manifests.MAX_MANIFEST))
-    except ValueError as err:
-        raise ImageError(f"{src.where}: manifest.json is not valid JSON") from err
+    entries = manifests.parse_json(src.read("manifest.json", manifests.MAX_MANIFEST),
+                                   f"{src.where}: manifest.json")
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and isinstance(e.get("Config"), str)
-            and isinstance(e.get("Layers"), list) for e in entries):
-        raise ImageError(f"{src.where}: manifest.json is not a docker-archive manifest")
+            and _strings(e.get("Layers")) and _strings(e.get("RepoTags") or [])
+            for e in entries):
+        raise ImageError(f"{src.where}: manifest.json is not a docker-archive manifest",
+                         hint="it should be [{\"Config\": PATH, \"RepoTags\": [NAME...], "
+                         "\"Layers\": [PATH...]}], as `docker save` writes")
     by_config = _index_manifests(src) if src.exists("index.json") else {}
     images = []
     for i, entry in enumerate(entries):
@@ -212,6 +214,10 @@ def _docker_images(src, selector: str | None) -> list[_Image]:
         raise ImageError(f"{src.where} has no image {selector!r}" if selector else
                          f"{src.where} holds no image")
     return images
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _selector_name(selector: str) -> str:
@@ -318,7 +324,7 @@ def _import_layers(store, src, images: list[_Image], jobs: int | None) -> None:
 
 
 def _import_one(store, src, layer, path: str, lowers: list[str], futures: dict) -> None:
-    if store.has_layer(layer.chain_id):
+    if store.reuse_layer(layer.chain_id):
         return
 
     def lower_lookup() -> list[str]:
@@ -333,7 +339,7 @@ def _import_one(store, src, layer, path: str, lowers: list[str], futures: dict) 
         with src.open(path) as stream:
             store.import_layer(stream, media_type=layer.media_type, digest=layer.digest,
                                diff_id=layer.diff_id, chain_id=layer.chain_id,
-                               lower_lookup=lower_lookup)
+                               lower_lookup=lower_lookup, size=layer.size)
     except MinictrError:
         raise
     except (OSError, tarfile.TarError) as err:

@@ -12,10 +12,13 @@ honouring ``Retry-After`` (RFC 9110 §10.2.3).
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
+import socket
 import ssl
 import threading
 import time
+import weakref
 from typing import Callable
 
 import requests
@@ -27,22 +30,75 @@ from minictr.image import auth
 from minictr.image.hosts import Endpoint
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_REDIRECTS = 10          # registries redirect blobs to storage once; a loop ends here
 MAX_RETRY_AFTER = 30.0
 LOGIN_HINT = "log in first: minictr login {registry}"
 
 
-class _CAAdapter(HTTPAdapter):
-    """An adapter whose TLS context trusts the system CAs plus a registry's certs.d CAs."""
+class Connections:
+    """Every connection a session's pools open, so that a deadline can cut them all at once:
+    shutdown(2) wakes a thread blocked in recv(2) on one (close(2) from another thread does
+    not), however slowly the server drips its bytes."""
 
-    def __init__(self, ca_files, **kw):
-        self._ctx = ssl.create_default_context()
-        for path in ca_files:
-            self._ctx.load_verify_locations(cafile=path)
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet = weakref.WeakSet()
+
+    def add(self, conn) -> None:
+        with self._lock:
+            self._open.add(conn)
+
+    def cut(self) -> None:
+        with self._lock:
+            conns = list(self._open)
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def pool_classes(self) -> dict:
+        """urllib3 pool classes that report each connection they make to this set."""
+        track = self.add
+
+        class HTTPPool(urllib3.HTTPConnectionPool):
+            def _new_conn(self):
+                conn = super()._new_conn()
+                track(conn)
+                return conn
+
+        class HTTPSPool(urllib3.HTTPSConnectionPool):
+            def _new_conn(self):
+                conn = super()._new_conn()
+                track(conn)
+                return conn
+
+        return {"http": HTTPPool, "https": HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """An adapter whose connections are tracked (``Connections``) and whose TLS context, when
+    ``ca_files`` is given, trusts the system CAs plus a registry's certs.d CAs."""
+
+    def __init__(self, connections: Connections, ca_files=None, **kw):
+        self._connections = connections
+        self._ctx = None
+        if ca_files is not None:
+            self._ctx = ssl.create_default_context()
+            for path in ca_files:
+                self._ctx.load_verify_locations(cafile=path)
         super().__init__(**kw)
 
     def init_poolmanager(self, *args, **kw):
-        kw["ssl_context"] = self._ctx
-        return super().init_poolmanager(*args, **kw)
+        if self._ctx is not None:
+            kw["ssl_context"] = self._ctx
+        super().init_poolmanager(*args, **kw)
+        self.poolmanager.pool_classes_by_scheme = self._connections.pool_classes()
+
+    def proxy_manager_for(self, proxy, **kw):
+        manager = super().proxy_manager_for(proxy, **kw)
+        manager.pool_classes_by_scheme = self._connections.pool_classes()
+        return manager
 
 
 class _Session(requests.Session):
@@ -62,14 +118,13 @@ def make_session(endpoint: Endpoint, pool: int = 8) -> requests.Session:
     # trust_env: HTTPS_PROXY/NO_PROXY are honoured (cluster nodes often reach the internet only
     # through a proxy), as are REQUESTS_CA_BUNDLE and ~/.netrc
     s.headers["User-Agent"] = "minictr/0.1"
-    plain = HTTPAdapter(pool_connections=2, pool_maxsize=pool)
-    s.mount("http://", plain)
-    if endpoint.verify:
-        # the system's CAs (a site CA installed in /etc/ssl/certs) plus certs.d, not only
-        # certifi's bundle that requests uses by default
-        s.mount("https://", _CAAdapter(endpoint.ca_files, pool_connections=2, pool_maxsize=pool))
-    else:
-        s.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=pool))
+    s.max_redirects = MAX_REDIRECTS
+    s.connections = Connections()
+    s.mount("http://", _Adapter(s.connections, pool_connections=2, pool_maxsize=pool))
+    # verifying: the system's CAs (a site CA installed in /etc/ssl/certs) plus certs.d, not
+    # only certifi's bundle that requests uses by default
+    s.mount("https://", _Adapter(s.connections, endpoint.ca_files if endpoint.verify else None,
+                                 pool_connections=2, pool_maxsize=pool))
     s.verify = endpoint.verify
     if not endpoint.verify:
         # the user opted out (--tls-verify=false, an insecure registry); urllib3 would print a
@@ -88,8 +143,12 @@ def retry_after(response, default: float) -> float:
     try:
         delay = float(value)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        delay = when.timestamp() - time.time() if when else default
+        try:
+            delay = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return default          # neither form: the registry's header is garbage
+    if delay != delay:              # float("nan")
+        return default
     return min(max(delay, 0.0), MAX_RETRY_AFTER)
 
 
@@ -99,7 +158,7 @@ def error_text(response) -> str:
         errors = response.json().get("errors") or []
         return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
                          for e in errors) or f"HTTP {response.status_code}"
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return f"HTTP {response.status_code} {response.reason or ''}".strip()
 
 
@@ -118,6 +177,7 @@ class Client:
         self.retries = retries
         self.timeout = timeout
         self.base: str | None = None
+        self.refused = False        # GET /v2/ answered 401 (with or without a challenge)
         self._challenge: auth.Challenge | None = None
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -146,7 +206,7 @@ class Client:
                         f"TLS certificate of {self.endpoint.host} is not trusted: {err}",
                         hint=f"put its CA in /etc/containers/certs.d/{self.endpoint.host}/ca.crt,"
                         " or use --tls-verify=false for a test registry") from err
-                errors.append(f"{scheme}: {err}")
+                errors.append(f"{scheme}: {connection_reason(err)}")
                 continue
             except requests.exceptions.RequestException as err:
                 errors.append(f"{scheme}: {connection_reason(err)}")
@@ -158,7 +218,10 @@ class Client:
             self.base = f"{scheme}://{self.endpoint.host}"
             challenges = auth.parse_challenges(r.headers.get("WWW-Authenticate"))
             r.close()
-            self._challenge = challenges[0] if r.status_code == 401 and challenges else None
+            known = [c for c in challenges if c.scheme in ("bearer", "basic")]
+            self._challenge = (known or challenges)[0] if r.status_code == 401 and challenges \
+                else None
+            self.refused = r.status_code == 401
             return
         hint = ("is the registry running, and is there a network? For a registry that speaks "
                 "plain http or has a self-signed certificate, use --tls-verify=false")
@@ -205,9 +268,17 @@ class Client:
             raise RegistryError(f"token server {realm} answered {error_text(r)}")
         try:
             body = r.json()
-            return body.get("token") or body["access_token"]
-        except (ValueError, KeyError) as err:
+            token = body.get("token") or body["access_token"]
+        except (ValueError, KeyError, AttributeError, RecursionError) as err:
             raise RegistryError(f"token server {realm} sent no token") from err
+        if not (isinstance(token, str) and token and token.isascii() and token.isprintable()):
+            raise RegistryError(f"token server {realm} sent a token that is not printable "
+                                "ASCII: refused")
+        return token
+
+    def auth_headers(self, scope: str | None = None) -> dict[str, str]:
+        """The Authorization header for ``scope`` (None: no repository, as for a login)."""
+        return self._auth_header(scope)
 
     def _auth_header(self, scope: str | None, refresh: bool = False) -> dict[str, str]:
         ch = self._challenge
@@ -248,10 +319,16 @@ class Client:
                                stream)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
                 if attempt == self.retries:
-                    raise RegistryError(f"{method} {url} failed: {err}",
+                    raise RegistryError(f"{method} {url} failed: {connection_reason(err)}",
                                         hint="the registry stopped answering; try again") from err
                 self.sleep(delay)
                 continue
+            except requests.exceptions.TooManyRedirects as err:
+                raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects "
+                                    "(a redirect loop?)", hint="the registry or a proxy in "
+                                    "front of it is misconfigured") from err
+            except requests.exceptions.RequestException as err:    # InvalidHeader, bad URLs...
+                raise RegistryError(f"{method} {url} failed: {err}") from err
             if r.status_code == 401 and self._challenge is not None and not refreshed:
                 # an expired token, or a scope the registry names in its new challenge
                 challenges = auth.parse_challenges(r.headers.get("WWW-Authenticate"))
@@ -293,7 +370,14 @@ class Client:
             if r.status_code != 200:
                 raise RegistryError(f"manifest {self.repository}:{reference} from {self.name}: "
                                     f"{error_text(r)}")
-            data = r.raw.read(max_bytes + 1, decode_content=True)
+            try:
+                data = r.raw.read(max_bytes + 1, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as err:
+                # IncompleteRead: a Content-Length the body does not fill; or a cut connection
+                raise RegistryError(f"manifest {reference} from {self.name}: the connection "
+                                    f"broke while reading it ({type(err).__name__})",
+                                    hint="the registry sent less than it announced; try "
+                                    "again") from err
             if len(data) > max_bytes:
                 raise RegistryError(f"manifest {reference} from {self.name} is larger than "
                                     f"{max_bytes} bytes: refused")
@@ -320,7 +404,8 @@ def connection_reason(err: Exception) -> str:
                            ("NameResolutionError", "host name not found"),
                            ("Connection refused", "connection refused"),
                            ("timed out", "timed out"),
-                           ("Network is unreachable", "network unreachable")):
+                           ("Network is unreachable", "network unreachable"),
+                           ("WRONG_VERSION_NUMBER", "it does not speak TLS")):
         if needle in text:
             return reason
     return text.rsplit("Caused by ", 1)[-1].strip("()") or type(err).__name__

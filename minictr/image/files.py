@@ -73,11 +73,14 @@ def remove_tree(path: str) -> int:
 
 
 class HashingReader:
-    """A read-only stream that hashes (and optionally copies) every byte read through it."""
+    """A read-only stream that hashes (and optionally copies) every byte read through it.
+    With ``limit``, reading more than ``limit`` bytes is an error (a blob larger than its
+    descriptor says is refused before the excess is stored or unpacked)."""
 
-    def __init__(self, raw, copy_to=None):
+    def __init__(self, raw, copy_to=None, limit: int | None = None, what: str = "the blob"):
         self._raw = raw
         self._copy = copy_to
+        self._limit, self._what = limit, what
         import hashlib  # not at module level: it is off the run path
         self.hash = hashlib.sha256()
         self.size = 0
@@ -86,7 +89,16 @@ class HashingReader:
         return True
 
     def read(self, n: int = -1) -> bytes:
+        if self._limit is not None:     # ask for one byte past the limit at most
+            left = self._limit + 1 - self.size
+            n = left if n is None or n < 0 else min(n, left)
         data = self._raw.read(n if n is not None and n >= 0 else -1)
+        if self._limit is not None and self.size + len(data) > self._limit:
+            from minictr.errors import ImageError
+
+            raise ImageError(f"{self._what} is larger than its descriptor's size "
+                             f"({self._limit} bytes): refused",
+                             hint="the source is corrupt, or lies about the blob")
         if data:
             self.hash.update(data)
             self.size += len(data)

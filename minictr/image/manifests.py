@@ -91,6 +91,14 @@ def check_descriptor(desc, what: str) -> dict:
     size = desc.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ImageError(f"{what}: invalid size {size!r} in its descriptor")
+    for key in ("platform", "annotations"):     # descriptor.md: objects when present
+        if desc.get(key) is not None and not isinstance(desc[key], dict):
+            raise ImageError(f"{what}: the descriptor's {key} is not a JSON object")
+    platform = desc.get("platform") or {}
+    if not all(isinstance(platform.get(k, ""), str) for k in ("os", "architecture", "variant")):
+        raise ImageError(f"{what}: the descriptor's platform has a field that is not a string")
+    if not all(isinstance(v, str) for v in (desc.get("annotations") or {}).values()):
+        raise ImageError(f"{what}: the descriptor's annotations are not all strings")
     return desc
 
 
@@ -101,6 +109,17 @@ def verify_descriptor(desc: dict, data: bytes, what: str) -> None:
         raise ImageError(f"{what} {desc['digest']} failed verification: got {len(data)} bytes "
                          f"hashing to {got} (expected {desc['size']} bytes)",
                          hint="the source is corrupt or truncated")
+
+
+def parse_json(data: bytes, what: str):
+    """A JSON document from an untrusted source. Nesting deeper than the interpreter's
+    recursion limit makes json raise RecursionError: that is bad input too, not a crash."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ImageError(f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as err:
+        raise ImageError(f"{what} is not valid JSON: {err}") from err
 
 
 # ---------------------------------------------------------------- manifests and indexes
@@ -116,10 +135,7 @@ def load(data: bytes, declared: str | None, what: str) -> tuple[str, dict]:
     A document that is both an index and a manifest (``manifests`` beside ``layers`` or
     ``config``), or whose kind contradicts the declared one, is refused: the ambiguity let one
     digest mean two images (CVE-2021-41190, image-spec 1.0.2)."""
-    try:
-        doc = json.loads(data)
-    except ValueError as err:
-        raise ImageError(f"{what} is not valid JSON: {err}") from err
+    doc = parse_json(data, what)
     if not isinstance(doc, dict):
         raise ImageError(f"{what} is not a JSON object")
     media = doc.get("mediaType") or declared
@@ -180,10 +196,10 @@ def parse_manifest(data: bytes, what: str = "manifest", declared: str | None = N
 
 
 def parse_config(data: bytes, what: str = "image config") -> dict:
+    config = parse_json(data, what)
     try:
-        config = json.loads(data)
         diff_ids = config["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise ImageError(f"{what} has no rootfs.diff_ids") from err
     if not isinstance(diff_ids, list):
         raise ImageError(f"{what}: rootfs.diff_ids is not a list")
@@ -288,7 +304,7 @@ def _acceptable(want: dict) -> list[tuple[str, str]]:
     own, then 32-bit arm."""
     arch, variant = want["architecture"], want["variant"]
     out = [(arch, variant)]
-    level = int(variant[1:]) if variant[1:].isdigit() else 0
+    level = int(variant[1:]) if variant[1:].isdecimal() else 0
     if arch == "amd64":
         out += [("amd64", f"v{n}") for n in range(level - 1, 1, -1)]
         out += [("amd64", "")] if variant else []

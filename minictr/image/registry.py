@@ -21,12 +21,32 @@ import os
 import threading
 from typing import Callable
 
+import requests
+
 from minictr.errors import ImageError, RegistryError
 from minictr.image import auth, hosts, manifests
-from minictr.image.distribution import Client
-from minictr.image.transfer import BlobStream, Cancelled, Transfers, run_parallel
+from minictr.image.distribution import Client, connection_reason, error_text
+from minictr.image.transfer import BlobStream, Cancelled, Deadline, Transfers, run_parallel
 
 WORKERS = 4
+PULL_TIMEOUT = 3600.0       # seconds for a whole pull (or login); MINICTR_PULL_TIMEOUT=0: none
+
+
+def pull_timeout(env) -> float | None:
+    """The total deadline of a pull, from $MINICTR_PULL_TIMEOUT (seconds; 0 means none). A
+    per-read timeout cannot bound a pull: a server that sends a byte every few seconds never
+    trips it."""
+    text = env.get("MINICTR_PULL_TIMEOUT")
+    if text is None or text == "":
+        return PULL_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ImageError(f"MINICTR_PULL_TIMEOUT={text!r} is not a number of seconds",
+                         hint="e.g. MINICTR_PULL_TIMEOUT=7200, or 0 for no limit")
+    return seconds or None
 
 
 def _reference(ref: str):
@@ -125,13 +145,14 @@ class _Pull:
         label = digest.split(":")[1][:12]
 
         def unpack() -> str:
-            if self.store.has_layer(chain_id):
+            if self.store.reuse_layer(chain_id):
                 self.progress.finish(key, label, "exists")
                 return "exists"
             if self.store.has_blob(digest):
                 self.store.import_layer_from_blob(digest, media_type=desc["mediaType"],
                                                   diff_id=diff_id, chain_id=chain_id,
-                                                  lower_lookup=lower_lookup)
+                                                  lower_lookup=lower_lookup,
+                                                  size=desc["size"])
                 self.progress.finish(key, label, "unpacked")
                 return "unpacked"
             self.progress.start(key, label, desc["size"])
@@ -140,7 +161,8 @@ class _Pull:
                 with stream:
                     self.store.import_layer(stream, media_type=desc["mediaType"],
                                             digest=digest, diff_id=diff_id,
-                                            chain_id=chain_id, lower_lookup=lower_lookup)
+                                            chain_id=chain_id, lower_lookup=lower_lookup,
+                                            size=desc["size"])
             except (Cancelled, RegistryError):
                 self.progress.finish(key, label, "failed")
                 raise
@@ -227,57 +249,84 @@ def pull(store, ref: str, platform: str | None = None, tls_verify: bool | None =
     config = hosts_config if hosts_config is not None else hosts.load_config(env=env)
     progress = progress or _Quiet()
     transfers = Transfers()
+    deadline = Deadline(pull_timeout(env), transfers)
 
     def wait(seconds: float) -> None:
         # cancel-aware sleep: Ctrl-C must not wait out a Retry-After
         if (sleep or transfers.cancel.wait)(seconds) is True or transfers.cancel.is_set():
             raise Cancelled()
 
+    deadline.start()
     try:
         for endpoint in hosts.endpoints(parsed.registry, tls_verify, config):
             client = Client(endpoint, parsed.repository,
                             credentials=_credentials(parsed, endpoint, authfile, env),
                             session=session_factory(endpoint) if session_factory else None,
                             sleep=wait)
+            deadline.watch(client.session)
             try:
-                return _Pull(store, parsed, client, progress, transfers, wait).run(want)
+                with store.importing():     # what it finds stored stays until it is recorded
+                    return _Pull(store, parsed, client, progress, transfers, wait).run(want)
             except RegistryError as err:
                 if not endpoint.mirror:
                     raise
                 progress.message(f"mirror {endpoint.host} failed ({err}); trying the next")
             finally:
                 client.session.close()
-    except Cancelled as err:
-        raise ImageError(f"pull of {parsed} interrupted") from err
+    except BaseException as err:
+        # past the deadline every transfer was cut: whatever broke, that is why
+        if deadline.expired and not isinstance(err, KeyboardInterrupt):
+            raise deadline.error(f"pull of {parsed}") from err
+        if isinstance(err, Cancelled):
+            raise ImageError(f"pull of {parsed} interrupted") from err
+        raise
     finally:
+        deadline.stop()
         progress.close()
     raise AssertionError("unreachable: the registry itself is always the last endpoint")
 
 
 def check_login(registry: str, username: str, password: str, tls_verify: bool | None = None,
-                *, hosts_config=None, session_factory=None) -> None:
-    """Check credentials against ``registry`` as `docker login` does: a Bearer registry's token
-    server must grant a token for them; a Basic registry must accept them on ``GET /v2/``."""
-    config = hosts_config if hosts_config is not None else hosts.load_config()
+                *, hosts_config=None, session_factory=None, env=None) -> None:
+    """Check credentials against ``registry`` as `docker login` does (registry/auth.go
+    loginV2): ``GET /v2/`` with them (a Bearer registry's token server first grants a token
+    for them) must answer 200. An open registry (200 without credentials) needs none."""
+    env = os.environ if env is None else env
+    config = hosts_config if hosts_config is not None else hosts.load_config(env=env)
     registry = auth.normalise_registry(registry)        # "https://host:5000/v2/" → host:5000
     endpoint = hosts.endpoints(registry, tls_verify, config)[-1]
     creds = auth.Credentials(username, password)
-    client = Client(endpoint, "", credentials=creds,
+    transfers = Transfers()
+
+    def wait(seconds: float) -> None:           # a retry's backoff ends at the deadline too
+        if transfers.cancel.wait(seconds):
+            raise Cancelled()
+
+    client = Client(endpoint, "", credentials=creds, sleep=wait,
                     session=session_factory(endpoint) if session_factory else None)
+    deadline = Deadline(pull_timeout(env), transfers)
+    deadline.watch(client.session)
+    deadline.start()
     try:
         client.ping()
-        challenge = client.challenge
-        if challenge is None:
+        if client.challenge is None:
+            if client.refused:
+                raise RegistryError(f"login to {registry} failed: it refuses access (401) "
+                                    "without saying how to authenticate (no WWW-Authenticate)")
             return                       # an open registry: nothing to check, as docker does
-        if challenge.scheme == "bearer":
-            client.fetch_token(challenge, None, creds)
-            return
-        r = client.session.get(f"{client.base}/v2/", auth=(username, password),
-                               timeout=client.timeout)
+        headers = client.auth_headers()     # a Bearer token is fetched for these credentials
+        r = client.session.get(f"{client.base}/v2/", headers=headers, timeout=client.timeout)
         r.close()
         if r.status_code == 401:
             raise RegistryError(f"unauthorized: wrong username or password for {registry}")
         if r.status_code != 200:
-            raise RegistryError(f"login to {registry} failed: HTTP {r.status_code}")
+            raise RegistryError(f"login to {registry} failed: {error_text(r)}")
+    except BaseException as err:
+        if deadline.expired and not isinstance(err, KeyboardInterrupt):
+            raise deadline.error(f"login to {registry}") from err
+        if isinstance(err, requests.exceptions.RequestException):
+            raise RegistryError(f"login to {registry} failed: {connection_reason(err)}") from err
+        raise
     finally:
+        deadline.stop()
         client.session.close()

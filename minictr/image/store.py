@@ -138,6 +138,7 @@ class Store:
         self._warn = warn
         self._mutex = _thread.allocate_lock()   # threading.Lock, without importing threading
         self._writer_fd: int | None = None
+        self._imports = 0       # open importing() blocks: add_image keeps the lock for them
 
     # ------------------------------------------------------------ paths
 
@@ -174,6 +175,26 @@ class Store:
                 self._ensure_dirs()
                 self._writer_fd = lock_file(self._path("locks", "store.lock"), fcntl.LOCK_SH)
         yield
+
+    @contextlib.contextmanager
+    def importing(self):
+        """Hold the writers' lock for a whole import, from before its first look at the store
+        until after its last ``add_image``: a layer or blob it finds already stored (and
+        therefore does not write) is as safe from a concurrent ``gc`` as one it writes.
+        Without this, gc could remove an unreferenced layer between the import's check and
+        the add_image that would reference it."""
+        with self._mutex:
+            self._imports += 1
+        try:
+            with self._writing():
+                pass
+            yield self
+        finally:
+            with self._mutex:
+                self._imports -= 1
+                last = not self._imports
+            if last:
+                self.close()
 
     def close(self) -> None:
         """Release the writers' lock (gc may then collect unreferenced entries)."""
@@ -228,15 +249,23 @@ class Store:
                              hint="was it removed by `minictr gc`? load or pull the image again")
         return os.path.join(entry, "diff")
 
+    def reuse_layer(self, chain_id: str) -> bool:
+        """Is layer ``chain_id`` stored? If so it is kept for the caller's import: the
+        writers' lock is taken first and held until ``add_image``, so gc cannot remove the
+        layer before the image that reuses it is recorded."""
+        with self._writing():
+            return self.has_layer(chain_id)
+
     def import_layer(self, stream, *, media_type: str, digest: str, diff_id: str,
-                     chain_id: str, lower_lookup=None) -> None:
+                     chain_id: str, lower_lookup=None, size: int | None = None) -> None:
         """Read the compressed ``stream`` once: store it as blob ``digest`` and unpack it into
-        layer ``chain_id``, verifying both digests in the same pass; commit only if both match."""
+        layer ``chain_id``, verifying both digests in the same pass; commit only if both match.
+        ``size``, the descriptor's, is checked too: reading stops at the first byte past it."""
         hexid = mf.hex_of(chain_id)
         mf.hex_of(digest)
         mf.hex_of(diff_id)
         mf.check_layer_media_type(media_type)
-        if self.has_layer(chain_id):
+        if self.reuse_layer(chain_id):
             return
         with self._writing():
             fd = lock_file(self._path("locks", f"layer-{hexid}.lock"), fcntl.LOCK_EX)
@@ -244,13 +273,13 @@ class Store:
                 if self.has_layer(chain_id):    # another process made it while we waited
                     return
                 self._unpack_and_commit(stream, media_type, digest, diff_id, chain_id,
-                                        lower_lookup)
+                                        lower_lookup, size)
             finally:
                 os.close(fd)
 
     def import_layer_from_blob(self, digest: str, *, media_type: str, diff_id: str,
-                               chain_id: str, lower_lookup=None) -> None:
-        if self.has_layer(chain_id):
+                               chain_id: str, lower_lookup=None, size: int | None = None) -> None:
+        if self.reuse_layer(chain_id):
             return
         try:
             f = open(self.blob_path(digest), "rb")
@@ -258,9 +287,10 @@ class Store:
             raise ImageError(f"blob {digest} is missing from the store") from None
         with f:
             self.import_layer(f, media_type=media_type, digest=digest, diff_id=diff_id,
-                              chain_id=chain_id, lower_lookup=lower_lookup)
+                              chain_id=chain_id, lower_lookup=lower_lookup, size=size)
 
-    def _unpack_and_commit(self, stream, media_type, digest, diff_id, chain_id, lower_lookup):
+    def _unpack_and_commit(self, stream, media_type, digest, diff_id, chain_id, lower_lookup,
+                           size):
         from minictr.image import unpack
 
         tmp = self._tmp_name(f"layer-{mf.hex_of(chain_id)}")
@@ -270,7 +300,8 @@ class Store:
             os.mkdir(diff, 0o755)
             decoded = None
             with open(os.path.join(tmp, "blob"), "xb") as blob_file:
-                compressed = HashingReader(stream, copy_to=blob_file)
+                compressed = HashingReader(stream, copy_to=blob_file, limit=size,
+                                           what=f"layer {digest}")
                 try:
                     decoded = unpack.open_layer(compressed, _decoding_type(media_type))
                     plain = HashingReader(decoded)
@@ -287,6 +318,9 @@ class Store:
                     if decoded is not None and decoded is not compressed and \
                             hasattr(decoded, "close"):
                         decoded.close()     # stop a decoder thread still writing the blob
+            if size is not None and compressed.size != size:
+                raise ImageError(f"layer {digest} is {compressed.size} bytes, its descriptor "
+                                 f"says {size}", hint="the source is corrupt or truncated")
             _verify("layer", digest, compressed.digest, "its blob")
             _verify("layer", diff_id, plain.digest, f"the uncompressed tar of {digest}")
             meta = {"chain_id": chain_id, "digest": digest, "diff_id": diff_id,
@@ -337,6 +371,10 @@ class Store:
                               for l in layers)}
         try:
             with self._writing():
+                if missing := [l.chain_id for l in layers if not self.has_layer(l.chain_id)]:
+                    # checked again under the lock: a layer seen before it could be gone
+                    raise ImageError(f"cannot record the image: layer {missing[0]} left the "
+                                     "store meanwhile (a gc?)", hint="load or pull it again")
                 self.write_blob(manifest_bytes, manifest_digest)
                 self.write_blob(config_bytes, config_desc["digest"])
                 with self._tags_lock():
@@ -348,7 +386,8 @@ class Store:
                     tags.update({r: manifest_digest for r in refs})
                     self._write_tags(tags)
         finally:
-            self.close()
+            if not self._imports:
+                self.close()
         return self._make_record(record, config, refs[0] if refs else None)
 
     @contextlib.contextmanager

@@ -119,6 +119,9 @@ def _pax_xattr(key: str, value: bytes) -> tuple[str, bytes] | None:
     return None
 
 
+_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
+
+
 def _pax_time_ns(value: bytes) -> int:
     text = value.decode("ascii", "replace")
     whole, _, frac = text.partition(".")
@@ -254,7 +257,10 @@ class TarReader:
             if stored != signed:
                 raise ImageError("layer tar: header checksum mismatch (not a tar stream?)",
                                  hint=_HINT)
-        return header[156:157], parse_number(header[124:136])
+        size = parse_number(header[124:136])
+        if size < 0:    # base-256 can say so; a negative skip would re-read old headers forever
+            raise ImageError(f"layer tar: a header with a negative size ({size})", hint=_HINT)
+        return header[156:157], size
 
     def _entry(self, header: bytes, flag: bytes, size: int, pax: dict[str, bytes],
                longname: bytes | None, longlink: bytes | None) -> TarEntry:
@@ -280,8 +286,11 @@ class TarReader:
         e.size = _pax_int(pax, "size", size)
         if e.size < 0:
             raise ImageError("layer tar: negative size", hint=_HINT)
-        e.mtime_ns = (_pax_time_ns(pax["mtime"]) if "mtime" in pax
-                      else parse_number(header[136:148]) * 1_000_000_000)
+        mtime_ns = (_pax_time_ns(pax["mtime"]) if "mtime" in pax
+                    else parse_number(header[136:148]) * 1_000_000_000)
+        # a base-256 or pax time past what a 64-bit timespec holds is clamped, not a crash at
+        # utime(2) (GNU tar warns and goes on likewise)
+        e.mtime_ns = min(max(mtime_ns, _MIN_NS), _MAX_NS)
         if e.type in (CHAR, BLOCKDEV):
             e.devmajor = parse_number(header[329:337])
             e.devminor = parse_number(header[337:345])

@@ -173,6 +173,52 @@ class BlobStream(io.RawIOBase):
         super().close()
 
 
+class Deadline:
+    """A total time limit for a pull: at ``seconds`` a timer thread cancels the transfers and
+    cuts every connection of the watched sessions (``distribution.Connections``), again every
+    0.2 s until stopped, so that a connection made meanwhile is cut too. Threads blocked in
+    recv(2) wake with an error; the caller reports any error seen after the limit as
+    ``error()``. None: no limit."""
+
+    def __init__(self, seconds: float | None, transfers: Transfers):
+        self.seconds, self.transfers = seconds, transfers
+        self.expired = False
+        self._sessions: list = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, session) -> None:
+        if getattr(session, "connections", None) is not None:
+            self._sessions.append(session)
+
+    def start(self) -> None:
+        if self.seconds is not None:
+            self._thread = threading.Thread(target=self._run, name="minictr-deadline",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        if self._stop.wait(self.seconds):
+            return
+        self.expired = True
+        self.transfers.stop()
+        while True:
+            for session in list(self._sessions):
+                session.connections.cut()
+            if self._stop.wait(0.2):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def error(self, what: str) -> RegistryError:
+        return RegistryError(f"{what} did not finish within {self.seconds:g} s: stopped",
+                             hint="the registry is very slow or stalled; "
+                             "MINICTR_PULL_TIMEOUT=SECONDS sets the limit (0: none)")
+
+
 def run_parallel(jobs: Iterable[Callable[[], object]], transfers: Transfers,
                  workers: int = 4, poll: float = 0.2) -> list:
     """Run ``jobs`` on ``workers`` threads; return their results in order. The first failure

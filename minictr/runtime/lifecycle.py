@@ -624,7 +624,7 @@ def processes(root: StateRoot, container_id: str) -> list[int]:
         return []
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
+        if entry.isdecimal():
             try:
                 if os.readlink(f"/proc/{entry}/ns/pid") == ns:
                     pids.append(int(entry))

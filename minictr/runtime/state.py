@@ -222,9 +222,12 @@ class StateRoot:
     def claim_name(self, name: str, container_id: str) -> None:
         """Give ``name`` to the container: a symlink names/<name> -> <id>, made atomically, so
         two runs with the same --name cannot both succeed. A name whose container is gone is
-        taken over."""
+        taken over; "gone" needs both its state entry missing and its claimant dead: between
+        the claim and the entry the claimant holds a lock on names/.<id>.claim (released by
+        its exit), so a launcher that is still starting is not mistaken for a killed one."""
         check_id(name)
         os.makedirs(self.names_dir(), mode=0o700, exist_ok=True)
+        self._hold_claim(container_id)
         link = os.path.join(self.names_dir(), name)
         for _ in range(2):
             try:
@@ -232,7 +235,8 @@ class StateRoot:
                 return
             except FileExistsError:
                 owner = os.readlink(link)
-                if os.path.isdir(self.dir(owner)):
+                if self._exists(owner):
+                    self._drop_claim(container_id)
                     raise UsageError(f'the container name "{name}" is already in use by '
                                      f"container {owner[:12]}",
                                      hint=f"remove it (minictr rm {name}) or choose another "
@@ -241,7 +245,57 @@ class StateRoot:
                     os.unlink(link)                   # its container is gone: a stale name
                 except FileNotFoundError:
                     pass
+        self._drop_claim(container_id)
         raise UsageError(f"could not claim the container name {name!r}: retry")
+
+    def _claim_path(self, container_id: str) -> str:
+        return os.path.join(self.names_dir(), f".{container_id}.claim")
+
+    def _hold_claim(self, container_id: str) -> None:
+        """Lock names/.<id>.claim for the rest of this process's life (the fd is kept)."""
+        import fcntl
+
+        path = self._claim_path(check_id(container_id))
+        if path in _HELD_CLAIMS:
+            return
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    _HELD_CLAIMS[path] = fd
+                    return
+            except FileNotFoundError:
+                pass                                  # pruned between open and flock
+            os.close(fd)
+
+    def _drop_claim(self, container_id: str) -> None:
+        path = self._claim_path(container_id)
+        if path in _HELD_CLAIMS:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            os.close(_HELD_CLAIMS.pop(path))
+
+    def _exists(self, container_id: str) -> bool:
+        """Has the container a state entry, or is its claimant still alive (starting)?"""
+        if os.path.isdir(self.dir(container_id)):
+            return True
+        import fcntl
+
+        try:
+            fd = os.open(self._claim_path(container_id), os.O_RDONLY | os.O_CLOEXEC |
+                         os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return os.path.isdir(self.dir(container_id))   # made as its claimant ended?
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
 
     def name_to_id(self, name: str) -> str | None:
         try:
@@ -250,20 +304,25 @@ class StateRoot:
             return None
 
     def prune_names(self) -> None:
-        """Drop names whose container is gone (a run killed between naming and creating)."""
+        """Drop names whose container is gone (a run killed between naming and creating), and
+        the claim files no live claimant holds."""
         try:
             entries = os.listdir(self.names_dir())
         except FileNotFoundError:
             return
         for name in entries:
-            link = os.path.join(self.names_dir(), name)
+            path = os.path.join(self.names_dir(), name)
             try:
-                if not os.path.isdir(self.dir(os.readlink(link))):
-                    os.unlink(link)
+                if name.startswith(".") and name.endswith(".claim"):
+                    if not self._exists(name[1:-len(".claim")]):
+                        os.unlink(path)
+                elif not self._exists(os.readlink(path)):
+                    os.unlink(path)
             except OSError:
                 pass
 
     def release_names(self, container_id: str) -> None:
+        self._drop_claim(container_id)
         try:
             entries = os.listdir(self.names_dir())
         except FileNotFoundError:
@@ -271,10 +330,13 @@ class StateRoot:
         for name in entries:
             link = os.path.join(self.names_dir(), name)
             try:
-                if os.readlink(link) == container_id:
+                if name == f".{container_id}.claim" or os.readlink(link) == container_id:
                     os.unlink(link)
             except OSError:
                 pass
+
+
+_HELD_CLAIMS: dict[str, int] = {}     # claim file -> the fd whose lock this process holds
 
 
 def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -291,7 +353,7 @@ def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
 def parse_signal(name: str) -> int:
     """A signal by name (TERM, SIGTERM) or number, as kill(1) and runc take it."""
     text = str(name).upper()
-    if text.isdigit():
+    if text.isdecimal():
         number = int(text)
         if not 0 < number < 65:
             raise UsageError(f"invalid signal number {name}")

@@ -39,9 +39,24 @@ ANNOTATION_PORTS = "org.minictr.ports"
 ANNOTATION_LANDLOCK_SCOPE = "org.minictr.landlock.scoped"
 
 
+MAX_HOST_FILE = 1 << 20     # an --env-file or a seccomp profile: text, far smaller than this
+
+
 def _read_host_file(path: str) -> bytes:
+    """A host file the options name: a regular file or a pipe (``--env-file <(...)``), at most
+    MAX_HOST_FILE bytes. A device such as /dev/urandom would never end."""
+    import errno
+    import stat
+
     with open(path, "rb") as f:
-        return f.read()
+        mode = os.fstat(f.fileno()).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file")
+        data = f.read(MAX_HOST_FILE + 1)
+    if len(data) > MAX_HOST_FILE:
+        raise OSError(errno.EFBIG, f"larger than {MAX_HOST_FILE >> 20} MiB: refused")
+    return data
 
 
 def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, container_id: str,
@@ -497,8 +512,10 @@ def resources(opts: RunOptions) -> dict:
         res["unified"] = {"cpu.weight": str(weight)}
     if opts.pids_limit is not None:
         # docker: 0 and -1 both mean unlimited; config-linux.md spells unlimited -1
-        if opts.pids_limit < -1:
-            raise SpecError(f"--pids-limit {opts.pids_limit}: must be -1 (unlimited) or more")
+        if not -1 <= opts.pids_limit <= units.MAX_PIDS:
+            raise SpecError(f"--pids-limit {opts.pids_limit}: must be -1 (unlimited) to "
+                            f"{units.MAX_PIDS}", hint="the kernel's pid numbers end at "
+                            f"PID_MAX_LIMIT ({units.MAX_PIDS}); -1 means no limit")
         res["pids"] = {"limit": opts.pids_limit if opts.pids_limit > 0 else -1}
     return res
 
@@ -552,7 +569,7 @@ def _check_signal(text: str, given: str | None) -> str:
 
     what = "--stop-signal" if given else "the image's StopSignal"
     value = text.strip().upper()
-    if value.isdigit() and 0 < int(value) < 65:
+    if value.isdecimal() and 0 < int(value) < 65:
         return value
     name = value if value.startswith("SIG") else "SIG" + value
     if name in signal.Signals.__members__:

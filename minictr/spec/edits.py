@@ -16,6 +16,47 @@ HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer",
                "poststop")
 
 
+def _field(obj: dict, key: str, kind: type, default=None, required: bool = False):
+    """``obj[key]`` if it has the JSON type CDI gives it: a string (no NUL), a number from 0 to
+    2^32-1, or a list of strings. A CDI spec file is input, not code: a wrong type or a missing
+    required key is a one-line SpecError here rather than a crash further down."""
+    if not isinstance(obj, dict):
+        raise _malformed(f"expected a mapping, not {obj!r:.60}")
+    value = obj.get(key, default)
+    if value is None:
+        if required:
+            raise _malformed(f"{key} is missing")
+        return None
+    kinds = (list, tuple) if kind is list else kind     # records hold tuples
+    items = value if kind is list and isinstance(value, kinds) else [value]
+    item_kind = str if kind is list else kind
+    if not isinstance(value, kinds) or not all(_fits(v, item_kind) for v in items):
+        raise _malformed(f"{key} must be {_TYPE_NAMES[kind]}, not {value!r:.60}")
+    return value
+
+
+def _malformed(what: str) -> SpecError:
+    return SpecError(f"malformed CDI containerEdits: {what}")
+
+
+def _fits(value, kind: type) -> bool:
+    if kind is int:
+        return type(value) is int and 0 <= value < 2**32
+    return isinstance(value, str) and "\0" not in value
+
+
+def _gid(value) -> int:
+    """A group id: a number, or its decimal digits (GPU code passes st_gid-like strings)."""
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
+        value = int(value)
+    if not _fits(value, int):
+        raise _malformed(f"additionalGids must hold group ids, not {value!r:.60}")
+    return value
+
+
+_TYPE_NAMES = {str: "a string", int: "a number from 0 to 2^32-1", list: "a list of strings"}
+
+
 @record
 class DeviceNode:
     """A device node to create in the container (CDI deviceNodes[], config-linux.md devices)."""
@@ -32,10 +73,11 @@ class DeviceNode:
 
     @classmethod
     def from_cdi(cls, d: dict) -> "DeviceNode":
-        return cls(path=d["path"], type=d.get("type"), major=d.get("major"),
-                   minor=d.get("minor"), file_mode=d.get("fileMode"), uid=d.get("uid"),
-                   gid=d.get("gid"), permissions=d.get("permissions") or "rwm",
-                   host_path=d.get("hostPath"))
+        return cls(path=_field(d, "path", str, required=True), type=_field(d, "type", str),
+                   major=_field(d, "major", int), minor=_field(d, "minor", int),
+                   file_mode=_field(d, "fileMode", int), uid=_field(d, "uid", int),
+                   gid=_field(d, "gid", int), permissions=_field(d, "permissions", str) or "rwm",
+                   host_path=_field(d, "hostPath", str))
 
     def to_cdi(self) -> dict:
         out = {"path": self.path, "hostPath": self.host_path, "type": self.type,
@@ -57,12 +99,17 @@ class Mount:
     def from_cdi(cls, d: dict) -> "Mount":
         """A CDI mount (hostPath, containerPath), or an OCI config.md mount (source,
         destination): GPU code builds the latter."""
+        if not isinstance(d, dict):
+            raise _malformed(f"a mount must be a mapping, not {d!r:.60}")
         if "containerPath" in d or "hostPath" in d:
-            host, container = d["hostPath"], d["containerPath"]
+            host = _field(d, "hostPath", str, required=True)
+            container = _field(d, "containerPath", str, required=True)
         else:
-            host, container = d.get("source") or "none", d["destination"]
-        return cls(host_path=host, container_path=container, type=d.get("type") or "bind",
-                   options=tuple(d.get("options") or ()))
+            host = _field(d, "source", str) or "none"
+            container = _field(d, "destination", str, required=True)
+        return cls(host_path=host, container_path=container,
+                   type=_field(d, "type", str) or "bind",
+                   options=tuple(_field(d, "options", list) or ()))
 
     def to_cdi(self) -> dict:
         return {"hostPath": self.host_path, "containerPath": self.container_path,
@@ -81,8 +128,10 @@ class Hook:
 
     @classmethod
     def from_cdi(cls, d: dict) -> "Hook":
-        return cls(hook_name=d["hookName"], path=d["path"], args=tuple(d.get("args") or ()),
-                   env=tuple(d.get("env") or ()), timeout=d.get("timeout"))
+        return cls(hook_name=_field(d, "hookName", str, required=True),
+                   path=_field(d, "path", str, required=True),
+                   args=tuple(_field(d, "args", list) or ()),
+                   env=tuple(_field(d, "env", list) or ()), timeout=_field(d, "timeout", int))
 
     def to_cdi(self) -> dict:
         out = {"hookName": self.hook_name, "path": self.path}
@@ -111,12 +160,12 @@ class ContainerEdits:
     def _normalize(cls, v: dict) -> dict:
         """Dicts become the records above; lists become tuples (records.record's hook)."""
         def conv(items, kind):
-            return tuple(kind.from_cdi(x) if isinstance(x, dict) else x for x in items or ())
+            return tuple(x if isinstance(x, kind) else kind.from_cdi(x) for x in items or ())
         try:
-            return {"env": tuple(v["env"] or ()),
+            return {"env": tuple(_field(v, "env", list) or ()),
                     "device_nodes": conv(v["device_nodes"], DeviceNode),
                     "mounts": conv(v["mounts"], Mount), "hooks": conv(v["hooks"], Hook),
-                    "additional_gids": tuple(int(g) for g in v["additional_gids"] or ())}
+                    "additional_gids": tuple(_gid(g) for g in v["additional_gids"] or ())}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise SpecError(f"malformed CDI containerEdits: {err!r}") from err
 

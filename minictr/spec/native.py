@@ -101,7 +101,7 @@ def group_with(image_group: bytes | None, groups: list[tuple[str, int]], user: s
     out = []
     for line in lines:
         fields = line.split(":")
-        if len(fields) >= 3 and fields[2].isdigit() and int(fields[2]) in wanted and \
+        if len(fields) >= 3 and fields[2].isdecimal() and int(fields[2]) in wanted and \
                 not line.startswith("#"):
             gid = int(fields[2])
             del wanted[gid]

@@ -129,7 +129,7 @@ def _port(text: str, entry: str) -> int:
     if "-" in text:
         raise SpecError(f"-p {entry}: port ranges are not supported by minictr",
                         hint="publish each port with its own -p")
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not text.isdecimal() or not 0 < int(text) < 65536:
         raise SpecError(f"-p {entry}: {text!r} is not a port number (1-65535)",
                         hint="-p [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")
     return int(text)

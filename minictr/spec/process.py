@@ -50,6 +50,9 @@ def parse_env_file(path: str, data: bytes, host_env: dict) -> list[str]:
         line = line.lstrip()
         if not line or line.startswith("#"):
             continue
+        if "\0" in line:
+            raise SpecError(f"{path}:{number}: a NUL byte (execve(2) cannot pass it)",
+                            hint="an env file is text: one KEY=VALUE per line")
         key, sep, value = line.partition("=")
         if not key:
             raise SpecError(f"{path}:{number}: no variable name on line {line!r}")
@@ -179,9 +182,9 @@ RLIM_INFINITY = 2**64 - 1
 def _rlimit_value(text: str, entry: str) -> int:
     if text.strip() == "-1":
         return RLIM_INFINITY
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal() or int(text) >= 2**63:
         raise SpecError(f"--ulimit {entry}: invalid value {text!r}",
-                        hint="NAME=SOFT[:HARD] with numbers, -1 for unlimited")
+                        hint="NAME=SOFT[:HARD] with numbers below 2^63, -1 for unlimited")
     return int(text)
 
 
@@ -232,7 +235,7 @@ def exec_process_settings(process: dict, command: list[str], env, tty: bool,
         process["cwd"] = process_cwd(workdir, {})
     if user:
         uid, _, gid = user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
+        if not uid.isdecimal() or (gid and not gid.isdecimal()):
             raise SpecError("exec -u takes numeric UID[:GID]",
                             hint="names are resolved by `minictr run -u` only")
         process["user"] = {"uid": int(uid), "gid": int(gid or 0)}

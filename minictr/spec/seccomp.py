@@ -71,7 +71,7 @@ def kernel_version(release: str | None = None) -> tuple[int, int]:
     release = release or os.uname().release
     parts = release.split(".")
     try:
-        return int(parts[0]), int("".join(c for c in parts[1].split("-")[0] if c.isdigit()))
+        return int(parts[0]), int("".join(c for c in parts[1].split("-")[0] if c.isdecimal()))
     except (IndexError, ValueError) as err:
         raise SpecError(f"cannot read the kernel version from {release!r}") from err
 
@@ -83,6 +83,8 @@ def parse_profile(data: bytes, source: str) -> dict:
         profile = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise SpecError(f"seccomp profile {source}: not valid JSON: {err}") from err
+    except RecursionError:
+        raise SpecError(f"seccomp profile {source}: not valid JSON: nested too deeply") from None
     check_profile(profile, source)
     return profile
 

@@ -7,6 +7,7 @@ a number with an optional binary suffix b, k, m, g, t, p (case-insensitive, an o
 """
 from __future__ import annotations
 
+import math
 import re
 
 from minictr.errors import SpecError
@@ -18,6 +19,9 @@ CPU_PERIOD = 100_000          # docker's and runc's default CFS period, in micro
 MIN_CPU_QUOTA = 1_000         # the kernel refuses a quota under 1 ms (sched-bwc.rst)
 MIN_MEMORY = 6 * (1 << 20)    # docker: "Minimum memory limit allowed is 6MB"
 CPU_SHARES_RANGE = (2, 262_144)    # kernel's MIN_SHARES..MAX_SHARES for cpu.shares (v1)
+MAX_BYTES = 2**63 - 1         # cgroup memory limits are int64 (go-units refuses more too)
+MAX_PIDS = 4_194_304          # PID_MAX_LIMIT: pids.max refuses anything above it (EINVAL)
+MAX_CPUS = 8192               # NR_CPUS can be configured up to 8192 (arch/x86/Kconfig)
 CPU_WEIGHT_RANGE = (1, 10_000)     # cgroup v2 cpu.weight (cgroup-v2.rst, "CPU")
 
 
@@ -29,6 +33,8 @@ def parse_bytes(text: str, flag: str) -> int:
                         hint="use a number with an optional unit b, k, m, g (e.g. 512m, 2g)")
     number, unit = match.groups()
     value = float(number) * _MULT[unit.lower() if unit else None]
+    if value > MAX_BYTES:
+        raise SpecError(f"{flag}: size {text!r} is too large (more than 8 EiB)")
     return int(value)
 
 
@@ -58,9 +64,10 @@ def parse_memory(memory: str | None, memory_swap: str | None) -> tuple[int | Non
 
 def cpu_quota(cpus: float) -> tuple[int, int]:
     """--cpus N -> (quota, period) in microseconds, period 100000 as docker."""
+    if not math.isfinite(cpus) or round(cpus * CPU_PERIOD) < MIN_CPU_QUOTA:
+        raise SpecError(f"--cpus {cpus}: must be a number of CPUs, at least 0.01",
+                        hint="e.g. --cpus 0.5 or --cpus 2")
     quota = round(cpus * CPU_PERIOD)
-    if quota < MIN_CPU_QUOTA:
-        raise SpecError(f"--cpus {cpus}: must be at least 0.01")
     return quota, CPU_PERIOD
 
 
@@ -74,8 +81,9 @@ def check_range(value: int, bounds: tuple[int, int], flag: str) -> int:
 def parse_cpuset(text: str, flag: str = "--cpuset-cpus") -> str:
     """Validate a cpuset list ("0-3,6", cpuset(7) "List format") and return it unchanged."""
     for part in text.split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
-        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+        match = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", part.strip())
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))) or \
+                int(match.group(2) or match.group(1)) >= MAX_CPUS:
             raise SpecError(f"{flag}: invalid cpu list {text!r}",
                             hint="a list of CPU numbers and ranges, e.g. 0-3,6")
     return text.replace(" ", "")

@@ -103,10 +103,12 @@ _OWN: set[int] = set()              # runtime commands we wait for ourselves
 _OWN_LOCK = threading.Lock()
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="package")
 def subreaper():
     """Adopt and reap orphans promptly, as conmon and the shim do (runc's delete waits for the
-    first process to be gone, a zombie included)."""
+    first process to be gone, a zombie included). Package scope: it reaps any zombie child of
+    the test process, so it must end with this tier, or later tiers' Popen.wait() gets ECHILD
+    and reads it as status 0."""
     prctl.set_child_subreaper(1)
     stop = threading.Event()
     thread = threading.Thread(target=_reap_loop, args=(stop,), daemon=True)

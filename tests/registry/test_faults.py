@@ -104,10 +104,11 @@ def test_ctrl_c_stops_workers_and_stores_nothing(proxy, layout, tmp_path):
     proxy.target, proxy.stall_after = big["digest"], 1 << 20
     root = str(tmp_path / "store")
     script = f"""
-import sys
+import signal, sys
 sys.path.insert(0, {HERE!r})
 from registry_harness import make_store
 from minictr.image import registry
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as cli.main() does after imports
 from minictr.image.hosts import HostsConfig
 registry.pull(make_store({root!r}), {proxy.host + '/test/app:v1'!r}, tls_verify=False,
               hosts_config=HostsConfig(), authfile={str(tmp_path / 'auth.json')!r}, env={{}})

@@ -2,6 +2,7 @@
 (image-spec manifest.md, image-index.md, config.md), and one choice for `load` and `pull`."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -184,6 +185,13 @@ def loaded(tmp_path, images, index, want) -> str:
 class RecordingStore:
     def has_blob(self, digest):
         return False
+
+    def reuse_layer(self, chain_id):
+        return self.has_layer(chain_id)
+
+    @contextlib.contextmanager
+    def importing(self):
+        yield self
 
     def add_image(self, names, manifest_bytes, config_bytes):
         self.manifest = manifest_bytes

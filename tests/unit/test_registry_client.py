@@ -2,6 +2,7 @@
 session (the ``session``/``session_factory`` and ``sleep`` seams)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -210,6 +211,10 @@ def _image_bytes():
 class NoStore:
     def has_blob(self, d):
         return False
+
+    @contextlib.contextmanager
+    def importing(self):
+        yield self
 
 
 def test_pull_by_digest_verifies_the_manifest():

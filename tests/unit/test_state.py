@@ -3,6 +3,8 @@ reported one by one."""
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +99,37 @@ def test_status_comes_from_the_process_not_the_file(tmp_path):
     root.update("c", pid_ticks=1)                 # the pid was reused by another process
     assert lifecycle.status(root, root.read("c")) == "stopped"
     assert json.loads(open(root.file("c", "state.json")).read())["status"] == "running"
+
+
+CLAIMANT = r"""
+import sys
+from minictr.runtime.state import StateRoot
+StateRoot(sys.argv[1]).claim_name("web", "a" * 64)
+print("claimed", flush=True)
+sys.stdin.read()            # a launcher between its claim and its state entry, until told
+"""
+
+
+def test_a_name_claimed_by_a_launcher_still_starting_is_not_taken_over(tmp_path):
+    """The claim (names/web -> id) comes before the claimant's state entry: in between, the
+    entry is missing, as it is after a launcher was killed. Only a dead claimant's name may be
+    taken over, and only then may gc's prune_names drop it."""
+    path = str(tmp_path / "s")
+    StateRoot(path)
+    launcher = subprocess.Popen([sys.executable, "-c", CLAIMANT, path], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout.readline() == "claimed\n"
+        root = StateRoot(path)
+        with pytest.raises(Exception, match="already in use"):
+            root.claim_name("web", "b" * 64)
+        root.prune_names()
+        assert root.name_to_id("web") == "a" * 64
+    finally:
+        launcher.communicate("", timeout=30)       # it exits without making its entry
+    root.claim_name("web", "b" * 64)               # now stale: taken over
+    assert root.name_to_id("web") == "b" * 64
+    root.add("b" * 64)
+    root.remove("b" * 64)
+    root.prune_names()
+    assert os.listdir(root.names_dir()) == []      # names and claim files all gone

@@ -315,3 +315,75 @@ def test_a_killed_import_leaves_nothing_trusted(tmp_path):
     assert os.listdir(os.path.join(root, "tmp")) != []          # the temporary it left
     store.gc()
     assert os.listdir(os.path.join(root, "tmp")) == []
+
+
+class _Endless:
+    """A blob that never ends (zeros), counting the bytes read from it."""
+
+    def __init__(self):
+        self.taken = 0
+
+    def read(self, n=-1):
+        n = 1 << 16 if n is None or n < 0 else n
+        self.taken += n
+        return bytes(n)
+
+
+@pytest.mark.parametrize("media_type", ["application/vnd.oci.image.layer.v1.tar", GZIP,
+                                        "application/vnd.docker.image.rootfs.diff.tar.gzip"])
+def test_a_blob_larger_than_its_descriptor_is_refused_at_the_first_byte_past_it(store,
+                                                                                 media_type):
+    """issue 13: a 1 GiB blob described as 10 bytes was accepted. Reading stops at byte 11."""
+    digest = "sha256:" + "ab" * 32
+    blob = _Endless()
+    with pytest.raises(ImageError, match=r"larger than its descriptor's size \(10 bytes\)"):
+        store.import_layer(blob, media_type=media_type, digest=digest, diff_id=digest,
+                           chain_id=digest, size=10)
+    assert blob.taken == 11
+    assert entries(store.root) == [] and os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+def test_a_blob_smaller_than_its_descriptor_is_refused(store):
+    tar = f.tar_bytes(f.BUSYBOXISH[0])
+    blob = f.compress(tar, "gzip")
+    with pytest.raises(ImageError, match=f"is {len(blob)} bytes, its descriptor says "
+                       f"{len(blob) + 1}"):
+        store.import_layer(io.BytesIO(blob), media_type=GZIP, digest=f.digest_of(blob),
+                           diff_id=f.digest_of(tar), chain_id=f.digest_of(tar),
+                           size=len(blob) + 1)
+    assert entries(store.root) == []
+
+
+def _wait_for_a_lock_waiter(path: str) -> None:
+    """Until /proc/locks shows a process blocked on flock(2) of ``path`` ("->" lines, locks(5)
+    in proc(5)): then gc is waiting for the import, which is the point."""
+    inode = os.stat(path).st_ino
+    for _ in range(6000):           # a hang guard (60 s), not a timing measurement
+        with open("/proc/locks") as f_:
+            if any("->" in line and f":{inode} " in line for line in f_):
+                return
+        threading.Event().wait(0.01)
+    raise AssertionError("gc never waited for the store lock")
+
+
+def test_gc_cannot_remove_a_layer_an_import_found_stored_before_it_is_recorded(store):
+    """issue 13: `gc` during a `load` deleted layers the load had found already stored (so it
+    did not write them, and held no lock for them): the load then failed. An import now holds
+    the writers' lock from its first look at the store (Store.importing, reuse_layer)."""
+    image = f.make_image(f.BUSYBOXISH[:1])
+    chain = import_image(store, image).layers[0].chain_id
+    store.remove_image("localhost/t:latest")      # stored, and referenced by no image
+    store.close()
+    loader = Store(store.root, rootless=store.rootless)
+    collected = {}
+    with loader.importing():
+        assert loader.reuse_layer(chain)          # found: nothing will be written for it
+        gc = threading.Thread(target=lambda: collected.update(
+            Store(store.root, rootless=store.rootless).gc()))
+        gc.start()
+        _wait_for_a_lock_waiter(os.path.join(store.root, "locks", "store.lock"))
+        loader.add_image(["localhost/t:again"], image.manifest, image.config)
+        assert gc.is_alive()                      # still waiting: the import is not over
+    gc.join()
+    assert collected["layers"] == 0 and loader.has_layer(chain)
+    assert loader.resolve("localhost/t:again").layers[0].chain_id == chain
