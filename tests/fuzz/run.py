@@ -21,6 +21,7 @@ with atheris.instrument_imports(include=["minictr"]):
     import minictr.image.archive, minictr.image.store, minictr.image.unpack  # noqa: E401,E402,F401
     import minictr.image.distribution, minictr.gpu.cdi, minictr.gpu.elf  # noqa: E401,E402,F401
     import minictr.gpu.ldcache, minictr.spec.builder, minictr.spec.units  # noqa: E401,E402,F401
+    import minictr.image.squashfs, minictr.image.sif, minictr.image.singlefile  # noqa: E401,E402,F401
 
 
 def main() -> None:

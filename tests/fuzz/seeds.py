@@ -181,6 +181,74 @@ def _cdi_specs() -> list[bytes]:
     return [json.dumps(spec).encode(), yaml.safe_dump(spec).encode()]
 
 
+SIF_IMAGES = "/usr/share/gocode/src/github.com/sylabs/sif/test/images"
+
+
+def _squashfs_tree(root: str) -> None:
+    """A small tree that reaches each part of the reader: files in blocks and in fragments, a
+    sparse block, symlinks (absolute, relative, dangling), nested dirs, and the config files
+    each single-file convention looks for."""
+    os.makedirs(os.path.join(root, "etc"))
+    os.makedirs(os.path.join(root, ".minictr"))
+    os.makedirs(os.path.join(root, "a", "b", "c"))
+    files = {"etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/u:/bin/sh\n",
+             "etc/group": b"root:x:0:\nvideo:x:44:user\n",
+             "etc/environment": b'PATH="/usr/bin:/bin"\nexport LANG=C.UTF-8\n',
+             "etc/rc": b"exec \"$@\"\n",
+             ".minictr/image.json": json.dumps({"config": {"Env": ["A=1"],
+                                                            "Cmd": ["/bin/sh"]}}).encode(),
+             "a/b/c/big": bytes(range(256)) * 40,           # past one 4 KiB block
+             "a/sparse": bytes(8192) + b"end"}
+    for name, data in files.items():
+        with open(os.path.join(root, name), "wb") as out:
+            out.write(data)
+    os.symlink("/etc", os.path.join(root, "link"))
+    os.symlink("../etc/passwd", os.path.join(root, "a", "pw"))
+    os.symlink("nowhere", os.path.join(root, "a", "dangling"))
+
+
+def _squashfs_images() -> list[bytes]:
+    tool = shutil.which("mksquashfs")
+    if tool is None:
+        return []
+    out = []
+    with tempfile.TemporaryDirectory(prefix="minictr-fuzz-seed-") as work:
+        tree = os.path.join(work, "tree")
+        _squashfs_tree(tree)
+        for i, options in enumerate((["-comp", "gzip"], ["-comp", "xz"], ["-comp", "zstd"],
+                                     ["-comp", "gzip", "-noI", "-noD", "-noF"],
+                                     ["-comp", "gzip", "-no-fragments"])):
+            image = os.path.join(work, f"{i}.sqsh")
+            res = subprocess.run([tool, tree, image, "-noappend", "-quiet", "-no-progress",
+                                  "-b", "4096", "-all-root", *options], capture_output=True)
+            if res.returncode == 0:
+                with open(image, "rb") as f:
+                    out.append(f.read())
+    return out
+
+
+def _sif_images() -> list[bytes]:
+    """The SIF reference implementation's test images (golang-github-sylabs-sif-dev), and a
+    small squashfs placed where one of them keeps its root partition."""
+    out = []
+    for name in ("one-group.sif", "empty.sif"):      # two-groups.sif: 296 KiB
+        path = os.path.join(SIF_IMAGES, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                out.append(f.read())
+    squash = _squashfs_images()
+    if out and squash:
+        from minictr.image import sif
+
+        data = out[0]
+        parts = sif.partitions(lambda at, n: data[at:at + n], len(data))
+        root = sif.root_partition(parts)
+        # the same SIF with our squashfs as its root partition's data (descriptor size kept:
+        # the reader checks the magic at the offset, then reads within the file)
+        out.append(data[:root.offset] + squash[0])
+    return out
+
+
 ENV_FILES = [b"# comment\nA=1\nB=two words\n\nHOME\n  C==x\n",
              "\ufeffUNICODE=\u00e9\u00e8\nEMPTY=\nX=a=b\r\n".encode()]
 UNITS = [b"512m", b"2g\n-1", b"1.5GiB\n3g", b"0-3,6", b"0.5", b"1e-3", b"7 kb", b"64\n32"]
@@ -194,6 +262,7 @@ def seeds(name: str) -> list[bytes]:
         "www_authenticate": lambda: [c.encode() for c in CHALLENGES],
         "ldcache": _ldcaches, "elf": _elfs, "cdi": _cdi_specs,
         "env_file": lambda: list(ENV_FILES), "units": lambda: list(UNITS),
+        "squashfs": _squashfs_images, "sif": _sif_images,
     }
     return table[name]()
 

@@ -305,3 +305,57 @@ def units(data: bytes) -> None:
         return
     quota, period = u.cpu_quota(cpus)
     assert u.MIN_CPU_QUOTA <= quota and period == u.CPU_PERIOD
+
+
+def _walk(fs, inode, budget: list[int], depth: int = 0) -> None:
+    """Every entry under ``inode``, bounded (a crafted image may loop or be huge): each file
+    read, each symlink's target looked up."""
+    for name, ref, _kind in fs._entries(inode):
+        budget[0] -= 1
+        if budget[0] < 0 or depth > 16:
+            return
+        child = fs.inode(ref)
+        if child.kind in (1, 8):                     # a directory (basic, extended)
+            _walk(fs, child, budget, depth + 1)
+        elif child.kind in (2, 9):                   # a regular file
+            fs.read(child, 1 << 20)
+        elif child.kind in (3, 10):                  # a symlink
+            fs.lookup("/" + name.decode("utf-8", "replace"))
+
+
+def _squashfs_at(path: str, offset: int) -> None:
+    from minictr.image import singlefile, squashfs
+
+    with squashfs.SquashFS(path, offset) as fs:
+        singlefile._config(singlefile._lookup_with(fs), path)
+        for name in ("/etc/passwd", "/etc/group", "/etc/rc", "/.singularity.d/actions/exec",
+                     "/a/b/../../etc/passwd", "/link/x"):
+            fs.read_file(name, 1 << 20)
+        _walk(fs, fs.inode(fs.root_inode), [512])
+
+
+@target
+def squashfs(data: bytes) -> None:
+    """image/squashfs.py and singlefile.py: a .sqsh image read in process (superblock, inode
+    and directory tables, fragments, symlinks) for its config and /etc files, without
+    mounting it. Compressors Python lacks are refused (Unsupported, an ImageError)."""
+    path = os.path.join(scratch(), "image.sqsh")
+    with open(path, "wb") as f:
+        f.write(data)
+    _squashfs_at(path, 0)
+
+
+@target
+def sif(data: bytes) -> None:
+    """image/sif.py: a SIF's header and descriptor table, its root partition, and the squashfs
+    found there."""
+    from minictr.image import sif as sif_mod
+
+    path = os.path.join(scratch(), "image.sif")
+    with open(path, "wb") as f:
+        f.write(data)
+    if not sif_mod.is_sif(data[:64]):
+        return
+    offset = sif_mod.squashfs_offset(path)
+    assert 0 <= offset < len(data)
+    _squashfs_at(path, offset)

@@ -17,7 +17,8 @@ from tests.fuzz import seeds, targets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECONDS = int(os.environ.get("MINICTR_FUZZ_SECONDS", "5"))
-MAX_LEN = {"tar": 64 << 10, "layer": 64 << 10, "elf": 64 << 10, "ldcache": 64 << 10}
+MAX_LEN = {"tar": 64 << 10, "layer": 64 << 10, "elf": 64 << 10, "ldcache": 64 << 10,
+           "squashfs": 64 << 10, "sif": 64 << 10}
 
 try:
     import atheris  # noqa: F401
