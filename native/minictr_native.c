@@ -127,6 +127,22 @@ int mc_close_range(unsigned int first, unsigned int last, unsigned int flags)
     RET(syscall(SYS_close_range, first, last, flags));
 }
 
+/* Every signal back to SIG_DFL, as runc does before exec: an ignored disposition survives
+ * execve(2) (signal(7)). Raw rt_sigaction(2), because glibc refuses the two real-time signals
+ * it keeps for itself (32 and 33), and a launcher can inherit those ignored too. A zeroed
+ * kernel struct sigaction is SIG_DFL with no flags and an empty mask on every architecture. */
+int mc_reset_signals(void)
+{
+    unsigned long act[8] = { 0 };
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        if (syscall(SYS_rt_sigaction, sig, act, NULL, (_NSIG - 1) / 8) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
 /* pidfd_open(2) */
 int mc_pidfd_open(int pid, unsigned int flags)
 {

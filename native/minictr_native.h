@@ -18,6 +18,7 @@ int mc_openat2(int dirfd, const char *path, unsigned long long flags,
                unsigned long long mode, unsigned long long resolve);
 int mc_bpf(int cmd, void *attr, unsigned int size);
 int mc_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int mc_reset_signals(void);
 int mc_pidfd_open(int pid, unsigned int flags);
 int mc_seccomp(unsigned int flags, const void *filter, unsigned short count);
 int mc_fsopen(const char *fsname, unsigned int flags);

@@ -54,8 +54,6 @@ MCINIT = INIT_BINARY
 # Python ignores SIGPIPE and SIGXFSZ for itself; an ignored disposition survives execve(2), so
 # they are reset, or every container process would ignore them too (subprocess's
 # restore_signals does the same).
-RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
-                 signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD)
 PROC_NS_NAME = {"user": "user", "mount": "mnt", "pid": "pid", "uts": "uts", "ipc": "ipc",
                 "network": "net", "cgroup": "cgroup"}
 USER_FIRST = ("user", "ipc", "uts", "network", "cgroup", "pid", "mount")
@@ -446,8 +444,7 @@ def _kill_and_reap(pid: int) -> None:
 def child_main(kernel, plan: SpawnPlan, channel, exec_w: int | None, explain: Explain) -> None:
     """Runs in the new process. Never returns: it execs, or reports an error and _exits."""
     try:
-        for sig in RESET_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        kernel.reset_signals()      # ignored dispositions survive execve, even 32 and 33
         if plan.attached:
             capabilities.die_with_parent(kernel)
         msg, _ = channel.receive()

@@ -195,6 +195,10 @@ class Syscalls(Rtnetlink):
     def close_range(self, first: int, last: int, flags: int = 0) -> None:
         _check(lib.mc_close_range(first, last, flags), f"close_range({first}, {last}, {flags})")
 
+    def reset_signals(self) -> None:
+        """Every signal's disposition back to SIG_DFL, the glibc-reserved 32 and 33 included."""
+        _check(lib.mc_reset_signals(), "rt_sigaction(SIG_DFL)")
+
     def pidfd_open(self, pid: int) -> int:
         return _check(lib.mc_pidfd_open(pid, 0), f"pidfd_open({pid})")
 
@@ -589,8 +593,7 @@ class Syscalls(Rtnetlink):
             prctl.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != launcher:
                 os._exit(1)
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ):     # ignored ones survive execve
-                signal.signal(sig, signal.SIG_DFL)
+            self.reset_signals()                    # ignored ones survive execve
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
