@@ -471,6 +471,9 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
     ns = plan.namespaces
     # mcinit is read while the host's files are in view: before setns(mount) or pivot_root.
     init_fd = kernel.memfd_sealed(MCINIT, "mcinit")
+    # So is /dev/null for stdin: after setns(mount) the name would be the container's to choose
+    # (a FIFO that never answers, a device node), opened by the launcher before caps are dropped.
+    null = kernel.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if plan.stdin_null else None
     for kind, path in ns.child_joins:
         _setns_path(kernel, kind, path, explain)
     if ns.child_unshare:
@@ -486,8 +489,7 @@ def prepare(kernel, plan: SpawnPlan, channel, host_pid: int, exec_w: int | None,
     for target, fd in enumerate(plan.stdio):
         if fd is not None and fd != target:
             kernel.dup2(fd, target)
-    if plan.stdin_null:
-        null = kernel.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    if null is not None:
         kernel.dup2(null, 0)
         kernel.close(null)
     process = plan.process

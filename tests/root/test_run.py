@@ -235,6 +235,25 @@ def test_ps_exec_kill_rm(mc):
     assert "svc" not in mc("ps", "-a").stdout
 
 
+def test_exec_stdin_is_the_hosts_dev_null_not_the_containers(mc):
+    """Without -i an exec'd process reads /dev/null. The launcher opens it before it joins the
+    container: the container's own /dev/null is its to replace (here by a FIFO nobody writes,
+    which would hang the open; a device node would be opened with the launcher's caps)."""
+    proc = mc.popen("run", "--name", "nullswap", "busybox:test", "sleep", "1000",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_running(mc)
+        mc("exec", "nullswap", "sh", "-c", "rm /dev/null && mkfifo /dev/null", check=True,
+           input="")
+        res = mc("exec", "nullswap", "sh", "-c", "wc -c; ls -l /proc/self/fd/0", timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split()[0] == "0" and "null" in res.stdout
+    finally:
+        proc.kill()
+        proc.wait()
+        mc("rm", "-f", "nullswap")
+
+
 def test_tty_gives_a_real_terminal(mc):
     import pty
 
