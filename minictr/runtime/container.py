@@ -15,6 +15,7 @@ process only, the rest for every process.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -191,8 +192,7 @@ def enter_cwd(kernel, cwd: str, explain: Explain) -> None:
     try:
         kernel.chdir(cwd)
     except FileNotFoundError:
-        os.makedirs(cwd, exist_ok=True)     # docker creates a missing WORKDIR; we are inside now
-        kernel.chdir(cwd)
+        _make_cwd(kernel, cwd, explain)
     try:
         where = os.getcwd()
     except FileNotFoundError:
@@ -200,6 +200,30 @@ def enter_cwd(kernel, cwd: str, explain: Explain) -> None:
     if not where.startswith("/"):
         raise RuntimeSetupError(f"working directory {cwd!r} is outside the container's root",
                                 hint="a cwd through /proc/self/fd is refused (CVE-2024-21626)")
+
+
+def _make_cwd(kernel, cwd: str, explain: Explain) -> None:
+    """Docker creates a missing WORKDIR. Each missing directory is made by openat2 inside the
+    root, never through a magic link: os.makedirs("/proc/self/fd/5/x") would make x in whatever
+    host directory fd 5 still is at this point (the container's cgroup directory, once)."""
+    from minictr.runtime import mounts
+
+    _say(explain, f"mkdir -p {cwd!r} inside the root (openat2 RESOLVE_IN_ROOT|NO_MAGICLINKS)")
+    root = kernel.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = mounts.resolve_in_root(kernel, root, cwd, create="dir")
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EXDEV):
+            raise RuntimeSetupError(f"working directory {cwd!r} is outside the container's root",
+                                    hint="a cwd through /proc/self/fd is refused "
+                                         "(CVE-2024-21626)") from err
+        raise
+    finally:
+        kernel.close(root)
+    try:
+        kernel.fchdir(fd)
+    finally:
+        kernel.close(fd)
 
 
 def find_executable(kernel, process: dict) -> str:

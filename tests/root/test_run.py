@@ -94,6 +94,26 @@ def test_cwd_through_a_leaked_fd_is_refused(mc, tmp_path):
     assert str(tmp_path) not in res.stdout
 
 
+def test_a_missing_cwd_is_never_made_through_a_leaked_fd(mc, tmp_path):
+    """Docker makes a missing WORKDIR. Made through /proc/self/fd/N, it would land in whatever
+    host directory fd N is during setup (the container's cgroup directory was one, and the
+    launcher's own fds are others): every fd number is tried, and nothing may appear outside."""
+    host_dir = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    name = f"made-{os.getpid()}"
+    try:
+        for n in range(3, 24):
+            res = mc("run", "--rm", "-w", f"/proc/self/fd/{n}/{name}", "busybox:test", "true",
+                     pass_fds=(host_dir,))
+            assert res.returncode == 125, (n, res.stdout, res.stderr)
+    finally:
+        os.close(host_dir)
+    found = subprocess.run(["find", "/sys/fs/cgroup", str(tmp_path), mc.root, mc.state,
+                            "-name", name], capture_output=True, text=True).stdout
+    assert found == "", found
+    res = mc("run", "--rm", "-w", "/made/for/you", "busybox:test", "pwd")
+    assert res.stdout.strip() == "/made/for/you", res.stderr
+
+
 def test_proc_self_exe_does_not_run_the_host_interpreter(mc):
     # runc CVE-2019-5736: if the container could execute the launcher's own binary (here the
     # host's Python), it could then rewrite it through /proc/PID/exe. mcinit runs from a sealed
