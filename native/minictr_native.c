@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -126,6 +127,10 @@ int mc_close_range(unsigned int first, unsigned int last, unsigned int flags)
 {
     RET(syscall(SYS_close_range, first, last, flags));
 }
+
+/* prctl(PR_CAPBSET_DROP) by number, for the capabilities python-prctl's table does not name
+ * (it was built against older headers than the running kernel's). */
+int mc_capbset_drop(int cap) { RET(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)); }
 
 /* Every signal back to SIG_DFL, as runc does before exec: an ignored disposition survives
  * execve(2) (signal(7)). Raw rt_sigaction(2), because glibc refuses the two real-time signals

@@ -19,6 +19,7 @@ int mc_openat2(int dirfd, const char *path, unsigned long long flags,
 int mc_bpf(int cmd, void *attr, unsigned int size);
 int mc_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int mc_reset_signals(void);
+int mc_capbset_drop(int cap);
 int mc_pidfd_open(int pid, unsigned int flags);
 int mc_seccomp(unsigned int flags, const void *filter, unsigned short count);
 int mc_fsopen(const char *fsname, unsigned int flags);

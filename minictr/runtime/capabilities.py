@@ -8,6 +8,7 @@ through the syscall face (which uses python-prctl), so a dry run can record them
 """
 from __future__ import annotations
 
+import errno
 import signal
 from collections.abc import Callable
 
@@ -74,13 +75,15 @@ def drop_bounding_set(kernel, caps: dict, explain: Explain) -> None:
     """Remove every capability not in process.capabilities.bounding from the bounding set
     (PR_CAPBSET_DROP needs CAP_SETPCAP, so this happens while we still have it)."""
     keep = set(_numbers(caps.get("bounding", ())))
-    # By number up to the kernel's last one, so a capability no table here names is dropped too.
-    for num in range(last_cap() + 1):
+    # By number, every one the 64-bit sets can hold, so that a capability no table here names
+    # is dropped too, even where /proc/sys/kernel/cap_last_cap cannot be read.
+    for num in range(max(last_cap(), 63) + 1):
         if num not in keep:
             try:
                 kernel.capbset_drop(num)
-            except (OSError, ValueError):
-                pass      # a capability newer than the running kernel
+            except OSError as err:
+                if err.errno != errno.EINVAL:       # EINVAL: beyond the running kernel's last
+                    raise
     if explain:
         explain("prctl(PR_CAPBSET_DROP, ...): bounding = "
                 + (",".join(sorted(caps.get("bounding", ()))) or "(empty)"))

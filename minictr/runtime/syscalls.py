@@ -266,7 +266,12 @@ class Syscalls(Rtnetlink):
 
     # Process credentials and prctl(2) (through python-prctl, the project's library for them).
     def capbset_drop(self, cap: int) -> None:
-        prctl.capbset.drop(cap)
+        """PR_CAPBSET_DROP. python-prctl refuses numbers its own table lacks (ValueError), which
+        would leave a capability newer than its build in the bounding set: those go raw."""
+        try:
+            prctl.capbset.drop(cap)
+        except ValueError:
+            _check(lib.mc_capbset_drop(cap), f"prctl(PR_CAPBSET_DROP, {cap})")
 
     def capset(self, effective: list[int], permitted: list[int], inheritable: list[int]) -> None:
         """capset(2) through python-prctl: inheritable first, permitted last (it bounds the

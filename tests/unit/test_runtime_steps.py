@@ -1,5 +1,7 @@
 """The container side's steps against a recording syscall face: order and arguments."""
 
+import errno
+
 import pytest
 
 from minictr.runtime import container, mounts, rootfs, spawn
@@ -245,3 +247,52 @@ def test_without_clone3_it_falls_back_to_clone_and_a_cgroup_write(tmp_path):
     kernel = sc.RecordingSyscalls()
     assert spawn._clone_into(kernel, 0, None, None)[1] is None
     assert kernel.names() == ["clone"]
+
+
+def test_bounding_set_drops_numbers_no_table_names():
+    """Every number up to 63 is dropped, not only those python-prctl or the kernel's
+    cap_last_cap name: a capability newer than both must not stay in the bounding set."""
+    from minictr.runtime import capabilities
+
+    dropped = []
+
+    class Kernel:
+        def __init__(self, last):
+            self.last = last
+
+        def capbset_drop(self, num):
+            if num > self.last:
+                raise OSError(errno.EINVAL, "beyond this kernel")
+            dropped.append(num)
+
+    capabilities.drop_bounding_set(Kernel(63), {"bounding": ["CAP_CHOWN", "CAP_KILL"]}, None)
+    assert dropped == [n for n in range(64) if n not in (0, 5)]
+    dropped.clear()
+    capabilities.drop_bounding_set(Kernel(40), {"bounding": ["CAP_CHOWN"]}, None)
+    assert dropped == list(range(1, 41))
+
+    class Refusing:
+        def capbset_drop(self, num):
+            raise OSError(errno.EPERM, "no CAP_SETPCAP")
+
+    with pytest.raises(OSError):          # a bounding set that cannot be dropped is an error
+        capabilities.drop_bounding_set(Refusing(), {"bounding": []}, None)
+
+
+def test_capbset_drop_goes_raw_where_python_prctl_does_not_know_the_number():
+    """python-prctl raises ValueError for a number beyond its build's table; the syscall face
+    must then ask the kernel (EINVAL here, past cap_last_cap) instead of giving up."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sc.Syscalls().capbset_drop(63)
+        except OSError as err:
+            code = 0 if err.errno == errno.EINVAL else 2
+        except BaseException:                # noqa: BLE001 - ValueError: never reached the kernel
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
