@@ -361,7 +361,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         read_file = lambda path: store.read_image_file(image, path)  # noqa: E731
     # /etc/resolv.conf, hosts and hostname: files of the container's own directory, which
     # create writes (Plan.files), bind-mounted by the spec
-    network, network_path, dns_driver = _network_for(paths, opts)
+    network, network_path, dns_driver, joined_hardened = _network_for(paths, opts)
     etc, etc_notes = host.etc_files(opts, os.uname().nodename if opts.hpc else
                                     builder.container_hostname(opts.hostname, container_id),
                                     dns_driver)
@@ -381,7 +381,7 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
         uid_mappings=uid_mappings, gid_mappings=gid_mappings, launcher_caps=held_caps,
         nofile_limit=nofile_limit, etc_files=etc_sources,
         init_path=INIT_BINARY if os.path.exists(INIT_BINARY) else None,
-        network_path=network_path)
+        network_path=network_path, joined_hardened=joined_hardened)
     keep_fds: tuple = ()
     if opts.hpc:
         job_edits, job_files, keep_fds = _job_native_edits(spec, read_file, files_dir, warn=warn)
@@ -466,7 +466,8 @@ def _fd_open(fd: int) -> bool:
 
 def _network_for(paths: Paths, opts) -> tuple:
     """(runtime.network.NetworkPlan or None, the namespace path to join or None, the DNS
-    driver) for --network. Only a bridge imports the network code (and pyroute2 with it)."""
+    driver, whether a joined container's network was hardened) for --network. Only a bridge
+    imports the network code (and pyroute2 with it)."""
     from minictr.spec import network as netspec
 
     network = netspec.parse_network(opts.network)
@@ -475,16 +476,19 @@ def _network_for(paths: Paths, opts) -> tuple:
 
         ports = tuple(p.to_dict() for p in netspec.parse_publish(opts.publish))
         plan_ = runtime_network.plan_bridge(ports, rootless=paths.rootless)
-        return plan_, None, plan_.driver
+        return plan_, None, plan_.driver, False
     if network.kind == "container":
         return None, *_joined_network(paths, network.target)
-    return None, None, network.kind
+    return None, None, network.kind, False
 
 
-def _joined_network(paths: Paths, name: str) -> tuple[str, str]:
-    """--network container:NAME: the namespace of NAME's first process, and its driver."""
+def _joined_network(paths: Paths, name: str) -> tuple[str, str, bool]:
+    """--network container:NAME: the namespace of NAME's first process, its driver, and whether
+    NAME runs with the default network's hardening (on the host's network without CAP_NET_RAW,
+    abstract sockets scoped): a container that joins it gets the same, not more."""
     from minictr.containers import find_container
     from minictr.runtime import lifecycle
+    from minictr.spec import builder
 
     root = state_root(paths)
     cid = find_container(root, name)
@@ -492,15 +496,16 @@ def _joined_network(paths: Paths, name: str) -> tuple[str, str]:
     if lifecycle.status(root, st) not in ("running", "created", "paused"):
         raise UsageError(f"--network container:{name}: the container is not running",
                          hint="its network namespace lives only as long as its process")
-    kinds = {ns.get("type"): ns for ns in
-             root.read_config(cid).get("linux", {}).get("namespaces", [])}
+    config = root.read_config(cid)
+    kinds = {ns.get("type"): ns for ns in config.get("linux", {}).get("namespaces", [])}
+    hardened = builder.ANNOTATION_LANDLOCK_SCOPE in (config.get("annotations") or {})
     if "network" not in kinds:
         driver = "host"
     elif st.get("network"):
         driver = st["network"].get("driver", "bridge")
     else:
         driver = "ns" if kinds["network"].get("path") else "none"
-    return f"/proc/{st['pid']}/ns/net", driver
+    return f"/proc/{st['pid']}/ns/net", driver, hardened
 
 def _overlay_driver() -> str:
     """MINICTR_OVERLAY=fuse-overlayfs picks the user-space overlay (kernels or filesystems where

@@ -68,13 +68,15 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
                host_ids: tuple[int, int] | None = None, host: "HostFacts | None" = None,
                launcher_caps: tuple[str, ...] | None = None, nofile_limit: int | None = None,
                etc_files: dict[str, str] | None = None, init_path: str | None = None,
-               network_path: str | None = None) -> dict:
+               network_path: str | None = None, joined_hardened: bool = False) -> dict:
     """The whole plan. ``image_config`` is the OCI image config JSON (its "config" object holds
     Entrypoint, Cmd, Env, WorkingDir, User, Labels). ``host_env`` (default: this process's
     environment) serves ``-e KEY`` and bare keys in env files. ``host_ids`` is (euid, egid),
     default this process's, for the rootless id mapping and --userns keep-id. ``host``: the
     facts job-native mode (``opts.hpc``) takes from the host, default this process's.
-    ``network_path`` is the namespace --network container:NAME joins (api resolves the name).
+    ``network_path`` is the namespace --network container:NAME joins (api resolves the name);
+    ``joined_hardened`` says that NAME has the default network's hardening, which then holds
+    here too (unless --privileged, as for the default itself).
 
     What the launcher itself can give, which api.py reads from the host: ``launcher_caps``, the
     capabilities it holds (None: any; a container in a user namespace of its own gets every
@@ -87,7 +89,8 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootless: bool, containe
     network = netspec.parse_network(opts.network)
     ports = netspec.parse_publish(opts.publish)
     netspec.check_publish(network, ports)
-    hardened = default_network_hardened(network, opts, host_env)
+    hardened = (default_network_hardened(network, opts, host_env)
+                or (joined_hardened and network.kind == "container" and not opts.privileged))
     host_ids = (os.geteuid(), os.getegid()) if host_ids is None else host_ids
     if opts.hpc:
         _check_job_native(opts)

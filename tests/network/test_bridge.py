@@ -223,6 +223,16 @@ def test_the_default_network_drops_net_raw_and_scopes_abstract_sockets(mc, world
             assert default["connect-abstract"]["mctest-abstract"] == "EPERM"
         host = json.loads(mc("run", "--rm", "--network", "host", *probe, check=True).stdout)
         assert host == {"connect-abstract": {"mctest-abstract": "ok"}, "socket": {"raw": "ok"}}
+        # joining a container on the default network gives no more than it has
+        keeper = mc.popen("run", "--name", "hardened", "busybox:test", "sleep", "1000")
+        try:
+            mc.wait_running("hardened")
+            joined = json.loads(mc("run", "--rm", "--network", "container:hardened", *probe,
+                                   check=True).stdout)
+            assert joined == default, joined
+        finally:
+            stop(keeper)
+            mc("rm", "-f", "hardened")
     finally:
         listener.stdin.close()
         listener.wait()

@@ -113,6 +113,19 @@ def test_explicit_host_slurm_jobs_privileged_and_bridge_are_not_hardened(kw):
     assert "org.minictr.landlock.scoped" not in spec.get("annotations", {})
 
 
+def test_joining_a_hardened_container_keeps_its_hardening():
+    """--network container:NAME where NAME runs on the default (hardened) network: the joiner
+    is in the host's network namespace too, so it gets NAME's limits, not more."""
+    joined = build(network="container:web", network_path="/proc/1/ns/net", joined_hardened=True)
+    assert "CAP_NET_RAW" not in joined["process"]["capabilities"]["bounding"]
+    assert joined["annotations"]["org.minictr.landlock.scoped"] == "abstract_unix_socket"
+    plain = build(network="container:web", network_path="/proc/1/ns/net")
+    assert "CAP_NET_RAW" in plain["process"]["capabilities"]["bounding"]
+    privileged = build(network="container:web", network_path="/proc/1/ns/net",
+                       joined_hardened=True, privileged=True)
+    assert "org.minictr.landlock.scoped" not in privileged.get("annotations", {})
+
+
 def test_cap_add_net_raw_keeps_it_in_the_default_network():
     spec = build(cap_add=("NET_RAW",))
     assert "CAP_NET_RAW" in spec["process"]["capabilities"]["bounding"]

@@ -34,13 +34,13 @@ def host_stat(path):
 
 
 def build(image=IMAGE, *, rootless=False, files=FILES, host_env=None, launcher_caps=None,
-          network_path=None, **kw):
+          network_path=None, joined_hardened=False, **kw):
     kw.setdefault("image", "nginx")
     return build_spec(image, RunOptions(**kw), rootless=rootless, container_id=CID,
                       rootfs_path="/run/r", read_file=files.get, host_env=host_env or {},
                       host_stat=host_stat, read_host_file=lambda p: {"/env": b"FROMFILE=1\n"}[p],
                       host_ids=(1000, 1000), launcher_caps=launcher_caps,
-                      network_path=network_path)
+                      network_path=network_path, joined_hardened=joined_hardened)
 
 
 def test_whole_spec_for_a_plain_run():
