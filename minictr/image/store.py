@@ -161,9 +161,14 @@ class Store:
 
     def _ensure_dirs(self) -> None:
         os.makedirs(self.root, mode=0o711, exist_ok=True)
-        for sub, mode in (("blobs/sha256", 0o700), ("layers", 0o711), ("images/records", 0o700),
+        # layers/ is the owner's alone: an unpacked layer keeps its setuid-root files, and a
+        # traversable path (chain IDs are public) would let any local user run them on the host.
+        for sub, mode in (("blobs/sha256", 0o700), ("layers", 0o700), ("images/records", 0o700),
                           ("tmp", 0o700), ("locks", 0o700)):
             os.makedirs(self._path(sub), mode=mode, exist_ok=True)
+        layers = os.stat(self._path("layers"))
+        if layers.st_mode & 0o077 and layers.st_uid == os.geteuid():
+            os.chmod(self._path("layers"), 0o700)   # a store made before this was 0711
 
     @contextlib.contextmanager
     def _writing(self):

@@ -94,3 +94,24 @@ def test_volume_with_dotdot_is_refused(mc, tmp_path):
     res = mc("run", "--rm", "-v", f"{tmp_path}:/../../etc/evil", "busybox:test", "true")
     assert res.returncode == 125
     assert ".." in res.stderr
+
+
+def test_unpacked_layers_are_out_of_other_host_users_reach(mc, image_cache):
+    """An image's setuid-root files stay setuid-root in its unpacked layer. layers/ is the
+    store owner's alone; with 0711 (as it once was) any local user who knows a chain ID (they
+    are public) could run them on the host. A store made with the old mode is corrected at its next write."""
+    import stat
+    import subprocess
+
+    layers = os.path.join(mc.root, "layers")
+    assert stat.S_IMODE(os.stat(layers).st_mode) == 0o700
+    os.chmod(layers, 0o711)
+    from tests import images as test_images
+    mc("load", "--tag", "again:test", test_images.build_busybox(image_cache).ref, check=True)
+    assert stat.S_IMODE(os.stat(layers).st_mode) == 0o700
+    # and so no other user gets in, even where every directory above is open to them
+    entry = next(os.scandir(layers)).path
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "/usr/bin/test", "-e", os.path.join(entry, "diff")],
+                         cwd="/", capture_output=True)
+    assert res.returncode != 0
