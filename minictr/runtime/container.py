@@ -57,7 +57,10 @@ def setup_rootfs(kernel, spec: dict, plan, rootless: bool, explain: Explain, *,
         kernel.link_up("lo")
     rootfs_mod.make_mounts_private(kernel, linux.get("rootfsPropagation"), explain)
     root_path = spec["root"]["path"]
-    rootfs_mod.mount_rootfs(kernel, plan, root_path, explain, image_mount)
+    caps = spec.get("process", {}).get("capabilities", {})
+    ptrace = any("CAP_SYS_PTRACE" in (caps.get(key) or ()) for key in ("bounding", "permitted"))
+    rootfs_mod.mount_rootfs(kernel, plan, root_path, explain, image_mount,
+                            ptrace_in_container=ptrace)
     root_fd = kernel.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         rootfs_mod.mount_all(kernel, root_fd, spec, rootless, explain)

@@ -148,15 +148,16 @@ def make_mounts_private(kernel, propagation: str | None, explain: Explain) -> No
 
 
 def mount_rootfs(kernel, plan: RootfsPlan | None, root_path: str, explain: Explain,
-                 image_mount: int | None = None) -> None:
+                 image_mount: int | None = None, ptrace_in_container: bool = False) -> None:
     """Mount the overlay at root_path, or, for a prepared rootfs (OCI bundle), bind it onto
     itself so that it is a mount point (pivot_root(2) requires one). ``image_mount``: the
-    squashfs the launcher mounted (open_image_mount), to attach first."""
+    squashfs the launcher mounted (open_image_mount), to attach first. ``ptrace_in_container``:
+    the container may hold CAP_SYS_PTRACE, which rules a FUSE daemon out (FuseJail)."""
     if plan is None:
         _say(explain, f"mount --rbind {root_path} {root_path}")
         kernel.mount(root_path, root_path, None, sc.MS_BIND | sc.MS_REC)
         return
-    jail = FuseJail(kernel, root_path, explain)
+    jail = FuseJail(kernel, root_path, explain, ptrace_in_container)
     if plan.squashfs is not None:
         # first: the tmpfs upper below takes the mode and owner of the image's root from it
         mount_squashfs(kernel, plan.squashfs, plan.rootless, jail, explain, image_mount)
@@ -208,14 +209,31 @@ class FuseJail:
     a bind of "/" (a different mount, which pivot_root leaves alone and MNT_DETACH only
     hides) it keeps its view; its mount is made there and moved onto the real target.
     Made once, on first use.
+
+    The daemon is a child of the container's first process, in its PID namespace and user
+    namespace, with its root in the host's "/". Reading its /proc/PID/root takes
+    PTRACE_MODE_READ: refused to the container's processes while they hold fewer capabilities
+    than the daemon, granted with CAP_SYS_PTRACE. So a container that may hold CAP_SYS_PTRACE
+    (--cap-add SYS_PTRACE, --privileged) gets no FUSE daemon: an error instead of the host's
+    files (the kernel's overlay or a loop-mounted squashfs have no such process).
     """
 
-    def __init__(self, kernel, root_path: str, explain: Explain):
+    def __init__(self, kernel, root_path: str, explain: Explain,
+                 ptrace_in_container: bool = False):
         self.kernel, self.explain = kernel, explain
         self.path = os.path.join(os.path.dirname(root_path), "fuse-root")
         self._made = False
+        self.ptrace_in_container = ptrace_in_container
 
     def enter(self) -> str:
+        if self.ptrace_in_container:
+            from minictr.errors import RuntimeSetupError
+
+            raise RuntimeSetupError(
+                "this root needs a FUSE daemon (fuse-overlayfs or squashfuse), and a container "
+                "with CAP_SYS_PTRACE could reach the host's files through its /proc/PID/root",
+                hint="drop --cap-add SYS_PTRACE (or --privileged), or use a kernel that mounts "
+                     "overlayfs unprivileged (Linux >= 5.11)")
         if not self._made:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             _say(self.explain, f"mount --rbind / {self.path}  (FUSE daemons' own root)")

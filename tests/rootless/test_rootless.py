@@ -118,6 +118,34 @@ def test_fuse_overlayfs_driver(user_mc):
     assert int(res.stdout.split()[0]) >= 1
 
 
+def test_no_fuse_daemon_for_a_container_that_may_ptrace(user_mc):
+    """fuse-overlayfs runs in the container's PID namespace with its root in the host's "/";
+    with CAP_SYS_PTRACE the container could read the host's files through its /proc/PID/root.
+    That combination is refused; the attack is what the command tries. --network host: the
+    default network's Landlock domain would also stop it (no ptrace out of the domain), but a
+    job-native run, --network host or an older kernel has none."""
+    import shutil
+
+    if not shutil.which("fuse-overlayfs"):
+        pytest.skip("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)")
+    marker = f"/tmp/mctr-host-marker-{os.getpid()}"
+    with open(marker, "w") as f:
+        f.write("HOST-FILE-REACHED\n")
+    os.chmod(marker, 0o644)
+    env = user_mc.env()
+    env["MINICTR_OVERLAY"] = "fuse-overlayfs"
+    try:
+        res = subprocess.run(
+            user_mc.cmdline("run", "--rm", "--network", "host", "--cap-add", "SYS_PTRACE",
+                            "busybox:test", "sh", "-c",
+                            f"for r in /proc/[0-9]*/root; do cat $r{marker} 2>/dev/null; done"),
+            capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        os.unlink(marker)
+    assert "HOST-FILE-REACHED" not in res.stdout
+    assert res.returncode == 125 and "CAP_SYS_PTRACE" in res.stderr, res.stderr
+
+
 def _as_user(user_mc, *args, env=None):
     """The installed CLI as the test user with no --state: its default state dir is used."""
     base = {**user_mc.env(), **(env or {})}
