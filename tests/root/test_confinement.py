@@ -135,6 +135,8 @@ def test_the_launchers_session_keyring_stays_out(mc):
     holds the launcher's keyring, so the test can see it."""
     host = subprocess.run(["cat", "/proc/keys"], capture_output=True, text=True,
                           preexec_fn=_own_session_keyring_with_a_secret)
+    if host.returncode in (97, 98):
+        pytest.skip("this kernel has no keyrings for the test to use (CONFIG_KEYS)")
     assert host.returncode == 0 and "mctest-secret" in host.stdout, (host.returncode,
                                                                        host.stdout)
     res = mc("run", "--rm", "--privileged", "busybox:test", "cat", "/proc/keys",
