@@ -238,6 +238,38 @@ def test_the_default_network_drops_net_raw_and_scopes_abstract_sockets(mc, world
         listener.wait()
 
 
+LOOPBACK_LISTENER = (
+    "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(8); "
+    "print(s.getsockname()[1], flush=True); s.settimeout(20)\n"
+    "try:\n    c, peer = s.accept(); print('REACHED', peer[0], flush=True)\n"
+    "except socket.timeout:\n    print('NOTHING', flush=True)")
+
+
+def test_a_neighbour_on_the_bridge_cannot_reach_the_hosts_loopback(mc, world):
+    """CVE-2020-8558: route_localnet is on for the bridge (published ports answer on the
+    host's 127.0.0.1 through it), so a neighbour on the bridge that routes 127.0.0.1 to its
+    gateway would reach services the host binds to loopback only. The guard chain drops such
+    packets (runtime/nftables.py). The neighbour here is a container with NET_ADMIN: its own
+    loopback address gone, 127.0.0.1 routed through the gateway, route_localnet on (so the
+    answer would be taken too)."""
+    listener = subprocess.Popen([*world.in_host(), "/usr/bin/python3", "-c", LOOPBACK_LISTENER],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(listener.stdout.readline())
+        res = mc("run", "--rm", "--network", "bridge", "--cap-add", "NET_ADMIN",
+                 "--sysctl", "net.ipv4.conf.all.route_localnet=1", "busybox:test", "sh", "-c",
+                 "gw=$(ip route | awk '/^default/ {print $3}') && ip addr flush dev lo && "
+                 f"ip route add 127.0.0.1/32 via $gw dev eth0 && echo ROUTED && "
+                 f"nc -w 3 127.0.0.1 {port} </dev/null; true")
+        assert "ROUTED" in res.stdout, res.stderr
+        listener.terminate()
+        seen = listener.communicate(timeout=30)[0]
+    finally:
+        listener.kill()
+        listener.wait()
+    assert "REACHED" not in seen, seen
+
+
 def _landlock_abi() -> int:
     from minictr.runtime.syscalls import Syscalls
 

@@ -126,6 +126,29 @@ def test_proc_self_exe_does_not_run_the_host_interpreter(mc):
     assert "PYTHON-RAN" not in res.stdout
 
 
+def test_proc_self_exe_is_not_the_host_interpreter_even_where_it_could_run(mc):
+    """The test above passes with any busybox image even if /proc/self/exe named the host's
+    Python: the image has no dynamic loader, so the interpreter could not start in it (ENOENT
+    for its ELF interpreter). Here the host's loader, libraries and interpreter are bound in
+    read-only, so it can; /proc/self/exe, and a script whose #! names it, must still not be it
+    (runc CVE-2019-5736: exec'd from the launcher's process, it would be the host's binary
+    running in the container)."""
+    py = os.path.realpath(sys.executable)
+    binds = ["-v", f"{py}:{py}:ro"]
+    for path in ("/usr/lib", "/lib", "/lib64"):
+        if os.path.isdir(path):
+            binds += ["-v", f"{os.path.realpath(path)}:{path}:ro"]
+    ran = mc("run", "--rm", *binds, "busybox:test", py, "-c", "print('PYTHON-RAN')")
+    if "PYTHON-RAN" not in ran.stdout:
+        pytest.skip(f"the host's {py} does not run from /usr/lib, /lib, /lib64: {ran.stderr}")
+    res = mc("run", "--rm", *binds, "busybox:test", "/proc/self/exe", "-c", "print('PYTHON-RAN')")
+    assert "PYTHON-RAN" not in res.stdout, res.stderr
+    script = "#!/proc/self/exe\nprint('PYTHON-RAN')\n"
+    res = mc("run", "--rm", *binds, "busybox:test", "sh", "-c",
+             f"printf '{script}' > /s && chmod +x /s && /s")
+    assert "PYTHON-RAN" not in res.stdout, res.stderr
+
+
 def test_host_interpreter_cannot_be_written_through_proc(mc):
     before = os.stat(sys.executable)
     res = mc("run", "--rm", "busybox:test", "sh", "-c",
