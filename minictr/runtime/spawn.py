@@ -445,6 +445,13 @@ def child_main(kernel, plan: SpawnPlan, channel, exec_w: int | None, explain: Ex
     """Runs in the new process. Never returns: it execs, or reports an error and _exits."""
     try:
         kernel.reset_signals()      # ignored dispositions survive execve, even 32 and 33
+        if plan.container is None or not plan.rootless:
+            # This process is a fork of the host's Python until it fexecve()s mcinit. Dumpable,
+            # its /proc/PID/exe is open to the container's processes once it has their
+            # capabilities: an fd to the host's interpreter (runc CVE-2019-5736). execve makes
+            # it dumpable again, as mcinit. A rootless first process stays dumpable: newuidmap
+            # and pasta open its /proc/PID as its owner, and nothing runs in its container yet.
+            kernel.set_dumpable(False)
         if plan.attached:
             capabilities.die_with_parent(kernel)
         msg, _ = channel.receive()

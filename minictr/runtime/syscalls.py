@@ -298,6 +298,9 @@ class Syscalls(Rtnetlink):
     def set_pdeathsig(self, sig: int) -> None:
         prctl.set_pdeathsig(sig)
 
+    def set_dumpable(self, on: bool) -> None:
+        prctl.set_dumpable(on)
+
     def setgroups(self, gids: list[int]) -> None:
         os.setgroups(gids)
 

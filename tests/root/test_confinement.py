@@ -125,9 +125,6 @@ def racer_dir(tmp_path_factory) -> str:
     return str(d)
 
 
-@pytest.mark.xfail(reason="open (docs/security.md): an exec'd process is the host's Python, "
-                          "dumpable, with the container's capabilities, until it fexecve()s "
-                          "mcinit", strict=False)
 def test_an_exec_d_process_never_shows_the_host_interpreter(mc, racer_dir):
     """runc CVE-2019-5736 as a race: a process in the container opens /proc/PID/exe of each
     process it sees, over and over, while the launcher execs into the container. The exec'd
