@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import stat
@@ -245,6 +246,20 @@ def test_media_types(dest, media_type, kind):
     stream = open_layer(io.BytesIO(compress(kind, raw)), media_type)
     stats = unpack_layer(stream, str(dest), rootless=False)
     assert (dest / "g").read_bytes() == b"end" and stats.tar_bytes == len(raw)
+
+
+@pytest.mark.parametrize("media_type,kind", [
+    (OCI_TAR, "tar"), (OCI_GZIP, "gzip"), (OCI_ZSTD, "zstd"), (DOCKER_TAR, "gzip")])
+def test_tar_hash_covers_every_uncompressed_byte(dest, media_type, kind):
+    """The diff_id is hashed on the decoder's thread: complete, padding and trailer included,
+    once a read has returned b"" (as the store reads it)."""
+    raw = make_tar([F("f", os.urandom(3 << 20)), F("g", b"end")]) + b"\0" * 10240
+    tar_hash = hashlib.sha256()
+    stream = open_layer(io.BytesIO(compress(kind, raw)), media_type, tar_hash=tar_hash)
+    unpack_layer(stream, str(dest), rootless=False)
+    assert stream.read(1 << 20) == b""
+    assert tar_hash.hexdigest() == hashlib.sha256(raw).hexdigest()
+    assert stream.size == len(raw)
 
 
 def test_multi_member_gzip_and_multi_frame_zstd(dest):
