@@ -112,6 +112,19 @@ def write_sparse(fd: int, e: ts.TarEntry, chunks) -> None:
     os.ftruncate(fd, e.size)
 
 
+def process_umask() -> int | None:
+    """The umask, read without changing it (umask(2) sets it, for every thread): proc(5)'s
+    Umask field, since Linux 4.7. None if it cannot be read."""
+    try:
+        with open("/proc/thread-self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def allowed_xattr(name: str, rootless: bool) -> bool:
     """Whether an xattr from the image may be set. Overlay's own xattrs never: an image that
     plants ``trusted.overlay.opaque``/``redirect``/``metacopy`` would change how the kernel
@@ -134,6 +147,7 @@ class _Unpacker:
         self.deferred: list[tuple[str, str, ts.TarEntry]] = []   # whiteouts, in finish()
         self.whiteouts: list[tuple[str, str]] = []      # made: (parent, name)
         self.opaque_xattr = "user.overlay.opaque" if rootless else "trusted.overlay.opaque"
+        self.umask = process_umask()
 
     def close(self) -> None:
         try:
@@ -202,11 +216,13 @@ class _Unpacker:
 
     # ---------------------------------------------------------------- entry kinds
     def regular(self, pfd: int, name: str, e: ts.TarEntry, reader: ts.TarReader) -> None:
+        # made with its final permission bits, so that fchmod is needed only where the umask
+        # or a set-id/sticky bit makes them differ (new_file_settles)
         try:
-            fd = os.open(name, O_NEWFILE, 0o600, dir_fd=pfd)
+            fd = os.open(name, O_NEWFILE, e.mode & 0o777, dir_fd=pfd)
         except FileExistsError:
             self.make_room(pfd, name)
-            fd = os.open(name, O_NEWFILE, 0o600, dir_fd=pfd)
+            fd = os.open(name, O_NEWFILE, e.mode & 0o777, dir_fd=pfd)
         try:
             if e.sparse is None:
                 write = os.write
@@ -215,7 +231,7 @@ class _Unpacker:
                         chunk = chunk[write(fd, chunk):]
             else:
                 write_sparse(fd, e, reader.data(e))
-            self.set_metadata_fd(fd, e)
+            self.set_metadata_fd(fd, e, created_in=pfd)
         finally:
             os.close(fd)
         self.stats.files += 1
@@ -243,7 +259,7 @@ class _Unpacker:
         except FileExistsError:
             self.make_room(pfd, name)
             os.symlink(e.linkname, name, dir_fd=pfd)
-        self.set_link_metadata(pfd, name, e)
+        self.set_link_metadata(pfd, name, e, created=True)
         self.stats.symlinks += 1
 
     def hardlink(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
@@ -395,19 +411,40 @@ class _Unpacker:
                 raise _entry_error(e, err) from err
 
     # ---------------------------------------------------------------- metadata
-    def set_metadata_fd(self, fd: int, e: ts.TarEntry) -> None:
-        """Owner before mode (chown(2) clears setuid/setgid), xattrs, then times."""
-        if not self.rootless:
+    def set_metadata_fd(self, fd: int, e: ts.TarEntry, created_in: int | None = None) -> None:
+        """Owner before mode (chown(2) clears setuid/setgid), xattrs, then times. A file just
+        created in directory ``created_in`` with mode ``e.mode & 0o777`` skips the fchown and
+        fchmod that would change nothing (most files of an image are root's, made by root)."""
+        owner_ok = mode_ok = False
+        if created_in is not None:
+            owner_ok, mode_ok = self.new_file_settles(created_in, e)
+        if not (self.rootless or owner_ok):
             os.fchown(fd, e.uid, e.gid)
-        os.fchmod(fd, e.mode)
+        if not mode_ok:
+            os.fchmod(fd, e.mode)
         if e.xattrs:
             self.set_xattrs(fd, e)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
-    def set_link_metadata(self, pfd: int, name: str, e: ts.TarEntry) -> None:
+    def new_file_settles(self, pfd: int, e: ts.TarEntry) -> tuple[bool, bool]:
+        """Whether a file just created in ``pfd`` with ``e.mode & 0o777`` already has the
+        entry's owner, and its mode. The owner is our fsuid and, unless the directory is
+        setgid (or the filesystem mounted ``grpid``), our fsgid, else the directory's group:
+        both are ours when the directory's group is. The mode is the one asked for less the
+        umask, unless a default ACL on the directory decides instead (acl(5)); set-id and
+        sticky bits always take an fchmod."""
+        new = self.root.new_file_traits(pfd)
+        owner_ok = new.gid_is_ours and e.uid == self.root.euid and e.gid == self.root.egid
+        mode_ok = (not new.default_acl and self.umask is not None
+                   and not e.mode & 0o7000 and not e.mode & self.umask)
+        return owner_ok, mode_ok
+
+    def set_link_metadata(self, pfd: int, name: str, e: ts.TarEntry,
+                          created: bool = False) -> None:
         """A symlink's owner, xattrs and mtime, by name: a symlink cannot be opened. Linux
-        refuses user.* xattrs on symlinks (xattr(7)); trusted.* and security.* are kept."""
-        if not self.rootless:
+        refuses user.* xattrs on symlinks (xattr(7)); trusted.* and security.* are kept.
+        ``created``: made just now in ``pfd``, so its owner may already be the entry's."""
+        if not self.rootless and not (created and self.new_file_settles(pfd, e)[0]):
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         if e.xattrs:
             # /proc/self/fd/N names the layer's directory; the link itself is not followed
