@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import http.client
 import io
-import socket
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
-import requests
-import urllib3
-
 from minictr.errors import RegistryError
+from minictr.image.httpclient import HTTPError
 
 CHUNK = 1 << 20
-BROKEN = (urllib3.exceptions.HTTPError, requests.exceptions.RequestException,
-          http.client.HTTPException, OSError)
+BROKEN = (HTTPError, http.client.HTTPException, OSError)    # OSError: IncompleteRead too
 
 
 class Cancelled(Exception):
@@ -68,11 +64,8 @@ class Transfers:
 def _shutdown(response) -> None:
     """Wake a thread blocked in recv(2) on ``response``'s socket: close(2) from another thread
     does not, shutdown(2) does (the blocked recv returns 0)."""
-    conn = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
     try:
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
+        response.shutdown()
         response.close()
     except Exception:   # racing the worker's own close; nothing useful to report
         pass
@@ -106,7 +99,7 @@ class BlobStream(io.RawIOBase):
 
     def _discard(self, count: int) -> None:
         while count:
-            data = self.response.raw.read(min(count, CHUNK), decode_content=False)
+            data = self.response.read1(min(count, CHUNK))
             if not data:
                 raise ConnectionError("connection closed while skipping to the resume point")
             count -= len(data)
@@ -141,7 +134,7 @@ class BlobStream(io.RawIOBase):
             try:
                 if self.response is None:
                     self._connect()
-                data = self.response.raw.read(min(want, CHUNK), decode_content=False)
+                data = self.response.read1(min(want, CHUNK))
                 if not data:
                     raise ConnectionError(f"connection closed at byte {self.offset}")
                 break
@@ -162,7 +155,7 @@ class BlobStream(io.RawIOBase):
         """The descriptor's size is the blob's size (image-spec descriptor.md): a server that
         would send more is not trusted further."""
         if self.response is not None:
-            extra = self.response.raw.read(1, decode_content=False) if not self.closed else b""
+            extra = self.response.read1(1) if not self.closed else b""
             self._drop()
             if extra:
                 raise RegistryError(f"blob {self.digest} is larger than its descriptor's size "
@@ -175,7 +168,7 @@ class BlobStream(io.RawIOBase):
 
 class Deadline:
     """A total time limit for a pull: at ``seconds`` a timer thread cancels the transfers and
-    cuts every connection of the watched sessions (``distribution.Connections``), again every
+    cuts every connection of the watched sessions (``httpclient.Connections``), again every
     0.2 s until stopped, so that a connection made meanwhile is cut too. Threads blocked in
     recv(2) wake with an error; the caller reports any error seen after the limit as
     ``error()``. None: no limit."""

@@ -8,7 +8,6 @@ import io
 import json
 
 import pytest
-import requests
 
 from minictr.errors import RegistryError
 from minictr.image import hosts, manifests, registry
@@ -16,27 +15,30 @@ from minictr.image.distribution import Client, retry_after
 from minictr.image.transfer import BlobStream, Transfers
 
 
-class Raw:
-    def __init__(self, body: bytes, break_after: int | None = None):
-        self.buf, self.break_after, self.sent = io.BytesIO(body), break_after, 0
+class Response:
+    """What httpclient.Session returns: status, headers, a body read on demand."""
 
-    def read(self, n=-1, decode_content=False):
+    def __init__(self, status, body=b"", headers=None, break_after=None):
+        self.status_code, self.headers, self.reason = status, headers or {}, ""
+        self.body, self.buf, self.break_after, self.sent = body, io.BytesIO(body), break_after, 0
+
+    def read1(self, n=1 << 20):
         if self.break_after is not None and self.sent >= self.break_after:
-            raise requests.exceptions.ChunkedEncodingError("connection broken")
+            raise ConnectionError("connection broken")
         if self.break_after is not None:
             n = min(n, self.break_after - self.sent)
         data = self.buf.read(n)
         self.sent += len(data)
         return data
 
-
-class Response:
-    def __init__(self, status, body=b"", headers=None, break_after=None):
-        self.status_code, self.headers, self.reason = status, headers or {}, ""
-        self.body, self.raw = body, Raw(body, break_after)
+    def read(self, n=-1):
+        return self.read1(n if n >= 0 else len(self.body))
 
     def json(self):
         return json.loads(self.body)
+
+    def shutdown(self):
+        pass
 
     def close(self):
         pass
