@@ -19,7 +19,7 @@ import io
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from minictr.errors import RegistryError
 from minictr.image.httpclient import HTTPError
