@@ -23,8 +23,6 @@ try:
 except ImportError:                             # pragma: no cover - isal is a dependency
     import zlib as _inflate
 
-import zstandard
-
 from minictr.errors import ImageError
 from minictr.image.manifests import LAYER_TYPES
 
@@ -118,6 +116,8 @@ def _gunzip(src):
 
 def _unzstd(src):
     """RFC 8878 frames, one after another; a frame cut short leaves ``eof`` False."""
+    import zstandard    # here: most layers are gzip, and its import costs ~4 ms
+
     dctx = zstandard.ZstdDecompressor()
     decoder, fed, pending, size = dctx.decompressobj(), False, [], 0
     while True:
