@@ -158,8 +158,10 @@ def contenders(host: str, digest: str, minictr: list[str], layout: str,
     ref = f"{host}/{REPO}"
     blob_url = f"http://{host}/v2/{REPO.split(':')[0]}/blobs/{digest}"
     before = {} if not baseline else {
+        # sys.path[0], not PYTHONPATH: "-c" puts the working directory (a checkout) first
         "minictr pull (baseline)": lambda d: [
-            ["env", f"PYTHONPATH={baseline}", sys.executable, "-c", API_PULL, f"{d}/store", ref]]}
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {baseline!r}); {API_PULL}",
+             f"{d}/store", ref]]}
     return {
         "minictr pull": lambda d: [minictr + [f"{d}/store", ref]],
         **before,
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
                     help="time the `minictr pull` entry point instead of minictr.api.pull")
     ap.add_argument("--baseline", metavar="DIR",
                     help="also time minictr.api.pull from another source tree (e.g. `git "
-                    "archive main`, with its built _native*.so), as PYTHONPATH=DIR")
+                    "archive main`, with its built _native*.so) first on sys.path")
     ap.add_argument("--only", help="comma-separated contender names' first words to run "
                     "(e.g. minictr,skopeo,curl)")
     args = ap.parse_args(argv)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import stat
 
 from minictr.errors import ImageError
@@ -151,6 +150,8 @@ class ScopedRoot:
         """Remove ``name`` in ``pfd``; a directory tree is removed with shutil.rmtree's fd-based
         walk, which never follows symlinks inside it."""
         if stat.S_ISDIR(st.st_mode):
+            import shutil   # rarely needed: not on every unpack's import path
+
             shutil.rmtree(name, dir_fd=pfd)
         else:
             os.unlink(name, dir_fd=pfd)

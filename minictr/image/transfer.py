@@ -18,7 +18,6 @@ import http.client
 import io
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable
 
 from minictr.errors import RegistryError
@@ -214,24 +213,46 @@ class Deadline:
 
 def run_parallel(jobs: Iterable[Callable[[], object]], transfers: Transfers,
                  workers: int = 4, poll: float = 0.2) -> list:
-    """Run ``jobs`` on ``workers`` threads; return their results in order. The first failure
-    (or Ctrl-C in the caller's thread) cancels the rest and is raised."""
+    """Run ``jobs`` on ``workers`` threads, taken in order; return their results in order. The
+    first failure (or Ctrl-C in the caller's thread) cancels the rest and is raised, once every
+    worker has stopped. Plain threads: concurrent.futures (and the logging it imports) cost
+    ~4 ms of every pull."""
     jobs = list(jobs)
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1)),
-                              thread_name_prefix="minictr-pull")
-    futures = [pool.submit(job) for job in jobs]
+    results: list = [None] * len(jobs)
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    order = iter(range(len(jobs)))
+
+    def work() -> None:
+        while True:
+            with lock:
+                if failures or transfers.cancel.is_set():
+                    return
+                i = next(order, None)
+            if i is None:
+                return
+            try:
+                results[i] = jobs[i]()
+            except BaseException as err:    # handed to the caller's thread, which raises it
+                with lock:
+                    failures.append(err)
+                return
+
+    threads = [threading.Thread(target=work, name=f"minictr-pull-{n}", daemon=True)
+               for n in range(max(1, min(workers, len(jobs))))]
+    for t in threads:
+        t.start()
     try:
-        pending = set(futures)
-        while pending:
-            # a bounded wait keeps the main thread responsive to KeyboardInterrupt
-            done, pending = wait(pending, timeout=poll, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    raise f.exception()
-        return [f.result() for f in futures]
+        for t in threads:
+            while t.is_alive():
+                t.join(poll)    # a bounded wait keeps the main thread responsive to Ctrl-C
+                if failures:
+                    raise failures[0]
+        if failures:
+            raise failures[0]
+        return results
     except BaseException:
         transfers.stop()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for t in threads:
+            t.join()
         raise
-    finally:
-        pool.shutdown(wait=True)

@@ -247,3 +247,26 @@ def test_rate_limit_after_retries_has_a_hint():
         client.get_manifest("v1", manifests.ACCEPT, 100)
     assert "rate-limits" in err.value.hint
     assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]          # exponential backoff without Retry-After
+
+
+def test_run_parallel_keeps_order_and_raises_the_first_failure():
+    import threading
+    import time as _time
+
+    from minictr.image.transfer import run_parallel
+
+    assert run_parallel([lambda i=i: (_time.sleep(0.01 * (5 - i)), i)[1] for i in range(5)],
+                        Transfers(), workers=3) == [0, 1, 2, 3, 4]
+    assert run_parallel([], Transfers()) == []
+    started, transfers = [], Transfers()
+
+    def job(i):
+        started.append(i)
+        if i == 1:
+            raise RegistryError("layer 1 broke")
+        transfers.cancel.wait(5)        # what a download does: stops when cancelled
+        return i
+    with pytest.raises(RegistryError, match="layer 1 broke"):
+        run_parallel([lambda i=i: job(i) for i in range(6)], transfers, workers=2)
+    assert transfers.cancel.is_set() and sorted(started) == [0, 1]
+    assert not [t for t in threading.enumerate() if t.name.startswith("minictr-pull")]
