@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from minictr.errors import ImageError
 from minictr.image import tarstream as ts
+from minictr.image import filewriter
 from minictr.image.copyup import UPPER, CopyUp, is_whiteout_stat
 from minictr.image.layerstream import open_layer
 from minictr.image.merged import MergedTree
@@ -61,7 +62,8 @@ class UnpackStats:
 
 def unpack_layer(tar_stream, dest: str, *, rootless: bool,
                  lower_lookup: Callable[[], list[str]] | None = None,
-                 warn: Callable[[str], None] | None = None, kernel=None) -> UnpackStats:
+                 warn: Callable[[str], None] | None = None, kernel=None,
+                 workers: int = 2) -> UnpackStats:
     """Extract the tar stream into the existing empty directory ``dest`` in overlay form.
 
     ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first (it may wait until
@@ -70,10 +72,11 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
     the end (so the layer is unpacked while the lower ones still are) to place the whiteouts
     and opaque markers of directories it did not hold, to drop whiteouts that hide nothing,
     and for the root's metadata when the tar has no ``./`` entry. The stream is read to its
-    end.
+    end. ``workers``: threads that create regular files and symlinks beside the parser
+    (image/filewriter.py); 0: all in this thread.
     """
     unpacker = _Unpacker(dest, kernel or Syscalls(), rootless, lower_lookup,
-                         warn or (lambda msg: None))
+                         warn or (lambda msg: None), workers)
     try:
         reader = ts.TarReader(tar_stream)
         for entry in reader:
@@ -139,8 +142,9 @@ def allowed_xattr(name: str, rootless: bool) -> bool:
 
 
 class _Unpacker:
-    def __init__(self, dest: str, kernel, rootless: bool, lower_lookup, warn):
+    def __init__(self, dest: str, kernel, rootless: bool, lower_lookup, warn, workers: int = 0):
         self.root = ScopedRoot(dest, kernel, self.resolve_missing)
+        self.writer = filewriter.FileWriter(workers) if workers else None
         self.rootless, self.warn = rootless, warn
         self.lower_lookup = lower_lookup
         self._copyup: CopyUp | None = None
@@ -153,10 +157,32 @@ class _Unpacker:
 
     def close(self) -> None:
         try:
+            if self.writer is not None:
+                self.writer.close()
             if self._copyup is not None:
                 self._copyup.close()
         finally:
             self.root.close()
+
+    def settle(self) -> None:
+        """Wait for the names the workers are making; redo, in order, those whose name was
+        taken (the redo replaces what is there, as a later tar entry does)."""
+        if self.writer is None:
+            return
+        try:
+            redo = self.writer.barrier()
+        except filewriter.JobError as err:
+            raise _entry_error(err.job.entry, err.job.error) from err.job.error
+        try:
+            for job in redo:
+                try:
+                    self.make_room(job.dir_fd, job.name)
+                    filewriter.make(job)
+                except (OSError, ValueError) as err:
+                    raise _entry_error(job.entry, err) from err
+        finally:
+            for job in redo:
+                os.close(job.dir_fd)
 
     def lowers(self) -> CopyUp:
         """This layer over its lower layers; lower_lookup is asked once (it may wait)."""
@@ -181,6 +207,12 @@ class _Unpacker:
         parent, name = split_path(path)
         if "/" + WHITEOUT_PREFIX in "/" + parent:
             raise ImageError(f"layer entry {e.name!r} is inside a whiteout marker", hint=_HINT)
+        if self.writer is not None and (
+                e.type not in (ts.REGULAR, ts.DIRECTORY, ts.SYMLINK)
+                or name.startswith(WHITEOUT_PREFIX) or self.writer.touches_pending(path)):
+            # it looks at names (hardlinks, whiteouts, devices), or its name or a directory
+            # on its way is still being made: the workers finish first
+            self.settle()
         if name.startswith(WHITEOUT_PREFIX):
             self.whiteout(parent, name, e)
             return
@@ -192,11 +224,11 @@ class _Unpacker:
             return
         pfd = self.root.dir_fd(parent)
         if e.type == ts.REGULAR:
-            self.regular(pfd, name, e, reader)
+            self.regular(pfd, name, e, reader, path)
         elif e.type == ts.DIRECTORY:
             self.directory(pfd, path, name, e)
         elif e.type == ts.SYMLINK:
-            self.symlink(pfd, name, e)
+            self.symlink(pfd, name, e, path)
         elif e.type == ts.HARDLINK:
             self.hardlink(pfd, path, name, e)
         elif e.type in (ts.CHAR, ts.BLOCKDEV, ts.FIFO):
@@ -208,6 +240,7 @@ class _Unpacker:
     def make_room(self, pfd: int, name: str, keep_dir: bool = False) -> bool:
         """Later entries win (as tar): remove what this layer already put at ``name``.
         Returns True when an existing directory is kept (a directory entry over a directory)."""
+        self.settle()       # nothing is removed while a worker may create inside it
         st = self.root.lstat(pfd, name)
         if st is None:
             return False
@@ -217,9 +250,20 @@ class _Unpacker:
         return False
 
     # ---------------------------------------------------------------- entry kinds
-    def regular(self, pfd: int, name: str, e: ts.TarEntry, reader: ts.TarReader) -> None:
+    def regular(self, pfd: int, name: str, e: ts.TarEntry, reader: ts.TarReader,
+                path: str = "") -> None:
         # made with its final permission bits, so that fchmod is needed only where the umask
         # or a set-id/sticky bit makes them differ (new_file_settles)
+        if self.writer is not None and e.sparse is None and not e.xattrs and \
+                e.size <= filewriter.SMALL_FILE:
+            owner_ok, mode_ok = self.new_file_settles(pfd, e)
+            data = b"".join(reader.data(e))         # the views die with the next read
+            self.writer.submit(filewriter.FileJob(
+                e, path, os.dup(pfd), name, data=data, chown=not (self.rootless or owner_ok),
+                chmod=not mode_ok))
+            self.stats.files += 1
+            self.stats.bytes += e.size
+            return
         try:
             fd = os.open(name, O_NEWFILE, e.mode & 0o777, dir_fd=pfd)
         except FileExistsError:
@@ -255,7 +299,14 @@ class _Unpacker:
         self.record_dir(path, e)
         self.stats.dirs += 1
 
-    def symlink(self, pfd: int, name: str, e: ts.TarEntry) -> None:
+    def symlink(self, pfd: int, name: str, e: ts.TarEntry, path: str = "") -> None:
+        if self.writer is not None and not e.xattrs:
+            owner_ok = self.new_file_settles(pfd, e)[0]
+            self.writer.submit(filewriter.FileJob(
+                e, path, os.dup(pfd), name, target=e.linkname,
+                chown=not (self.rootless or owner_ok)))
+            self.stats.symlinks += 1
+            return
         try:
             os.symlink(e.linkname, name, dir_fd=pfd)
         except FileExistsError:
@@ -488,6 +539,7 @@ class _Unpacker:
         """Directory metadata last (tar's "delay directory restore"): owners, modes, xattrs and
         mtimes of each directory that is still a real directory at its path. A layer without
         ``./`` takes the root's from the layer below (overlayfs shows the topmost layer's)."""
+        self.settle()
         self.apply_deferred()
         self.drop_idle_whiteouts()
         self.root.begin_entry()     # parents cached before a last removal may be stale
