@@ -19,21 +19,20 @@ import binascii
 import json
 import os
 import re
-from dataclasses import dataclass
-
 from minictr.errors import ImageError
+from minictr.records import record
 
 DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io",
                    "https://index.docker.io/v1/")
 
 
-@dataclass(frozen=True)
+@record
 class Credentials:
     username: str
     password: str
 
 
-@dataclass(frozen=True)
+@record
 class Challenge:
     """One ``WWW-Authenticate`` challenge (RFC 7235 §4.1): a scheme and its parameters.
 

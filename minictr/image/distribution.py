@@ -1,6 +1,6 @@
 """An HTTP client for the OCI distribution API (opencontainers/distribution-spec, spec.md).
 
-One ``Client`` talks to one endpoint about one repository over a pooled ``requests.Session``:
+One ``Client`` talks to one endpoint about one repository over a pooled ``httpclient.Session``:
 ``ping`` (``GET /v2/``) picks the scheme and learns how to authenticate, ``get_manifest``
 (``GET /v2/NAME/manifests/REF``) and ``open_blob`` (``GET /v2/NAME/blobs/DIGEST``, optionally
 with ``Range``) fetch content. Authentication follows distribution's token spec
@@ -12,127 +12,34 @@ honouring ``Retry-After`` (RFC 9110 §10.2.3).
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
-import socket
-import ssl
 import threading
 import time
-import weakref
-from typing import Callable
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+from collections.abc import Callable
 
 from minictr.errors import RegistryError
-from minictr.image import auth
+from minictr.image import auth, httpclient
 from minictr.image.hosts import Endpoint
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_REDIRECTS = 10          # registries redirect blobs to storage once; a loop ends here
 MAX_RETRY_AFTER = 30.0
 LOGIN_HINT = "log in first: minictr login {registry}"
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-class Connections:
-    """Every connection a session's pools open, so that a deadline can cut them all at once:
-    shutdown(2) wakes a thread blocked in recv(2) on one (close(2) from another thread does
-    not), however slowly the server drips its bytes."""
+def make_session(endpoint: Endpoint, pool: int = 8, env=None) -> httpclient.Session:
+    """A session with a connection pool big enough for the parallel blob workers. Verifying,
+    it trusts the system's CAs (a site CA installed in /etc/ssl/certs; $SSL_CERT_FILE), the
+    registry's certs.d CAs and a bundle named by $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE (read
+    by minictr before it left requests). Proxies come from the environment (httpclient.py)."""
+    import os
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._open: weakref.WeakSet = weakref.WeakSet()
-
-    def add(self, conn) -> None:
-        with self._lock:
-            self._open.add(conn)
-
-    def cut(self) -> None:
-        with self._lock:
-            conns = list(self._open)
-        for conn in conns:
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def pool_classes(self) -> dict:
-        """urllib3 pool classes that report each connection they make to this set."""
-        track = self.add
-
-        class HTTPPool(urllib3.HTTPConnectionPool):
-            def _new_conn(self):
-                conn = super()._new_conn()
-                track(conn)
-                return conn
-
-        class HTTPSPool(urllib3.HTTPSConnectionPool):
-            def _new_conn(self):
-                conn = super()._new_conn()
-                track(conn)
-                return conn
-
-        return {"http": HTTPPool, "https": HTTPSPool}
-
-
-class _Adapter(HTTPAdapter):
-    """An adapter whose connections are tracked (``Connections``) and whose TLS context, when
-    ``ca_files`` is given, trusts the system CAs plus a registry's certs.d CAs."""
-
-    def __init__(self, connections: Connections, ca_files=None, **kw):
-        self._connections = connections
-        self._ctx = None
-        if ca_files is not None:
-            self._ctx = ssl.create_default_context()
-            for path in ca_files:
-                self._ctx.load_verify_locations(cafile=path)
-        super().__init__(**kw)
-
-    def init_poolmanager(self, *args, **kw):
-        if self._ctx is not None:
-            kw["ssl_context"] = self._ctx
-        super().init_poolmanager(*args, **kw)
-        self.poolmanager.pool_classes_by_scheme = self._connections.pool_classes()
-
-    def proxy_manager_for(self, proxy, **kw):
-        manager = super().proxy_manager_for(proxy, **kw)
-        manager.pool_classes_by_scheme = self._connections.pool_classes()
-        return manager
-
-
-class _Session(requests.Session):
-    """requests lets $REQUESTS_CA_BUNDLE override ``verify=False`` (psf/requests#3829): the
-    user's --tls-verify=false must win."""
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if self.verify is False:
-            settings["verify"] = False
-        return settings
-
-
-def make_session(endpoint: Endpoint, pool: int = 8) -> requests.Session:
-    """A Session with a connection pool big enough for the parallel blob workers."""
-    s = _Session()
-    # trust_env: HTTPS_PROXY/NO_PROXY are honoured (cluster nodes often reach the internet only
-    # through a proxy), as are REQUESTS_CA_BUNDLE and ~/.netrc
-    s.headers["User-Agent"] = "minictr/0.1"
-    s.max_redirects = MAX_REDIRECTS
-    s.connections = Connections()
-    s.mount("http://", _Adapter(s.connections, pool_connections=2, pool_maxsize=pool))
-    # verifying: the system's CAs (a site CA installed in /etc/ssl/certs) plus certs.d, not
-    # only certifi's bundle that requests uses by default
-    s.mount("https://", _Adapter(s.connections, endpoint.ca_files if endpoint.verify else None,
-                                 pool_connections=2, pool_maxsize=pool))
-    s.verify = endpoint.verify
-    if not endpoint.verify:
-        # the user opted out (--tls-verify=false, an insecure registry); urllib3 would print a
-        # warning per request, and library code never prints (STYLE.md §5)
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    if endpoint.client_cert:
-        s.cert = endpoint.client_cert
-    return s
+    env = os.environ if env is None else env
+    cas = endpoint.ca_files + tuple(env[v] for v in CA_BUNDLE_VARIABLES if env.get(v))
+    return httpclient.Session(verify=endpoint.verify, ca_files=cas,
+                              client_cert=endpoint.client_cert, pool=pool, env=env,
+                              max_redirects=MAX_REDIRECTS)
 
 
 def retry_after(response, default: float) -> float:
@@ -200,15 +107,15 @@ class Client:
             url = f"{scheme}://{self.endpoint.host}/v2/"
             try:
                 r = self._ping_once(url)
-            except requests.exceptions.SSLError as err:
-                if "CERTIFICATE_VERIFY_FAILED" in str(err):
+            except httpclient.TLSError as err:
+                if err.verify_failed:
                     raise RegistryError(
                         f"TLS certificate of {self.endpoint.host} is not trusted: {err}",
                         hint=f"put its CA in /etc/containers/certs.d/{self.endpoint.host}/ca.crt,"
                         " or use --tls-verify=false for a test registry") from err
                 errors.append(f"{scheme}: {connection_reason(err)}")
                 continue
-            except requests.exceptions.RequestException as err:
+            except httpclient.HTTPError as err:
                 errors.append(f"{scheme}: {connection_reason(err)}")
                 continue
             if r.status_code not in (200, 401):
@@ -256,8 +163,12 @@ class Client:
             basic = (credentials.username, credentials.password)
         try:
             r = self.session.get(realm, params=params, auth=basic, timeout=self.timeout)
-        except requests.exceptions.RequestException as err:
+        except httpclient.HTTPError as err:
             raise RegistryError(f"cannot reach the token server {realm}: {err}") from err
+        with r:
+            return self._token_from(r, realm, credentials)
+
+    def _token_from(self, r, realm: str, credentials: auth.Credentials | None) -> str:
         if r.status_code in (401, 403):
             if credentials:
                 raise RegistryError(f"unauthorized: wrong username or password for {self.name}",
@@ -269,7 +180,7 @@ class Client:
         try:
             body = r.json()
             token = body.get("token") or body["access_token"]
-        except (ValueError, KeyError, AttributeError, RecursionError) as err:
+        except (ValueError, KeyError, AttributeError, RecursionError, OSError) as err:
             raise RegistryError(f"token server {realm} sent no token") from err
         if not (isinstance(token, str) and token and token.isascii() and token.isprintable()):
             raise RegistryError(f"token server {realm} sent a token that is not printable "
@@ -300,8 +211,8 @@ class Client:
     # ------------------------------------------------------------ requests with retries
 
     def _send(self, method: str, url: str, headers: dict, stream: bool = False):
-        return self.session.request(method, url, headers=headers, stream=stream,
-                                    timeout=self.timeout, allow_redirects=True)
+        return self.session.request(method, url, headers=headers, timeout=self.timeout,
+                                    allow_redirects=True)
 
     def request(self, method: str, path: str, headers: dict | None = None,
                 stream: bool = False):
@@ -317,17 +228,17 @@ class Client:
             try:
                 r = self._send(method, url, {**(headers or {}), **self._auth_header(scope)},
                                stream)
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+            except httpclient.ConnectError as err:
                 if attempt == self.retries:
                     raise RegistryError(f"{method} {url} failed: {connection_reason(err)}",
                                         hint="the registry stopped answering; try again") from err
                 self.sleep(delay)
                 continue
-            except requests.exceptions.TooManyRedirects as err:
+            except httpclient.TooManyRedirects as err:
                 raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects "
                                     "(a redirect loop?)", hint="the registry or a proxy in "
                                     "front of it is misconfigured") from err
-            except requests.exceptions.RequestException as err:    # InvalidHeader, bad URLs...
+            except httpclient.HTTPError as err:        # a redirect to a bad URL...
                 raise RegistryError(f"{method} {url} failed: {err}") from err
             if r.status_code == 401 and self._challenge is not None and not refreshed:
                 # an expired token, or a scope the registry names in its new challenge
@@ -371,11 +282,11 @@ class Client:
                 raise RegistryError(f"manifest {self.repository}:{reference} from {self.name}: "
                                     f"{error_text(r)}")
             try:
-                data = r.raw.read(max_bytes + 1, decode_content=True)
-            except (urllib3.exceptions.HTTPError, OSError) as err:
+                data = r.read(max_bytes + 1)
+            except (httpclient.HTTPError, OSError) as err:
                 # IncompleteRead: a Content-Length the body does not fill; or a cut connection
                 raise RegistryError(f"manifest {reference} from {self.name}: the connection "
-                                    f"broke while reading it ({type(err).__name__})",
+                                    f"broke while reading it: {err}",
                                     hint="the registry sent less than it announced; try "
                                     "again") from err
             if len(data) > max_bytes:
@@ -397,7 +308,7 @@ class Client:
 
 
 def connection_reason(err: Exception) -> str:
-    """requests' connection errors in a few words (its own text nests three exceptions)."""
+    """A connection error in a few words."""
     text = str(err)
     for needle, reason in (("Name or service not known", "host name not found"),
                            ("Temporary failure in name resolution", "host name not found"),

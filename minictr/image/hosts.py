@@ -28,15 +28,14 @@ import glob
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
-
 from minictr.errors import ImageError
+from minictr.records import record
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 
 
-@dataclass(frozen=True)
+@record
 class Endpoint:
     """One host to send distribution API requests to."""
     host: str                                     # "host[:port]" as in the URL
@@ -48,16 +47,21 @@ class Endpoint:
     registry: str = ""                            # the registry the user named (for auth)
 
 
-@dataclass(frozen=True)
+@record
 class RegistryConf:
     mirrors: tuple[tuple[str, bool], ...] = ()    # (location, insecure)
     insecure: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class HostsConfig:
-    registries: dict[str, RegistryConf] = field(default_factory=dict)
+    registries: dict = None                       # name -> RegistryConf; None: {}
     certs_dirs: tuple[str, ...] = ()
+
+    @classmethod
+    def _normalize(cls, values: dict) -> dict:
+        return {**values, "registries": {} if values["registries"] is None
+                else values["registries"]}
 
 
 def is_loopback(host: str) -> bool:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Callable
-
-import requests
+from collections.abc import Callable
 
 from minictr.errors import ImageError, RegistryError
-from minictr.image import auth, hosts, manifests
+from minictr.image import auth, hosts, httpclient, manifests
 from minictr.image.distribution import Client, connection_reason, error_text
 from minictr.image.transfer import BlobStream, Cancelled, Deadline, Transfers, run_parallel
 
@@ -324,7 +322,7 @@ def check_login(registry: str, username: str, password: str, tls_verify: bool | 
     except BaseException as err:
         if deadline.expired and not isinstance(err, KeyboardInterrupt):
             raise deadline.error(f"login to {registry}") from err
-        if isinstance(err, requests.exceptions.RequestException):
+        if isinstance(err, httpclient.HTTPError):
             raise RegistryError(f"login to {registry} failed: {connection_reason(err)}") from err
         raise
     finally:

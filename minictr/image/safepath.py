@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import stat
 
 from minictr.errors import ImageError
@@ -47,6 +46,13 @@ def split_path(path: str) -> tuple[str, str]:
     return parent, name
 
 
+class NewFileTraits:
+    __slots__ = ("gid_is_ours", "default_acl")
+
+    def __init__(self, gid_is_ours: bool, default_acl: bool):
+        self.gid_is_ours, self.default_acl = gid_is_ours, default_acl
+
+
 class ScopedRoot:
     """The directory tree of the layer being unpacked, which tar names are resolved inside of.
 
@@ -60,7 +66,9 @@ class ScopedRoot:
         self.resolve_missing = resolve_missing
         self.fd = os.open(path, O_DIR)
         self._dirs: dict[str, int] = {"": self.fd}
+        self._traits: dict[int, NewFileTraits] = {}     # by cached dir fd
         self._stale = False
+        self.euid, self.egid = os.geteuid(), os.getegid()
 
     def close(self) -> None:
         self._forget_dirs()
@@ -71,6 +79,23 @@ class ScopedRoot:
             if path:
                 os.close(fd)
         self._dirs = {"": self.fd}
+        self._traits = {}
+
+    def new_file_traits(self, dir_fd: int) -> "NewFileTraits":
+        """What a file created in the cached directory ``dir_fd`` gets without being told:
+        whether its group is ours, whether a default ACL shapes its mode. Known for as long
+        as the fd is cached; the unpacker changes a directory's owner, mode and xattrs only
+        at the end (or when making it, before its fd is cached)."""
+        traits = self._traits.get(dir_fd)
+        if traits is None:
+            try:
+                os.getxattr(dir_fd, "system.posix_acl_default")
+                acl = True
+            except OSError as err:
+                acl = err.errno not in (errno.ENODATA, errno.ENOTSUP)
+            traits = NewFileTraits(os.fstat(dir_fd).st_gid == self.egid, acl)
+            self._traits[dir_fd] = traits
+        return traits
 
     def begin_entry(self) -> None:
         """Drop cached dir fds when they may be wrong or too many. Only here, between entries,
@@ -125,6 +150,8 @@ class ScopedRoot:
         """Remove ``name`` in ``pfd``; a directory tree is removed with shutil.rmtree's fd-based
         walk, which never follows symlinks inside it."""
         if stat.S_ISDIR(st.st_mode):
+            import shutil   # rarely needed: not on every unpack's import path
+
             shutil.rmtree(name, dir_fd=pfd)
         else:
             os.unlink(name, dir_fd=pfd)

@@ -307,12 +307,15 @@ class Store:
             with open(os.path.join(tmp, "blob"), "xb") as blob_file:
                 compressed = HashingReader(stream, copy_to=blob_file, limit=size,
                                            what=f"layer {digest}")
+                import hashlib  # not at module level: it is off the run path
+                tar_hash = hashlib.sha256()     # the diff_id, on the decoder's thread
                 try:
-                    decoded = unpack.open_layer(compressed, _decoding_type(media_type))
-                    plain = HashingReader(decoded)
-                    unpack.unpack_layer(plain, diff, rootless=self.rootless,
+                    decoded = unpack.open_layer(compressed, _decoding_type(media_type),
+                                                tar_hash=tar_hash)
+                    unpack.unpack_layer(decoded, diff, rootless=self.rootless,
                                         lower_lookup=lower_lookup, warn=self._warn)
-                    plain.drain()
+                    while decoded.read(1 << 20):    # to the end, so the hash covers it all
+                        pass
                     compressed.drain()
                 except MinictrError:
                     raise
@@ -327,10 +330,11 @@ class Store:
                 raise ImageError(f"layer {digest} is {compressed.size} bytes, its descriptor "
                                  f"says {size}", hint="the source is corrupt or truncated")
             _verify("layer", digest, compressed.digest, "its blob")
-            _verify("layer", diff_id, plain.digest, f"the uncompressed tar of {digest}")
+            _verify("layer", diff_id, "sha256:" + tar_hash.hexdigest(),
+                    f"the uncompressed tar of {digest}")
             meta = {"chain_id": chain_id, "digest": digest, "diff_id": diff_id,
                     "media_type": media_type, "size": compressed.size,
-                    "unpacked_size": plain.size, "created": int(time.time())}
+                    "unpacked_size": decoded.size, "created": int(time.time())}
             atomic_write(os.path.join(tmp, "layer.json"), json.dumps(meta).encode())
             os.chmod(os.path.join(tmp, "blob"), 0o644)
             os.rename(os.path.join(tmp, "blob"), self.blob_path(digest))

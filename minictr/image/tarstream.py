@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
-from typing import Iterator
+from collections.abc import Iterator
 
 from minictr.errors import ImageError
 

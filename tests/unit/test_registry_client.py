@@ -8,7 +8,6 @@ import io
 import json
 
 import pytest
-import requests
 
 from minictr.errors import RegistryError
 from minictr.image import hosts, manifests, registry
@@ -16,27 +15,30 @@ from minictr.image.distribution import Client, retry_after
 from minictr.image.transfer import BlobStream, Transfers
 
 
-class Raw:
-    def __init__(self, body: bytes, break_after: int | None = None):
-        self.buf, self.break_after, self.sent = io.BytesIO(body), break_after, 0
+class Response:
+    """What httpclient.Session returns: status, headers, a body read on demand."""
 
-    def read(self, n=-1, decode_content=False):
+    def __init__(self, status, body=b"", headers=None, break_after=None):
+        self.status_code, self.headers, self.reason = status, headers or {}, ""
+        self.body, self.buf, self.break_after, self.sent = body, io.BytesIO(body), break_after, 0
+
+    def read1(self, n=1 << 20):
         if self.break_after is not None and self.sent >= self.break_after:
-            raise requests.exceptions.ChunkedEncodingError("connection broken")
+            raise ConnectionError("connection broken")
         if self.break_after is not None:
             n = min(n, self.break_after - self.sent)
         data = self.buf.read(n)
         self.sent += len(data)
         return data
 
-
-class Response:
-    def __init__(self, status, body=b"", headers=None, break_after=None):
-        self.status_code, self.headers, self.reason = status, headers or {}, ""
-        self.body, self.raw = body, Raw(body, break_after)
+    def read(self, n=-1):
+        return self.read1(n if n >= 0 else len(self.body))
 
     def json(self):
         return json.loads(self.body)
+
+    def shutdown(self):
+        pass
 
     def close(self):
         pass
@@ -245,3 +247,26 @@ def test_rate_limit_after_retries_has_a_hint():
         client.get_manifest("v1", manifests.ACCEPT, 100)
     assert "rate-limits" in err.value.hint
     assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]          # exponential backoff without Retry-After
+
+
+def test_run_parallel_keeps_order_and_raises_the_first_failure():
+    import threading
+    import time as _time
+
+    from minictr.image.transfer import run_parallel
+
+    assert run_parallel([lambda i=i: (_time.sleep(0.01 * (5 - i)), i)[1] for i in range(5)],
+                        Transfers(), workers=3) == [0, 1, 2, 3, 4]
+    assert run_parallel([], Transfers()) == []
+    started, transfers = [], Transfers()
+
+    def job(i):
+        started.append(i)
+        if i == 1:
+            raise RegistryError("layer 1 broke")
+        transfers.cancel.wait(5)        # what a download does: stops when cancelled
+        return i
+    with pytest.raises(RegistryError, match="layer 1 broke"):
+        run_parallel([lambda i=i: job(i) for i in range(6)], transfers, workers=2)
+    assert transfers.cancel.is_set() and sorted(started) == [0, 1]
+    assert not [t for t in threading.enumerate() if t.name.startswith("minictr-pull")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import stat
@@ -247,6 +248,20 @@ def test_media_types(dest, media_type, kind):
     assert (dest / "g").read_bytes() == b"end" and stats.tar_bytes == len(raw)
 
 
+@pytest.mark.parametrize("media_type,kind", [
+    (OCI_TAR, "tar"), (OCI_GZIP, "gzip"), (OCI_ZSTD, "zstd"), (DOCKER_TAR, "gzip")])
+def test_tar_hash_covers_every_uncompressed_byte(dest, media_type, kind):
+    """The diff_id is hashed on the decoder's thread: complete, padding and trailer included,
+    once a read has returned b"" (as the store reads it)."""
+    raw = make_tar([F("f", os.urandom(3 << 20)), F("g", b"end")]) + b"\0" * 10240
+    tar_hash = hashlib.sha256()
+    stream = open_layer(io.BytesIO(compress(kind, raw)), media_type, tar_hash=tar_hash)
+    unpack_layer(stream, str(dest), rootless=False)
+    assert stream.read(1 << 20) == b""
+    assert tar_hash.hexdigest() == hashlib.sha256(raw).hexdigest()
+    assert stream.size == len(raw)
+
+
 def test_multi_member_gzip_and_multi_frame_zstd(dest):
     raw = make_tar([F("f", b"x" * 5000), F("g", b"y")])
     half = len(raw) // 2
@@ -339,3 +354,27 @@ def test_parent_directories_are_resolved_through_the_kernel_face(dest):
     unpack([D("a"), F("a/f1"), F("a/f2"), F("b/c/f3")], dest, kernel=face)
     assert face.resolves and all(r & RESOLVE_IN_ROOT for _, r in face.resolves)
     assert [p for p, _ in face.resolves].count("a") == 1      # parent fds are cached
+
+
+def test_modes_are_exact_whatever_the_umask(dest):
+    """Files are made with their mode; the umask's share is put back by fchmod."""
+    old = os.umask(0o077)
+    try:
+        unpack([F("a", b"", mode=0o755), F("b", b"", mode=0o600), F("c", b"", mode=0o4755),
+                F("d", b"", mode=0o1777), F("e", b"", mode=0o000)], dest)
+    finally:
+        os.umask(old)
+    assert {n: stat.S_IMODE(os.lstat(dest / n).st_mode) for n in "abcde"} == {
+        "a": 0o755, "b": 0o600, "c": 0o4755, "d": 0o1777, "e": 0o000}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_owner_is_set_in_a_setgid_directory_of_another_group(dest):
+    """A setgid directory gives new files its group: a root-owned entry must still end root's
+    (the skipped fchown is only for files that already have the entry's owner)."""
+    os.chown(dest, 0, 4321)
+    os.chmod(dest, 0o2755)
+    unpack([F("f", b"x", uid=0, gid=0), F("g", b"y", uid=0, gid=4321),
+            F("h", b"z", uid=7, gid=8)], dest)
+    assert [(os.lstat(dest / n).st_uid, os.lstat(dest / n).st_gid) for n in "fgh"] == [
+        (0, 0), (0, 4321), (7, 8)]

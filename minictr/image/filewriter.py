@@ -1,0 +1,192 @@
+"""Regular files and symlinks of a layer made on worker threads, beside the tar parser.
+
+Where unpacking spends its time is the kernel's creation of each name: on the shared VM's ext4
+an empty file costs ~360 us of system time, a symlink ~530 us (bench/README.md, "Layer
+unpacking"), and `tar -xzf` pays the same one name after another. Python threads release the
+GIL in every system call, so two workers creating names in parallel use the second CPU.
+
+What a worker does is confined to what the parsing thread already decided and resolved:
+
+* it gets a **duplicate of the parent directory's fd**, resolved by the parser inside the layer
+  root (openat2 RESOLVE_IN_ROOT, image/safepath.py), and one name; it creates that name with
+  ``O_CREAT|O_EXCL|O_NOFOLLOW`` or ``symlinkat``, and sets metadata by fd (or, for a symlink,
+  by name with AT_SYMLINK_NOFOLLOW): nothing is resolved by path on a worker;
+* a name that already exists is **not** replaced by the worker: the job comes back to the
+  parsing thread at the next barrier, which replaces it in order (make_room), as tar would;
+* every step that looks at or changes names other than creating a new one waits for the jobs
+  in flight first (``barrier``): removals, hardlinks, whiteouts, device nodes, an entry whose
+  name or parent path goes through a name still being made, and the end of the layer.
+
+So the tree is the one sequential unpacking makes; only independent creations overlap.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_PENDING = 512               # jobs queued or running
+MAX_PENDING_BYTES = 32 << 20    # file data held for them
+SMALL_FILE = 1 << 20            # larger files are written by the parsing thread itself
+
+
+class FileJob:
+    """One name to make in a directory: a regular file (``data``) or a symlink (``target``)."""
+    __slots__ = ("entry", "path", "dir_fd", "name", "data", "target", "chown", "chmod",
+                 "error", "exists", "seq")
+
+    def __init__(self, entry, path: str, dir_fd: int, name: str, *, data: bytes = b"",
+                 target: str | None = None, chown: bool = True, chmod: bool = True):
+        self.entry, self.path, self.dir_fd, self.name = entry, path, dir_fd, name
+        self.data, self.target, self.chown, self.chmod = data, target, chown, chmod
+        self.error: BaseException | None = None
+        self.exists = False
+        self.seq = 0
+
+
+class FileWriter:
+    """``workers`` threads making FileJobs; ``barrier()`` waits for all and returns the jobs
+    that found their name taken (for the caller to redo in order) after raising the first
+    failure."""
+
+    def __init__(self, workers: int):
+        self._cond = threading.Condition()
+        # one queue per worker, a directory always to the same one: creations in one
+        # directory serialise on its inode lock anyway, those in two run in parallel
+        self._queues: list[list[FileJob]] = [[] for _ in range(workers)]
+        self._pending: dict[str, int] = {}      # path -> jobs for it queued or running
+        self._count = self._bytes = 0
+        self._done: list[FileJob] = []          # failed or found the name taken
+        self._seq = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, args=(self._queues[i],),
+                                          name=f"layer-writer-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    # -------------------------------------------------------- the parsing thread's side
+    def submit(self, job: FileJob) -> None:
+        with self._cond:
+            while self._count >= MAX_PENDING or (
+                    self._bytes + len(job.data) > MAX_PENDING_BYTES and self._count):
+                self._cond.wait()
+            self._seq += 1
+            job.seq = self._seq
+            parent = job.path.rpartition("/")[0]
+            self._queues[hash(parent) % len(self._queues)].append(job)
+            self._pending[job.path] = self._pending.get(job.path, 0) + 1
+            self._count += 1
+            self._bytes += len(job.data)
+            self._cond.notify_all()
+
+    def touches_pending(self, path: str) -> bool:
+        """Whether ``path`` or a directory on its way is a name still being made."""
+        if not self._pending:
+            return False
+        with self._cond:
+            if path in self._pending:
+                return True
+            end = path.find("/")
+            while end > 0:
+                if path[:end] in self._pending:
+                    return True
+                end = path.find("/", end + 1)
+            return False
+
+    def barrier(self) -> list[FileJob]:
+        """Wait for every job; raise the first one's failure; return those whose name existed,
+        in the order they were submitted (their paths count as pending until then: the caller
+        redoes them before anything else)."""
+        with self._cond:
+            while self._count:
+                self._cond.wait()
+            done, self._done = self._done, []
+            for job in done:
+                if job.exists:
+                    self._unpend(job.path)
+        done.sort(key=lambda job: job.seq)
+        failed = next((job for job in done if job.error is not None), None)
+        if failed is not None:
+            for job in done:
+                if job.exists:
+                    os.close(job.dir_fd)
+            raise JobError(failed)
+        return done
+
+    def _unpend(self, path: str) -> None:
+        n = self._pending[path] - 1
+        if n:
+            self._pending[path] = n
+        else:
+            del self._pending[path]
+
+    def close(self) -> None:
+        """Stop the workers; jobs not started are dropped (their fds closed)."""
+        with self._cond:
+            self._closed = True
+            dropped = [job for queue in self._queues for job in queue]
+            for queue in self._queues:
+                queue.clear()
+            self._cond.notify_all()
+        for job in dropped:
+            os.close(job.dir_fd)
+        for t in self._threads:
+            t.join()
+
+    # -------------------------------------------------------- the workers
+    def _work(self, queue: list[FileJob]) -> None:
+        while True:
+            with self._cond:
+                while not queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = queue.pop(0)
+            try:
+                make(job)
+            except FileExistsError:
+                job.exists = True
+            except BaseException as err:    # reported by the next barrier
+                job.error = err
+            finally:
+                if not job.exists:
+                    os.close(job.dir_fd)    # an existing name's job keeps it for the redo
+            with self._cond:
+                self._count -= 1
+                self._bytes -= len(job.data)
+                if not job.exists:
+                    self._unpend(job.path)
+                if job.exists or job.error is not None:
+                    self._done.append(job)
+                self._cond.notify_all()
+
+
+class JobError(Exception):
+    def __init__(self, job: FileJob):
+        super().__init__(str(job.error))
+        self.job = job
+
+
+def make(job: FileJob) -> None:
+    """Create the job's name in its directory, then its owner, mode and mtime: the same calls,
+    in the same order, as the parsing thread makes (unpack.py, set_metadata_fd)."""
+    e, dfd = job.entry, job.dir_fd
+    if job.target is not None:
+        os.symlink(job.target, job.name, dir_fd=dfd)
+        if job.chown:
+            os.chown(job.name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+        os.utime(job.name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        return
+    fd = os.open(job.name, O_NEWFILE, e.mode & 0o777, dir_fd=dfd)
+    try:
+        view = memoryview(job.data)
+        while view:
+            view = view[os.write(fd, view):]
+        if job.chown:
+            os.fchown(fd, e.uid, e.gid)
+        if job.chmod:
+            os.fchmod(fd, e.mode)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+    finally:
+        os.close(fd)

@@ -1,0 +1,89 @@
+"""Files and symlinks made on worker threads (image/filewriter.py): the tree must be the one a
+sequential unpack makes, whatever the order of entries that reach the same names."""
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+import pytest
+
+from layertar import D, F, H, S, make_tar
+from minictr.errors import ImageError
+from minictr.image.unpack import unpack_layer
+
+
+def tree(top):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, top)] = (
+                stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                st.st_nlink if stat.S_ISREG(st.st_mode) else 0, st.st_mtime_ns,
+                os.readlink(p) if stat.S_ISLNK(st.st_mode) else
+                open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+def both(tmp_path, members, **kw):
+    """The tree made with workers and without: they must be equal; returns the first."""
+    blob = make_tar(members)
+    made = []
+    for workers in (2, 0):
+        dest = tmp_path / f"w{workers}"
+        dest.mkdir()
+        unpack_layer(io.BytesIO(blob), str(dest), rootless=False, workers=workers, **kw)
+        made.append(tree(dest))
+    assert made[0] == made[1]
+    return made[0]
+
+
+def test_many_files_in_many_directories(tmp_path):
+    members = []
+    for d in range(40):
+        members.append(D(f"d{d}", mode=0o750))
+        members += [F(f"d{d}/f{i}", os.urandom(i * 37), mode=0o640 | (i % 2) * 0o4000,
+                      uid=i % 3, gid=i % 5) for i in range(30)]
+        members += [S(f"d{d}/l{i}", f"f{i}") for i in range(5)]
+    t = both(tmp_path, members)
+    assert len(t) == 40 * 36
+
+
+def test_later_entries_replace_names_still_being_made(tmp_path):
+    t = both(tmp_path, [F("a", b"first"), F("a", b"second"), S("b", "a"), F("b", b"file"),
+                        F("c", b"x"), S("c", "elsewhere"),
+                        D("d"), F("d/x", b"1"), F("d/y", b"2"), F("d", b"now a file"),
+                        F("e", b"x"), D("e"), F("e/inside", b"y")])
+    assert t["a"][-1] == b"second" and t["b"][-1] == b"file" and t["c"][-1] == "elsewhere"
+    assert t["d"][-1] == b"now a file" and t["e/inside"][-1] == b"y"
+
+
+def test_paths_through_a_symlink_still_being_made(tmp_path):
+    t = both(tmp_path, [D("usr"), D("usr/lib"), S("lib", "usr/lib"), F("lib/libx.so", b"x"),
+                        S("lib64", "/usr/lib"), F("lib64/liby.so", b"y")])
+    assert t["usr/lib/libx.so"][-1] == b"x" and t["usr/lib/liby.so"][-1] == b"y"
+    assert t["lib"][0] == stat.S_IFLNK
+
+
+def test_hardlink_to_a_file_still_being_made(tmp_path):
+    t = both(tmp_path, [F("a", b"data" * 1000), H("b", "a"), F("c", b"c"), H("d", "c")])
+    assert t["b"][4] == 2 and t["b"][-1] == b"data" * 1000
+
+
+def test_a_symlink_planted_where_a_file_goes_is_replaced_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"host")
+    t = both(tmp_path, [S("f", str(outside)), F("f", b"image")])
+    assert outside.read_bytes() == b"host" and t["f"][-1] == b"image"
+
+
+def test_a_worker_failure_names_its_entry(tmp_path):
+    dest = tmp_path / "d"
+    dest.mkdir()
+    with pytest.raises(ImageError, match="x" * 300):
+        unpack_layer(io.BytesIO(make_tar([F("ok", b"1"), F("x" * 300, b"2"), F("z", b"3")])),
+                     str(dest), rootless=False, workers=2)
+    import threading
+    assert not [t for t in threading.enumerate() if t.name.startswith("layer-writer")]
