@@ -18,7 +18,7 @@ from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
 from minictr.gpu import ldcache, loader, mps
 from minictr.gpu import require as req_mod
-from minictr.gpu.discover import Driver, Library
+from minictr.gpu.driver import Driver, Library
 from minictr.gpu.select import Selection
 from minictr.records import record
 from minictr.spec.edits import ContainerEdits, DeviceNode, Mount

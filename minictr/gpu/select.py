@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from minictr.errors import GPUError
-from minictr.gpu.discover import GPU, Driver, MigDevice
+from minictr.gpu.driver import GPU, Driver, MigDevice
 from minictr.records import record
 
 
