@@ -126,7 +126,7 @@ def to_plain(driver: Driver) -> dict:
             "gpus": [[*g[:6], list(g.node), [[*m[:4], [list(n) for n in m.nodes]]
                                                for m in g.mig]] for g in driver.gpus],
             "control": {k: list(n) for k, n in driver.control.items()},
-            "libraries": [list(lib) for lib in driver.libraries],
+            "libraries": [[*lib[:5], list(lib.sonames)] for lib in driver.libraries],
             "binaries": driver.binaries, "firmware": list(driver.firmware),
             "ipc": list(driver.ipc), "stale": list(driver.stale),
             "warnings": list(driver.warnings), "missing": sorted(driver.missing)}
