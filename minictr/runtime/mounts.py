@@ -43,6 +43,12 @@ _STATVFS_KEEP = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
                  (os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, sc.MS_NOATIME),
                  (os.ST_NODIRATIME, sc.MS_NODIRATIME), (os.ST_RELATIME, sc.MS_RELATIME))
 
+# Flags a bind can get while detached (mount_setattr(2)), before it is attached: one step
+# instead of bind + remount. Others (sync, dirsync, an atime choice) still take the remount.
+_ATTRS = {sc.MS_RDONLY: sc.MOUNT_ATTR_RDONLY, sc.MS_NOSUID: sc.MOUNT_ATTR_NOSUID,
+          sc.MS_NODEV: sc.MOUNT_ATTR_NODEV, sc.MS_NOEXEC: sc.MOUNT_ATTR_NOEXEC,
+          sc.MS_NODIRATIME: sc.MOUNT_ATTR_NODIRATIME}
+
 RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 O_PATH = os.O_PATH | os.O_CLOEXEC
 
@@ -137,11 +143,15 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
         kind = "dir" if os.path.isdir(source) else "file"
     else:
         kind = "dir"
+    extra = flags & ~(sc.MS_BIND | sc.MS_REC) if is_bind else 0
     target_fd = resolve_in_root(kernel, root_fd, dest, create=kind)
     try:
         refuse_root_itself(kernel, root_fd, target_fd, dest)
         target = fd_path(target_fd)
-        if is_bind:
+        if extra and not extra & ~sum(_ATTRS) and bind_detached(
+                kernel, source, target_fd, flags, explain, dest):
+            extra = 0
+        elif is_bind:
             # A bind ignores every flag but MS_REC on the first call; the others need a remount
             # (mount(2), "Creating a bind mount").
             _say(explain, f"mount --bind {source} {dest}  [{_names(flags)}]")
@@ -151,13 +161,45 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
             kernel.mount(source, target, mtype, flags, data or None)
     finally:
         kernel.close(target_fd)
-    extra = flags & ~(sc.MS_BIND | sc.MS_REC) if is_bind else 0
     if extra or propagation:
         # The fd still names the directory *under* the new mount: open the destination again
         # to reach the mount itself.
         with_new_mount(kernel, root_fd, dest, lambda target: (
             extra and remount_keep_locked(kernel, target, extra, explain, dest),
             propagation and kernel.mount(None, target, None, propagation)))
+
+
+def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Explain,
+                  label: str) -> bool:
+    """Bind ``source`` onto the file ``target_fd`` is open on, its flags (ro, nosuid, nodev...)
+    set before it is attached: open_tree(2) OPEN_TREE_CLONE makes a detached copy of the
+    source's mount, mount_setattr(2) sets the flags on it, move_mount(2) attaches it. Three
+    calls instead of bind, re-resolve and remount, and the mount is never seen writable.
+    Only set, never cleared: flags the kernel locks (nosuid... from a more privileged user
+    namespace) stay. False when the kernel lacks the calls (ENOSYS: before Linux 5.12): the
+    caller binds and remounts instead."""
+    attrs = sum(attr for ms, attr in _ATTRS.items() if flags & ms)
+    clone = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | (
+        sc.AT_RECURSIVE if flags & sc.MS_REC else 0)
+    try:
+        tree = kernel.open_tree(sc.AT_FDCWD, source, clone)
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            return False
+        raise
+    try:
+        try:
+            kernel.mount_setattr(tree, "", sc.AT_EMPTY_PATH, attrs)
+        except OSError as err:
+            if err.errno == errno.ENOSYS:
+                return False
+            raise
+        _say(explain, f"mount --bind {source} {label}  [{sc.flag_names(attrs, sc.MOUNT_ATTR_NAMES)}"
+                      " set while detached: open_tree, mount_setattr, move_mount]")
+        kernel.move_mount(tree, "", to_dirfd=target_fd)
+    finally:
+        kernel.close(tree)
+    return True
 
 
 def cgroup_mount(kernel, flags: int, explain: Explain) -> tuple[str, str, int]:
