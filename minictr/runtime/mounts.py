@@ -90,6 +90,9 @@ def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
     except FileNotFoundError:
         if create is None:
             raise
+    made = _create_last(kernel, root_fd, rel, create, mode)
+    if made is not None:
+        return made
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     done: list[str] = []
     for _ in range(MAX_SYMLINKS + len(parts)):
@@ -124,6 +127,33 @@ def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
         finally:
             kernel.close(parent_fd)
     raise OSError(errno.ELOOP, f"too many symlinks resolving {path!r} in the container")
+
+
+def _create_last(kernel, root_fd: int, rel: str, create: str, mode: int) -> int | None:
+    """The common case in five calls: only the last component is missing (a mount point for a
+    file in a directory the image has). The parent is resolved inside the root like any path,
+    the name is created in it with O_EXCL|O_NOFOLLOW (or mkdirat). None when the parent is
+    missing too, or the name is a dangling symlink: the walk in ``resolve_in_root`` handles
+    those."""
+    parent, _, name = rel.rpartition("/")
+    if name in ("", ".", ".."):
+        return None
+    try:
+        parent_fd = kernel.openat2(root_fd, parent or ".", O_PATH, RESOLVE)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        if kernel.readlinkat(parent_fd, name) is not None:
+            return None
+        if create == "file":
+            kernel.create_file_at(parent_fd, name)
+        else:
+            kernel.mkdirat(parent_fd, name, mode)
+    except FileExistsError:
+        pass                                     # made meanwhile: resolve it below
+    finally:
+        kernel.close(parent_fd)
+    return kernel.openat2(root_fd, rel, O_PATH, RESOLVE)
 
 
 def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool = False) -> None:

@@ -75,3 +75,56 @@ def test_a_plain_bind_is_one_mount_call(lib):
     kernel = sc.RecordingSyscalls()
     bind(kernel, lib, ["rbind"], dest="/etc/hosts")
     assert [c[0] for c in kernel.calls if c[0] in ("mount", "open_tree")] == ["mount"]
+
+
+class Counting(sc.Syscalls):
+    """The real kernel, counting the calls of the face (no root needed for these)."""
+
+    def __init__(self):
+        self.names = []
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if callable(attr) and not name.startswith("_") and name != "names":
+            self.names.append(name)
+        return attr
+
+
+@pytest.fixture
+def root(tmp_path):
+    import os
+    (tmp_path / "usr/lib64").mkdir(parents=True)
+    (tmp_path / "real").mkdir()
+    os.symlink("/real/target", tmp_path / "usr/lib64/dangling")
+    os.symlink("../../../../../../outside", tmp_path / "usr/escape")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    yield tmp_path, fd
+    os.close(fd)
+
+
+def _made(kernel, root_fd, path, create):
+    import os
+    fd = mounts.resolve_in_root(kernel, root_fd, path, create=create)
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def test_a_mount_point_in_an_existing_directory_takes_six_calls(root):
+    tmp, fd = root
+    kernel = Counting()
+    got = _made(kernel, fd, "/usr/lib64/libcuda.so.1", "file")
+    assert got == str(tmp / "usr/lib64/libcuda.so.1")
+    assert kernel.names == ["openat2", "openat2", "readlinkat", "create_file_at", "close",
+                            "openat2"]
+
+
+@pytest.mark.parametrize("path, create, where", [
+    ("/usr/lib64/dangling", "file", "real/target"),     # a dangling link: made where it points
+    ("/usr/escape/x", "dir", "outside/x"),              # ".." stops at the root
+    ("/etc/firmware/nvidia/580", "dir", "etc/firmware/nvidia/580"),   # parents made too
+])
+def test_the_walk_still_handles_links_and_missing_parents(root, path, create, where):
+    tmp, fd = root
+    assert _made(Counting(), fd, path, create) == str(tmp / where)
