@@ -253,6 +253,6 @@ class HostFiles:
 def still_holds(witnesses) -> bool:
     """Whether the host still answers every question of a discovery the same way."""
     for kind, path, value in witnesses:
-        if _ASK[kind](path) != value:
-            return False
+        if kind not in _ASK or not isinstance(path, str) or _ASK[kind](path) != value:
+            return False       # (a path must be a name: os.stat and open take fds too)
     return True

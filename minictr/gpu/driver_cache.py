@@ -46,9 +46,9 @@ def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None)
     """The driver under ``roots``: from ``cache_dir`` while its witnesses hold, else
     discovered (``discover_fn(roots, host)``, default discover.discover) and stored there.
     ``cache_dir`` None: no cache."""
-    if cache_dir is None:
+    path = entry_path(cache_dir, roots) if cache_dir is not None else None
+    if path is None:
         return _discover(discover_fn, roots, None)
-    path = entry_path(cache_dir, roots)
     hit = read_entry(path, roots)
     if hit is not None:
         return hit
@@ -66,10 +66,14 @@ def _discover(discover_fn, roots, host):
     return discover_fn(roots, host) if host is not None else discover_fn(roots)
 
 
-def entry_path(cache_dir: str, roots: DriverRoots) -> str:
+def entry_path(cache_dir: str, roots: DriverRoots) -> str | None:
+    """The entry's path; None when the code's identity cannot be read (then: no cache)."""
     key = [FORMAT, roots.driver_root, roots.dev_root, roots.proc_root]
     for name in _CODE:
-        st = os.stat(os.path.join(_HERE, name))
+        try:
+            st = os.stat(os.path.join(_HERE, name))
+        except OSError:
+            return None
         key.append([st.st_ino, st.st_size, st.st_mtime_ns])
     digest = sha256(json.dumps(key).encode()).hexdigest()
     return os.path.join(cache_dir, f"driver-{digest[:32]}.json")

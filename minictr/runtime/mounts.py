@@ -205,10 +205,12 @@ def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Expl
     set before it is attached: open_tree(2) OPEN_TREE_CLONE makes a detached copy of the
     source's mount, mount_setattr(2) sets the flags on it, move_mount(2) attaches it. Three
     calls instead of bind, re-resolve and remount, and the mount is never seen writable.
-    Only set, never cleared: flags the kernel locks (nosuid... from a more privileged user
-    namespace) stay. False when the kernel lacks the calls (ENOSYS: before Linux 5.12): the
-    caller binds and remounts instead."""
+    As the remount did, the source's nosuid, nodev, noexec and atime flags are kept (never
+    cleared: the kernel may lock them, from a more privileged user namespace), and read-only is
+    what the options say. False when the kernel lacks the calls (ENOSYS: before Linux 5.12):
+    the caller binds and remounts instead."""
     attrs = sum(attr for ms, attr in _ATTRS.items() if flags & ms)
+    clear = 0 if flags & sc.MS_RDONLY else sc.MOUNT_ATTR_RDONLY
     clone = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | (
         sc.AT_RECURSIVE if flags & sc.MS_REC else 0)
     try:
@@ -219,7 +221,7 @@ def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Expl
         raise
     try:
         try:
-            kernel.mount_setattr(tree, "", sc.AT_EMPTY_PATH, attrs)
+            kernel.mount_setattr(tree, "", sc.AT_EMPTY_PATH, attrs, clear)
         except OSError as err:
             if err.errno == errno.ENOSYS:
                 return False

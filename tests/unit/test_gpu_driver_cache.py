@@ -187,3 +187,14 @@ def test_witnesses_cover_every_file_discovery_read(fake):
     assert driver.still_holds(host.witnesses)
     _remove_node(fake)
     assert not driver.still_holds(host.witnesses)
+
+
+def test_a_witness_must_name_a_path(fake, tmp_path):
+    count = Counting()
+    cached(fake, tmp_path / "cache", count)
+    entry = _entry(tmp_path)
+    doc = json.loads(entry.read_text())
+    doc["witnesses"].insert(0, ["text", 0, None])      # open(0) would read and close stdin
+    entry.write_text(json.dumps(doc))
+    cached(fake, tmp_path / "cache", count)
+    assert count.calls == 2

@@ -128,3 +128,10 @@ def test_a_mount_point_in_an_existing_directory_takes_six_calls(root):
 def test_the_walk_still_handles_links_and_missing_parents(root, path, create, where):
     tmp, fd = root
     assert _made(Counting(), fd, path, create) == str(tmp / where)
+
+
+def test_read_only_is_what_the_options_say_the_rest_is_kept(lib):
+    kernel = sc.RecordingSyscalls()
+    bind(kernel, lib, ["bind", "nosuid"])
+    (attr,) = [c for c in kernel.calls if c[0] == "mount_setattr"]
+    assert attr[4:6] == (sc.MOUNT_ATTR_NOSUID, sc.MOUNT_ATTR_RDONLY)   # set, clear
