@@ -42,21 +42,28 @@ _CODE = ("driver.py", "discover.py", "driverlibs.py", "capabilities.py", "elf.py
          "require.py", "driver_cache.py")
 
 
-def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None) -> Driver:
+def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None,
+                    note=None) -> Driver:
     """The driver under ``roots``: from ``cache_dir`` while its witnesses hold, else
     discovered (``discover_fn(roots, host)``, default discover.discover) and stored there.
-    ``cache_dir`` None: no cache."""
+    ``cache_dir`` None: no cache. ``note(text)`` hears which it was (for --explain)."""
     path = entry_path(cache_dir, roots) if cache_dir is not None else None
     if path is None:
         return _discover(discover_fn, roots, None)
     hit = read_entry(path, roots)
     if hit is not None:
+        if note:
+            note(f"GPU driver {hit.version}: from the discovery cache {path} (every file "
+                 "discovery read is unchanged)")
         return hit
     from minictr.gpu.driver import HostFiles
 
     host = HostFiles(roots)
     driver = _discover(discover_fn, roots, host)
     write_entry(cache_dir, path, driver, host.witnesses)
+    if note:
+        note(f"GPU driver {driver.version}: discovered ({len(host.seen)} looks at host files; "
+             f"kept in {path} until one answer changes)")
     return driver
 
 

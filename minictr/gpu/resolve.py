@@ -38,6 +38,7 @@ class Resolved:
     spec: dict
     files: tuple[tuple[str, bytes], ...] = ()   # (name, data) the runtime writes to files_dir
     gpus: tuple = ()                            # the selected GPUs (discover.GPU), for messages
+    notes: tuple[str, ...] = ()                 # what --explain says about the choices
 
 
 def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: str,
@@ -49,6 +50,8 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
     state directory's ``.cache/gpu``), None for no cache."""
     from minictr.gpu import driver_cache
     from minictr.gpu.select import select
+
+    notes: list[str] = []
 
     request = request_mod.from_inputs(inputs, settings, warn)
     if inputs.legacy_hooks:
@@ -71,7 +74,8 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
                        + f", but this job has no GPU on this node ({alloc.source})",
                        hint="ask Slurm for GPUs (srun --gres=gpu:N), or run without --gpus")
     try:
-        driver = driver_cache.discover_cached(settings.roots, cache_dir, discover_fn)
+        driver = driver_cache.discover_cached(settings.roots, cache_dir, discover_fn,
+                                              note=notes.append)
     except GPUError:
         if request.required:
             raise
@@ -90,7 +94,7 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
                        warn=warn)
     spec = without_env(spec, injection.unset_env)
     return Resolved(apply_edits(spec, injection.edits), ((CACHE_FILE, injection.cache),),
-                    selection.gpus)
+                    selection.gpus, tuple(notes))
 
 
 def without_legacy_hooks(spec: dict) -> dict:

@@ -198,3 +198,11 @@ def test_a_witness_must_name_a_path(fake, tmp_path):
     entry.write_text(json.dumps(doc))
     cached(fake, tmp_path / "cache", count)
     assert count.calls == 2
+
+
+def test_explain_hears_whether_the_driver_came_from_the_cache(fake, tmp_path):
+    notes = []
+    driver_cache.discover_cached(fake.roots, str(tmp_path / "cache"), note=notes.append)
+    driver_cache.discover_cached(fake.roots, str(tmp_path / "cache"), note=notes.append)
+    assert "discovered" in notes[0] and "until one answer changes" in notes[0]
+    assert "from the discovery cache" in notes[1]
