@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(HERE, os.pardir))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests", "gpu"))
 
 from minictr import api  # noqa: E402
-from minictr.gpu import discover, ldcache, resolve  # noqa: E402
+from minictr.gpu import discover, driver_cache, ldcache, resolve  # noqa: E402
 from minictr.gpu.request import GpuSettings  # noqa: E402
 from minictr.spec import gpu_request  # noqa: E402
 from minictr.spec.options import RunOptions  # noqa: E402
@@ -69,7 +69,7 @@ def bench_fake(runs: int) -> None:
         runs_done[0] += 1
         state = os.path.join(tmp, f"state-{runs_done[0]}")
         got = resolve.resolve(spec, gpu_request.find(spec), read_file=image.get,
-                              files_dir=state, settings=settings)
+                              files_dir=state, settings=settings, cache_dir=cache_dir)
         os.mkdir(state)
         for name, data in got.files:
             with open(os.path.join(state, name), "wb") as f:
@@ -79,7 +79,10 @@ def bench_fake(runs: int) -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
           f"driver ld.so.cache entries: {len(host_entries) + 4}, image cache entries: "
           f"{len(host_entries)}, runs: {runs}")
+    cache_dir = os.path.join(tmp, "discovery-cache")
     for name, fn in (("discover", lambda: discover.discover(fake.roots)),
+                     ("discover from the cache (witnesses checked)",
+                      lambda: driver_cache.discover_cached(fake.roots, cache_dir)),
                      ("resolve (--gpus 0) + writing the cache", edits),
                      ("ldcache.splice (image cache + injected)",
                       lambda: ldcache.splice(cache_bytes, [ldcache.Entry(

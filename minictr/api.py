@@ -400,8 +400,10 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
 
         resolved = resolve.resolve(
             spec, inputs, read_file=read_file, files_dir=files_dir,
-            settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation)
+            settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation,
+            cache_dir=os.path.join(paths.state, ".cache", "gpu"))
         spec, files = resolved.spec, files + tuple(resolved.files)
+        notes += resolved.notes
     return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
                 image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files,
                 notes=tuple(notes), network=network, dns_driver=dns_driver)

@@ -219,6 +219,33 @@ int mc_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const cha
 }
 
 /*
+ * A bind mount with its flags set before anyone can see it (Linux 5.12): open_tree(2) with
+ * OPEN_TREE_CLONE makes a detached copy of the mount at a path, mount_setattr(2) sets its
+ * flags (ro, nosuid, ...) while it is detached, move_mount(2) attaches it. mount(2) instead
+ * ignores every flag of a bind but MS_REC and needs a second, remount call.
+ */
+
+/* open_tree(2); returns the fd of the (detached, with OPEN_TREE_CLONE) mount. */
+int mc_open_tree(int dirfd, const char *path, unsigned int flags)
+{
+    long fd = syscall(SYS_open_tree, dirfd, path, flags);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+/* mount_setattr(2). struct mount_attr (linux/mount.h, 32 bytes) is spelled out: glibc before
+ * 2.36 does not declare it, and <linux/mount.h> collides with <sys/mount.h>. */
+struct mc_mount_attr {
+    __u64 attr_set, attr_clr, propagation, userns_fd;
+};
+
+int mc_mount_setattr(int dirfd, const char *path, unsigned int flags,
+                     unsigned long long attr_set, unsigned long long attr_clr)
+{
+    struct mc_mount_attr attr = { .attr_set = attr_set, .attr_clr = attr_clr };
+    RET(syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof(attr)));
+}
+
+/*
  * landlock_create_ruleset(2) for a ruleset that only scopes IPC (Landlock ABI 6, Linux 6.12):
  * no filesystem or network access is handled, only ``scoped`` (LANDLOCK_SCOPE_*). The struct is
  * laid out here because linux-libc-dev 6.1's landlock_ruleset_attr predates the later fields;

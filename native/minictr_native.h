@@ -27,5 +27,8 @@ int mc_fsconfig(int fd, unsigned int cmd, const char *key, const char *value);
 int mc_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
 int mc_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path,
                   unsigned int flags);
+int mc_open_tree(int dirfd, const char *path, unsigned int flags);
+int mc_mount_setattr(int dirfd, const char *path, unsigned int flags,
+                     unsigned long long attr_set, unsigned long long attr_clr);
 int mc_landlock_create_ruleset(unsigned long long scoped);
 int mc_landlock_restrict_self(int ruleset_fd);

@@ -14,7 +14,7 @@ import os
 import re
 
 from minictr.errors import GPUError, SpecError
-from minictr.gpu.discover import Driver
+from minictr.gpu.driver import Driver
 from minictr.spec.edits import HOOK_STAGES, ContainerEdits
 
 CDI_VERSION = "1.1.0"

@@ -12,128 +12,34 @@ Sources (see docs/gpus.md and libnvidia-container ``src/nvc_info.c``):
   minors of their ``/dev/nvidia-caps/nvidia-cap<N>`` nodes.
 * ``DRIVER/etc/ld.so.cache``: the driver's libraries (driverlibs.py); only files whose version
   suffix equals the kernel module's are used (a mismatch means a driver upgrade without reboot).
+
+Every file is read through one ``HostFiles`` (driver.py), which keeps what it saw, so that the
+result can be cached and trusted only while the host still shows the same (driver_cache.py).
+The records themselves are in driver.py.
 """
 from __future__ import annotations
 
 import os
 import re
 import stat
-from minictr.records import record
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
-from minictr.gpu.driverlibs import Library, read_libraries
+from minictr.gpu.driver import (CTL_MINOR, GPU, MODESET_MINOR, NVIDIA_MAJOR, Driver,
+                                DriverRoots, HostFiles, Library, MigDevice)
+from minictr.gpu.driverlibs import read_libraries
 from minictr.gpu.require import cuda_version_for_driver
 from minictr.spec.edits import DeviceNode
 
-NVIDIA_MAJOR = 195
-CTL_MINOR = 255
-MODESET_MINOR = 254
 BIN_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
 _VERSION_RE = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+__all__ = ["CTL_MINOR", "GPU", "MODESET_MINOR", "NVIDIA_MAJOR", "Driver", "DriverRoots",
+           "Library", "MigDevice", "discover"]
 
 
-@record
-class DriverRoots:
-    """Where to look. Tests point these at a fake driver; real hosts use the defaults, or a
-    containerised driver (``/run/nvidia/driver``) as the driver root."""
-
-    driver_root: str = "/"
-    dev_root: str = "/"
-    proc_root: str = "/proc"
-    mps_pipe_dir: str | None = None       # None: $CUDA_MPS_PIPE_DIRECTORY or /tmp/nvidia-mps
-
-    @classmethod
-    def from_args(cls, driver_root=None, dev_root=None, proc_root=None) -> "DriverRoots":
-        return cls(driver_root or "/", dev_root or "/", proc_root or "/proc")
-
-    def host(self, root: str, path: str) -> str:
-        return os.path.join(root, path.lstrip("/"))
-
-
-@record
-class MigDevice:
-    gpu_index: int
-    index: int                # rank among this GPU's MIG devices, for NVIDIA_VISIBLE_DEVICES=g:m
-    gi: int
-    ci: int
-    nodes: tuple[DeviceNode, ...]   # /dev/nvidia-caps/nvidia-capN of the GI and the CI access
-
-
-@record
-class GPU:
-    index: int
-    minor: int
-    uuid: str
-    model: str
-    bus_id: str
-    proc_dir: str             # PROC/driver/nvidia/gpus/<bus>
-    node: DeviceNode
-    mig: tuple[MigDevice, ...] = ()
-
-
-@record
-class Driver:
-    roots: DriverRoots
-    version: str
-    cuda_version: str | None
-    gpus: tuple[GPU, ...]
-    control: dict[str, DeviceNode]      # nvidiactl, nvidia-modeset, nvidia-uvm, nvidia-uvm-tools
-    libraries: tuple[Library, ...]
-    binaries: dict[str, str]            # name -> host path
-    firmware: tuple[str, ...]           # host paths (container path: minus driver_root)
-    ipc: tuple[str, ...]                # host socket paths (container path: minus driver_root)
-    stale: tuple[str, ...] = ()         # library files whose version is not the module's
-    warnings: tuple[str, ...] = ()
-    missing: frozenset[str] = frozenset()   # container paths of nodes the dev root lacks
-
-    def container_path(self, host_path: str) -> str:
-        """The path a driver file gets inside the container: its path under driver_root."""
-        rel = os.path.relpath(host_path, self.roots.driver_root)
-        return "/" + rel
-
-    def to_dict(self) -> dict:
-        by_cap: dict[str, list[str]] = {}
-        for lib in self.libraries:
-            key = lib.capability if lib.x86_64 else "compat32"
-            by_cap.setdefault(key, []).append(lib.host_path)
-        return {
-            "driver_version": self.version,
-            "cuda_version": self.cuda_version,
-            "gpus": [{"index": g.index, "minor": g.minor, "uuid": g.uuid, "model": g.model,
-                      "bus_id": g.bus_id, "device": g.node.path,
-                      "mig": [f"{m.gpu_index}:{m.index} (gi {m.gi}, ci {m.ci})"
-                              for m in g.mig]} for g in self.gpus],
-            "control_nodes": {n.path: f"{n.major}:{n.minor}" + (" missing" if n.path in
-                                                                 self.missing else "")
-                              for n in self.control.values()},
-            "libraries": by_cap,
-            "binaries": dict(self.binaries),
-            "firmware": list(self.firmware),
-            "ipc_sockets": list(self.ipc),
-            "stale_libraries": list(self.stale),
-            "warnings": list(self.warnings),
-        }
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def read_driver_version(roots: DriverRoots) -> str:
+def read_driver_version(roots: DriverRoots, host: HostFiles) -> str:
     path = os.path.join(roots.proc_root, "driver/nvidia/version")
-    text = _read(path)
+    text = host.text(path)
     if text is None:
         raise GPUError(f"no NVIDIA driver: {path} does not exist",
                        hint="is the nvidia kernel module loaded (lsmod | grep nvidia)? For a "
@@ -144,9 +50,9 @@ def read_driver_version(roots: DriverRoots) -> str:
     return m.group(1)
 
 
-def char_majors(roots: DriverRoots) -> dict[str, int]:
+def char_majors(roots: DriverRoots, host: HostFiles) -> dict[str, int]:
     """Character device majors by name from PROC/devices (proc(5))."""
-    text = _read(os.path.join(roots.proc_root, "devices")) or ""
+    text = host.text(os.path.join(roots.proc_root, "devices")) or ""
     block = text.split("Block devices:")[0]
     majors = {}
     for line in block.splitlines():
@@ -156,17 +62,18 @@ def char_majors(roots: DriverRoots) -> dict[str, int]:
     return majors
 
 
-def _node(roots: DriverRoots, path: str, major: int, minor: int,
+def _node(roots: DriverRoots, host_files: HostFiles, path: str, major: int, minor: int,
           missing: set[str]) -> DeviceNode:
     """The device node the container gets at ``path`` (the model apply_edits and the device
     filter use, spec/edits.py), and the host node it copies: under the dev root, so a rootless
     runtime bind-mounts that one (it cannot mknod)."""
     host = roots.host(roots.dev_root, path)
-    try:
-        mode = stat.S_IMODE(os.stat(host).st_mode)
-    except OSError:
+    mode = host_files.mode(host)
+    if mode is None:
         missing.add(path)
         mode = 0o666
+    else:
+        mode = stat.S_IMODE(mode)
     return DeviceNode(path=path, type="c", major=major, minor=minor, file_mode=mode, uid=0,
                       gid=0, host_path=host if host != path else None)
 
@@ -180,105 +87,107 @@ def _info_fields(text: str) -> dict[str, str]:
     return out
 
 
-def _mig_devices(roots: DriverRoots, gpu_index: int, minor: int, caps_major: int | None,
-                 missing: set[str]):
+def _mig_devices(roots: DriverRoots, host: HostFiles, gpu_index: int, minor: int,
+                 caps_major: int | None, missing: set[str]):
     base = os.path.join(roots.proc_root, f"driver/nvidia/capabilities/gpu{minor}/mig")
     found = []
-    for gi in _listdir(base):
+    for gi in host.listdir(base):
         if not gi.startswith("gi") or not gi[2:].isdecimal():
             continue
-        gi_minor = _access_minor(os.path.join(base, gi, "access"))
-        for ci in _listdir(os.path.join(base, gi)):
+        gi_minor = _access_minor(host, os.path.join(base, gi, "access"))
+        for ci in host.listdir(os.path.join(base, gi)):
             if not ci.startswith("ci") or not ci[2:].isdecimal():
                 continue
-            ci_minor = _access_minor(os.path.join(base, gi, ci, "access"))
+            ci_minor = _access_minor(host, os.path.join(base, gi, ci, "access"))
             if gi_minor is None or ci_minor is None or caps_major is None:
                 continue
             found.append((int(gi[2:]), int(ci[2:]), gi_minor, ci_minor))
     return tuple(
         MigDevice(gpu_index, i, g, c, tuple(
-            _node(roots, f"/dev/nvidia-caps/nvidia-cap{m}", caps_major, m, missing)
+            _node(roots, host, f"/dev/nvidia-caps/nvidia-cap{m}", caps_major, m, missing)
             for m in (gm, cm)))
         for i, (g, c, gm, cm) in enumerate(sorted(found)))
 
 
-def _access_minor(path: str) -> int | None:
-    text = _read(path)
+def _access_minor(host: HostFiles, path: str) -> int | None:
+    text = host.text(path)
     m = re.search(r"DeviceFileMinor:\s*(\d+)", text or "")
     return int(m.group(1)) if m else None
 
 
-def read_gpus(roots: DriverRoots, nvidia_major: int, caps_major: int | None,
+def read_gpus(roots: DriverRoots, host: HostFiles, nvidia_major: int, caps_major: int | None,
               warnings: list[str], missing: set[str]) -> tuple[GPU, ...]:
     gpus_dir = os.path.join(roots.proc_root, "driver/nvidia/gpus")
     out = []
     # the directory names are PCI bus ids; sorted = PCI bus order = nvidia-smi's index order
-    for index, bus in enumerate(sorted(_listdir(gpus_dir), key=str.lower)):
+    for index, bus in enumerate(sorted(host.listdir(gpus_dir), key=str.lower)):
         proc_dir = os.path.join(gpus_dir, bus)
-        info = _info_fields(_read(os.path.join(proc_dir, "information")) or "")
+        info = _info_fields(host.text(os.path.join(proc_dir, "information")) or "")
         try:
             minor = int(info["Device Minor"])
         except (KeyError, ValueError):
             warnings.append(f"{proc_dir}/information has no Device Minor; GPU skipped")
             continue
-        node = _node(roots, f"/dev/nvidia{minor}", nvidia_major, minor, missing)
+        node = _node(roots, host, f"/dev/nvidia{minor}", nvidia_major, minor, missing)
         if node.path in missing:
             warnings.append(f"{node.host_path or node.path} is missing (GPU {index}); "
                             "create it with nvidia-modprobe -c=" + str(minor))
         out.append(GPU(index=index, minor=minor, uuid=info.get("GPU UUID", ""),
                        model=info.get("Model", ""), bus_id=info.get("Bus Location", bus),
                        proc_dir=proc_dir, node=node,
-                       mig=_mig_devices(roots, index, minor, caps_major, missing)))
+                       mig=_mig_devices(roots, host, index, minor, caps_major, missing)))
     return tuple(out)
 
 
-def control_nodes(roots: DriverRoots, majors: dict[str, int], warnings: list[str],
-                  missing: set[str]):
+def control_nodes(roots: DriverRoots, host: HostFiles, majors: dict[str, int],
+                  warnings: list[str], missing: set[str]):
     nv = majors.get("nvidia-frontend", majors.get("nvidia", NVIDIA_MAJOR))
-    nodes = {"nvidiactl": _node(roots, "/dev/nvidiactl", nv, CTL_MINOR, missing),
-             "nvidia-modeset": _node(roots, "/dev/nvidia-modeset", nv, MODESET_MINOR, missing)}
+    nodes = {"nvidiactl": _node(roots, host, "/dev/nvidiactl", nv, CTL_MINOR, missing),
+             "nvidia-modeset": _node(roots, host, "/dev/nvidia-modeset", nv, MODESET_MINOR, missing)}
     uvm = majors.get("nvidia-uvm")
     if uvm is None:
         warnings.append("nvidia-uvm is not loaded (no entry in /proc/devices): CUDA will fail; "
                         "load it with nvidia-modprobe -u -c=0")
     else:
-        nodes["nvidia-uvm"] = _node(roots, "/dev/nvidia-uvm", uvm, 0, missing)
-        nodes["nvidia-uvm-tools"] = _node(roots, "/dev/nvidia-uvm-tools", uvm, 1, missing)
+        nodes["nvidia-uvm"] = _node(roots, host, "/dev/nvidia-uvm", uvm, 0, missing)
+        nodes["nvidia-uvm-tools"] = _node(roots, host, "/dev/nvidia-uvm-tools", uvm, 1, missing)
     if "/dev/nvidiactl" in missing:
         warnings.append(f"{nodes['nvidiactl'].host_path or '/dev/nvidiactl'} is missing: "
                         "run nvidia-modprobe")
     return nv, nodes
 
 
-def find_binaries(roots: DriverRoots) -> dict[str, str]:
+def find_binaries(roots: DriverRoots, host: HostFiles) -> dict[str, str]:
     found = {}
     for names in caps.BINARIES.values():
         for name in names:
             for d in BIN_DIRS:
                 path = os.path.join(roots.driver_root, d, name)
-                if os.path.isfile(path):
+                if host.isfile(path):
                     found[name] = path
                     break
     return found
 
 
-def discover(roots: DriverRoots | None = None) -> Driver:
-    """Everything minictr knows about the host's driver, read from files (no NVML)."""
+def discover(roots: DriverRoots | None = None, host: HostFiles | None = None) -> Driver:
+    """Everything minictr knows about the host's driver, read from files (no NVML) through
+    ``host`` (a new HostFiles when None; pass one to keep what was read)."""
     roots = roots or DriverRoots()
-    version = read_driver_version(roots)
+    host = host or HostFiles(roots)
+    version = read_driver_version(roots, host)
     warnings: list[str] = []
     cuda, note = cuda_version_for_driver(version)
     if note:
         warnings.append(note)
-    majors = char_majors(roots)
+    majors = char_majors(roots, host)
     missing: set[str] = set()
-    nv_major, control = control_nodes(roots, majors, warnings, missing)
-    gpus = read_gpus(roots, nv_major, majors.get("nvidia-caps"), warnings, missing)
-    libraries, stale = read_libraries(roots, version, warnings)
+    nv_major, control = control_nodes(roots, host, majors, warnings, missing)
+    gpus = read_gpus(roots, host, nv_major, majors.get("nvidia-caps"), warnings, missing)
+    libraries, stale = read_libraries(roots, version, warnings, host)
     fw_dir = os.path.join(roots.driver_root, "lib/firmware/nvidia", version)
-    firmware = tuple(os.path.join(fw_dir, n) for n in _listdir(fw_dir) if n.endswith(".bin"))
+    firmware = tuple(os.path.join(fw_dir, n) for n in host.listdir(fw_dir) if n.endswith(".bin"))
     ipc = tuple(roots.host(roots.driver_root, p) for sockets in caps.IPC_SOCKETS.values()
-                for p in sockets if os.path.exists(roots.host(roots.driver_root, p)))
+                for p in sockets if host.exists(roots.host(roots.driver_root, p)))
     return Driver(roots=roots, version=version, cuda_version=cuda, gpus=gpus, control=control,
-                  libraries=libraries, binaries=find_binaries(roots), firmware=firmware,
+                  libraries=libraries, binaries=find_binaries(roots, host), firmware=firmware,
                   ipc=ipc, stale=stale, warnings=tuple(warnings), missing=frozenset(missing))

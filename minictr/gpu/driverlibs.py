@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from minictr.records import record
 
 from minictr.gpu import capabilities as caps
 from minictr.gpu import elf, ldcache
+from minictr.gpu.driver import HostFiles, Library
 
 _KEEP = ldcache.key_pattern(caps.ALL_STEMS)
 FALLBACK_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "lib/x86_64-linux-gnu", "lib64",
                  "usr/local/nvidia/lib64", "usr/lib")
 
 
-@record
-class Library:
-    stem: str                 # libcuda
-    capability: str
-    x86_64: bool              # False: the i386 copy (compat32)
-    host_path: str            # the real file, under driver_root
-    real_name: str            # libcuda.so.580.65.06
-    sonames: tuple[str, ...]  # libcuda.so.1 (the cache keys that name this file)
+__all__ = ["Library", "read_libraries", "resolve_in_root"]
 
 
-def resolve_in_root(root: str, path: str, max_links: int = 40) -> str:
+def resolve_in_root(root: str, path: str, max_links: int = 40,
+                    host: HostFiles | None = None) -> str:
     """``path`` with every symlink resolved as if ``root`` were ``/``: absolute targets and
     ``..`` never leave ``root`` (a containerised driver root must not point us at the host)."""
     parts = deque(p for p in path.split("/") if p)
@@ -44,9 +38,9 @@ def resolve_in_root(root: str, path: str, max_links: int = 40) -> str:
             if cur:
                 cur.pop()
             continue
-        try:
-            target = os.readlink(os.path.join(root, *cur, part))
-        except OSError:
+        link = os.path.join(root, *cur, part)
+        target = host.readlink(link) if host is not None else _readlink(link)
+        if target is None:
             cur.append(part)
             continue
         links += 1
@@ -58,15 +52,22 @@ def resolve_in_root(root: str, path: str, max_links: int = 40) -> str:
     return os.path.join(root, *cur)
 
 
-def _from_cache(driver_root: str, version: str, warnings: list[str], files: dict,
-                stale: dict) -> None:
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _from_cache(host: HostFiles, driver_root: str, version: str, warnings: list[str],
+                files: dict, stale: dict) -> None:
     """Libraries the driver root's loader cache lists (its keys are the SONAMEs)."""
     cache_path = os.path.join(driver_root, "etc/ld.so.cache")
-    try:
-        with open(cache_path, "rb") as f:
-            entries = ldcache.parse(f.read(), _KEEP)
-    except FileNotFoundError:
+    data = host.data(cache_path)
+    if data is None:
         return
+    try:
+        entries = ldcache.parse(data, _KEEP)
     except ldcache.LdCacheError as err:
         warnings.append(f"{cache_path}: {err}")
         return
@@ -74,42 +75,39 @@ def _from_cache(driver_root: str, version: str, warnings: list[str], files: dict
         stem = e.key.split(".so")[0]
         if e.key.endswith(".so") or stem not in caps.STEM_CAPABILITY:
             continue                      # dev links (libcuda.so) are not SONAMEs
-        real = resolve_in_root(driver_root, e.value)
+        real = resolve_in_root(driver_root, e.value, host=host)
         name = os.path.basename(real)
         if name != f"{stem}.so.{version}":
             if name.startswith(stem + ".so."):
                 stale[real] = None
             continue
-        if not os.path.exists(real):
+        if not host.exists(real):
             continue
         lib = files.setdefault(real, {"stem": stem, "x86_64": e.is_x86_64, "sonames": []})
         if e.key != name and e.key not in lib["sonames"]:
             lib["sonames"].append(e.key)
 
 
-def _from_dirs(driver_root: str, version: str, files: dict, stale: dict) -> list[str]:
+def _from_dirs(host: HostFiles, driver_root: str, version: str, files: dict,
+               stale: dict) -> list[str]:
     """Libraries found by listing the usual directories (SONAME read from the ELF file): for
     drivers whose libraries the loader cache does not list, such as /usr/local/nvidia/lib64
     set up by a container platform. 64-bit libraries only. Returns the directories used."""
     used = []
     for d in FALLBACK_DIRS:
         directory = os.path.join(driver_root, d)
-        try:
-            names = os.listdir(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
+        for name in host.listdir(directory):
             stem, sep, suffix = name.partition(".so.")
             if not sep or stem not in caps.STEM_CAPABILITY or not suffix[:1].isdecimal():
                 continue
-            real = resolve_in_root(driver_root, os.path.join("/", d, name))
+            real = resolve_in_root(driver_root, os.path.join("/", d, name), host=host)
             if suffix != version:
                 if suffix.count(".") >= 1 and name == os.path.basename(real):
                     stale[real] = None
                 continue
-            if real in files or not os.path.isfile(real):
+            if real in files or not host.isfile(real):
                 continue
-            so = elf.soname(real)
+            so = elf.soname(real, host.open_binary)
             if so is None:               # not a 64-bit ELF library
                 continue
             files[real] = {"stem": stem, "x86_64": True,
@@ -119,15 +117,16 @@ def _from_dirs(driver_root: str, version: str, files: dict, stale: dict) -> list
     return used
 
 
-def read_libraries(roots, version: str, warnings: list[str]):
+def read_libraries(roots, version: str, warnings: list[str], host: HostFiles | None = None):
     """The driver's libraries, grouped by real file, and the stale copies (version suffix !=
     kernel module version) that were left out. The loader cache first; if it lists neither
     libcuda nor libnvidia-ml of this version, the usual directories are listed too."""
+    host = host or HostFiles(roots)
     files: dict[str, dict] = {}
     stale: dict[str, None] = {}
-    _from_cache(roots.driver_root, version, warnings, files, stale)
+    _from_cache(host, roots.driver_root, version, warnings, files, stale)
     if not {v["stem"] for v in files.values()} & set(caps.ESSENTIAL.values()):
-        used = _from_dirs(roots.driver_root, version, files, stale)
+        used = _from_dirs(host, roots.driver_root, version, files, stale)
         if used:
             warnings.append("driver libraries are not in the driver root's ld.so.cache; found "
                             "them in " + ", ".join("/" + d for d in used))

@@ -28,10 +28,15 @@ def _read(f, offset: int, size: int) -> bytes:
     return f.read(min(size, end - offset))
 
 
-def soname(path: str) -> str | None:
-    """The DT_SONAME of the ELF file at ``path``, or None (not ELF64-LE, or no SONAME)."""
+def _open_binary(path: str):
+    return open(path, "rb")
+
+
+def soname(path: str, opener=None) -> str | None:
+    """The DT_SONAME of the ELF file at ``path``, or None (not ELF64-LE, or no SONAME).
+    ``opener(path)`` opens it for binary reading (default ``open(path, "rb")``)."""
     try:
-        with open(path, "rb") as f:
+        with (opener or _open_binary)(path) as f:
             head = f.read(_EHDR.size)
             if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
                 return None

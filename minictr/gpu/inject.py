@@ -17,8 +17,7 @@ from collections.abc import Callable
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
 from minictr.gpu import ldcache, loader, mps
-from minictr.gpu import require as req_mod
-from minictr.gpu.discover import Driver, Library
+from minictr.gpu.driver import Driver, Library
 from minictr.gpu.select import Selection
 from minictr.records import record
 from minictr.spec.edits import ContainerEdits, DeviceNode, Mount
@@ -43,7 +42,12 @@ def bind(source: str, destination: str, options=RO) -> Mount:
 
 
 def check_requirements(driver: Driver, selection: Selection, env: dict[str, str]) -> None:
-    """NVIDIA_REQUIRE_* must hold for every selected GPU (require.py)."""
+    """NVIDIA_REQUIRE_* must hold for every selected GPU (require.py, imported only for an
+    image that states a requirement: CUDA_VERSION or NVIDIA_REQUIRE_*)."""
+    if "CUDA_VERSION" not in env and not any(k.startswith("NVIDIA_REQUIRE_") for k in env):
+        return
+    from minictr.gpu import require as req_mod
+
     facts = [req_mod.Facts(driver.cuda_version, driver.version, req_mod.arch_of(g.model),
                            req_mod.brand_of(g.model)) for g in selection.gpus] or \
         [req_mod.Facts(driver.cuda_version, driver.version)]

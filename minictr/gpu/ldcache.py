@@ -178,7 +178,7 @@ def key_pattern(stems) -> re.Pattern:
 
 
 _ASCII_DIGITS = frozenset("0123456789")
-_RUNS = re.compile(r"[0-9]+|[^0-9]+")
+_RUNS = r"[0-9]+|[^0-9]+"               # compiled at first use
 _TOP = "\U0010ffff"     # sorts after every character
 
 
@@ -186,7 +186,7 @@ def sort_key(key: str) -> tuple:
     """A key whose tuple order is :func:`libcmp`'s: digit runs as (1, number), letter runs as
     (0, text). A letter run followed by digits gets a top character appended, because libcmp
     ranks a digit above any letter at the same position ("ab1" > "abc")."""
-    runs = _RUNS.findall(key)
+    runs = re.findall(_RUNS, key)
     last = len(runs) - 1
     return tuple((1, int(r)) if r[0] in _ASCII_DIGITS else (0, r + _TOP if i < last else r)
                  for i, r in enumerate(runs))

@@ -19,7 +19,6 @@ from minictr.records import record
 from minictr.errors import MinictrError
 from minictr.gpu import capabilities as caps
 from minictr.gpu import ldcache
-from minictr.gpu.require import version_tuple
 
 DEBIAN_LIBDIR = "/usr/lib/x86_64-linux-gnu"
 DEBIAN_LIBDIR32 = "/usr/lib/i386-linux-gnu"
@@ -126,7 +125,11 @@ def compat_entries(read_file, image_env: dict[str, str], driver_cuda: str | None
     if "compute" not in wanted or not driver_cuda:
         return []
     image_cuda = image_env.get("CUDA_VERSION", "")
-    if not image_cuda or version_tuple(image_cuda)[:2] <= version_tuple(driver_cuda)[:2]:
+    if not image_cuda:
+        return []
+    from minictr.gpu.require import version_tuple
+
+    if version_tuple(image_cuda)[:2] <= version_tuple(driver_cuda)[:2]:
         return []
     out = []
     for soname in COMPAT_SONAMES:

@@ -17,7 +17,7 @@ import re
 from minictr.errors import GPUError
 
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"
-_SIZE = re.compile(r"^(\d+)\s*([MG])(?:B|iB)?$", re.I)
+_SIZE = r"^(\d+)\s*([MG])(?:B|iB)?$"        # compiled at first use: only --gpu-memory
 
 
 def pipe_dir(configured: str | None) -> str:
@@ -34,7 +34,7 @@ def parse_limits(text: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):
         index, sep, size = item.partition("=")
-        m = _SIZE.match(size.strip())
+        m = re.match(_SIZE, size.strip(), re.I)
         if not sep or not index.strip().isdecimal() or not m:
             raise GPUError(f"--gpu-memory: cannot parse {item!r}",
                            hint="INDEX=SIZE[,INDEX=SIZE], SIZE in M or G, e.g. 0=20G,1=512M")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps
-from minictr.gpu.discover import DriverRoots
+from minictr.gpu.driver import DriverRoots
 from minictr.records import record
 from minictr.spec import gpu_request as inputs_mod
 

@@ -83,11 +83,11 @@ class Facts:
     brand: str | None = None
 
 
-_CONSTRAINT = re.compile(r"^(cuda|driver|arch|brand)(>=|<=|==|!=|=|>|<)(\S+)$")
+_CONSTRAINT = r"^(cuda|driver|arch|brand)(>=|<=|==|!=|=|>|<)(\S+)$"   # compiled at first use
 
 
 def _holds(constraint: str, facts: Facts) -> bool:
-    m = _CONSTRAINT.match(constraint.strip())
+    m = re.match(_CONSTRAINT, constraint.strip())
     if not m:
         raise ValueError(f"cannot parse requirement {constraint!r}")
     prop, op, want = m.groups()

@@ -10,10 +10,10 @@ Both front ends come here, once per container, with the spec they are about to e
 The caller has found the inputs (``spec.gpu_request.find``, which imports nothing; a spec with
 none never loads this package). Then, in order: the request (request.py, under the site's
 policy); the allocation (the caller's ``allocation()``, asked only now: a Slurm job's, from
-hpc/slurm.py); for CDI names the CDI spec files (cdi.py), else the driver (discover), the GPUs
-(select) and the edits (inject); what the request replaces is removed (docker's
-``nvidia-container-runtime-hook``, a job's ``CUDA_VISIBLE_DEVICES``); the edits are applied
-(spec/edits.apply_edits). Nothing is written: the loader cache comes back as bytes in
+hpc/slurm.py); for CDI names the CDI spec files (cdi.py), else the driver (discover, through
+its cache: driver_cache.py), the GPUs (select) and the edits (inject); what the request
+replaces is removed (docker's ``nvidia-container-runtime-hook``, a job's
+``CUDA_VISIBLE_DEVICES``); the edits are applied (spec/edits.apply_edits). Nothing is written: the loader cache comes back as bytes in
 ``Resolved.files``, and the spec's mount names ``files_dir/ld.so.cache``, where the runtime
 writes it when it creates the container.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from minictr.errors import GPUError
 from minictr.gpu import request as request_mod
-from minictr.gpu.discover import CTL_MINOR, NVIDIA_MAJOR, discover
+from minictr.gpu.driver import CTL_MINOR, NVIDIA_MAJOR
 from minictr.records import record
 from minictr.spec import gpu_request
 from minictr.spec.edits import ContainerEdits, apply_edits
@@ -38,15 +38,20 @@ class Resolved:
     spec: dict
     files: tuple[tuple[str, bytes], ...] = ()   # (name, data) the runtime writes to files_dir
     gpus: tuple = ()                            # the selected GPUs (discover.GPU), for messages
+    notes: tuple[str, ...] = ()                 # what --explain says about the choices
 
 
 def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: str,
             settings: request_mod.GpuSettings, allocation: Callable[[], object] | None = None,
-            warn: Warn = None, discover_fn=discover) -> Resolved:
+            warn: Warn = None, cache_dir: str | None = None, discover_fn=None) -> Resolved:
     """``read_file(path) -> bytes | None`` reads the image (its loader cache, os-release, CUDA
     compat libraries); ``allocation() -> Allocation | None`` the batch job's GPUs, called only
-    when a request exists."""
+    when a request exists. ``cache_dir``: where discovery is cached (driver_cache.py; the
+    state directory's ``.cache/gpu``), None for no cache."""
+    from minictr.gpu import driver_cache
     from minictr.gpu.select import select
+
+    notes: list[str] = []
 
     request = request_mod.from_inputs(inputs, settings, warn)
     if inputs.legacy_hooks:
@@ -69,7 +74,8 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
                        + f", but this job has no GPU on this node ({alloc.source})",
                        hint="ask Slurm for GPUs (srun --gres=gpu:N), or run without --gpus")
     try:
-        driver = discover_fn(settings.roots)
+        driver = driver_cache.discover_cached(settings.roots, cache_dir, discover_fn,
+                                              note=notes.append)
     except GPUError:
         if request.required:
             raise
@@ -88,7 +94,7 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
                        warn=warn)
     spec = without_env(spec, injection.unset_env)
     return Resolved(apply_edits(spec, injection.edits), ((CACHE_FILE, injection.cache),),
-                    selection.gpus)
+                    selection.gpus, tuple(notes))
 
 
 def without_legacy_hooks(spec: dict) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from minictr.errors import GPUError
-from minictr.gpu.discover import GPU, Driver, MigDevice
+from minictr.gpu.driver import GPU, Driver, MigDevice
 from minictr.records import record
 
 
@@ -45,7 +45,8 @@ def _unknown(driver: Driver, token: str, allocation=None) -> GPUError:
                     hint="`minictr gpus` lists index, minor and UUID")
 
 
-_BUS = re.compile(r"^(?:[0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$", re.I)
+# patterns compiled at first use (re caches them): most requests are "all" or indices
+_BUS = r"^(?:[0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"
 
 
 def _bus_key(bus: str) -> str:
@@ -73,7 +74,7 @@ def _one(driver: Driver, token: str, allocation) -> GPU | MigDevice | str:
         raise GPUError(f"unknown MIG device {token!r}: " + (
             "; ".join(f"{d.gpu_index}:{d.index}" for g in driver.gpus for d in g.mig)
             or "no MIG devices exist"), hint="`minictr gpus` lists MIG devices")
-    if _BUS.match(token):
+    if re.match(_BUS, token, re.I):
         want = _bus_key(token)
         for g in driver.gpus:
             if _bus_key(g.bus_id)[-12:] == want[-12:]:

@@ -43,6 +43,12 @@ _STATVFS_KEEP = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
                  (os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, sc.MS_NOATIME),
                  (os.ST_NODIRATIME, sc.MS_NODIRATIME), (os.ST_RELATIME, sc.MS_RELATIME))
 
+# Flags a bind can get while detached (mount_setattr(2)), before it is attached: one step
+# instead of bind + remount. Others (sync, dirsync, an atime choice) still take the remount.
+_ATTRS = {sc.MS_RDONLY: sc.MOUNT_ATTR_RDONLY, sc.MS_NOSUID: sc.MOUNT_ATTR_NOSUID,
+          sc.MS_NODEV: sc.MOUNT_ATTR_NODEV, sc.MS_NOEXEC: sc.MOUNT_ATTR_NOEXEC,
+          sc.MS_NODIRATIME: sc.MOUNT_ATTR_NODIRATIME}
+
 RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 O_PATH = os.O_PATH | os.O_CLOEXEC
 
@@ -84,6 +90,9 @@ def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
     except FileNotFoundError:
         if create is None:
             raise
+    made = _create_last(kernel, root_fd, rel, create, mode)
+    if made is not None:
+        return made
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     done: list[str] = []
     for _ in range(MAX_SYMLINKS + len(parts)):
@@ -120,6 +129,33 @@ def resolve_in_root(kernel, root_fd: int, path: str, create: str | None = None,
     raise OSError(errno.ELOOP, f"too many symlinks resolving {path!r} in the container")
 
 
+def _create_last(kernel, root_fd: int, rel: str, create: str, mode: int) -> int | None:
+    """The common case in five calls: only the last component is missing (a mount point for a
+    file in a directory the image has). The parent is resolved inside the root like any path,
+    the name is created in it with O_EXCL|O_NOFOLLOW (or mkdirat). None when the parent is
+    missing too, or the name is a dangling symlink: the walk in ``resolve_in_root`` handles
+    those."""
+    parent, _, name = rel.rpartition("/")
+    if name in ("", ".", ".."):
+        return None
+    try:
+        parent_fd = kernel.openat2(root_fd, parent or ".", O_PATH, RESOLVE)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        if kernel.readlinkat(parent_fd, name) is not None:
+            return None
+        if create == "file":
+            kernel.create_file_at(parent_fd, name)
+        else:
+            kernel.mkdirat(parent_fd, name, mode)
+    except FileExistsError:
+        pass                                     # made meanwhile: resolve it below
+    finally:
+        kernel.close(parent_fd)
+    return kernel.openat2(root_fd, rel, O_PATH, RESOLVE)
+
+
 def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool = False) -> None:
     """Apply one OCI mount entry at its destination inside the root."""
     dest = mount["destination"]
@@ -137,11 +173,15 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
         kind = "dir" if os.path.isdir(source) else "file"
     else:
         kind = "dir"
+    extra = flags & ~(sc.MS_BIND | sc.MS_REC) if is_bind else 0
     target_fd = resolve_in_root(kernel, root_fd, dest, create=kind)
     try:
         refuse_root_itself(kernel, root_fd, target_fd, dest)
         target = fd_path(target_fd)
-        if is_bind:
+        if extra and not extra & ~sum(_ATTRS) and bind_detached(
+                kernel, source, target_fd, flags, explain, dest):
+            extra = 0
+        elif is_bind:
             # A bind ignores every flag but MS_REC on the first call; the others need a remount
             # (mount(2), "Creating a bind mount").
             _say(explain, f"mount --bind {source} {dest}  [{_names(flags)}]")
@@ -151,13 +191,47 @@ def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool
             kernel.mount(source, target, mtype, flags, data or None)
     finally:
         kernel.close(target_fd)
-    extra = flags & ~(sc.MS_BIND | sc.MS_REC) if is_bind else 0
     if extra or propagation:
         # The fd still names the directory *under* the new mount: open the destination again
         # to reach the mount itself.
         with_new_mount(kernel, root_fd, dest, lambda target: (
             extra and remount_keep_locked(kernel, target, extra, explain, dest),
             propagation and kernel.mount(None, target, None, propagation)))
+
+
+def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Explain,
+                  label: str) -> bool:
+    """Bind ``source`` onto the file ``target_fd`` is open on, its flags (ro, nosuid, nodev...)
+    set before it is attached: open_tree(2) OPEN_TREE_CLONE makes a detached copy of the
+    source's mount, mount_setattr(2) sets the flags on it, move_mount(2) attaches it. Three
+    calls instead of bind, re-resolve and remount, and the mount is never seen writable.
+    As the remount did, the source's nosuid, nodev, noexec and atime flags are kept (never
+    cleared: the kernel may lock them, from a more privileged user namespace), and read-only is
+    what the options say. False when the kernel lacks the calls (ENOSYS: before Linux 5.12):
+    the caller binds and remounts instead."""
+    attrs = sum(attr for ms, attr in _ATTRS.items() if flags & ms)
+    clear = 0 if flags & sc.MS_RDONLY else sc.MOUNT_ATTR_RDONLY
+    clone = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | (
+        sc.AT_RECURSIVE if flags & sc.MS_REC else 0)
+    try:
+        tree = kernel.open_tree(sc.AT_FDCWD, source, clone)
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            return False
+        raise
+    try:
+        try:
+            kernel.mount_setattr(tree, "", sc.AT_EMPTY_PATH, attrs, clear)
+        except OSError as err:
+            if err.errno == errno.ENOSYS:
+                return False
+            raise
+        _say(explain, f"mount --bind {source} {label}  [{sc.flag_names(attrs, sc.MOUNT_ATTR_NAMES)}"
+                      " set while detached: open_tree, mount_setattr, move_mount]")
+        kernel.move_mount(tree, "", to_dirfd=target_fd)
+    finally:
+        kernel.close(tree)
+    return True
 
 
 def cgroup_mount(kernel, flags: int, explain: Explain) -> tuple[str, str, int]:

@@ -76,6 +76,15 @@ SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = lib.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_R
 MOUNT_ATTR_NOSUID = lib.MOUNT_ATTR_NOSUID
 MOUNT_ATTR_NODEV = lib.MOUNT_ATTR_NODEV
 MOUNT_ATTR_RDONLY = lib.MOUNT_ATTR_RDONLY
+MOUNT_ATTR_NOEXEC = lib.MOUNT_ATTR_NOEXEC
+MOUNT_ATTR_NODIRATIME = lib.MOUNT_ATTR_NODIRATIME
+OPEN_TREE_CLONE = lib.OPEN_TREE_CLONE
+OPEN_TREE_CLOEXEC = lib.OPEN_TREE_CLOEXEC
+AT_RECURSIVE = lib.AT_RECURSIVE
+AT_EMPTY_PATH = lib.AT_EMPTY_PATH
+MOUNT_ATTR_NAMES = {MOUNT_ATTR_RDONLY: "MOUNT_ATTR_RDONLY", MOUNT_ATTR_NOSUID: "MOUNT_ATTR_NOSUID",
+                    MOUNT_ATTR_NODEV: "MOUNT_ATTR_NODEV", MOUNT_ATTR_NOEXEC: "MOUNT_ATTR_NOEXEC",
+                    MOUNT_ATTR_NODIRATIME: "MOUNT_ATTR_NODIRATIME"}
 AT_FDCWD = -100
 FUSE_PACKAGES = {"squashfuse_ll": "squashfuse", "fuse-overlayfs": "fuse-overlayfs"}
 # loop(4): <linux/loop.h>
@@ -464,12 +473,27 @@ class Syscalls(Rtnetlink):
         finally:
             os.close(ctx)
 
-    def move_mount(self, mount_fd: int, target: str) -> None:
-        """Attach a detached mount (an fsmount(2) fd) at ``target`` in this mount namespace
-        (move_mount(2), MOVE_MOUNT_F_EMPTY_PATH)."""
-        _check(lib.mc_move_mount(mount_fd, b"", AT_FDCWD, _b(target),
-                                 lib.MOVE_MOUNT_F_EMPTY_PATH),
-               f"move_mount({mount_fd}, {target!r})")
+    def move_mount(self, mount_fd: int, target: str = "", *, to_dirfd: int = AT_FDCWD) -> None:
+        """Attach a detached mount (an fsmount(2) or open_tree(2) fd) at ``target`` in this
+        mount namespace (move_mount(2), MOVE_MOUNT_F_EMPTY_PATH); ``target`` "" means the file
+        ``to_dirfd`` itself is open on (MOVE_MOUNT_T_EMPTY_PATH)."""
+        flags = lib.MOVE_MOUNT_F_EMPTY_PATH | (0 if target else lib.MOVE_MOUNT_T_EMPTY_PATH)
+        _check(lib.mc_move_mount(mount_fd, b"", to_dirfd, _b(target), flags),
+               f"move_mount({mount_fd}, {target or f'fd {to_dirfd}'!r})")
+
+    def open_tree(self, dirfd: int, path: str, flags: int) -> int:
+        """open_tree(2): with OPEN_TREE_CLONE, a detached copy of the mount at ``path`` (of its
+        whole subtree with AT_RECURSIVE), held by the returned fd. ENOSYS before Linux 5.2."""
+        return _check(lib.mc_open_tree(dirfd, _b(path), flags),
+                      f"open_tree({path!r}, {flags:#x})")
+
+    def mount_setattr(self, dirfd: int, path: str, flags: int, attr_set: int,
+                      attr_clr: int = 0) -> None:
+        """mount_setattr(2): set (and clear) MOUNT_ATTR_* flags of the mount at ``dirfd`` /
+        ``path`` (AT_EMPTY_PATH: the fd's own). ENOSYS before Linux 5.12."""
+        _check(lib.mc_mount_setattr(dirfd, _b(path), flags, attr_set, attr_clr),
+               f"mount_setattr({path or f'fd {dirfd}'!r}, "
+               f"{flag_names(attr_set, MOUNT_ATTR_NAMES)})")
 
     def spawn_fuse(self, argv: list[str], root: str, mountpoint: str,
                    timeout: float = 30.0) -> int:
@@ -744,7 +768,7 @@ class RecordingSyscalls:
             self._next_pid += 1
             return self._next_pid
         if name in ("bpf", "pidfd_open", "memfd_sealed", "fsmount_loop",
-                    "landlock_create_ruleset"):
+                    "landlock_create_ruleset", "open_tree"):
             return self._fd(f"<{name}>")
         if name == "run_program":
             return 0, b""

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 
 from minictr.gpu import ldcache
-from minictr.gpu.discover import DriverRoots
+from minictr.gpu.driver import DriverRoots
 
 VERSION = "580.65.06"
 STALE = "570.00.00"

@@ -1,0 +1,139 @@
+"""The discovered driver on disk, trusted only while what it was read from still holds.
+
+Discovery (discover.py) reads the kernel module's version, /proc/devices, each GPU's
+information file, the device nodes, the driver root's ld.so.cache, the library files, the
+binaries, firmware and sockets; it parses a loader cache of a thousand entries and imports the
+code to do it. None of that changes between two `minictr run --gpus` on the same host, so the
+result is kept in ``STATE/.cache/gpu/driver-<key>.json``, with the *witnesses* of its reads
+(driver.HostFiles): the text of every proc file read (the driver version, the majors, each
+GPU's information and MIG access files), the listing of every directory listed (the GPUs, the
+MIG instances, the firmware), and the identity (dev, ino, mtime, size, mode, rdev) of every
+other file looked at, or its absence (each device node, library, binary, socket, the loader
+cache). An entry is used only when the host answers every one of those questions the same way
+again; any change (a new driver, a GPU or node added, a library replaced, a MIG instance made)
+or an entry that cannot be read or parsed means a new discovery, written over it.
+
+``<key>`` is the sha256 of the three roots (driver, dev, proc) and of the identity of the
+discovery code itself, so another minictr reads none of it. The directory must be this user's
+and writable by no one else (it is made 0700, entries 0600, written to a temporary name and
+renamed: a reader sees a whole entry or none). It is under the state directory, which no
+container's mount exposes: a container cannot write it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from minictr.gpu.driver import Driver, DriverRoots, from_plain, still_holds, to_plain
+
+try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
+    from _sha256 import sha256
+except ImportError:                     # Python 3.12 renamed it
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
+
+FORMAT = 1
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# the code whose result is cached: another version of any of it is another cache
+_CODE = ("driver.py", "discover.py", "driverlibs.py", "capabilities.py", "elf.py", "ldcache.py",
+         "require.py", "driver_cache.py")
+
+
+def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None,
+                    note=None) -> Driver:
+    """The driver under ``roots``: from ``cache_dir`` while its witnesses hold, else
+    discovered (``discover_fn(roots, host)``, default discover.discover) and stored there.
+    ``cache_dir`` None: no cache. ``note(text)`` hears which it was (for --explain)."""
+    path = entry_path(cache_dir, roots) if cache_dir is not None else None
+    if path is None:
+        return _discover(discover_fn, roots, None)
+    hit = read_entry(path, roots)
+    if hit is not None:
+        if note:
+            note(f"GPU driver {hit.version}: from the discovery cache {path} (every file "
+                 "discovery read is unchanged)")
+        return hit
+    from minictr.gpu.driver import HostFiles
+
+    host = HostFiles(roots)
+    driver = _discover(discover_fn, roots, host)
+    write_entry(cache_dir, path, driver, host.witnesses)
+    if note:
+        note(f"GPU driver {driver.version}: discovered ({len(host.seen)} looks at host files; "
+             f"kept in {path} until one answer changes)")
+    return driver
+
+
+def _discover(discover_fn, roots, host):
+    if discover_fn is None:
+        from minictr.gpu.discover import discover as discover_fn
+    return discover_fn(roots, host) if host is not None else discover_fn(roots)
+
+
+def entry_path(cache_dir: str, roots: DriverRoots) -> str | None:
+    """The entry's path; None when the code's identity cannot be read (then: no cache)."""
+    key = [FORMAT, roots.driver_root, roots.dev_root, roots.proc_root]
+    for name in _CODE:
+        try:
+            st = os.stat(os.path.join(_HERE, name))
+        except OSError:
+            return None
+        key.append([st.st_ino, st.st_size, st.st_mtime_ns])
+    digest = sha256(json.dumps(key).encode()).hexdigest()
+    return os.path.join(cache_dir, f"driver-{digest[:32]}.json")
+
+
+def _trusted(st: os.stat_result, kind) -> bool:
+    return (kind(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def read_entry(path: str, roots: DriverRoots) -> Driver | None:
+    """The cached driver at ``path`` if the entry is whole, trusted and still true, else None."""
+    try:
+        if not _trusted(os.stat(os.path.dirname(path)), stat.S_ISDIR):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not _trusted(os.fstat(fd), stat.S_ISREG):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            doc = json.loads(f.read())
+        if doc.get("format") != FORMAT or not still_holds(doc["witnesses"]):
+            return None
+        return from_plain(doc["driver"], roots)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None                     # damaged or of another shape: discover again
+    finally:
+        os.close(fd)
+
+
+def write_entry(cache_dir: str, path: str, driver: Driver, witnesses) -> None:
+    """Store ``driver`` at ``path``; a cache that cannot be written only costs time."""
+    data = json.dumps({"format": FORMAT, "witnesses": witnesses,
+                       "driver": to_plain(driver)}).encode()
+    tmp = f"{path}.{os.getpid()}.tmp"      # one writer per pid: a leftover is a dead process's
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        if not _trusted(os.stat(cache_dir), stat.S_ISDIR):
+            return
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        pass
