@@ -41,7 +41,8 @@ def floors(bindir: str, agent: str, env: dict, true_agents: list[str]) -> list[P
     peers = [Peer("python3 -c pass", [py, "-c", "pass"], agent, env, baseline=True,
                   note=f"the venv's interpreter ({os.path.realpath(py)}): the floor of any "
                   "Python launcher"),
-             Peer("python3 -S -c pass", [py, "-S", "-c", "pass"], agent, env, baseline=True)]
+             Peer("python3 -I -S -c pass", [py, "-I", "-S", "-c", "pass"], agent, env,
+                  baseline=True, note="what minictr's launchers run (minictr/launchers.py)")]
     for a in true_agents:
         peers.append(Peer(f"/bin/true [{a}]", ["/bin/true"], a, env, baseline=True))
     return peers
@@ -62,8 +63,8 @@ def root_peers(ws: str, image: str, layout: str, rootfs: str, args) -> list[Peer
     if os.path.exists(os.path.join(dev_bindir, "minictr")):
         peers.append(Peer("minictr (.venv)", [os.path.join(dev_bindir, "minictr"),
                                               *mc.run_argv(name)[1:]], "host", mc.env,
-                          note="the checkout's editable install: its .pth finder imports "
-                          "pathlib, urllib.parse, ipaddress... at every start"))
+                          note="the checkout's editable install (`make install`'s -I -S "
+                          "launcher, its source tree on sys.path)"))
     spec = load_and_plan(mc, layout, rootfs, name, peers[0], None)
     if len(peers) > 1 and peers[0].skip:
         peers[1].skip = peers[0].skip

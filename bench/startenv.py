@@ -131,6 +131,9 @@ def ensure_bench_venv(progress) -> str:
                     "--force-reinstall", "--no-deps", REPO], check=True, capture_output=True)
     subprocess.run([os.path.join(USER_VENV, "bin", "pip"), "install", "-q", REPO], check=True,
                    capture_output=True)
+    # the `python3 -I -S` launchers `make install` writes (minictr/launchers.py), not pip's
+    subprocess.run([os.path.join(USER_VENV, "bin", "python"), "-m", "minictr.launchers"],
+                   check=True, capture_output=True)
     with open(stamp, "w") as f:
         f.write(digest)
     return os.path.join(USER_VENV, "bin")
