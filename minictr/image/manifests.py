@@ -11,10 +11,10 @@ image-index.md (manifests + platform), config.md (rootfs.diff_ids, ChainID). Doc
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
+from minictr import jsonio
 from minictr.errors import ImageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -115,7 +115,7 @@ def parse_json(data: bytes, what: str):
     """A JSON document from an untrusted source. Nesting deeper than the interpreter's
     recursion limit makes json raise RecursionError: that is bad input too, not a crash."""
     try:
-        return json.loads(data)
+        return jsonio.loads(data)
     except RecursionError:
         raise ImageError(f"{what} is not valid JSON: nested too deeply") from None
     except ValueError as err:

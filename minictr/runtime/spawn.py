@@ -33,13 +33,13 @@ no_new_privs, rlimits and mcinit as the first: there is no second way to start a
 from __future__ import annotations
 
 import errno
-import json
 import os
 import select  # noqa: F401 - lifecycle.wait_for_start polls after pivot_root
 import signal
 import socket
 from collections.abc import Callable
 
+from minictr import jsonio
 from minictr.config import INIT_BINARY
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
                             MinictrError, RuntimeSetupError, SpecError, hint_for)
@@ -199,7 +199,7 @@ class Channel:
         self.sock = sock
 
     def send(self, kind: str, fd: int | None = None, **fields) -> None:
-        data = json.dumps({"type": kind, **fields}).encode()
+        data = jsonio.dumps({"type": kind, **fields}).encode()
         if fd is None:
             self.sock.send(data)
         else:
@@ -213,7 +213,7 @@ class Channel:
             return None, None
         if not data:
             return None, None
-        return json.loads(data), (fds[0] if fds else None)
+        return jsonio.loads(data), (fds[0] if fds else None)
 
     def close(self) -> None:
         self.sock.close()
@@ -409,7 +409,7 @@ def wait_for_exec(exec_r: int, command: str) -> None:
         os.close(exec_r)
     raw = b"".join(chunks).decode(errors="replace").strip()
     if raw.startswith("{"):                 # the child failed after "ready" (spawn._report)
-        raise error_from(json.loads(raw))
+        raise error_from(jsonio.loads(raw))
     if raw:
         raise exec_error(command, int(raw.splitlines()[0]))
 
@@ -592,7 +592,7 @@ def _report(channel, exec_w: int | None, message: str, hint: str | None, code: i
         return
     except OSError:
         pass
-    data = json.dumps({"message": message, "hint": hint, "exit": code})
+    data = jsonio.dumps({"message": message, "hint": hint, "exit": code})
     try:
         if exec_w is not None:
             os.write(exec_w, data.encode())

@@ -20,12 +20,12 @@ for that container: listing goes on with the others.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal as signal_mod
 import stat
 import time
 
+from minictr import jsonio
 from minictr.errors import MinictrError, UsageError
 
 STATE_FILE = "state.json"
@@ -175,7 +175,7 @@ class StateRoot:
         path = self.file(container_id, STATE_FILE)
         try:
             with open(path) as f:
-                data = json.load(f)
+                data = jsonio.load(f)
         except FileNotFoundError:
             if os.path.isdir(self.dir(container_id)):
                 raise StateError(f"container {container_id} has no state file (a launcher "
@@ -192,7 +192,7 @@ class StateRoot:
         return data
 
     def write(self, container_id: str, state: dict) -> None:
-        write_private(self.file(container_id, STATE_FILE), json.dumps(state).encode())
+        write_private(self.file(container_id, STATE_FILE), jsonio.dumps(state).encode())
 
     def update(self, container_id: str, **fields) -> dict:
         state = self.read(container_id)
@@ -204,7 +204,7 @@ class StateRoot:
         path = self.file(container_id, CONFIG_FILE)
         try:
             with open(path) as f:
-                return json.load(f)
+                return jsonio.load(f)
         except (OSError, ValueError) as err:
             raise StateError(f"container {container_id}: cannot read {path}: {err}") from err
 

@@ -554,9 +554,9 @@ def _annotations(config: dict, opts: RunOptions) -> dict:
             raise SpecError(f"--label {entry!r}: expected KEY=VALUE")
         labels[key] = value
     if opts.labels:
-        import json
+        from minictr import jsonio
 
-        out[LABELS_ANNOTATION] = json.dumps(labels, sort_keys=True)
+        out[LABELS_ANNOTATION] = jsonio.dumps(labels, sort_keys=True)
     for entry in opts.annotations:
         key, sep, value = entry.partition("=")
         if not sep or not key:
