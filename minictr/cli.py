@@ -450,7 +450,7 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    import signal
+    import _signal as signal    # not signal.py, which imports enum (~3 ms)
 
     signal.signal(signal.SIGINT, signal.default_int_handler)   # see minictr/__init__.py
     debug = "--debug" in argv

@@ -1,6 +1,7 @@
 """Removing a container's writable layer (its overlay upper and work directories)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 from minictr.runtime import syscalls as sc
@@ -64,6 +65,28 @@ def _rmtree_forcing(path: str) -> None:
 
 
 def rmtree(path: str) -> None:
-    import shutil        # only at cleanup: it is not needed to start the container
-
-    shutil.rmtree(path, ignore_errors=True)
+    """shutil.rmtree(path, ignore_errors=True), without importing shutil (it imports fnmatch,
+    re, zlib, bz2 and lzma: ~3 ms of every `run --rm`). As shutil's, it works through directory
+    fds (os.fwalk) and never follows a symbolic link: a container's writable layer may hold
+    links to anywhere on the host, and only the links are removed."""
+    with contextlib.suppress(OSError):
+        # bottom up; a link to a directory is listed in dirs but not walked into
+        for _, dirs, files, dirfd in os.fwalk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dirfd)
+            for name in dirs:
+                try:
+                    os.rmdir(name, dir_fd=dirfd)
+                except NotADirectoryError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dirfd)
+                except OSError:
+                    pass
+    try:
+        os.rmdir(path)
+    except NotADirectoryError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    except OSError:
+        pass

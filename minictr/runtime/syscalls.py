@@ -478,7 +478,7 @@ class Syscalls(Rtnetlink):
         itself it would never see its mount go away. Tying it to the container's first
         process (this one, after its execve) ends it with the container, PID namespace or
         not."""
-        import signal
+        import _signal as signal    # not signal.py, which imports enum
         import subprocess
         import time
 
@@ -587,7 +587,7 @@ class Syscalls(Rtnetlink):
         to get), in ``cwd``, stdin and stdout on /dev/null, stderr appended to ``log_path``,
         no fd but ``pass_fds`` inherited, and PR_SET_PDEATHSIG SIGKILL so that it dies with
         the launcher (prctl(2); checked against getppid for a launcher that died first)."""
-        import signal
+        import _signal as signal    # not signal.py, which imports enum
 
         launcher = os.getpid()
         pid = os.fork()
