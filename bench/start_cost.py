@@ -4,7 +4,7 @@
 
 Two tables, both from the installed (non-editable) minictr that `bench start` times:
 
-1. Phases. A script replays `minictr run`'s path (cli.build_parser, parse_args, api.plan, then
+1. Phases. A script replays `minictr run`'s path (cli.parse_args, api.plan, then
    api.run: what cli.cmd_run does) with CLOCK_MONOTONIC stamps between
    the calls; the runtime's explain callback stamps each step as it happens, in the launcher and
    in the container's PID 1 (the same clock across processes). The driver stamps the spawn and
