@@ -566,19 +566,8 @@ class Syscalls(Rtnetlink):
         What subprocess.Popen(close_fds=True).communicate(stdin, timeout) does, without
         importing subprocess (it imports signal.py, threading and selectors: ~4 ms of every
         rootless start, which runs newuidmap and newgidmap through here)."""
-        return self.finish_program(self.start_program(path, args, env, stdin, timeout))
-
-    def run_programs(self, programs: list[tuple]) -> list[tuple[int | None, bytes]]:
-        """run_program for each (path, args, env, stdin, timeout), all started before any is
-        waited for: they run side by side."""
-        started = [self.start_program(*program) for program in programs]
-        return [self.finish_program(handle) for handle in started]
-
-    def start_program(self, path: str, args: list[str], env: list[str], stdin: bytes,
-                      timeout: int | None) -> tuple:
-        """The first half of run_program: the program started (or its execve failed); the
-        handle goes to finish_program."""
         import fcntl
+        import select
 
         environ = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
         deadline = None if timeout is None else _monotonic() + timeout
@@ -615,17 +604,8 @@ class Syscalls(Rtnetlink):
             os.close(out_r)
             os.waitpid(pid, 0)
             err = int.from_bytes(failed, "little")
-            return ("done", 127 if err == errno.ENOENT else 126,
-                    f"{path}: {os.strerror(err)}".encode())
-        return ("running", pid, in_w, out_r, stdin, deadline)
-
-    def finish_program(self, handle: tuple) -> tuple[int | None, bytes]:
-        """The second half of run_program: feed stdin, read the output, reap."""
-        if handle[0] == "done":
-            return handle[1], handle[2]
-        import select
-
-        return _communicate(*handle[1:], select)
+            return 127 if err == errno.ENOENT else 126, f"{path}: {os.strerror(err)}".encode()
+        return _communicate(pid, in_w, out_r, stdin, deadline, select)
 
     def start_helper(self, path: str, args: list[str], pass_fds: tuple = (),
                      log_path: str | None = None, cwd: str | None = None) -> int:
@@ -792,8 +772,6 @@ class RecordingSyscalls:
             return self._fd(f"<{name}>")
         if name == "run_program":
             return 0, b""
-        if name == "run_programs":
-            return [(0, b"")] * len(args[0])
         if name == "seccomp_set_filter":
             return 0
         if name == "ioctl":
