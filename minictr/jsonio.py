@@ -51,6 +51,14 @@ def loads(data: str | bytes | bytearray):
         value, end = _scan_once(text, start)
     except StopIteration as err:
         raise _error("Expecting value", text, err.value) from None
+    except SystemError:
+        # The C scanner raises its syntax errors as json.decoder.JSONDecodeError, which it
+        # looks up in sys.modules only: not imported, it fails without an exception. Import
+        # it (a document that is not JSON is rare) and scan again for the real error.
+        import json.decoder  # noqa: F401
+
+        _scan_once(text, start)
+        raise
     finally:
         _Decoder.memo.clear()
     if text[end:].strip(_WHITESPACE):

@@ -66,3 +66,19 @@ def test_it_does_not_import_json_or_re():
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": ":".join(sys.path)})
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("text", ['{"a": }', "[1, 2", '"abc', '{"a" 1}', "{", "[tru]"])
+def test_errors_before_json_is_imported_are_json_errors(text):
+    """The C scanner finds JSONDecodeError in sys.modules only: with json not yet imported,
+    a syntax error must still come out as JSONDecodeError (a ValueError), not SystemError."""
+    code = ("import sys; from minictr import jsonio\n"
+            "try:\n    jsonio.loads(sys.argv[1])\n"
+            "except ValueError as err:\n    print(type(err).__name__, err.pos)")
+    out = subprocess.run([sys.executable, "-S", "-c", code, text], capture_output=True,
+                         text=True, env={"PYTHONPATH": ":".join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    with pytest.raises(json.JSONDecodeError) as theirs:
+        json.loads(text)
+    assert out.stdout.split() == ["JSONDecodeError", str(theirs.value.pos)]
+
