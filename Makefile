@@ -31,7 +31,7 @@ POLICY_RC_D ?= /usr/sbin/policy-rc.d
 
 .PHONY: install compile deps test unit fuzz soak run bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.launchers
 
 # Package scripts must not start daemons (docker.io's would start dockerd on /var/lib/docker): a
 # policy-rc.d that denies every start is put in place for the install unless one exists.
@@ -60,6 +60,13 @@ $(VENV)/.installed: pyproject.toml setup.py native/minictr_native.c native/minic
 	$(VENV)/bin/pip install -q --upgrade pip
 	# compat mode: a plain path entry instead of an import hook (the hook costs ~20 ms a start)
 	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+# bin/minictr and bin/minictr-runc as `#!/usr/bin/python3.11 -IS` with the venv's paths written
+# in, in place of pip's console scripts: no site.py, no .pth code at each start (README, "Which
+# Python"; minictr/launchers.py).
+$(VENV)/.launchers: $(VENV)/.installed minictr/launchers.py
+	$(PY) -m minictr.launchers
 	touch $@
 
 # Byte-compile the sources: imports then read .pyc files even where PYTHONDONTWRITEBYTECODE is

@@ -4,7 +4,7 @@
 
 Two tables, both from the installed (non-editable) minictr that `bench start` times:
 
-1. Phases. A script replays `minictr run`'s path (cli.build_parser, parse_args, api.plan, then
+1. Phases. A script replays `minictr run`'s path (cli.parse_args, api.plan, then
    api.run: what cli.cmd_run does) with CLOCK_MONOTONIC stamps between
    the calls; the runtime's explain callback stamps each step as it happens, in the launcher and
    in the container's PID 1 (the same clock across processes). The driver stamps the spawn and
@@ -34,8 +34,8 @@ def mark(label):
     stamps.append((label, time.monotonic_ns()))
 import minictr.cli as cli
 mark("import minictr.cli")
-args = cli.build_parser().parse_args(["run", "--rm", sys.argv[1], "/bin/true"])
-mark("argparse: build_parser + parse_args")
+args = cli.parse_args(["run", "--rm", sys.argv[1], "/bin/true"])
+mark("parse the command line (flags.parse_run)")
 from minictr import api
 mark("import minictr.api")
 paths, opts, roots = cli._paths(args), cli._run_options(args), cli._gpu_roots(args)

@@ -131,6 +131,9 @@ def ensure_bench_venv(progress) -> str:
                     "--force-reinstall", "--no-deps", REPO], check=True, capture_output=True)
     subprocess.run([os.path.join(USER_VENV, "bin", "pip"), "install", "-q", REPO], check=True,
                    capture_output=True)
+    # the `python3 -I -S` launchers `make install` writes (minictr/launchers.py), not pip's
+    subprocess.run([os.path.join(USER_VENV, "bin", "python"), "-m", "minictr.launchers"],
+                   check=True, capture_output=True)
     with open(stamp, "w") as f:
         f.write(digest)
     return os.path.join(USER_VENV, "bin")
@@ -183,23 +186,33 @@ class Minictr:
         if res.returncode != 0:
             raise RuntimeError(f"minictr load failed: {common.first_error_line(res.stderr)}")
 
-    def spec(self, name: str) -> dict:
-        res = self.cli("spec", name, "/bin/true")
+    def spec(self, name: str, bundle: str) -> dict:
+        """`minictr spec --bundle BUNDLE NAME /bin/true`: the plan `run` would execute, with the
+        files its mounts name (resolv.conf, hosts, hostname) written beside config.json, so a
+        peer given this config gets the same mounts, cgroup and limits as minictr."""
+        res = self.cli("spec", "--bundle", bundle, name, "/bin/true")
         if res.returncode != 0:
             raise RuntimeError(f"minictr spec failed: {common.first_error_line(res.stderr)}")
-        return json.loads(res.stdout)
+        with open(os.path.join(bundle, "config.json")) as f:
+            return json.load(f)
 
     def run_argv(self, name: str) -> list[str]:
         return [self.exe, "run", "--rm", name, "/bin/true"]
 
 
 def load_and_plan(mc: Minictr, layout: str, rootfs: str, name: str, peer: Peer, pw) -> dict:
-    """Load the image into minictr's store and return `minictr spec`'s plan. If that fails,
-    minictr's peer is skipped with the reason, and the plan comes from the same builder called
-    directly (so the peers still run, and the table says so)."""
+    """Load the image into minictr's store and return `minictr spec --bundle`'s plan; its files
+    go to a directory of their own beside ROOTFS (one per user: the root and rootless plans
+    differ), which the returned config names. If that fails, minictr's peer is skipped with the
+    reason, and the plan comes from the same builder called directly (so the peers still run,
+    and the table says so)."""
+    files = os.path.join(os.path.dirname(rootfs), "files-root" if pw is None else "files-user")
+    os.makedirs(files, mode=0o755, exist_ok=True)
+    if pw is not None:
+        os.chown(files, pw.pw_uid, pw.pw_gid)
     try:
         mc.load(layout, name)
-        return mc.spec(name)
+        return mc.spec(name, files)
     except RuntimeError as err:
         peer.skip = str(err)
     from minictr.runtime.idmap import rootless_mappings

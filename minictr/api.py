@@ -687,6 +687,14 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
     dry_run = kernel is not None
     code = None
     created = None
+    userns_fd = None
+
+    def spawned(pid: int) -> None:
+        nonlocal userns_fd
+        sup.attach(pid)
+        if opts.rm and not dry_run:
+            userns_fd = _hold_user_namespace(paths, p.spec, pid)
+
     try:
         with Supervisor(None, explain) as sup:
             try:
@@ -695,7 +703,7 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
                     attached=True, stdin_null=not (opts.interactive or opts.tty), stdio=stdio,
                     preserve_fds=opts.preserve_fds, keep_fds=p.keep_fds,
                     rootless=paths.rootless, files=p.files,
-                    on_spawned=sup.attach, network=p.network, kernel=kernel, explain=explain)
+                    on_spawned=spawned, network=p.network, kernel=kernel, explain=explain)
                 if cidfile and not dry_run:
                     with open(cidfile, "w") as f:
                         f.write(container_id)
@@ -725,8 +733,28 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
             shutil.rmtree(root.path, ignore_errors=True)
             shutil.rmtree(os.path.join(paths.containers, container_id), ignore_errors=True)
         else:
-            _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn,
-                        network=created.network if created is not None else None)
+            try:
+                _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn,
+                            network=created.network if created is not None else None,
+                            userns_fd=userns_fd)
+            finally:
+                if userns_fd is not None:
+                    os.close(userns_fd)
+
+
+def _hold_user_namespace(paths: Paths, spec: dict, pid: int) -> int | None:
+    """Rootless with subordinate ids, an fd of the container's user namespace, held until its
+    writable layer is removed: files a non-root user inside left there belong to subordinate
+    ids, and cleanup.remove_tree joins this namespace to remove them instead of making a new
+    one and mapping the ids again with newuidmap/newgidmap. Opened right after the clone:
+    once the process has taken the spec's ids it is no longer dumpable, and /proc/PID/ns is
+    closed to us (ptrace access mode, proc(5))."""
+    if not paths.rootless or len(spec.get("linux", {}).get("uidMappings") or []) <= 1:
+        return None
+    try:
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None                 # remove_tree maps the ids again, as without it
 
 
 def _claim_cidfile(path: str | None) -> None:
@@ -790,7 +818,7 @@ def _dry_kernel(p: Plan, scratch: str):
 
 
 def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | None,
-                remove: bool, warn: Explain, network=None) -> None:
+                remove: bool, warn: Explain, network=None, userns_fd: int | None = None) -> None:
     """The container has stopped (or never started): record its exit status, report an OOM
     kill, free its network (address, ports, helper) and its cgroup, and with --rm remove it and
     its writable layer. A container whose create failed is gone already: its writable layer
@@ -819,16 +847,18 @@ def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | N
                  f"limit ({limit} bytes)")
     if remove:
         lifecycle.delete(root, container_id, force=True, warn=warn)
-        _remove_writable_layer(paths, container_id, p.spec.get("linux", {}))
+        _remove_writable_layer(paths, container_id, p.spec.get("linux", {}), userns_fd)
     else:
         lifecycle.destroy_cgroup(st)
         root.update(container_id, cgroup_paths=[], cgroup_v2=None)
 
 
-def _remove_writable_layer(paths: Paths, container_id: str, linux: dict) -> None:
+def _remove_writable_layer(paths: Paths, container_id: str, linux: dict,
+                           userns_fd: int | None = None) -> None:
     from minictr.runtime import cleanup
 
-    cleanup.remove_tree(os.path.join(paths.containers, container_id), paths.rootless, linux)
+    cleanup.remove_tree(os.path.join(paths.containers, container_id), paths.rootless, linux,
+                        userns_fd=userns_fd)
 
 
 def _states(paths: Paths, warn: Explain = None) -> list[dict]:

@@ -7,122 +7,10 @@ Imports are lazy: ``minictr run`` must start fast (bench/README.md).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-GPUS_HELP = (
-    "GPUs to inject: all | none | 0,1 (indices, in nvidia-smi order) | GPU-<uuid>,... | "
-    "MIG-<uuid> | docker forms device=0,2 / count=N / capabilities=compute,utility. "
-    "Unlike docker, a bare number is an index: --gpus 0 means GPU 0, not zero GPUs")
-
-
-def _add_store_args(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
-    """Both before and after the subcommand (`minictr --root DIR load ...` or `minictr load
-    --root DIR ...`); SUPPRESS keeps a subcommand from resetting a value given before it."""
-    p.add_argument("--root", default=default, help="store directory (default /var/lib/minictr, or "
-                   "$XDG_DATA_HOME/minictr when not root; env MINICTR_ROOT)")
-    p.add_argument("--state", default=default, help="state directory (default /run/minictr, or "
-                   "$XDG_RUNTIME_DIR/minictr; env MINICTR_STATE)")
-
-
-def _add_gpu_root_args(p: argparse.ArgumentParser) -> None:
-    where = "; else env MINICTR_NVIDIA_{}_ROOT, else [nvidia] {} in config.toml"
-    p.add_argument("--nvidia-driver-root", help="where the driver's libraries and binaries live "
-                   "(default /" + where.format("DRIVER", "driver-root") + ")")
-    p.add_argument("--nvidia-dev-root", help="where /dev/nvidia* live (default /"
-                   + where.format("DEV", "dev-root") + ")")
-    p.add_argument("--nvidia-proc-root", help="the proc filesystem to read driver facts from "
-                   "(default /proc" + where.format("PROC", "proc-root") + ")")
-
-
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
-    a("image", help="image reference, or oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE")
-    a("command", nargs=argparse.REMAINDER, help="command and arguments (replace the image's Cmd)")
-    a("--entrypoint", help="override the image's Entrypoint ('' clears it)")
-    a("-e", "--env", action="append", default=[], help="KEY=VALUE, or KEY to copy it from here")
-    a("--env-file", action="append", default=[], help="file of KEY=VALUE lines")
-    a("-v", "--volume", action="append", default=[], help="bind mount SRC:DST[:ro]")
-    a("--mount", action="append", default=[], help="type=bind,src=SRC,dst=DST[,ro] or "
-      "type=tmpfs,dst=DST[,tmpfs-size=N]")
-    a("--tmpfs", action="append", default=[], help="mount a tmpfs at DST[:OPTIONS]")
-    a("-w", "--workdir", help="working directory inside the container")
-    a("-u", "--user", help="USER[:GROUP], names resolved in the image's /etc/passwd and /etc/group")
-    a("--hostname", help="container host name (default: the container id's first 12 chars)")
-    a("--name", help="container name (default: generated)")
-    a("--rm", action="store_true", help="remove the container's writable layer when it exits")
-    a("-i", "--interactive", action="store_true", help="keep stdin open")
-    a("-t", "--tty", action="store_true", help="give the container a pseudo-terminal (with -i "
-      "stdin must be a terminal; without -i no input is sent, as docker)")
-    a("--read-only", action="store_true", help="mount the image read-only (no upper dir)")
-    a("--init", action="store_true", help="run a minimal init as PID 1 that forwards signals and "
-      "reaps zombies")
-    a("--network", "--net", default=None, metavar="NETWORK",
-      help="host | none | bridge | container:NAME | ns:PATH (default: the host's network; "
-      "outside a Slurm job without CAP_NET_RAW and with the host's abstract unix sockets out "
-      "of reach; see docs/network.md)")
-    a("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CONTAINER[/PROTO]",
-      help="publish a container port on the host (with --network bridge), e.g. 8080:80, "
-      "127.0.0.1:5353:53/udp")
-    a("--cap-add", action="append", default=[], help="add a capability (e.g. NET_ADMIN, ALL)")
-    a("--cap-drop", action="append", default=[], help="drop a capability (e.g. CHOWN, ALL)")
-    a("--preserve-fds", type=int, default=0, help="pass N fds beyond 0-2 into the container")
-    a("--ulimit", action="append", default=[], help="NAME=SOFT[:HARD], e.g. nofile=1024:2048")
-    a("--privileged", action="store_true", help="all capabilities, no masked paths, no device filter")
-    a("--security-opt", action="append", default=[], help="seccomp=FILE|unconfined, no-new-privileges=false")
-    a("--userns", choices=["auto", "keep-id", "host"], default=None,
-      help="rootless user mapping: auto (you are root inside), keep-id (your uid inside)")
-    a("-m", "--memory", help="memory limit, e.g. 512m, 2g")
-    a("--memory-swap", help="memory+swap limit (-1 = unlimited swap)")
-    a("--pids-limit", type=int, help="maximum number of processes")
-    a("--cpus", type=float, help="CPU quota in CPUs, e.g. 0.5")
-    a("--cpu-shares", type=int, help="relative CPU weight, docker scale (2-262144, default 1024)")
-    a("--cpu-weight", type=int, help="relative CPU weight, cgroup v2 scale (1-10000)")
-    a("--cpuset-cpus", help="CPUs the container may run on, e.g. 0-3,6")
-    a("--cgroup-parent", help="cgroup under which the container's cgroup is made")
-    a("--device", action="append", default=[], help="HOST[:CONTAINER][:rwm], or a CDI name "
-      "such as nvidia.com/gpu=0")
-    a("--gpus", help=GPUS_HELP)
-    a("--gpu-memory", help="per-GPU device memory limit through MPS, e.g. 0=20G,1=10G")
-    a("--annotation", action="append", default=[], help="KEY=VALUE added to the spec")
-    a("--hpc", action=argparse.BooleanOptionalAction, default=None,
-      help="job-native mode, as enroot and Apptainer: the host's environment (less PATH, "
-      "LD_LIBRARY_PATH...), you as yourself with $HOME and the current directory mounted, the "
-      "host's PID, IPC and UTS namespaces, Slurm's PMI/PMIx; default from "
-      "/etc/minictr/config.toml or ~/.config/minictr/config.toml ([run] hpc = true)")
-    a("--ipc", choices=["private", "host"], default="private",
-      help="host: share the host's IPC namespace and /dev/shm (PyTorch's recommended setting)")
-    a("--pid", choices=["private", "host"], default="private",
-      help="host: share the host's PID namespace (the container sees every process)")
-    a("--shm-size", help="size of /dev/shm (default 64m)")
-    a("--dns", action="append", default=[], help="nameserver for /etc/resolv.conf")
-    a("--dns-search", action="append", default=[], help="search domain ('.' for none)")
-    a("--dns-option", "--dns-opt", action="append", default=[], help="resolv.conf option, "
-      "e.g. ndots:2")
-    a("--add-host", action="append", default=[], help="NAME:IP added to /etc/hosts "
-      "(IP host-gateway: the host, with the host's network)")
-    a("--group-add", action="append", default=[], help="supplementary group (name in the "
-      "image's /etc/group, or gid)")
-    a("-l", "--label", action="append", default=[], help="KEY=VALUE label of the container")
-    a("--stop-signal", help="signal `minictr stop` sends first (default: the image's, else TERM)")
-    a("--stop-timeout", type=int, help="seconds `minictr stop` waits before SIGKILL (default 10)")
-    a("--sysctl", action="append", default=[], help="namespaced sysctl KEY=VALUE, e.g. "
-      "net.ipv4.ip_unprivileged_port_start=0 (with --network none)")
-    a("--platform", help="os/arch[/variant] of the image to use and pull (default: this host's)")
-    a("--tls-verify", default=None, type=_bool_arg,
-      help="false allows plain http and unverified TLS when pulling")
-    _add_gpu_root_args(p)
-
-
-def _bool_arg(text: str) -> bool:
-    """true/false (and 1/0, yes/no), as podman's --tls-verify; anything else is an error."""
-    value = {"true": True, "1": True, "yes": True,
-             "false": False, "0": False, "no": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-    return value
-
+from minictr import flags
 
 def _preserved_fds(n: int) -> int:
     """--preserve-fds N passes fds 3..3+N-1, which must be open (podman's rule): a negative N
@@ -140,7 +28,7 @@ def _preserved_fds(n: int) -> int:
     return n
 
 
-def _run_options(args: argparse.Namespace):
+def _run_options(args):
     from minictr.spec.options import RunOptions
 
     command = list(args.command)
@@ -169,7 +57,7 @@ def _run_options(args: argparse.Namespace):
         tls_verify=args.tls_verify)
 
 
-def _hpc(args: argparse.Namespace) -> bool:
+def _hpc(args) -> bool:
     """--hpc / --no-hpc, else the configured default ([run] hpc, minictr/settings.py)."""
     if args.hpc is not None:
         return args.hpc
@@ -178,12 +66,12 @@ def _hpc(args: argparse.Namespace) -> bool:
     return bool(settings.load("run")["hpc"])
 
 
-def _gpu_roots(args: argparse.Namespace) -> tuple:
+def _gpu_roots(args) -> tuple:
     """The --nvidia-*-root values; api turns them into DriverRoots only when GPUs are used."""
     return (args.nvidia_driver_root, args.nvidia_dev_root, args.nvidia_proc_root)
 
 
-def _paths(args: argparse.Namespace):
+def _paths(args):
     from minictr.config import default_paths
 
     return default_paths(root=getattr(args, "root", None), state=getattr(args, "state", None))
@@ -203,7 +91,7 @@ def _error(err) -> None:
         print(f"minictr: hint: {err.hint}", file=sys.stderr)
 
 
-def _check_terminal(args: argparse.Namespace) -> None:
+def _check_terminal(args) -> None:
     """docker's refusal: -i -t needs a terminal on stdin (a pipe cannot be put in raw mode,
     and its end would never reach the container's terminal as one). Exit 1, as docker."""
     if args.interactive and args.tty and not os.isatty(0):
@@ -228,7 +116,7 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 # ---------------------------------------------------------------- subcommands
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args) -> int:
     from minictr import api
 
     explain = _say if args.explain else None
@@ -248,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    progress=_progress(args), cidfile=args.cidfile)
 
 
-def cmd_spec(args: argparse.Namespace) -> int:
+def cmd_spec(args) -> int:
     from minictr import api
 
     # With --bundle, the files the spec mounts (the GPU loader cache) go into the bundle, so
@@ -263,7 +151,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_load(args: argparse.Namespace) -> int:
+def cmd_load(args) -> int:
     from minictr import api
 
     for img in api.load(_paths(args), args.path, tag=args.tag, warn=_warn):
@@ -271,7 +159,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_images(args: argparse.Namespace) -> int:
+def cmd_images(args) -> int:
     from minictr import api
 
     rows = api.images(_paths(args))
@@ -287,7 +175,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def cmd_inspect(args) -> int:
     """As docker: what was found is printed, what was not is an error each, and exit 1."""
     from minictr import api
     from minictr.errors import NotFound
@@ -303,7 +191,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_rmi(args: argparse.Namespace) -> int:
+def cmd_rmi(args) -> int:
     from minictr import api
     from minictr.errors import NotFound
 
@@ -321,7 +209,7 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
+def cmd_gc(args) -> int:
     from minictr import api
 
     result = api.gc(_paths(args))
@@ -330,7 +218,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(args: argparse.Namespace):
+def _progress(args):
     if getattr(args, "quiet", False):
         return None
     from minictr.progress import make_progress
@@ -338,7 +226,7 @@ def _progress(args: argparse.Namespace):
     return make_progress(sys.stderr)
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
+def cmd_pull(args) -> int:
     from minictr import api
 
     ref = api.pull(_paths(args), args.image, platform=args.platform,
@@ -351,7 +239,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args) -> int:
     from minictr import api
 
     explain = _say if args.explain else None
@@ -360,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_login(args: argparse.Namespace) -> int:
+def cmd_login(args) -> int:
     from minictr import api
 
     password = args.password
@@ -378,7 +266,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logout(args: argparse.Namespace) -> int:
+def cmd_logout(args) -> int:
     from minictr import api
 
     api.logout(_paths(args), args.registry, authfile=args.authfile)
@@ -386,7 +274,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ps(args: argparse.Namespace) -> int:
+def cmd_ps(args) -> int:
     from minictr import containers
 
     rows = containers.ps(_paths(args), all_=args.all, stats=args.stats, warn=_warn)
@@ -408,14 +296,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def cmd_stats(args) -> int:
     from minictr import containers
 
     _print_json(containers.stats(_paths(args), args.container))
     return 0
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
+def cmd_exec(args) -> int:
     from minictr import containers
 
     _check_terminal(args)
@@ -426,7 +314,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
                      interactive=args.interactive, workdir=args.workdir, user=args.user)
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
+def cmd_logs(args) -> int:
     from minictr import containers
 
     out = sys.stdout.buffer
@@ -436,7 +324,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
+def cmd_stop(args) -> int:
     from minictr import containers
 
     for name in args.containers:
@@ -445,14 +333,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kill(args: argparse.Namespace) -> int:
+def cmd_kill(args) -> int:
     from minictr import containers
 
     containers.kill(_paths(args), args.container, args.signal)
     return 0
 
 
-def cmd_rm(args: argparse.Namespace) -> int:
+def cmd_rm(args) -> int:
     from minictr import containers
 
     for name in args.containers:
@@ -461,7 +349,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_gpus(args: argparse.Namespace) -> int:
+def cmd_gpus(args) -> int:
     from minictr import api
 
     info = api.gpus(_gpu_roots(args))
@@ -476,7 +364,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cdi(args: argparse.Namespace) -> int:
+def cmd_cdi(args) -> int:
     from minictr import api
 
     text = api.cdi_generate(_gpu_roots(args), fmt=args.format)
@@ -503,22 +391,19 @@ def _human(n: int | None) -> str:
 # ---------------------------------------------------------------- parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad input; docker and podman use 125 for their own usage errors."""
+def _parser_class():
+    import argparse
 
-    def error(self, message: str):
-        # one line and a hint, as every other error (the usage is what --help prints)
-        print(f"minictr: error: {message}", file=sys.stderr)
-        print(f"minictr: hint: see '{self.prog} --help'", file=sys.stderr)
-        sys.exit(125)
+    class _Parser(argparse.ArgumentParser):
+        """argparse exits 2 on bad input; docker and podman use 125 for their own usage errors."""
 
+        def error(self, message: str):
+            # one line and a hint, as every other error (the usage is what --help prints)
+            print(f"minictr: error: {message}", file=sys.stderr)
+            print(f"minictr: hint: see '{self.prog} --help'", file=sys.stderr)
+            sys.exit(125)
 
-class _Skipped:
-    """Stands in for the parser of a subcommand that this invocation does not use: building
-    all of them costs more than a container's whole setup (bench/README.md, "Start cost")."""
-
-    def add_argument(self, *args, **kwargs) -> None:
-        pass
+    return _Parser
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -534,161 +419,44 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser(only: str | None = None):
+    """argparse's parser, built from the table in minictr/flags.py. With ``only``, the other
+    subcommands get no parser of their own: building all of them costs more than a container's
+    whole setup (bench/README.md, "Start cost")."""
+    parser = _parser_class()(
         prog="minictr", description="Run OCI containers, GPU-ready, with no daemon and no root.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--version", action="version", version="minictr 0.1.0")
-    _add_store_args(parser, default=None)
+    flags.add_to(parser, flags.GLOBAL)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
-
-    def add(name, func, help_, **kw):
-        if only is not None and name != only:
-            return _Skipped()
-        p = sub.add_parser(name, help=help_, description=help_, **kw)
-        p.set_defaults(func=func)
-        _add_store_args(p)
-        return p
-
-    p = add("run", cmd_run, "run a command in a new container")
-    _add_run_args(p)
-    p.add_argument("--explain", action="store_true",
-                   help="print each step (namespaces, mounts, pivot_root, cgroups, execve) as it happens")
-    p.add_argument("--dry-run", action="store_true",
-                   help="with --explain: print the steps without doing them")
-    p.add_argument("--pull", choices=["missing", "always", "never"], default="missing",
-                   help="pull the image from its registry: missing (default), always, never")
-    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background: print "
-                   "the container's id once it runs; its output goes to `minictr logs`")
-    p.add_argument("--cidfile", help="write the container's id to this file (which must not "
-                   "exist)")
-
-    p = add("spec", cmd_spec, "print the OCI runtime spec (config.json) that run would execute")
-    _add_run_args(p)
-    p.add_argument("--bundle", help="write DIR/config.json instead of printing it (root.path "
-                   "names where `run` would mount the image; point it at an unpacked rootfs to "
-                   "hand the bundle to crun or runc)")
-
-    p = add("load", cmd_load, "load an image from an OCI layout dir, oci-archive or docker-archive")
-    p.add_argument("path", help="DIR, FILE.tar, or oci:DIR[:TAG], oci-archive:FILE, "
-                   "docker-archive:FILE")
-    p.add_argument("--tag", help="name to give the loaded image")
-
-    p = add("images", cmd_images, "list stored images")
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
-
-    p = add("inspect", cmd_inspect, "show an image's manifest, config and layers as JSON")
-    p.add_argument("images", nargs="+")
-
-    p = add("rmi", cmd_rmi, "remove images")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--prune", action="store_true", help="also remove blobs and layers no image uses")
-
-    add("gc", cmd_gc, "remove blobs and layers no image or container uses, and what killed "
-        "runs left behind")
-
-    p = add("pull", cmd_pull, "pull an image from a registry")
-    p.add_argument("image")
-    p.add_argument("--platform", help="os/arch[/variant] (default: this host's)")
-    p.add_argument("--tls-verify", default=None, type=lambda s: s.lower() not in ("false", "0", "no"),
-                   help="false allows plain http and unverified TLS for this registry")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.add_argument("-o", "--output", help="also write the image as one squashfs file "
-                   "(as `minictr export IMAGE -o FILE`)")
-    p.add_argument("--compression", default="gzip", help="with -o: the squashfs compressor "
-                   "(gzip, xz, zstd, lzo, lz4)")
-
-    p = add("export", cmd_export, "write an image as one squashfs file that `minictr run FILE` "
-            "runs in place (on any node, from a shared filesystem)")
-    p.add_argument("image")
-    p.add_argument("-o", "--output", required=True, help="the file to write, e.g. IMAGE.sqsh")
-    p.add_argument("--compression", default="gzip", help="squashfs compressor: gzip (default), "
-                   "xz, zstd, lzo, lz4 (minictr reads gzip, xz and zstd images without "
-                   "unsquashfs)")
-    p.add_argument("--explain", action="store_true", help="print the mount and the mksquashfs "
-                   "command")
-
-    for name, func, text in (("login", cmd_login, "log in to a registry"),
-                             ("logout", cmd_logout, "log out of a registry")):
-        p = add(name, func, text)
-        p.add_argument("registry")
-        p.add_argument("--authfile", help="credentials file (default "
-                       "$XDG_RUNTIME_DIR/containers/auth.json)")
-        if name == "login":
-            p.add_argument("-u", "--username")
-            p.add_argument("-p", "--password")
-            p.add_argument("--password-stdin", action="store_true")
-            p.add_argument("--tls-verify", default=None,
-                           type=lambda s: s.lower() not in ("false", "0", "no"))
-
-    p = add("ps", cmd_ps, "list containers")
-    p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
-    p.add_argument("--stats", action="store_true", help="with memory, pids and cpu usage")
-    p.add_argument("--format", choices=["table", "json"], default="table")
-
-    p = add("stats", cmd_stats, "memory, pids and cpu usage of a running container")
-    p.add_argument("container")
-
-    p = add("exec", cmd_exec, "run a command inside a running container")
-    p.add_argument("container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("-i", "--interactive", action="store_true")
-    p.add_argument("-w", "--workdir")
-    p.add_argument("-u", "--user")
-
-    p = add("logs", cmd_logs, "print a detached container's output (stdout and stderr)")
-    p.add_argument("container")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until it stops")
-
-    p = add("stop", cmd_stop, "stop containers: the stop signal, then SIGKILL after a timeout")
-    p.add_argument("containers", nargs="+")
-    p.add_argument("-s", "--signal", help="signal to send first (default: the container's "
-                   "--stop-signal, the image's StopSignal, else TERM)")
-    p.add_argument("-t", "--time", type=int, help="seconds to wait before SIGKILL (default: "
-                   "the container's --stop-timeout, else 10; -1 waits for ever)")
-
-    p = add("kill", cmd_kill, "send a signal to a container's PID 1 (default SIGKILL)")
-    p.add_argument("container")
-    p.add_argument("signal", nargs="?", default="KILL", help="signal name or number "
-                   "(default KILL, as docker kill)")
-
-    p = add("rm", cmd_rm, "remove stopped containers")
-    p.add_argument("containers", nargs="+")
-    p.add_argument("-f", "--force", action="store_true", help="kill a running one first")
-
-    p = add("gpus", cmd_gpus, "list the host's NVIDIA GPUs as minictr sees them")
-    p.add_argument("--json", action="store_true")
-    _add_gpu_root_args(p)
-
-    p = add("cdi", cmd_cdi, "CDI specs: 'cdi generate' writes one for the host's GPUs")
-    p.add_argument("action", choices=["generate"])
-    p.add_argument("--format", choices=["json", "yaml"], default="yaml")
-    p.add_argument("--output", "-o", help="file to write (default: stdout)")
-    _add_gpu_root_args(p)
-
+    for name in flags.COMMANDS:
+        if only is None or name == only:
+            flags.command_parser(sub, name).set_defaults(func=globals()["cmd_" + name])
     return parser
 
 
-COMMANDS = ("run", "spec", "load", "images", "inspect", "rmi", "gc", "pull", "export", "login",
-            "logout", "ps", "stats", "exec", "logs", "stop", "kill", "rm", "gpus", "cdi")
+def parse_args(argv: list[str]):
+    """The common `run` form by flags.parse_run, anything else (and every error) by argparse."""
+    args = flags.parse_run(argv)
+    if args is not None:
+        args.func = cmd_run
+        return args
+    named = _command_in(argv)
+    parser = build_parser(only=named if named in flags.COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return None
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    import signal
+    import _signal as signal    # not signal.py, which imports enum (~3 ms)
 
     signal.signal(signal.SIGINT, signal.default_int_handler)   # see minictr/__init__.py
     debug = "--debug" in argv
     try:
-        named = _command_in(argv)
-        parser = build_parser(only=named if named in COMMANDS else None)
-        args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help(sys.stderr)
+        args = parse_args(argv)
+        if args is None:
             return 125
         return args.func(args)
     except KeyboardInterrupt:

@@ -45,6 +45,9 @@ def rootless_venv(tmp_path_factory) -> str:
                          capture_output=True, text=True)
     if res.returncode != 0:
         pytest.fail(f"installing minictr for the rootless users failed:\n{res.stderr[-2000:]}")
+    # the launchers users get from `make install` (-I -S, minictr/launchers.py), not pip's
+    subprocess.run([os.path.join(venv, "bin", "python"), "-m", "minictr.launchers"], check=True,
+                   capture_output=True)
     subprocess.run(["chmod", "-R", "a+rX", base], check=True)
     yield venv
     shutil.rmtree(base, ignore_errors=True)

@@ -11,10 +11,9 @@ image-index.md (manifests + platform), config.md (rootfs.diff_ids, ChainID). Doc
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 
+from minictr import jsonio
 from minictr.errors import ImageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -45,14 +44,15 @@ LAYER_TYPES = {
 }
 MAX_MANIFEST = 4 << 20          # containerd's limit (manifests and indexes): more is an attack
 MAX_CONFIG = 8 << 20
-_SHA256 = re.compile(r"sha256:([a-f0-9]{64})")
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 # ---------------------------------------------------------------- digests and descriptors
 def check_digest(value, what: str = "digest") -> str:
     """A sha256 digest, checked. Digests come from untrusted documents and become file names
     in the store, so nothing else is accepted (no other algorithm, no upper case, no '/')."""
-    if not (isinstance(value, str) and _SHA256.fullmatch(value)):
+    if not (isinstance(value, str) and len(value) == 71 and value.startswith("sha256:")
+            and all(c in _HEX_DIGITS for c in value[7:])):
         raise ImageError(f"{what}: invalid or unsupported digest {value!r} "
                          "(only sha256:<64 hex>)")
     return value
@@ -115,7 +115,7 @@ def parse_json(data: bytes, what: str):
     """A JSON document from an untrusted source. Nesting deeper than the interpreter's
     recursion limit makes json raise RecursionError: that is bad input too, not a crash."""
     try:
-        return json.loads(data)
+        return jsonio.loads(data)
     except RecursionError:
         raise ImageError(f"{what} is not valid JSON: nested too deeply") from None
     except ValueError as err:

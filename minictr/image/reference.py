@@ -14,24 +14,88 @@ the short one a user types (``busybox:latest``).
 """
 from __future__ import annotations
 
-import re
-from minictr.records import record
-
 from minictr.errors import ImageError
+from minictr.records import record
 
 DEFAULT_REGISTRY = "docker.io"
 LEGACY_REGISTRY = "index.docker.io"
 OFFICIAL_PREFIX = "library/"
 MAX_NAME_LENGTH = 255
-
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = re.compile(
-    rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _HEX = {"sha256": 64, "sha512": 128}
-_ANCHORED_HEX64 = re.compile(r"[a-f0-9]{64}")
+
+# The grammar's character classes. Written out rather than as regular expressions: `re` costs
+# ~4 ms of a container's start (it imports enum), and a reference is parsed by every run.
+# tests/unit/test_reference.py checks these against reference.go's regular expressions.
+_DIGITS = frozenset("0123456789")
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz") | _DIGITS
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEX_DIGITS = frozenset("abcdef") | _DIGITS
+_TAG_FIRST = _ALNUM | {"_"}                         # [\w]
+_TAG_REST = _TAG_FIRST | {".", "-"}                 # [\w.-]
+_DIGEST_ENCODED = _ALNUM | {"=", "_", "-"}          # [a-zA-Z0-9=_-]
+_IP_LITERAL = _HEX_DIGITS | frozenset("ABCDEF:.")   # [0-9a-fA-F:.]
+
+
+def _runs(text: str, chars: frozenset, separator_ok) -> bool:
+    """Is ``text`` non-empty runs of ``chars``, each two joined by a separator (a run of other
+    characters) that ``separator_ok`` accepts? The shape of `A+(?:SEP A+)*`."""
+    i, n = 0, len(text)
+    while True:
+        j = i
+        while j < n and text[j] in chars:
+            j += 1
+        if j == i:
+            return False                  # empty run: a separator first, last, or doubled
+        if j == n:
+            return True
+        k = j
+        while k < n and text[k] not in chars:
+            k += 1
+        if not separator_ok(text[j:k]):
+            return False
+        i = k
+
+
+def _is_component(text: str) -> bool:
+    """`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`: a repository path component."""
+    return _runs(text, _LOWER_ALNUM,
+                 lambda sep: sep in (".", "_", "__") or sep == "-" * len(sep))
+
+
+def _is_domain(text: str) -> bool:
+    r"""`(?:PART(?:\.PART)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?`, a PART being letters, digits and
+    '-' that start and end with a letter or digit: a registry's host[:port]."""
+    if text.startswith("["):
+        end = text.find("]")
+        host, port = text[:end + 1], text[end + 1:]
+        if end < 2 or not all(c in _IP_LITERAL for c in host[1:-1]):
+            return False
+    else:
+        host, colon, port = text.partition(":")
+        port = colon + port
+        if not all(part and part[0] in _ALNUM and part[-1] in _ALNUM
+                   and all(c in _ALNUM or c == "-" for c in part) for part in host.split(".")):
+            return False
+    return port == "" or (len(port) > 1 and port[0] == ":"
+                          and all(c in _DIGITS for c in port[1:]))
+
+
+def _is_tag(text: str) -> bool:
+    r"""`[\w][\w.-]{0,127}` (ASCII)."""
+    return (0 < len(text) <= 128 and text[0] in _TAG_FIRST
+            and all(c in _TAG_REST for c in text[1:]))
+
+
+def _is_digest(text: str) -> bool:
+    """`[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}`: ALGORITHM:ENCODED."""
+    algorithm, colon, encoded = text.partition(":")
+    return (bool(colon) and _runs(algorithm, _LOWER_ALNUM, lambda sep: sep in (".", "+", "_", "-"))
+            and len(encoded) >= 32 and all(c in _DIGEST_ENCODED for c in encoded))
+
+
+def _is_hex(text: str, min_len: int, max_len: int) -> bool:
+    """`[a-f0-9]{min_len,max_len}`."""
+    return min_len <= len(text) <= max_len and all(c in _HEX_DIGITS for c in text)
 
 
 @record
@@ -95,11 +159,11 @@ def _split_digest(text: str) -> tuple[str, str | None]:
     if "@" not in text:
         return text, None
     rest, digest = text.split("@", 1)
-    if not _DIGEST.fullmatch(digest):
+    if not _is_digest(digest):
         raise _invalid(text, f"{digest!r} is not a digest (ALGORITHM:HEX)")
     algorithm, hexpart = digest.split(":", 1)
     want = _HEX.get(algorithm)
-    if want and not re.fullmatch(rf"[a-f0-9]{{{want}}}", hexpart):
+    if want and not _is_hex(hexpart, want, want):
         raise _invalid(text, f"a {algorithm} digest has {want} lower-case hex digits")
     return rest, digest
 
@@ -110,12 +174,12 @@ def _split_tag(text: str, rest: str) -> tuple[str, str | None]:
     if colon <= slash:             # a colon before the last slash is a registry's port
         return rest, None
     name, tag = rest[:colon], rest[colon + 1:]
-    if not _TAG.fullmatch(tag):
+    if not _is_tag(tag):
         raise _invalid(text, f"{tag!r} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})")
     return name, tag
 
 
-def _is_domain(first: str, sep: str) -> bool:
+def _names_domain(first: str, sep: str) -> bool:
     return bool(sep) and (any(c in first for c in ".:") or first == "localhost"
                           or first.lower() != first)
 
@@ -124,14 +188,13 @@ def names_registry(text: str) -> bool:
     """Does ``text`` name its registry (``ghcr.io/o/r``, ``localhost/x``), or is it a short
     name (``busybox``, ``library/debian:12``) that docker reads as docker.io's?"""
     first, sep, _ = text.partition("/")
-    return _is_domain(first, sep)
+    return _names_domain(first, sep)
 
 
 def _split_registry(text: str, name: str) -> tuple[str, str]:
     first, sep, remainder = name.partition("/")
-    is_domain = _is_domain(first, sep)
-    if is_domain:
-        if not _DOMAIN.fullmatch(first):
+    if _names_domain(first, sep):
+        if not _is_domain(first):
             raise _invalid(text, f"{first!r} is not a valid registry host[:port]")
         registry, repository = first, remainder
         if registry == LEGACY_REGISTRY:
@@ -140,10 +203,10 @@ def _split_registry(text: str, name: str) -> tuple[str, str]:
         registry, repository = DEFAULT_REGISTRY, name
     if not repository:
         raise _invalid(text, "the repository name is missing")
-    if registry == DEFAULT_REGISTRY and _ANCHORED_HEX64.fullmatch(repository):
+    if registry == DEFAULT_REGISTRY and _is_hex(repository, 64, 64):
         raise _invalid(text, "a 64-digit hex string is an image id, not a repository name")
     for component in repository.split("/"):
-        if not _COMPONENT.fullmatch(component):
+        if not _is_component(component):
             why = ("repository names must be lower case" if component.lower() != component
                    else f"{component!r} is not a valid repository component "
                    "(lower-case letters and digits, separated by '.', '_', '__' or '-')")
@@ -154,7 +217,7 @@ def _split_registry(text: str, name: str) -> tuple[str, str]:
 def looks_like_id(text: str) -> bool:
     """True for ``sha256:HEX`` or bare lower-case hex that may abbreviate an image id."""
     hexpart = text[len("sha256:"):] if text.startswith("sha256:") else text
-    return bool(re.fullmatch(r"[a-f0-9]{1,64}", hexpart))
+    return _is_hex(hexpart, 1, 64)
 
 
 # Skopeo-style transports accepted wherever an image is named (archive.py reads them).

@@ -20,9 +20,9 @@ Otherwise the image has no config: a command must be given.
 """
 from __future__ import annotations
 
-import json
 import os
 
+from minictr import jsonio
 from minictr.errors import ImageError
 from minictr.records import record
 
@@ -116,7 +116,7 @@ def _config(lookup, ref: str) -> tuple[str, dict]:
     exists, data = lookup(CONFIG_PATH)
     if exists:
         try:
-            config = json.loads(data or b"")
+            config = jsonio.loads(data or b"")
         except ValueError as err:
             raise ImageError(f"{ref}: {CONFIG_PATH} is not JSON: {err}") from err
         if not isinstance(config, dict):

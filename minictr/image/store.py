@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import _thread
 import time
 from collections.abc import Callable
 
+from minictr import jsonio
 from minictr.errors import ImageError, MinictrError, NoSuchImage
 from minictr.image import manifests as mf
 from minictr.image import reference
@@ -335,7 +335,7 @@ class Store:
             meta = {"chain_id": chain_id, "digest": digest, "diff_id": diff_id,
                     "media_type": media_type, "size": compressed.size,
                     "unpacked_size": decoded.size, "created": int(time.time())}
-            atomic_write(os.path.join(tmp, "layer.json"), json.dumps(meta).encode())
+            atomic_write(os.path.join(tmp, "layer.json"), jsonio.dumps(meta).encode())
             os.chmod(os.path.join(tmp, "blob"), 0o644)
             os.rename(os.path.join(tmp, "blob"), self.blob_path(digest))
             os.chmod(tmp, 0o711)
@@ -354,7 +354,7 @@ class Store:
     def _layer_meta(self, chain_id: str) -> dict:
         try:
             with open(os.path.join(self._layer_entry(chain_id), "layer.json"), "rb") as f:
-                return json.load(f)
+                return jsonio.load(f)
         except (OSError, ValueError):
             return {}
 
@@ -390,7 +390,7 @@ class Store:
                     # the record is written under the tags lock so that a concurrent rmi,
                     # which drops untagged records under it, cannot remove it in between
                     atomic_write(self._record_path(manifest_digest),
-                                 json.dumps(record).encode())
+                                 jsonio.dumps(record).encode())
                     tags = self._read_tags()
                     tags.update({r: manifest_digest for r in refs})
                     self._write_tags(tags)
@@ -411,13 +411,15 @@ class Store:
     def _read_tags(self) -> dict[str, str]:
         try:
             with open(self._path("images", "tags.json"), "rb") as f:
-                return dict(json.load(f).get("tags", {}))
+                return dict(jsonio.load(f).get("tags", {}))
         except FileNotFoundError:
             return {}
         except ValueError as err:
             raise ImageError(f"the store's tag index is corrupt: {err}") from err
 
     def _write_tags(self, tags: dict[str, str]) -> None:
+        import json                 # indented, for people: jsonio writes compact JSON only
+
         atomic_write(self._path("images", "tags.json"),
                      json.dumps({"tags": dict(sorted(tags.items()))}, indent=1).encode(), 0o600)
 
@@ -456,19 +458,19 @@ class Store:
                 if name.endswith(".json") and not name.startswith("."):
                     with contextlib.suppress(OSError, ValueError):
                         with open(os.path.join(directory, name), "rb") as f:
-                            out.append(json.load(f))
+                            out.append(jsonio.load(f))
         return out
 
     def _load_record(self, manifest_digest: str) -> dict | None:
         try:
             with open(self._record_path(manifest_digest), "rb") as f:
-                return json.load(f)
+                return jsonio.load(f)
         except (FileNotFoundError, ValueError):
             return None
 
     def _make_record(self, record: dict, config: dict | None, name: str | None) -> ImageRecord:
         if config is None:
-            config = json.loads(self.read_blob(record["id"]))
+            config = jsonio.loads(self.read_blob(record["id"]))
         names = tuple(sorted(n for n, d in self._read_tags().items()
                              if d == record["manifest_digest"]))
         layers = tuple(LayerRecord(**l) for l in record["layers"])
@@ -543,7 +545,7 @@ class Store:
 
     def _config_or_empty(self, digest: str) -> dict:
         try:
-            return json.loads(self.read_blob(digest))
+            return jsonio.loads(self.read_blob(digest))
         except (ImageError, ValueError):
             return {}
 
@@ -555,7 +557,7 @@ class Store:
             "digest": image.manifest_digest, "size": record.get("size"),
             "created": image.config.get("created"),
             "os": image.config.get("os"), "architecture": image.config.get("architecture"),
-            "manifest": json.loads(self.read_blob(image.manifest_digest)),
+            "manifest": jsonio.loads(self.read_blob(image.manifest_digest)),
             "config": image.config,
             "layers": [{"digest": l.digest, "media_type": l.media_type, "size": l.size,
                         "diff_id": l.diff_id, "chain_id": l.chain_id,

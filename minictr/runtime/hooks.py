@@ -19,9 +19,9 @@ The hooks run through the syscall face (``kernel.run_program``), so a dry run re
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
+from minictr import jsonio
 from minictr.errors import RuntimeSetupError
 
 # Imported here, not lazily: startContainer hooks run after pivot_root(2), when the host's
@@ -36,7 +36,7 @@ STAGES = ("prestart", "createRuntime", "createContainer", "startContainer", "pos
 def state_json(state: dict) -> bytes:
     """The state a hook reads (runtime.md "State"): only the standard fields."""
     keys = ("ociVersion", "id", "status", "pid", "bundle", "annotations")
-    return json.dumps({k: state[k] for k in keys if k in state}).encode()
+    return jsonio.dumps({k: state[k] for k in keys if k in state}).encode()
 
 
 def hooks_of(spec: dict, stage: str) -> list[dict]:

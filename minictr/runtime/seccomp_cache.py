@@ -17,10 +17,10 @@ no one else (it is made 0700): a program read from it is loaded into containers 
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 
+from minictr import jsonio
 from minictr.runtime import seccomp as seccomp_mod
 from minictr.runtime.seccomp import CompiledFilter
 
@@ -39,7 +39,7 @@ _MAGIC = b"minictr-seccomp 1\n"
 def cached_filter(seccomp: dict, cache_dir: str) -> CompiledFilter:
     """The compiled filter for ``seccomp``, from ``cache_dir`` when it holds it, else compiled
     (and stored there)."""
-    text = json.dumps(seccomp, sort_keys=True, separators=(",", ":")).encode()
+    text = jsonio.dumps(seccomp, sort_keys=True, separators=(",", ":")).encode()
     ident = _identity(cache_dir)
     if ident is not None:
         hit = _read(_entry(cache_dir, text, ident))
@@ -111,7 +111,7 @@ def _read(path: str) -> CompiledFilter | None:
         if not data.startswith(_MAGIC):
             return None
         header, _, bpf = data[len(_MAGIC):].partition(b"\n")
-        meta = json.loads(header)
+        meta = jsonio.loads(header)
         if not bpf or len(bpf) % 8 or len(bpf) != meta["size"]:
             return None
         return CompiledFilter(bpf, int(meta["flags"]), tuple(meta["unknown"]),
@@ -126,7 +126,7 @@ def _write(path: str, compiled: CompiledFilter) -> None:
             "enosys_above": [list(p) for p in compiled.enosys_above],
             "overridden": list(compiled.overridden), "size": len(compiled.bpf)}
     try:
-        _atomic_write(path, _MAGIC + json.dumps(meta).encode() + b"\n" + compiled.bpf)
+        _atomic_write(path, _MAGIC + jsonio.dumps(meta).encode() + b"\n" + compiled.bpf)
     except OSError:
         pass
 

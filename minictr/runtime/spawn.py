@@ -33,13 +33,14 @@ no_new_privs, rlimits and mcinit as the first: there is no second way to start a
 from __future__ import annotations
 
 import errno
-import json
 import os
 import select  # noqa: F401 - lifecycle.wait_for_start polls after pivot_root
-import signal
-import socket
+import _signal as signal  # signal.py's C core: the same calls, numbers as ints (signal.py imports enum: ~3 ms)
+import _socket  # socket.py's C core: socket.py imports enum and selectors (~2 ms)
+import struct
 from collections.abc import Callable
 
+from minictr import jsonio
 from minictr.config import INIT_BINARY
 from minictr.errors import (EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND, ContainerExecError,
                             MinictrError, RuntimeSetupError, SpecError, hint_for)
@@ -195,25 +196,30 @@ class Channel:
     """Messages between launcher and child over a SOCK_SEQPACKET pair: one JSON object each,
     optionally with one fd (SCM_RIGHTS)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock):
         self.sock = sock
 
     def send(self, kind: str, fd: int | None = None, **fields) -> None:
-        data = json.dumps({"type": kind, **fields}).encode()
+        data = jsonio.dumps({"type": kind, **fields}).encode()
         if fd is None:
             self.sock.send(data)
         else:
-            socket.send_fds(self.sock, [data], [fd])
+            # unix(7): the fd travels as SCM_RIGHTS ancillary data (socket.send_fds)
+            self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                        struct.pack("i", fd))])
 
     def receive(self) -> tuple[dict | None, int | None]:
         """(message, fd) or (None, None) at EOF: the other side is gone."""
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 65536, 1)
+            data, ancillary, _, _ = self.sock.recvmsg(65536, _socket.CMSG_LEN(struct.calcsize("i")))
         except ConnectionResetError:
             return None, None
+        fds = [fd for level, kind, payload in ancillary
+               if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+               for fd in struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])]
         if not data:
             return None, None
-        return json.loads(data), (fds[0] if fds else None)
+        return jsonio.loads(data), (fds[0] if fds else None)
 
     def close(self) -> None:
         self.sock.close()
@@ -249,7 +255,8 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
     runtime-namespace hooks when the child asks."""
     if getattr(kernel, "dry_run", False):
         return _dry_spawn(kernel, plan, cgroup, on_spawned, on_placed, on_hooks, explain)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX,
+                                      _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     exec_r = exec_w = None
     if plan.attached:
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
@@ -409,7 +416,7 @@ def wait_for_exec(exec_r: int, command: str) -> None:
         os.close(exec_r)
     raw = b"".join(chunks).decode(errors="replace").strip()
     if raw.startswith("{"):                 # the child failed after "ready" (spawn._report)
-        raise error_from(json.loads(raw))
+        raise error_from(jsonio.loads(raw))
     if raw:
         raise exec_error(command, int(raw.splitlines()[0]))
 
@@ -599,7 +606,7 @@ def _report(channel, exec_w: int | None, message: str, hint: str | None, code: i
         return
     except OSError:
         pass
-    data = json.dumps({"message": message, "hint": hint, "exit": code})
+    data = jsonio.dumps({"message": message, "hint": hint, "exit": code})
     try:
         if exec_w is not None:
             os.write(exec_w, data.encode())

@@ -8,7 +8,6 @@ bind sources) through ``read_host_file`` and ``host_stat``; nothing here touches
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 
 from minictr.errors import SpecError
@@ -22,7 +21,8 @@ from minictr.spec.users import ExecUser, resolve_groups, resolve_user
 
 OCI_VERSION = "1.0.2"
 ReadFile = Callable[[str], "bytes | None"]
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?$")   # HOST_NAME_MAX 64
+_HOST_NAME_MAX = 64
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 IMAGE_ANNOTATION_PREFIX = "org.opencontainers.image."
 # image-spec conversion.md: Config.StopSignal goes to the runtime config as this annotation
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
@@ -253,10 +253,17 @@ def _is_dir_with(host_stat):
 # ---------------------------------------------------------------- identity
 
 
+def _valid_hostname(name: str) -> bool:
+    """Letters, digits, '-' and '.', starting and ending with a letter or digit, at most
+    HOST_NAME_MAX characters."""
+    return (0 < len(name) <= _HOST_NAME_MAX and name[0] in _ALNUM and name[-1] in _ALNUM
+            and all(c in _ALNUM or c in ".-" for c in name))
+
+
 def container_hostname(hostname: str | None, container_id: str) -> str:
     """--hostname, else the container id's first 12 characters (docker's default)."""
     name = hostname if hostname is not None else container_id[:12]
-    if not _HOSTNAME.match(name):
+    if not _valid_hostname(name):
         raise SpecError(f"--hostname {name!r} is not a valid host name",
                         hint="letters, digits, '-' and '.', at most 64 characters")
     return name
@@ -554,9 +561,9 @@ def _annotations(config: dict, opts: RunOptions) -> dict:
             raise SpecError(f"--label {entry!r}: expected KEY=VALUE")
         labels[key] = value
     if opts.labels:
-        import json
+        from minictr import jsonio
 
-        out[LABELS_ANNOTATION] = json.dumps(labels, sort_keys=True)
+        out[LABELS_ANNOTATION] = jsonio.dumps(labels, sort_keys=True)
     for entry in opts.annotations:
         key, sep, value = entry.partition("=")
         if not sep or not key:
@@ -568,14 +575,15 @@ def _annotations(config: dict, opts: RunOptions) -> dict:
 def _check_signal(text: str, given: str | None) -> str:
     """A stop signal as its name (TERM, SIGTERM) or number 1-64, checked here so that a typo
     fails at run, not at stop (runtime.state.parse_signal reads it back)."""
-    import signal
+    import _signal     # the names signal.Signals has, without signal.py's enum import
 
     what = "--stop-signal" if given else "the image's StopSignal"
     value = text.strip().upper()
     if value.isdecimal() and 0 < int(value) < 65:
         return value
     name = value if value.startswith("SIG") else "SIG" + value
-    if name in signal.Signals.__members__:
+    if name.isupper() and not name.startswith("SIG_") and \
+            isinstance(getattr(_signal, name, None), int):
         return name
     raise SpecError(f"{what} {text!r} is not a signal", hint="a name such as TERM or "
                     "SIGUSR1, or a number")

@@ -7,7 +7,6 @@ arguments; the builder copies what it takes, so callers can never change these t
 """
 from __future__ import annotations
 
-import copy
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -163,4 +162,4 @@ def default_device_rules(*, privileged: bool) -> list[dict]:
 
 
 def default_rlimits() -> list[dict]:
-    return copy.deepcopy(list(DEFAULT_RLIMITS))
+    return [dict(rlimit) for rlimit in DEFAULT_RLIMITS]     # flat dicts: a copy each

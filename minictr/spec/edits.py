@@ -6,8 +6,6 @@ SPEC.md, "containerEdits"): env, deviceNodes, mounts, hooks, additionalGids.
 """
 from __future__ import annotations
 
-import copy
-
 from minictr.errors import SpecError
 from minictr.records import record
 from minictr.spec.mounts import check_destination
@@ -205,6 +203,19 @@ class ContainerEdits:
 # ---------------------------------------------------------------- applying
 
 
+def copy_document(value):
+    """copy.deepcopy of a JSON document (dicts, lists, tuples of them, and immutable scalars),
+    without importing copy: it imports weakref and tries Jython's org.python.core, an import
+    that fails only after looking in every sys.path entry."""
+    if isinstance(value, dict):
+        return {key: copy_document(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_document(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(copy_document(item) for item in value)
+    return value
+
+
 def apply_edits(spec: dict, edits: ContainerEdits) -> dict:
     """Return a copy of ``spec`` with ``edits`` applied; ``spec`` itself is never changed.
 
@@ -213,7 +224,7 @@ def apply_edits(spec: dict, edits: ContainerEdits) -> dict:
     EPERM. In a user namespace the runtime cannot mknod; it bind-mounts the host node at the
     same path (runc and crun do), so a node whose host path differs becomes an explicit bind.
     """
-    out = copy.deepcopy(spec)
+    out = copy_document(spec)
     process = out.setdefault("process", {})
     process["env"] = merge_env(process.get("env", []), edits.env)
     in_userns = any(ns.get("type") == "user" for ns in out.get("linux", {}).get("namespaces", []))

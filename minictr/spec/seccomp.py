@@ -22,9 +22,9 @@ are arguments (``host_arch()`` and ``kernel_version()`` read them from uname(2))
 from __future__ import annotations
 
 import errno as errno_mod
-import json
 import os
 
+from minictr import jsonio
 from minictr.errors import SpecError
 
 # uname(2) machine -> dockerd's arch name (Go's GOARCH via goToNative) -> the archMap entry.
@@ -80,7 +80,7 @@ def parse_profile(data: bytes, source: str) -> dict:
     """A Docker-format profile from JSON text, checked for shape (unknown keys are errors: a
     typo must not silently leave a syscall allowed)."""
     try:
-        profile = json.loads(data)
+        profile = jsonio.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise SpecError(f"seccomp profile {source}: not valid JSON: {err}") from err
     except RecursionError:
@@ -219,4 +219,4 @@ def resolve_profile(profile: dict, *, caps, arch: str | None = None,
 
 
 def _copy(value):
-    return json.loads(json.dumps(value))
+    return jsonio.loads(jsonio.dumps(value))

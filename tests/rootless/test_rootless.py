@@ -1,6 +1,7 @@
 """minictr run without root: the probe inside, files through bind mounts, setuid, cleanup."""
 import json
 import os
+import shutil
 import subprocess
 import stat
 
@@ -227,3 +228,32 @@ def test_docker_run_flags_without_root(user_mc):
         user_mc("rm", "-f", "bg")
     containers = os.path.join(user_mc.root, "containers")
     assert not os.path.isdir(containers) or not os.listdir(containers)
+
+
+def test_rm_removes_files_a_non_root_user_left_in_one_id_map_step(user_mc):
+    """Files written inside by uid 1000 belong to a subordinate id on the host, which the user
+    cannot remove by itself: --rm removes them from the container's own user namespace, held
+    open since the clone (api._hold_user_namespace), not from a new one mapped by a second
+    newuidmap/newgidmap (counted with strace when it is installed)."""
+    if user_mc.kind != "with-subids":
+        pytest.skip("uid 1000 exists inside only with a subordinate range")
+    containers = os.path.join(user_mc.root, "containers")
+    before = set(os.listdir(containers)) if os.path.isdir(containers) else set()
+    script = "mkdir -p /tmp/d/e && echo x > /tmp/d/e/f && chmod 500 /tmp/d/e"
+    args = ["run", "--rm", "-u", "1000:1000", "busybox:test", "sh", "-c", script]
+    trace = None
+    if shutil.which("strace"):
+        trace = os.path.join(user_mc.home, "rm-trace")
+        res = subprocess.run(["strace", "-f", "-e", "trace=execve", "-o", trace,
+                              "-u", user_mc.pw.pw_name, *user_mc.cmdline(*args)[4:]],
+                             capture_output=True, text=True, timeout=120, env=user_mc.env())
+    else:
+        res = user_mc(*args)
+    assert res.returncode == 0, res.stderr
+    after = set(os.listdir(containers)) if os.path.isdir(containers) else set()
+    assert after <= before, after - before
+    if trace:
+        with open(trace) as f:
+            text = f.read()
+        os.unlink(trace)
+        assert text.count('execve("/usr/bin/newuidmap"') == 1, text[-2000:]
