@@ -400,10 +400,43 @@ def _parser_class():
         def error(self, message: str):
             # one line and a hint, as every other error (the usage is what --help prints)
             print(f"minictr: error: {message}", file=sys.stderr)
-            print(f"minictr: hint: see '{self.prog} --help'", file=sys.stderr)
+            guess = _did_you_mean(self, message)
+            hint = f"did you mean {guess}? " if guess else ""
+            prog = self.prog
+            if message.startswith("unrecognized arguments: ") and prog == "minictr":
+                named = _command_in(getattr(self, "argv", ()))   # the subcommand's flag
+                prog += f" {named}" if named in flags.COMMANDS else ""
+            print(f"minictr: hint: {hint}see '{prog} --help'", file=sys.stderr)
             sys.exit(125)
 
     return _Parser
+
+
+def _did_you_mean(parser, message: str) -> str | None:
+    """The nearest known flag to an unknown one (`--memroy`: `--memory`), or command."""
+    import difflib
+
+    known: list[str] = []
+    if message.startswith("unrecognized arguments: "):
+        wrong = [w.split("=", 1)[0] for w in message.split(": ", 1)[1].split()
+                 if w.startswith("-")]
+        parsers = [parser]
+        for action in parser._actions:
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):          # the subcommands: the one named in argv
+                named = choices.get(_command_in(getattr(parser, "argv", ())) or "")
+                parsers += [named] if named is not None else []
+        known = [o for p in parsers for a in p._actions for o in a.option_strings]
+    elif message.startswith("argument COMMAND: invalid choice: '"):
+        wrong = [message.split("'")[1]]
+        known = list(flags.COMMANDS)
+    else:
+        return None
+    for word in wrong:
+        close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    return None
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -441,6 +474,7 @@ def parse_args(argv: list[str]):
         return args
     named = _command_in(argv)
     parser = build_parser(only=named if named in flags.COMMANDS else None)
+    parser.argv = argv              # for the hints of error()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -98,3 +98,18 @@ def test_an_unknown_flag_is_an_error_that_names_it(capsys):
         cli.main(["run", "--bogus", "busybox"])
     assert exc.value.code == 125
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["run", "--memroy", "1g", "busybox"], "did you mean --memory? see 'minictr run --help'"),
+    (["images", "--formt", "json"], "did you mean --format? see 'minictr images --help'"),
+    (["rnu", "busybox"], "did you mean run? see 'minictr --help'"),
+    (["run", "--zzzzz", "busybox"], "hint: see 'minictr run --help'"),
+])
+def test_a_mistyped_flag_or_command_gets_the_nearest_as_a_hint(capsys, argv, hint):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 125
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2, err
+    assert err[1] == f"minictr: hint: {hint}" if hint.startswith("did") else hint in err[1], err
