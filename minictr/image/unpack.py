@@ -214,6 +214,7 @@ class _Unpacker:
             # it looks at names (hardlinks, whiteouts, devices), or its name or a directory
             # on its way is still being made: the workers finish first
             self.settle()
+            self.root.begin_entry()     # a redo may have removed a cached directory
         if name.startswith(WHITEOUT_PREFIX):
             self.whiteout(parent, name, e)
             return

@@ -87,3 +87,11 @@ def test_a_worker_failure_names_its_entry(tmp_path):
                      str(dest), rootless=False, workers=2)
     import threading
     assert not [t for t in threading.enumerate() if t.name.startswith("layer-writer")]
+
+
+def test_a_directory_replaced_by_a_symlink_while_workers_run(tmp_path):
+    # the symlink over "d" is made by the redo at the barrier d/x asks for: the fd cached for
+    # the removed directory must not be used for d/x (it named a dead directory: ENOENT)
+    t = both(tmp_path, [D("d"), F("d/a", b"1"), D("real"), S("d", "real"), F("d/x", b"x")])
+    assert t["d"][-1] == "real" and t["real/x"][-1] == b"x"
+
