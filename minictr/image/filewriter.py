@@ -122,7 +122,8 @@ class FileWriter:
             del self._pending[path]
 
     def close(self) -> None:
-        """Stop the workers; jobs not started are dropped (their fds closed)."""
+        """Stop the workers; jobs not started are dropped, and those that found their name
+        taken are not redone (their fds closed)."""
         with self._cond:
             self._closed = True
             dropped = [job for queue in self._queues for job in queue]
@@ -133,6 +134,10 @@ class FileWriter:
             os.close(job.dir_fd)
         for t in self._threads:
             t.join()
+        done, self._done = self._done, []
+        for job in done:
+            if job.exists:
+                os.close(job.dir_fd)
 
     # -------------------------------------------------------- the workers
     def _work(self, queue: list[FileJob]) -> None:

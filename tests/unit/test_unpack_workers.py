@@ -95,3 +95,28 @@ def test_a_directory_replaced_by_a_symlink_while_workers_run(tmp_path):
     t = both(tmp_path, [D("d"), F("d/a", b"1"), D("real"), S("d", "real"), F("d/x", b"x")])
     assert t["d"][-1] == "real" and t["real/x"][-1] == b"x"
 
+
+def test_close_closes_the_fds_of_jobs_left_to_redo(tmp_path):
+    # a job that found its name taken keeps its directory's fd for the redo at the next
+    # barrier; an unpack that fails before that barrier only closes the writer
+    import time
+    from types import SimpleNamespace
+
+    from minictr.image.filewriter import FileJob, FileWriter
+
+    (tmp_path / "taken").write_bytes(b"")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    entry = SimpleNamespace(mode=0o644, uid=0, gid=0, mtime_ns=0)
+    writer = FileWriter(1)
+    try:
+        job = FileJob(entry, "taken", os.dup(dir_fd), "taken", data=b"x")
+        writer.submit(job)
+        deadline = time.monotonic() + 10
+        while not job.exists and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert job.exists
+    finally:
+        writer.close()
+        os.close(dir_fd)
+    with pytest.raises(OSError):
+        os.fstat(job.dir_fd)
