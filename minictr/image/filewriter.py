@@ -80,6 +80,10 @@ class FileWriter:
             self._bytes += len(job.data)
             self._cond.notify_all()
 
+    def busy(self) -> bool:
+        """Whether any name is still being made (or waits to be redone)."""
+        return bool(self._pending)
+
     def touches_pending(self, path: str) -> bool:
         """Whether ``path`` or a directory on its way is a name still being made."""
         if not self._pending:

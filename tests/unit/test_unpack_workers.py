@@ -96,6 +96,19 @@ def test_a_directory_replaced_by_a_symlink_while_workers_run(tmp_path):
     assert t["d"][-1] == "real" and t["real/x"][-1] == b"x"
 
 
+def test_paths_through_a_symlink_to_a_name_still_being_made(tmp_path):
+    # "lnk" is made and done; its target "d" is replaced by a symlink on a worker: lnk/f must
+    # wait for it, not land in the old directory d (removed with f by the redo) or fail on a
+    # missing d
+    for i in range(20):
+        run = tmp_path / str(i)
+        run.mkdir()
+        t = both(run, [D("d"), D("other"), S("lnk", "d"), F("pad", b"p"), S("d", "other"),
+                       F("lnk/f", b"f"), S("lnk2", "e"), F("pad2", b"p"), S("e", "other"),
+                       F("lnk2/g", b"g")])
+        assert t["other/f"][-1] == b"f" and t["other/g"][-1] == b"g"
+
+
 def test_close_closes_the_fds_of_jobs_left_to_redo(tmp_path):
     # a job that found its name taken keeps its directory's fd for the redo at the next
     # barrier; an unpack that fails before that barrier only closes the writer
