@@ -10,6 +10,7 @@ import pytest
 
 from layertar import D, F, H, S, make_tar
 from minictr.errors import ImageError
+from minictr.image import filewriter
 from minictr.image.unpack import unpack_layer
 
 
@@ -133,3 +134,26 @@ def test_close_closes_the_fds_of_jobs_left_to_redo(tmp_path):
         os.close(dir_fd)
     with pytest.raises(OSError):
         os.fstat(job.dir_fd)
+
+
+def test_a_directory_being_filled_is_replaced_by_a_large_file(tmp_path):
+    # the large file is made on the parsing thread: its make_room must wait for the workers
+    # still creating names inside the directory it removes
+    for i in range(5):
+        run = tmp_path / str(i)
+        run.mkdir()
+        t = both(run, [D("d")] + [F(f"d/x{n}", b"x") for n in range(200)]
+                 + [F("d", b"L" * (filewriter.SMALL_FILE + 1))])
+        assert t == {"d": t["d"]} and len(t["d"][-1]) == filewriter.SMALL_FILE + 1
+
+
+def test_a_whiteout_for_a_name_still_being_made_is_not_made(tmp_path):
+    # layer.md: this layer's own "f" stays; a whiteout made before the worker made "f" would
+    # be counted (and raced with it for the name)
+    members = [F(f"pad{n}", b"") for n in range(300)] + [F("f", b"mine"), F(".wh.f")]
+    for i in range(5):
+        dest = tmp_path / str(i)
+        dest.mkdir()
+        stats = unpack_layer(io.BytesIO(make_tar(members)), str(dest), rootless=False,
+                             workers=1)
+        assert stats.whiteouts == 0 and (dest / "f").read_bytes() == b"mine"
