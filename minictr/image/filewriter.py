@@ -80,6 +80,10 @@ class FileWriter:
             self._bytes += len(job.data)
             self._cond.notify_all()
 
+    def busy(self) -> bool:
+        """Whether any name is still being made (or waits to be redone)."""
+        return bool(self._pending)
+
     def touches_pending(self, path: str) -> bool:
         """Whether ``path`` or a directory on its way is a name still being made."""
         if not self._pending:
@@ -122,7 +126,8 @@ class FileWriter:
             del self._pending[path]
 
     def close(self) -> None:
-        """Stop the workers; jobs not started are dropped (their fds closed)."""
+        """Stop the workers; jobs not started are dropped, and those that found their name
+        taken are not redone (their fds closed)."""
         with self._cond:
             self._closed = True
             dropped = [job for queue in self._queues for job in queue]
@@ -133,6 +138,10 @@ class FileWriter:
             os.close(job.dir_fd)
         for t in self._threads:
             t.join()
+        done, self._done = self._done, []
+        for job in done:
+            if job.exists:
+                os.close(job.dir_fd)
 
     # -------------------------------------------------------- the workers
     def _work(self, queue: list[FileJob]) -> None:

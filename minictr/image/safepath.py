@@ -26,6 +26,7 @@ from minictr.image.merged import ATTACK_HINT
 from minictr.runtime import syscalls
 
 RESOLVE_SCOPED = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+RESOLVE_PLAIN = RESOLVE_SCOPED | syscalls.RESOLVE_NO_SYMLINKS
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 DIR_CACHE_LIMIT = 256       # open parent-dir fds kept between entries (tar is grouped by dir)
 
@@ -67,6 +68,7 @@ class ScopedRoot:
         self.fd = os.open(path, O_DIR)
         self._dirs: dict[str, int] = {"": self.fd}
         self._traits: dict[int, NewFileTraits] = {}     # by cached dir fd
+        self._plain: set[str] = set()       # paths of real directories, no symlink on the way
         self._stale = False
         self.euid, self.egid = os.geteuid(), os.getegid()
 
@@ -80,6 +82,7 @@ class ScopedRoot:
                 os.close(fd)
         self._dirs = {"": self.fd}
         self._traits = {}
+        self._plain = set()
 
     def new_file_traits(self, dir_fd: int) -> "NewFileTraits":
         """What a file created in the cached directory ``dir_fd`` gets without being told:
@@ -96,6 +99,22 @@ class ScopedRoot:
             traits = NewFileTraits(os.fstat(dir_fd).st_gid == self.egid, acl)
             self._traits[dir_fd] = traits
         return traits
+
+    def plain(self, path: str) -> bool:
+        """Whether directory ``path`` is in this tree with no symlink on its way: then no name
+        but its own components decides where it resolves. Known until something is removed
+        (a removal drops it with the cached fds, at the next begin_entry)."""
+        if not path or path in self._plain:
+            return True
+        if path in self._dirs:
+            return False        # resolved through a symlink, or through the layers below
+        try:
+            fd = self.kernel.openat2(self.fd, path, O_DIR, RESOLVE_PLAIN)
+        except OSError:
+            return False
+        self._dirs[path] = fd   # where dir_fd would resolve it: no symlink to follow
+        self._plain.add(path)
+        return True
 
     def begin_entry(self) -> None:
         """Drop cached dir fds when they may be wrong or too many. Only here, between entries,
@@ -118,7 +137,13 @@ class ScopedRoot:
         if fd is not None:
             return fd
         try:
-            fd = self.kernel.openat2(self.fd, path, O_DIR, RESOLVE_SCOPED)
+            try:
+                fd = self.kernel.openat2(self.fd, path, O_DIR, RESOLVE_PLAIN)
+                self._plain.add(path)
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                fd = self.kernel.openat2(self.fd, path, O_DIR, RESOLVE_SCOPED)
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR) or \
                     (not below and err.errno == errno.ENOTDIR):

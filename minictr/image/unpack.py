@@ -210,10 +210,14 @@ class _Unpacker:
             raise ImageError(f"layer entry {e.name!r} is inside a whiteout marker", hint=_HINT)
         if self.writer is not None and (
                 e.type not in (ts.REGULAR, ts.DIRECTORY, ts.SYMLINK)
-                or name.startswith(WHITEOUT_PREFIX) or self.writer.touches_pending(path)):
+                or name.startswith(WHITEOUT_PREFIX) or self.writer.touches_pending(path)
+                or (self.writer.busy() and not self.root.plain(parent))):
             # it looks at names (hardlinks, whiteouts, devices), or its name or a directory
-            # on its way is still being made: the workers finish first
+            # on its way is still being made, or its parent is reached through a symlink (whose
+            # target may be a name still being made) or the layers below: the workers finish
+            # first
             self.settle()
+            self.root.begin_entry()     # a redo may have removed a cached directory
         if name.startswith(WHITEOUT_PREFIX):
             self.whiteout(parent, name, e)
             return

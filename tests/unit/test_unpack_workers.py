@@ -10,6 +10,7 @@ import pytest
 
 from layertar import D, F, H, S, make_tar
 from minictr.errors import ImageError
+from minictr.image import filewriter
 from minictr.image.unpack import unpack_layer
 
 
@@ -87,3 +88,72 @@ def test_a_worker_failure_names_its_entry(tmp_path):
                      str(dest), rootless=False, workers=2)
     import threading
     assert not [t for t in threading.enumerate() if t.name.startswith("layer-writer")]
+
+
+def test_a_directory_replaced_by_a_symlink_while_workers_run(tmp_path):
+    # the symlink over "d" is made by the redo at the barrier d/x asks for: the fd cached for
+    # the removed directory must not be used for d/x (it named a dead directory: ENOENT)
+    t = both(tmp_path, [D("d"), F("d/a", b"1"), D("real"), S("d", "real"), F("d/x", b"x")])
+    assert t["d"][-1] == "real" and t["real/x"][-1] == b"x"
+
+
+def test_paths_through_a_symlink_to_a_name_still_being_made(tmp_path):
+    # "lnk" is made and done; its target "d" is replaced by a symlink on a worker: lnk/f must
+    # wait for it, not land in the old directory d (removed with f by the redo) or fail on a
+    # missing d
+    for i in range(20):
+        run = tmp_path / str(i)
+        run.mkdir()
+        t = both(run, [D("d"), D("other"), S("lnk", "d"), F("pad", b"p"), S("d", "other"),
+                       F("lnk/f", b"f"), S("lnk2", "e"), F("pad2", b"p"), S("e", "other"),
+                       F("lnk2/g", b"g")])
+        assert t["other/f"][-1] == b"f" and t["other/g"][-1] == b"g"
+
+
+def test_close_closes_the_fds_of_jobs_left_to_redo(tmp_path):
+    # a job that found its name taken keeps its directory's fd for the redo at the next
+    # barrier; an unpack that fails before that barrier only closes the writer
+    import time
+    from types import SimpleNamespace
+
+    from minictr.image.filewriter import FileJob, FileWriter
+
+    (tmp_path / "taken").write_bytes(b"")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    entry = SimpleNamespace(mode=0o644, uid=0, gid=0, mtime_ns=0)
+    writer = FileWriter(1)
+    try:
+        job = FileJob(entry, "taken", os.dup(dir_fd), "taken", data=b"x")
+        writer.submit(job)
+        deadline = time.monotonic() + 10
+        while not job.exists and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert job.exists
+    finally:
+        writer.close()
+        os.close(dir_fd)
+    with pytest.raises(OSError):
+        os.fstat(job.dir_fd)
+
+
+def test_a_directory_being_filled_is_replaced_by_a_large_file(tmp_path):
+    # the large file is made on the parsing thread: its make_room must wait for the workers
+    # still creating names inside the directory it removes
+    for i in range(5):
+        run = tmp_path / str(i)
+        run.mkdir()
+        t = both(run, [D("d")] + [F(f"d/x{n}", b"x") for n in range(200)]
+                 + [F("d", b"L" * (filewriter.SMALL_FILE + 1))])
+        assert t == {"d": t["d"]} and len(t["d"][-1]) == filewriter.SMALL_FILE + 1
+
+
+def test_a_whiteout_for_a_name_still_being_made_is_not_made(tmp_path):
+    # layer.md: this layer's own "f" stays; a whiteout made before the worker made "f" would
+    # be counted (and raced with it for the name)
+    members = [F(f"pad{n}", b"") for n in range(300)] + [F("f", b"mine"), F(".wh.f")]
+    for i in range(5):
+        dest = tmp_path / str(i)
+        dest.mkdir()
+        stats = unpack_layer(io.BytesIO(make_tar(members)), str(dest), rootless=False,
+                             workers=1)
+        assert stats.whiteouts == 0 and (dest / "f").read_bytes() == b"mine"
