@@ -21,10 +21,9 @@ container's mount exposes: a container cannot write it.
 """
 from __future__ import annotations
 
-import json
 import os
-import stat
 
+from minictr import cachefiles, jsonio
 from minictr.gpu.driver import Driver, DriverRoots, from_plain, still_holds, to_plain
 
 try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
@@ -60,7 +59,7 @@ def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None,
 
     host = HostFiles(roots)
     driver = _discover(discover_fn, roots, host)
-    write_entry(cache_dir, path, driver, host.witnesses)
+    write_entry(path, driver, host.witnesses)
     if note:
         note(f"GPU driver {driver.version}: discovered ({len(host.seen)} looks at host files; "
              f"kept in {path} until one answer changes)")
@@ -82,58 +81,25 @@ def entry_path(cache_dir: str, roots: DriverRoots) -> str | None:
         except OSError:
             return None
         key.append([st.st_ino, st.st_size, st.st_mtime_ns])
-    digest = sha256(json.dumps(key).encode()).hexdigest()
+    digest = sha256(jsonio.dumps(key).encode()).hexdigest()
     return os.path.join(cache_dir, f"driver-{digest[:32]}.json")
-
-
-def _trusted(st: os.stat_result, kind) -> bool:
-    return (kind(st.st_mode) and st.st_uid == os.geteuid()
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def read_entry(path: str, roots: DriverRoots) -> Driver | None:
     """The cached driver at ``path`` if the entry is whole, trusted and still true, else None."""
-    try:
-        if not _trusted(os.stat(os.path.dirname(path)), stat.S_ISDIR):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    data = cachefiles.read(path)
+    if data is None:
         return None
     try:
-        if not _trusted(os.fstat(fd), stat.S_ISREG):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            doc = json.loads(f.read())
+        doc = jsonio.loads(data)
         if doc.get("format") != FORMAT or not still_holds(doc["witnesses"]):
             return None
         return from_plain(doc["driver"], roots)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None                     # damaged or of another shape: discover again
-    finally:
-        os.close(fd)
 
 
-def write_entry(cache_dir: str, path: str, driver: Driver, witnesses) -> None:
+def write_entry(path: str, driver: Driver, witnesses) -> None:
     """Store ``driver`` at ``path``; a cache that cannot be written only costs time."""
-    data = json.dumps({"format": FORMAT, "witnesses": witnesses,
-                       "driver": to_plain(driver)}).encode()
-    tmp = f"{path}.{os.getpid()}.tmp"      # one writer per pid: a leftover is a dead process's
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        if not _trusted(os.stat(cache_dir), stat.S_ISDIR):
-            return
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except OSError:
-        pass
+    cachefiles.write(path, jsonio.dumps({"format": FORMAT, "witnesses": witnesses,
+                                         "driver": to_plain(driver)}).encode())

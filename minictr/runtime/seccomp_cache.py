@@ -18,9 +18,8 @@ no one else (it is made 0700): a program read from it is loaded into containers 
 from __future__ import annotations
 
 import os
-import stat
 
-from minictr import jsonio
+from minictr import cachefiles, jsonio
 from minictr.runtime import seccomp as seccomp_mod
 from minictr.runtime.seccomp import CompiledFilter
 
@@ -61,22 +60,13 @@ def _file_id(path: str) -> str:
     return f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _trusted_dir(cache_dir: str) -> bool:
-    try:
-        st = os.stat(cache_dir)
-    except OSError:
-        return False
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
-
-
 def _identity(cache_dir: str) -> str | None:
     """libseccomp's and the compiler's identity, or None (no record, untrusted dir, stale)."""
-    if not _trusted_dir(cache_dir):
+    recorded = cachefiles.read(os.path.join(cache_dir, _RECORD))
+    if recorded is None:
         return None
     try:
-        with open(os.path.join(cache_dir, _RECORD)) as f:
-            library = f.read().strip()
+        library = recorded.decode().strip()
         return _file_id(library) + "\0" + _file_id(seccomp_mod.__file__)
     except (OSError, ValueError):
         return None
@@ -94,21 +84,19 @@ def _loaded_library() -> str | None:
 
 def _record_library(cache_dir: str) -> str | None:
     try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         library = _loaded_library()
-        if library is None or not _trusted_dir(cache_dir):
+        if library is None or not cachefiles.write(os.path.join(cache_dir, _RECORD),
+                                                   library.encode() + b"\n"):
             return None
-        _atomic_write(os.path.join(cache_dir, _RECORD), library.encode() + b"\n")
         return _file_id(library) + "\0" + _file_id(seccomp_mod.__file__)
     except OSError:
         return None           # a cache we cannot write is only slower
 
 
 def _read(path: str) -> CompiledFilter | None:
+    data = cachefiles.read(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if not data.startswith(_MAGIC):
+        if data is None or not data.startswith(_MAGIC):
             return None
         header, _, bpf = data[len(_MAGIC):].partition(b"\n")
         meta = jsonio.loads(header)
@@ -125,23 +113,4 @@ def _write(path: str, compiled: CompiledFilter) -> None:
     meta = {"flags": compiled.flags, "unknown": list(compiled.unknown_syscalls),
             "enosys_above": [list(p) for p in compiled.enosys_above],
             "overridden": list(compiled.overridden), "size": len(compiled.bpf)}
-    try:
-        _atomic_write(path, _MAGIC + jsonio.dumps(meta).encode() + b"\n" + compiled.bpf)
-    except OSError:
-        pass
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"      # one writer per pid: a leftover is a dead process's
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    cachefiles.write(path, _MAGIC + jsonio.dumps(meta).encode() + b"\n" + compiled.bpf)
