@@ -88,6 +88,26 @@ def test_published_ports_answer_on_the_hosts_loopback_and_addresses(mc, world):
     assert host_get(world, "127.0.0.1", 18080).startswith("FAILED")
 
 
+def test_a_detached_server_with_a_published_port(mc, world):
+    """Issue 16's own example: `minictr run -d -p 8080:80 IMG httpd` serves on 127.0.0.1:8080
+    once the launcher has returned, and `rm -f` leaves nothing."""
+    res = mc("run", "-d", "--name", "detached", "--network", "bridge", "-p", "18084:80",
+             "busybox:test", "sh", "-c",
+             "mkdir -p /www && echo detached > /www/f && exec httpd -f -p 80 -h /www", check=True)
+    try:
+        assert mc.wait_running("detached")["id"].startswith(res.stdout.strip()[:12])
+        for _ in range(400):             # httpd binds a moment after exec: bounded, not timed
+            body = host_get(world, "127.0.0.1", 18084)
+            if not body.startswith("FAILED"):
+                break
+            time.sleep(0.05)
+        assert body.strip() == "detached"
+    finally:
+        mc("rm", "-f", "detached", check=True)
+    assert world.leftovers(mc.state) == NOTHING_LEFT
+    assert host_get(world, "127.0.0.1", 18084).startswith("FAILED")
+
+
 def test_outbound_traffic_leaves_masqueraded(mc, world):
     """The server in "outside" sees the host's address, not the container's."""
     world.serve_peer_address(9000)

@@ -97,6 +97,34 @@ def test_a_published_port_answers_on_the_hosts_loopback(world, user_mc, driver):
     assert not helpers_of(user_mc)
 
 
+def test_a_detached_server_with_a_published_port(world, user_mc, driver):
+    """Issue 16's example without root: `run -d -p` serves once the launcher has returned (the
+    helper stays with the detached container's monitor), and `rm -f` takes the helper too."""
+    port = next(_ports) + 500
+    name = f"d-{driver}-{user_mc.kind}"
+    word = f"detached-{driver}"
+    res = run(world, user_mc, driver, "run", "-d", "--name", name, "--network", "bridge", "-p",
+              f"{port}:80", "busybox:test", "sh", "-c",
+              f"mkdir -p /www && echo {word} > /www/f && exec httpd -f -p 80 -h /www")
+    assert res.returncode == 0, res.stderr
+    try:
+        for _ in range(400):             # the helper and httpd come up after -d returns: bounded
+            body = get(world, port)
+            if body == word:
+                break
+            time.sleep(0.05)
+        assert body == word
+    finally:
+        out = run(world, user_mc, driver, "rm", "-f", name)
+        assert out.returncode == 0, out.stderr
+    for _ in range(400):
+        if not helpers_of(user_mc):
+            break
+        time.sleep(0.05)
+    assert not helpers_of(user_mc)
+    assert get(world, port).startswith("FAILED")
+
+
 def test_outbound_reaches_a_server_outside(world, user_mc, driver):
     port = next(_ports) + 1000
     world.serve_peer_address(port)
