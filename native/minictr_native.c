@@ -165,6 +165,31 @@ int mc_cap_ambient_raise(int cap)
     RET(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, (unsigned long)cap, 0UL, 0UL));
 }
 
+/* prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) */
+int mc_cap_ambient_clear_all(void)
+{
+    RET(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0UL, 0UL, 0UL));
+}
+
+/* capset(2) of this thread's effective, permitted and inheritable sets in one call, each a
+ * 64-bit mask by capability number (_LINUX_CAPABILITY_VERSION_3: two 32-bit words a set).
+ * python-prctl's setters change one set per call and its limit() only removes; the kernel
+ * checks the three new sets together (capset(2)), as runc's one capset does. No glibc
+ * wrapper (libcap has one). */
+#include <linux/capability.h>
+int mc_capset(unsigned long long effective, unsigned long long permitted,
+              unsigned long long inheritable)
+{
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    for (int i = 0; i < _LINUX_CAPABILITY_U32S_3; i++) {
+        data[i].effective = (__u32)(effective >> (32 * i));
+        data[i].permitted = (__u32)(permitted >> (32 * i));
+        data[i].inheritable = (__u32)(inheritable >> (32 * i));
+    }
+    RET(syscall(SYS_capset, &header, data));
+}
+
 /* keyctl(KEYCTL_JOIN_SESSION_KEYRING, name): a new session keyring for this process
  * (keyctl(2)); no glibc wrapper (libkeyutils has one). Returns the keyring's serial. */
 #include <linux/keyctl.h>

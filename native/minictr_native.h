@@ -9,6 +9,9 @@ int mc_pivot_root(const char *new_root, const char *put_old);
 int mc_sethostname(const char *name, size_t len);
 int mc_setdomainname(const char *name, size_t len);
 int mc_cap_ambient_raise(int cap);
+int mc_cap_ambient_clear_all(void);
+int mc_capset(unsigned long long effective, unsigned long long permitted,
+              unsigned long long inheritable);
 int mc_join_session_keyring(const char *name);
 int mc_mknodat(int dirfd, const char *path, unsigned int mode,
                unsigned int major_, unsigned int minor_);

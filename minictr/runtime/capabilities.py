@@ -3,8 +3,9 @@
 capabilities(7): a process has five sets. The bounding set limits what can ever be gained (even
 by executing a file with file capabilities); permitted and effective are what the process has;
 inheritable and ambient pass across execve(2). Docker's defaults leave inheritable and ambient
-empty (CVE-2022-24769: a non-empty inheritable set let file capabilities escalate). The calls go
-through the syscall face (which uses python-prctl), so a dry run can record them.
+empty (CVE-2022-24769: a non-empty inheritable set let file capabilities escalate), but a spec
+may set both, and all five are applied as it says. The calls go through the syscall face
+(python-prctl, and a raw capset(2) for the three sets), so a dry run can record them.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def held_permitted(status: str = "/proc/self/status") -> set[int]:
 def check_held(caps: dict, new_user_namespace: bool, status: str = "/proc/self/status") -> None:
     """Refuse a process whose effective, permitted, inheritable or ambient set names a
     capability the launcher does not hold, as runc's capset fails ("unable to apply caps:
-    operation not permitted"): python-prctl's limit() would quietly keep only the held ones.
+    operation not permitted"), but before the container is made and naming them (the
+    child's capset(2) would fail with a bare EPERM).
     A new user namespace grants every capability inside it, so nothing is checked then; the
     bounding set is not checked either (runc keeps what it can there)."""
     if new_user_namespace:
@@ -91,27 +93,35 @@ def drop_bounding_set(kernel, caps: dict, explain: Explain) -> None:
 
 def keep_caps_across_setuid(kernel) -> None:
     """setuid(2) from 0 to non-zero clears permitted and effective unless PR_SET_KEEPCAPS is set;
-    the spec's sets are applied right after, so keep them over the switch."""
+    the spec's sets are applied right after, so keep them over the switch (runc's
+    SetKeepCaps; effective is cleared all the same, and capset gives it back)."""
     kernel.set_keepcaps(True)
 
 
 def apply_sets(kernel, caps: dict, explain: Explain) -> None:
-    """Set effective, permitted and inheritable exactly as the spec says. The ambient set must
-    stay a subset of permitted and inheritable, so emptying inheritable clears it too
+    """After the uid change, as runc's ApplyCaps: keep-caps off, then effective, permitted and
+    inheritable become exactly what the spec says in one capset(2) (raised as well as lowered:
+    inheritable can gain what permitted still holds), then the ambient set is cleared and each
+    of the spec's ambient capabilities raised, which needs it in permitted and inheritable
     (capabilities(7), "Ambient capability set")."""
-    kernel.capset(_numbers(caps.get("effective", ())), _numbers(caps.get("permitted", ())),
-                  _numbers(caps.get("inheritable", ())))
+    effective, permitted, inheritable = (caps.get(k) or () for k in
+                                         ("effective", "permitted", "inheritable"))
     kernel.set_keepcaps(False)
     if explain:
-        explain("capset: effective = " + (",".join(sorted(caps.get("effective", ()))) or "(empty)")
-                + "; inheritable = " + (",".join(sorted(caps.get("inheritable", ()))) or "(empty)"))
+        explain("capset: effective = " + (",".join(sorted(effective)) or "(empty)")
+                + "; permitted = " + (",".join(sorted(permitted)) or "(empty)")
+                + "; inheritable = " + (",".join(sorted(inheritable)) or "(empty)"))
+    kernel.capset(_numbers(effective), _numbers(permitted), _numbers(inheritable))
     ambient = caps.get("ambient") or ()
-    if ambient and explain:
-        explain("prctl(PR_CAP_AMBIENT_RAISE): " + ",".join(sorted(ambient)))
+    if explain:
+        explain("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"
+                + ("; prctl(PR_CAP_AMBIENT_RAISE): " + ",".join(sorted(ambient)) if ambient
+                   else ""))
+    kernel.cap_ambient_clear_all()
     for num in _numbers(ambient):
-        # Raising needs the capability in permitted and inheritable (capabilities(7)); runc's
-        # own example spec lists ambient caps with an empty inheritable set and runc only
-        # warns, so a refusal is not fatal here either, and the set stays as the kernel says.
+        # runc's own example spec lists ambient caps with an empty inheritable set; the kernel
+        # refuses those (EPERM) and runc goes on without them (1.1 silently, later with a
+        # warning), so a refusal is not fatal here either: the set stays as the kernel says.
         try:
             kernel.cap_ambient_raise(num)
         except OSError:

@@ -283,11 +283,18 @@ class Syscalls(Rtnetlink):
             _check(lib.mc_capbset_drop(cap), f"prctl(PR_CAPBSET_DROP, {cap})")
 
     def capset(self, effective: list[int], permitted: list[int], inheritable: list[int]) -> None:
-        """capset(2) through python-prctl: inheritable first, permitted last (it bounds the
-        others: a capability leaves effective before it can leave permitted)."""
-        prctl.cap_inheritable.limit(*inheritable)
-        prctl.cap_effective.limit(*effective)
-        prctl.cap_permitted.limit(*permitted)
+        """capset(2): the three sets become exactly these, raised as well as lowered, in one
+        call (raw: python-prctl's limit() can only remove, and its setters change one set at a
+        time). EPERM if a set asks for more than the kernel allows (capset(2))."""
+        def mask(caps: list[int]) -> int:
+            return sum(1 << c for c in set(caps))
+
+        e, p, i = mask(effective), mask(permitted), mask(inheritable)
+        _check(lib.mc_capset(e, p, i),
+               f"capset(effective={e:#x}, permitted={p:#x}, inheritable={i:#x})")
+
+    def cap_ambient_clear_all(self) -> None:
+        _check(lib.mc_cap_ambient_clear_all(), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
     def cap_ambient_raise(self, cap: int) -> None:
         _check(lib.mc_cap_ambient_raise(cap), f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")

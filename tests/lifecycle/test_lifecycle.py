@@ -402,3 +402,54 @@ def test_a_capability_the_runtime_lacks_is_an_error(runtime, bundle):
     assert res.returncode != 0
     assert "CAP_SYS_TIME" in res.stderr or "operation not permitted" in res.stderr.lower(), \
         res.stderr
+
+
+def _cap_sets(out: str) -> dict[str, int]:
+    """CapInh/CapPrm/CapEff/CapBnd/CapAmb of a `grep ^Cap /proc/self/status`, as masks."""
+    return {k.rstrip(":"): int(v, 16) for k, v in (line.split() for line in out.splitlines())}
+
+
+def _mask(*nums: int) -> int:
+    return sum(1 << n for n in set(nums))
+
+
+# linux/capability.h
+CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE = 5, 10, 29
+
+
+def test_inheritable_and_ambient_sets_for_a_non_root_user(runtime, bundle):
+    """All five sets as the spec says, as runc applies them (issue: python-prctl's limit()
+    could only lower, so inheritable stayed empty and ambient could never be raised).
+
+    uid 1000 and a binary without file capabilities: across execve(2) the permitted and
+    effective sets become the ambient set, inheritable is kept, and CAP_KILL (permitted only)
+    is lost (capabilities(7), "Transformation of capabilities during execve()").
+    CAP_AUDIT_WRITE is raised into inheritable from permitted, not from inheritable."""
+    def change(spec):
+        spec["process"]["user"] = {"uid": 1000, "gid": 1000}
+        spec["process"]["capabilities"] = {
+            "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "effective": ["CAP_NET_BIND_SERVICE"],
+            "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "inheritable": ["CAP_AUDIT_WRITE", "CAP_NET_BIND_SERVICE"],
+            "ambient": ["CAP_NET_BIND_SERVICE"]}
+    bundle.edit(change)
+    bundle.command("grep", "^Cap", "/proc/self/status")
+    sets = _cap_sets(run_to_exit(runtime, bundle, "amb1"))
+    assert sets == {"CapInh": _mask(CAP_AUDIT_WRITE, CAP_NET_BIND_SERVICE),
+                    "CapPrm": _mask(CAP_NET_BIND_SERVICE),
+                    "CapEff": _mask(CAP_NET_BIND_SERVICE),
+                    "CapBnd": _mask(CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE),
+                    "CapAmb": _mask(CAP_NET_BIND_SERVICE)}, {k: hex(v) for k, v in sets.items()}
+
+
+def test_ambient_without_inheritable_is_not_raised(runtime, bundle):
+    """`runc spec`'s own example lists ambient capabilities with no inheritable set: the
+    kernel refuses the raise, runc goes on without them, and so does minictr. As uid 1000 the
+    process keeps its effective and permitted sets only until execve(2)."""
+    bundle.edit(lambda s: s["process"].__setitem__("user", {"uid": 1000, "gid": 1000}))
+    bundle.command("grep", "^Cap", "/proc/self/status")
+    sets = _cap_sets(run_to_exit(runtime, bundle, "amb2"))
+    assert sets == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0,
+                    "CapBnd": _mask(CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE)}, \
+        {k: hex(v) for k, v in sets.items()}

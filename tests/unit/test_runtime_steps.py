@@ -296,3 +296,83 @@ def test_capbset_drop_goes_raw_where_python_prctl_does_not_know_the_number():
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_capability_sets_after_the_uid_change_in_runcs_order():
+    """runc: bounding set, keep-caps on, groups/gid/uid, keep-caps off, one capset of
+    effective, permitted and inheritable (exactly the spec's: inheritable is raised, not only
+    lowered), ambient cleared, then each ambient capability raised."""
+    spec = make_spec()
+    spec["process"]["capabilities"] = {
+        "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+        "effective": ["CAP_NET_BIND_SERVICE"], "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+        "inheritable": ["CAP_AUDIT_WRITE", "CAP_NET_BIND_SERVICE"],
+        "ambient": ["CAP_NET_BIND_SERVICE"]}
+    kernel, _ = run_steps(spec)
+    calls = kernel.calls
+    n = kernel.names()
+    bset, uid = index(n, "capbset_drop"), index(n, "setresuid")
+    keep_on = calls.index(("set_keepcaps", True))
+    keep_off = calls.index(("set_keepcaps", False))
+    capset = index(n, "capset")
+    clear = index(n, "cap_ambient_clear_all")
+    assert bset < keep_on < uid < keep_off < capset < clear < n.index("fexecve")
+    # effective, permitted, inheritable, by number in the spec's order
+    assert calls[capset] == ("capset", [10], [5, 10], [29, 10])
+    raises = [c for c in calls if c[0] == "cap_ambient_raise"]
+    assert raises == [("cap_ambient_raise", 10)] and calls.index(raises[0]) > clear
+
+
+def test_docker_default_sets_leave_inheritable_and_ambient_empty():
+    """The default run (docker's: no inheritable, no ambient): the capset is what it was
+    with python-prctl's limit(), and nothing is raised."""
+    kernel, _ = run_steps(make_spec())
+    capset = [c for c in kernel.calls if c[0] == "capset"]
+    assert capset == [("capset", [0, 5], [0, 5], [])]
+    assert "cap_ambient_clear_all" in kernel.names()
+    assert "cap_ambient_raise" not in kernel.names()
+
+
+def _status_masks() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        return {line.split(":")[0]: int(line.split()[1], 16) for line in f
+                if line.startswith("Cap")}
+
+
+def test_capset_raises_inheritable_and_ambient_follows():
+    """The real face in a forked child: capset(2) gives inheritable a capability permitted
+    holds (python-prctl's limit() could only take one away), and the ambient raise then works;
+    a capability outside permitted and inheritable is refused (EPERM)."""
+    import os
+
+    bind = 10                                       # CAP_NET_BIND_SERVICE
+    if not _status_masks()["CapPrm"] >> bind & 1:
+        pytest.skip("needs CAP_NET_BIND_SERVICE in the permitted set (root)")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            face = sc.Syscalls()
+            face.capset([bind], [bind, 5], [bind])
+            face.cap_ambient_clear_all()
+            face.cap_ambient_raise(bind)
+            try:
+                face.cap_ambient_raise(5)           # CAP_KILL: permitted, not inheritable
+                refused = 0
+            except PermissionError:
+                refused = 1
+            m = _status_masks()
+            os.write(w, f"{m['CapEff']} {m['CapPrm']} {m['CapInh']} {m['CapAmb']} "
+                        f"{refused}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [int(x) for x in out.split()] == [1 << bind, 1 << bind | 1 << 5, 1 << bind,
+                                             1 << bind, 1]
