@@ -123,6 +123,7 @@ def test_a_detached_server_with_a_published_port(world, user_mc, driver):
         time.sleep(0.05)
     assert not helpers_of(user_mc)
     assert get(world, port).startswith("FAILED")
+    assert not [d for d in os.listdir(user_mc.state) if not d.startswith(".") and d != "names"]
 
 
 def test_outbound_reaches_a_server_outside(world, user_mc, driver):
