@@ -39,6 +39,7 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
     from minictr.runtime.state import check_id
 
     spec = read_config(bundle)
+    _warn_unraisable_ambient(spec, warn)
     if rootless and os.geteuid() != 0:
         spec = with_user_namespace(spec, os.geteuid(), os.getegid(), warn=warn)
     spec, files = with_gpus(spec, bundle, root.dir(check_id(container_id)), warn=warn,
@@ -49,6 +50,22 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
                             systemd_cgroup=systemd_cgroup, rootless=rootless, no_pivot=no_pivot,
                             no_new_keyring=no_new_keyring, on_spawned=on_spawned,
                             files=files, explain=explain)
+
+
+def _warn_unraisable_ambient(spec: dict, warn: Explain) -> None:
+    """Ambient capabilities without inheritable and permitted are left out (runc's example
+    spec asks for them): said, never dropped silently."""
+    if not warn or not isinstance(spec.get("process"), dict):
+        return
+    caps = spec["process"].get("capabilities")
+    if not isinstance(caps, dict):
+        return
+    from minictr.runtime.capabilities import unraisable_ambient
+
+    missing = unraisable_ambient(caps)
+    if missing:
+        warn(f"process.capabilities.ambient: {', '.join(missing)} not also in inheritable and "
+             "permitted: the kernel keeps them out of the ambient set (add them to both)")
 
 
 def with_user_namespace(spec: dict, uid: int, gid: int, *, warn: Explain = None) -> dict:

@@ -98,6 +98,15 @@ def keep_caps_across_setuid(kernel) -> None:
     kernel.set_keepcaps(True)
 
 
+def unraisable_ambient(caps: dict) -> list[str]:
+    """The spec's ambient capabilities the kernel will refuse to raise: those not also in
+    both inheritable and permitted. The launcher warns of them before the container starts
+    (apply_sets goes on without them, as runc does)."""
+    allowed = ({c.upper() for c in caps.get("inheritable") or ()}
+               & {c.upper() for c in caps.get("permitted") or ()})
+    return sorted({c.upper() for c in caps.get("ambient") or ()} - allowed)
+
+
 def apply_sets(kernel, caps: dict, explain: Explain) -> None:
     """After the uid change, as runc's ApplyCaps: keep-caps off, then effective, permitted and
     inheritable become exactly what the spec says in one capset(2) (raised as well as lowered:
@@ -121,7 +130,8 @@ def apply_sets(kernel, caps: dict, explain: Explain) -> None:
     for num in _numbers(ambient):
         # runc's own example spec lists ambient caps with an empty inheritable set; the kernel
         # refuses those (EPERM) and runc goes on without them (1.1 silently, later with a
-        # warning), so a refusal is not fatal here either: the set stays as the kernel says.
+        # warning), so a refusal is not fatal here either: the set stays as the kernel says,
+        # and the launcher has warned (unraisable_ambient).
         try:
             kernel.cap_ambient_raise(num)
         except OSError:
