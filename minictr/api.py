@@ -835,7 +835,10 @@ def _after_exit(paths: Paths, root, container_id: str, p: Plan, *, code: int | N
         root.release_names(container_id)
         return
     if code is not None and not remove:
-        st = root.update(container_id, exit_code=code, finished=state_mod.timestamp())
+        try:
+            st = root.update(container_id, exit_code=code, finished=state_mod.timestamp())
+        except state_mod.NoSuchContainer:
+            return                      # `rm -f` removed it meanwhile, and all it had
     if st.get("network"):
         lifecycle.release_network(root, container_id, network)
     if st.get("cgroup_paths") and warn:

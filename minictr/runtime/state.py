@@ -195,10 +195,20 @@ class StateRoot:
         write_private(self.file(container_id, STATE_FILE), jsonio.dumps(state).encode())
 
     def update(self, container_id: str, **fields) -> dict:
-        state = self.read(container_id)
-        state.update(fields)
-        self.write(container_id, state)
+        """Read, change and write the state under the entry's lock (``_locked``)."""
+        with self._locked(container_id):
+            state = self.read(container_id)
+            state.update(fields)
+            self.write(container_id, state)
         return state
+
+    def _locked(self, container_id: str):
+        """flock(2) on the container's directory, held by an update and by a removal, so they
+        never interleave: a detached container's monitor records its exit while `rm -f`
+        removes it, and an update between rmtree's unlinks and its rmdir put state.json back
+        into an entry meant to be gone. An update that waited for a removal then finds no
+        entry (NoSuchContainer): writing into a removed directory fails."""
+        return _DirLock(self.dir(check_id(container_id)), container_id)
 
     def read_config(self, container_id: str) -> dict:
         path = self.file(container_id, CONFIG_FILE)
@@ -211,7 +221,11 @@ class StateRoot:
     def remove(self, container_id: str) -> None:
         from minictr.runtime.cleanup import rmtree
 
-        rmtree(self.dir(check_id(container_id)))
+        try:
+            with self._locked(container_id):
+                rmtree(self.dir(container_id))
+        except NoSuchContainer:
+            pass
         self.release_names(container_id)
 
     # ------------------------------------------------------------ names
@@ -337,6 +351,28 @@ class StateRoot:
 
 
 _HELD_CLAIMS: dict[str, int] = {}     # claim file -> the fd whose lock this process holds
+
+
+class _DirLock:
+    """An exclusive flock(2) on a directory, for ``with`` (StateRoot._locked)."""
+
+    def __init__(self, path: str, container_id: str):
+        self.path, self.container_id, self.fd = path, container_id, -1
+
+    def __enter__(self):
+        import fcntl
+
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NoSuchContainer(self.container_id) from None
+        except OSError as err:
+            raise StateError(f"cannot open {self.path}: {err.strerror}") from err
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)               # releases the lock
 
 
 def write_private(path: str, data: bytes, mode: int = 0o600) -> None:

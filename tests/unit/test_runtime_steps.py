@@ -376,3 +376,20 @@ def test_capset_raises_inheritable_and_ambient_follows():
     assert os.waitstatus_to_exitcode(status) == 0
     assert [int(x) for x in out.split()] == [1 << bind, 1 << bind | 1 << 5, 1 << bind,
                                              1 << bind, 1]
+
+
+def test_ambient_capabilities_the_kernel_will_refuse_are_named():
+    from minictr import bundles
+    from minictr.runtime.capabilities import unraisable_ambient
+
+    caps = {"permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "inheritable": ["CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+            "ambient": ["CAP_NET_BIND_SERVICE", "CAP_KILL", "CAP_AUDIT_WRITE"]}
+    assert unraisable_ambient(caps) == ["CAP_AUDIT_WRITE", "CAP_KILL"]
+    said = []
+    bundles._say_unraisable_ambient({"process": {"capabilities": caps}}, said.append)
+    assert len(said) == 1 and "CAP_AUDIT_WRITE, CAP_KILL" in said[0]
+    said.clear()
+    bundles._say_unraisable_ambient({"process": {"capabilities": dict(caps, ambient=[
+        "CAP_NET_BIND_SERVICE"])}}, said.append)
+    assert said == []

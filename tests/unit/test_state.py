@@ -133,3 +133,55 @@ def test_a_name_claimed_by_a_launcher_still_starting_is_not_taken_over(tmp_path)
     root.remove("b" * 64)
     root.prune_names()
     assert os.listdir(root.names_dir()) == []      # names and claim files all gone
+
+
+def test_an_update_never_puts_state_back_into_an_entry_being_removed(tmp_path, monkeypatch):
+    """A detached container's monitor records its exit (update) while `rm -f` removes the
+    entry. rmtree unlinks the files, then rmdirs: an update's write in between put state.json
+    back, the rmdir failed (ignored), and the entry stayed for ever. The entry's lock keeps
+    them apart; an update that waited for the removal finds no container."""
+    import threading
+
+    from minictr.runtime import cleanup
+
+    root = StateRoot(str(tmp_path / "state"))
+    cid = "a" * 64
+    root.add(cid)
+    root.write(cid, {"id": cid, "status": "running"})
+    read_done, files_gone, written = (threading.Event() for _ in range(3))
+    real_read = root.read
+
+    def slow_read(container_id):        # the monitor: it has read, and goes on to write
+        state = real_read(container_id)
+        read_done.set()
+        files_gone.wait(1.0)            # bounded: under the lock the removal cannot begin
+        return state
+
+    def rmtree_in_two_steps(path):      # cleanup.rmtree's order: the files, then the dir
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        files_gone.set()
+        written.wait(1.0)
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+    monkeypatch.setattr(root, "read", slow_read)
+    monkeypatch.setattr(cleanup, "rmtree", rmtree_in_two_steps)
+    errors = []
+
+    def monitor():
+        try:
+            root.update(cid, exit_code=3)
+        except state.NoSuchContainer as err:
+            errors.append(err)
+        finally:
+            written.set()
+
+    t = threading.Thread(target=monitor)
+    t.start()
+    assert read_done.wait(10)
+    root.remove(cid)
+    t.join(10)
+    assert not os.path.exists(root.dir(cid)), os.listdir(root.dir(cid))
