@@ -655,10 +655,17 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
     root = _dry_root(paths) if dry_run else state_root(paths)
     container_id = state_mod.new_id()
     # planning writes nothing: the files the spec names in the container's state directory
-    # (Plan.files) are written by create, a dry run's into its own throwaway state root
+    # (Plan.files) are written by create, a dry run's into its own throwaway state root; a
+    # plan made for cacheable options is kept in STATE/.cache/plan (plancache.py), and the
+    # next run with the same image, options and host facts reuses it
     try:
-        p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy, progress=progress,
-                 container_id=container_id, warn=warn, files_dir=root.dir(container_id))
+        p, cached = _cached_plan(paths, opts, container_id, pull_policy, dry_run)
+        if p is None:
+            p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy,
+                     progress=progress, container_id=container_id, warn=warn,
+                     files_dir=root.dir(container_id))
+            if cached is not None and not dry_run:
+                _keep_plan(paths, opts, cached, p)
         if not dry_run:
             root.claim_name(p.name, container_id)
     except BaseException:
@@ -667,10 +674,56 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
 
             shutil.rmtree(root.path, ignore_errors=True)
         raise
+    if explain and cached is not None and cached[1]:
+        # a dry run makes its plan itself (its files live in its own state root), but says
+        # what the real run would do
+        explain(f"plan: cached (STATE/.cache/plan/{cached[0][:12]}...: the same image, "
+                "options, host facts and minictr code), so no image lookup and no spec "
+                "building; this container's id and its /etc files are its own")
     for note in p.notes:
         if explain:
             explain(note)
     return root, p, _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
+
+
+def _cached_plan(paths: Paths, opts, container_id: str, pull_policy: str, dry_run: bool):
+    """(the cached plan made this container's, or None; (key, hit) or None when the options
+    are not cacheable). The plan's /etc files are made now, from the host's files."""
+    from minictr import plancache
+
+    if not plancache.cacheable(opts, pull_policy):
+        return None, None
+    key = plancache.key_of(plancache.key_material(paths, opts))
+    p = plancache.load(paths, key, container_id)
+    if p is None:
+        return None, (key, False)
+    if dry_run:
+        return None, (key, True)
+    files, notes = _etc_files_for(p, opts)
+    return p._replace(files=files, notes=p.notes + tuple(notes)), (key, True)
+
+
+def _etc_files_for(p: Plan, opts) -> tuple[tuple, list[str]]:
+    """Plan.files for the container's /etc/resolv.conf, hosts and hostname, and their notes."""
+    from minictr import host
+
+    etc, notes = host.etc_files(opts, p.spec["hostname"], p.dns_driver)
+    return tuple((os.path.basename(dest), data) for dest, data in etc.items()), notes
+
+
+def _keep_plan(paths: Paths, opts, cached: tuple, p: Plan) -> None:
+    """Cache a plan just made, if what it was made from did not change meanwhile (a pull, a
+    tag) and its /etc files are the only files it has."""
+    from minictr import plancache
+
+    key = cached[0]
+    if plancache.key_of(plancache.key_material(paths, opts)) != key:
+        return
+    files, etc_notes = _etc_files_for(p, opts)
+    n = len(p.notes) - len(etc_notes)
+    if n < 0 or files != p.files or p.notes[n:] != tuple(etc_notes):
+        return
+    plancache.store(paths, key, p, p.notes[:n])
 
 
 def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, warn: Explain,

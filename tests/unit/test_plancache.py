@@ -1,0 +1,176 @@
+"""The plan cache (minictr/plancache.py): a hit gives the plan a fresh build would, made the
+new container's; what the plan was made from is in the key; an entry that is not the caller's,
+not whole, or not this key's is ignored."""
+import json
+import os
+
+import pytest
+
+import imagefactory as f
+from minictr import api, cachefiles, plancache
+from minictr.config import Paths
+from minictr.image.store import Store
+from minictr.spec.options import RunOptions
+from test_store import import_image
+
+
+@pytest.fixture
+def paths(tmp_path):
+    p = Paths(store=str(tmp_path / "store"), state=str(tmp_path / "state"),
+              rootless=os.geteuid() != 0)
+    import_image(Store(p.store, rootless=p.rootless), f.make_image(f.BUSYBOXISH))
+    return p
+
+
+OPTS = RunOptions(image="localhost/t:latest", command=("/bin/true",), rm=True,
+                  env=("A=1",), tmpfs=("/scratch",))
+
+
+def fresh(paths, opts, cid):
+    return api.plan(paths, opts, container_id=cid, files_dir=os.path.join(paths.state, cid))
+
+
+def cache_it(paths, opts=OPTS):
+    """A miss: plan for a first container, and keep it. Returns (key, that plan)."""
+    p, cached = api._cached_plan(paths, opts, "a" * 64, "missing", False)
+    assert p is None and cached is not None and not cached[1]
+    made = fresh(paths, opts, "a" * 64)
+    api._keep_plan(paths, opts, cached, made)
+    assert os.path.exists(plancache.entry_path(paths, cached[0]))
+    return cached[0], made
+
+
+def hit(paths, opts=OPTS, cid="b" * 64):
+    p, cached = api._cached_plan(paths, opts, cid, "missing", False)
+    return p
+
+
+def test_a_hit_is_the_plan_a_fresh_build_makes_for_the_new_container(paths):
+    cache_it(paths)
+    cid = os.urandom(32).hex()
+    got, want = hit(paths, cid=cid), fresh(paths, OPTS, cid)
+    assert got is not None
+    assert got.spec == want.spec and got.rootfs == want.rootfs and got.files == want.files
+    assert (got.container_id, got.name, got.image, got.layers, got.notes, got.dns_driver) == \
+        (want.container_id, want.name, want.image, want.layers, want.notes, want.dns_driver)
+    assert cid[:12] in got.spec["hostname"] and "a" * 12 not in json.dumps(got.spec)
+
+
+def test_the_key_holds_the_options_the_image_and_the_host_facts(paths, monkeypatch):
+    base = plancache.key_of(plancache.key_material(paths, OPTS))
+    assert plancache.key_of(plancache.key_material(paths, OPTS._replace(env=("A=2",)))) != base
+    import_image(Store(paths.store, rootless=paths.rootless),
+                 f.make_image([f.BUSYBOXISH[0]]), names=("localhost/t:latest",))
+    retagged = plancache.key_of(plancache.key_material(paths, OPTS))
+    assert retagged != base
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert plancache.key_of(plancache.key_material(paths, OPTS)) != retagged
+    monkeypatch.delenv("SLURM_JOB_ID")
+    from minictr import host
+
+    limits = host.launcher_limits
+    monkeypatch.setattr(host, "launcher_limits", lambda r: (("CAP_CHOWN",), *limits(r)[1:]))
+    assert plancache.key_of(plancache.key_material(paths, OPTS)) != retagged
+
+
+def test_the_key_holds_minictr_s_code(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "sub" / "m.py").write_text("x = 1\n")
+    before = plancache.code_signature(str(pkg))
+    (pkg / "sub" / "m.py").write_text("x = 22\n")
+    assert plancache.code_signature(str(pkg)) != before
+
+
+def test_options_that_read_the_host_are_not_cached(paths):
+    for opts in (OPTS._replace(volumes=("/tmp:/t",)), OPTS._replace(env=("HOME",)),
+                 OPTS._replace(network="bridge"), OPTS._replace(gpus="all"),
+                 OPTS._replace(security_opts=("seccomp=/x.json",)),
+                 OPTS._replace(image="./img.sqsh"), OPTS._replace(image="oci:/dir")):
+        assert not plancache.cacheable(opts, "missing"), opts
+    assert not plancache.cacheable(OPTS, "always")
+    assert plancache.cacheable(OPTS, "missing")
+    assert api._cached_plan(paths, OPTS._replace(volumes=("/tmp:/t",)), "b" * 64, "missing",
+                            False) == (None, None)
+
+
+def test_an_entry_of_another_user_is_ignored(paths, monkeypatch):
+    key, _ = cache_it(paths)
+    assert plancache.load(paths, key, "b" * 64) is not None
+    path = plancache.entry_path(paths, key)
+    if os.geteuid() == 0:                    # really another user's entry, in root's cache
+        os.chown(path, 1000, 1000)
+        assert plancache.load(paths, key, "b" * 64) is None
+        os.chown(path, 0, 0)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)     # the entry and its directory
+    assert plancache.load(paths, key, "b" * 64) is None      # are no longer ours
+
+
+def test_a_cache_directory_others_can_write_is_ignored(paths):
+    key, _ = cache_it(paths)
+    directory = os.path.dirname(plancache.entry_path(paths, key))
+    os.chmod(directory, 0o777)
+    assert hit(paths) is None
+    os.chmod(directory, 0o700)
+    assert hit(paths) is not None
+
+
+def test_a_link_in_place_of_an_entry_is_not_followed(paths, tmp_path):
+    key, _ = cache_it(paths)
+    path = plancache.entry_path(paths, key)
+    os.rename(path, tmp_path / "elsewhere.json")
+    os.symlink(tmp_path / "elsewhere.json", path)
+    assert hit(paths) is None
+
+
+def _rewrite(paths, key, change):
+    path = plancache.entry_path(paths, key)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(change(data))
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d[:len(d) // 2],                                            # torn
+    lambda d: b"\xff" + d,                                                # not UTF-8
+    lambda d: b"[]",                                                      # not an entry
+    lambda d: d.replace(b'"key": "', b'"key": "0'),                       # another key's
+    lambda d: d.replace(b'"id": "' + b"a" * 64, b'"id": "' + b"a" * 12),  # not an id
+    lambda d: d.replace(b'"lowerdirs": [', b'"lowerdirs": [7, '),         # wrong shape
+    lambda d: d.replace(b'"driver": "overlay"', b'"driver": "x"'),
+    lambda d: d.replace(b'"image": "', b'"image": 7, "x": "'),
+], ids=["torn", "not-utf8", "not-an-entry", "other-key", "short-id", "lowerdirs", "driver",
+        "image"])
+def test_a_corrupt_or_planted_entry_is_ignored(paths, change):
+    key, _ = cache_it(paths)
+    _rewrite(paths, key, change)
+    assert hit(paths) is None
+
+
+def test_an_entry_filed_under_another_key_is_ignored(paths):
+    """An entry copied to the name of another key (another image, other options) is not
+    taken for it: the key inside must match."""
+    key, _ = cache_it(paths)
+    other = plancache.key_of(plancache.key_material(paths, OPTS._replace(env=("A=2",))))
+    os.rename(plancache.entry_path(paths, key), plancache.entry_path(paths, other))
+    assert hit(paths, OPTS._replace(env=("A=2",))) is None
+
+
+def test_a_plan_made_while_the_store_changed_is_not_kept(paths):
+    p, cached = api._cached_plan(paths, OPTS, "a" * 64, "missing", False)
+    made = fresh(paths, OPTS, "a" * 64)
+    import_image(Store(paths.store, rootless=paths.rootless),
+                 f.make_image([f.BUSYBOXISH[0]]), names=("localhost/t:latest",))
+    api._keep_plan(paths, OPTS, cached, made)
+    assert not os.path.exists(plancache.entry_path(paths, cached[0]))
+
+
+def test_the_cache_keeps_a_bounded_number_of_entries(paths):
+    key, _ = cache_it(paths)
+    directory = os.path.dirname(plancache.entry_path(paths, key))
+    for i in range(5):
+        assert cachefiles.write(os.path.join(directory, f"{i:064x}.json"), b"{}")
+    plancache._prune(directory, keep=3)
+    assert len(os.listdir(directory)) == 3
