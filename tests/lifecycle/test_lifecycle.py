@@ -28,12 +28,12 @@ def wait_status(runtime, cid: str, want: str, seconds: float = 10) -> dict:
         time.sleep(0.05)
 
 
-def run_to_exit(runtime, bundle, cid: str, *create_args) -> str:
+def run_to_exit(runtime, bundle, cid: str, *create_args, **create_kw) -> str:
     """create, start, wait for the process to exit; its stdout (a file, as engines pass)."""
     out = bundle.path / f"{cid}.out"
     with open(out, "w") as f:
         runtime("create", "--bundle", str(bundle), *create_args, cid, check=True, stdout=f,
-                stderr=subprocess.STDOUT, capture_output=False)
+                stderr=subprocess.STDOUT, capture_output=False, **create_kw)
     runtime("start", cid, check=True)
     st = wait_status(runtime, cid, "stopped")
     assert st["status"] == "stopped", st
@@ -453,3 +453,73 @@ def test_ambient_without_inheritable_is_not_raised(runtime, bundle):
     assert sets == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0,
                     "CapBnd": _mask(CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE)}, \
         {k: hex(v) for k, v in sets.items()}
+
+
+# ---------------------------------------------------------------- create's rarer options
+
+PROC_SUPER_MAGIC, SYSFS_MAGIC = 0x9FA0, 0x62656572
+
+
+def _namespace_mounts(pid: int) -> list[tuple[int, int]] | None:
+    """(mount id as mountinfo shows it, superblock magic) of every mount in the mount
+    namespace of ``pid``, reachable from its root or not: listmount(2) and statmount(2) of
+    the namespace (Linux 6.11); None where the kernel cannot say."""
+    import ctypes
+    import errno
+    import fcntl
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = bytearray(8)
+        fcntl.ioctl(fd, 0x8008B705, raw)                # NS_GET_MNTNS_ID
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    (ns_id,) = struct.unpack("Q", raw)
+
+    def req(mnt_id: int, mask: int):                    # struct mnt_id_req (v1, 32 bytes)
+        return ctypes.create_string_buffer(struct.pack("IIQQQ", 32, 0, mnt_id, mask, ns_id))
+
+    ids = (ctypes.c_uint64 * 4096)()
+    n = libc.syscall(458, req(2**64 - 1, 0), ids, 4096, 0)    # listmount(LSMT_ROOT)
+    if n < 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL):
+            return None
+        raise OSError(ctypes.get_errno(), "listmount")
+    out = []
+    for i in range(n):
+        buf = ctypes.create_string_buffer(4096)
+        # STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC: sb_magic at 24, mnt_id_old at 56
+        if libc.syscall(457, req(ids[i], 0x3), buf, 4096, 0) < 0:
+            raise OSError(ctypes.get_errno(), "statmount")
+        out.append((struct.unpack_from("I", buf.raw, 56)[0],
+                    struct.unpack_from("Q", buf.raw, 24)[0]))
+    return out
+
+
+def test_no_pivot_enters_the_bundle_rootfs_and_keeps_no_host_proc_or_sys(runtime, bundle):
+    """create --no-pivot: MS_MOVE of the rootfs onto "/" and chroot, not pivot_root(2). The
+    root is the bundle's rootfs (the first process and an exec'd one see it, mountinfo's "/"
+    is its bind), and the old root's mounts, which stay in the namespace out of sight, hold
+    no procfs or sysfs: with one there, the kernel lets the container mount a new, unmasked
+    proc (runc's msMoveRoot detaches them; minictr kept all of them)."""
+    (bundle.path / "rootfs" / "marker").write_text("bundle-root\n")
+    runtime("create", "--bundle", str(bundle), "--no-pivot", "np1", check=True)
+    runtime("start", "np1", check=True)
+    pid = runtime.state("np1")["pid"]
+    assert runtime("exec", "np1", "cat", "/marker", check=True).stdout == "bundle-root\n"
+    with open(f"/proc/{pid}/mountinfo") as f:        # the container's own view
+        visible = {int(line.split()[0]): line.split() for line in f}
+    root = [fields for fields in visible.values() if fields[4] == "/"]
+    assert len(root) == 1 and root[0][3].endswith("/bundle/rootfs"), root
+    mounts = _namespace_mounts(pid)
+    if mounts is not None:
+        hidden = [hex(magic) for mnt_id, magic in mounts if mnt_id not in visible]
+        assert hidden, "--no-pivot: the old root's mounts should still be in the namespace"
+        assert not {hex(PROC_SUPER_MAGIC), hex(SYSFS_MAGIC)} & set(hidden), hidden
+    runtime("delete", "--force", "np1", check=True)
+
