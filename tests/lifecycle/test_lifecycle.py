@@ -523,3 +523,106 @@ def test_no_pivot_enters_the_bundle_rootfs_and_keeps_no_host_proc_or_sys(runtime
         assert not {hex(PROC_SUPER_MAGIC), hex(SYSFS_MAGIC)} & set(hidden), hidden
     runtime("delete", "--force", "np1", check=True)
 
+
+def _own_session_keyring_with_a_secret():
+    """preexec_fn: a new session keyring holding a key only its possessors may see (so that
+    /proc/keys shows it to the processes that hold this keyring, and to no one else)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    add_key, keyctl, session = 248, 250, ctypes.c_long(-3)    # KEY_SPEC_SESSION_KEYRING
+    if libc.syscall(keyctl, 1, None) < 0:                     # KEYCTL_JOIN_SESSION_KEYRING
+        os._exit(97)
+    serial = libc.syscall(add_key, b"user", b"mctest-secret", b"s3cret", 6, session)
+    if serial < 0 or libc.syscall(keyctl, 5, ctypes.c_long(serial), 0x3F000000) < 0:
+        os._exit(98)                                          # KEYCTL_SETPERM: possessor all
+
+
+def test_no_new_keyring_shares_the_callers_session_keyring(runtime, bundle):
+    """By default the container joins a session keyring of its own, so a key in the caller's
+    is not visible in /proc/keys; with --no-new-keyring it keeps the caller's, key and all."""
+    host = subprocess.run(["cat", "/proc/keys"], capture_output=True, text=True,
+                          preexec_fn=_own_session_keyring_with_a_secret)
+    if host.returncode in (97, 98):
+        pytest.skip("this kernel has no keyrings for the test to use (CONFIG_KEYS)")
+    bundle.edit(lambda s: s["linux"].__setitem__(
+        "maskedPaths", [p for p in s["linux"]["maskedPaths"] if p != "/proc/keys"]))
+    bundle.command("cat", "/proc/keys")
+    own = run_to_exit(runtime, bundle, "kr1", preexec_fn=_own_session_keyring_with_a_secret)
+    shared = run_to_exit(runtime, bundle, "kr2", "--no-new-keyring",
+                         preexec_fn=_own_session_keyring_with_a_secret)
+    assert "_ses" in own and "mctest-secret" not in own, own
+    assert "mctest-secret" in shared, shared
+
+
+@pytest.fixture
+def shared_bundle(bundle):
+    """The bundle on a mount of its own in a peer group (shared:N), so that a slave root shows
+    master:N in the container's mountinfo (this host's "/" may be private)."""
+    path = str(bundle.path)
+    subprocess.run(["mount", "--bind", path, path], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", path], check=True)
+        with open("/proc/self/mountinfo") as f:
+            line = [ln for ln in f if ln.split()[4] == path][-1]
+        bundle.peer_group = [w for w in line.split(" - ")[0].split()[6:]
+                             if w.startswith("shared:")][0].split(":")[1]
+        yield bundle
+    finally:
+        subprocess.run(["umount", "--lazy", path], check=True)
+
+
+@pytest.mark.parametrize("propagation", ["rslave", "private", "shared", None])
+def test_rootfs_propagation_is_applied(runtime, shared_bundle, propagation):
+    """linux.rootfsPropagation as "/" shows it in the container's mountinfo: a slave of the
+    bundle's peer group (rslave, and runc's default), no peer at all (private), a peer group
+    of its own (shared)."""
+    bundle = shared_bundle
+
+    def change(spec):
+        spec["linux"].pop("rootfsPropagation", None)
+        if propagation:
+            spec["linux"]["rootfsPropagation"] = propagation
+    bundle.edit(change)
+    bundle.command("cat", "/proc/self/mountinfo")
+    out = run_to_exit(runtime, bundle, "rp1")
+    root = [line.split(" - ")[0].split() for line in out.splitlines()
+            if len(line.split()) > 4 and line.split()[4] == "/"]
+    assert len(root) == 1, out
+    optional = [w for w in root[0][6:] if ":" in w]
+    master = [w.split(":")[1] for w in optional if w.startswith("master:")]
+    shared = [w for w in optional if w.startswith("shared:")]
+    if propagation in ("rslave", None):
+        assert master == [bundle.peer_group] and not shared, optional
+    elif propagation == "private":
+        assert optional == [], optional
+    else:
+        differs_in_runc(runtime, "applies a shared rootfsPropagation before making the "
+                                 "rootfs's parent private, so the root ends up private")
+        assert len(shared) == 1 and shared[0] != f"shared:{bundle.peer_group}", optional
+
+
+@pytest.mark.parametrize("stage", ["prestart", "createRuntime"])
+def test_a_hook_past_its_timeout_fails_create_and_leaves_nothing(runtime, bundle, stage):
+    """A hook still running after its `timeout` is killed and create fails, naming the hook,
+    with no state entry and no cgroup left; it does not wait for the hook to end."""
+    cgroup = f"/mctest-hook-timeout-{os.getpid()}-{stage}"
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") \
+        else "/sys/fs/cgroup"
+
+    def change(spec):
+        spec["hooks"] = {stage: [{"path": "/bin/sleep", "args": ["sleep", "20"],
+                                  "timeout": 1}]}
+        spec["linux"]["cgroupsPath"] = cgroup
+    bundle.edit(change)
+    started = time.monotonic()
+    res = runtime("create", "--bundle", str(bundle), "ht1")
+    took = time.monotonic() - started
+    assert res.returncode != 0 and took < 10, (res.returncode, took, res.stderr)
+    if runtime.name == "minictr-runc":
+        first = res.stderr.strip().splitlines()[0]
+        assert stage in first and "/bin/sleep" in first and "timed out" in first, res.stderr
+    assert runtime("state", "ht1").returncode != 0
+    assert "ht1" not in (os.listdir(runtime.root) if os.path.isdir(runtime.root) else [])
+    assert not os.path.exists(unified + cgroup)
