@@ -626,3 +626,38 @@ def test_a_hook_past_its_timeout_fails_create_and_leaves_nothing(runtime, bundle
     assert runtime("state", "ht1").returncode != 0
     assert "ht1" not in (os.listdir(runtime.root) if os.path.isdir(runtime.root) else [])
     assert not os.path.exists(unified + cgroup)
+
+
+def test_systemd_cgroup_places_the_container_where_systemd_would(runtime, bundle):
+    """--systemd-cgroup reads cgroupsPath as runc's "slice:prefix:name" and (runtime.md)
+    makes the directory systemd would give that scope, without asking systemd: the slice
+    nested as systemd.slice(5) says ("a-b.slice" in "a.slice"); delete removes it. Without
+    the flag that form is an error naming --systemd-cgroup, not a directory with colons."""
+    if runtime.name == "runc":
+        pytest.skip("runc --systemd-cgroup asks systemd over D-Bus for a scope unit; "
+                    "minictr makes the directory itself (runtime.md)")
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") \
+        else "/sys/fs/cgroup"
+    name = f"mctest-gaps{os.getpid()}"
+    scope = f"/mctest.slice/{name}.slice/gaps-sd1.scope"
+    bundle.edit(lambda s: s["linux"].__setitem__("cgroupsPath", f"{name}.slice:gaps:sd1"))
+    res = runtime("create", "--bundle", str(bundle), "sd1")
+    assert res.returncode != 0 and "--systemd-cgroup" in res.stderr, res.stderr
+    assert runtime("state", "sd1").returncode != 0
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runtime("--systemd-cgroup", "create", "--bundle", str(bundle), "sd1", check=True,
+                **quiet)
+        pid = runtime.state("sd1")["pid"]
+        with open(f"/proc/{pid}/cgroup") as f:
+            v2 = [ln.split(":", 2)[2] for ln in f.read().splitlines() if ln.startswith("0::")]
+        assert v2 == [scope] and os.path.isdir(unified + scope), v2
+        runtime("--systemd-cgroup", "delete", "--force", "sd1", check=True)
+        assert not os.path.exists(unified + scope)
+    finally:
+        runtime("--systemd-cgroup", "delete", "--force", "sd1")
+        for d in (scope, os.path.dirname(scope), "/mctest.slice"):
+            try:
+                os.rmdir(unified + d)
+            except OSError:
+                pass                                # gone, or another run's still in it
