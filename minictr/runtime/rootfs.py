@@ -335,6 +335,7 @@ def pivot_into(kernel, root_path: str, explain: Explain, no_pivot: bool = False)
         # runc --no-pivot, for a root on a ramdisk where pivot_root(2) fails: move the root's
         # mount over "/" and chroot into it. The old root stays reachable for a process that
         # escapes the chroot: this is weaker, and only done when asked.
+        _detach_host_proc_and_sys(kernel, root_path, explain)
         _say(explain, f"mount --move {root_path} /; chroot .  (--no-pivot)")
         kernel.chdir(root_path)
         kernel.mount(root_path, "/", None, sc.MS_MOVE)
@@ -346,6 +347,34 @@ def pivot_into(kernel, root_path: str, explain: Explain, no_pivot: bool = False)
     kernel.pivot_root(".", ".")
     kernel.umount2(".", sc.MNT_DETACH)
     kernel.chdir("/")
+
+
+
+def _detach_host_proc_and_sys(kernel, root_path: str, explain: Explain) -> None:
+    """--no-pivot keeps the old root's mounts in this namespace, out of the chroot's sight but
+    there. A full procfs or sysfs among them would let the container mount a new, unmasked one
+    (the kernel's mount_too_revealing() allows it when the namespace already holds a full one),
+    so each is detached, or covered with a tmpfs where it cannot be, as runc's msMoveRoot does
+    (same filter: a mount of the whole filesystem, not under the rootfs)."""
+    detached: list[str] = []
+    for line in kernel.read_text("/proc/self/mountinfo").splitlines():
+        fields, _, rest = line.partition(" - ")
+        fields = fields.split()
+        if len(fields) < 5 or not rest or rest.split()[0] not in ("proc", "sysfs"):
+            continue
+        point = fields[4].replace("\\040", " ")
+        if fields[3] != "/" or point.startswith(root_path) or \
+                any(point.startswith(d.rstrip("/") + "/") for d in detached):
+            continue                            # the container's own, or already gone
+        _say(explain, f"umount -l {point}  (--no-pivot: no host {rest.split()[0]} stays in "
+                      "this mount namespace)")
+        try:
+            kernel.umount2(point, sc.MNT_DETACH)
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            kernel.mount("tmpfs", point, "tmpfs", 0)
+        detached.append(point)
 
 
 def finish_rootfs(kernel, spec: dict, explain: Explain) -> None:

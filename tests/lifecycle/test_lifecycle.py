@@ -28,12 +28,12 @@ def wait_status(runtime, cid: str, want: str, seconds: float = 10) -> dict:
         time.sleep(0.05)
 
 
-def run_to_exit(runtime, bundle, cid: str, *create_args) -> str:
+def run_to_exit(runtime, bundle, cid: str, *create_args, **create_kw) -> str:
     """create, start, wait for the process to exit; its stdout (a file, as engines pass)."""
     out = bundle.path / f"{cid}.out"
     with open(out, "w") as f:
         runtime("create", "--bundle", str(bundle), *create_args, cid, check=True, stdout=f,
-                stderr=subprocess.STDOUT, capture_output=False)
+                stderr=subprocess.STDOUT, capture_output=False, **create_kw)
     runtime("start", cid, check=True)
     st = wait_status(runtime, cid, "stopped")
     assert st["status"] == "stopped", st
@@ -453,3 +453,211 @@ def test_ambient_without_inheritable_is_not_raised(runtime, bundle):
     assert sets == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0,
                     "CapBnd": _mask(CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE)}, \
         {k: hex(v) for k, v in sets.items()}
+
+
+# ---------------------------------------------------------------- create's rarer options
+
+PROC_SUPER_MAGIC, SYSFS_MAGIC = 0x9FA0, 0x62656572
+
+
+def _namespace_mounts(pid: int) -> list[tuple[int, int]] | None:
+    """(mount id as mountinfo shows it, superblock magic) of every mount in the mount
+    namespace of ``pid``, reachable from its root or not: listmount(2) and statmount(2) of
+    the namespace (Linux 6.11); None where the kernel cannot say."""
+    import ctypes
+    import errno
+    import fcntl
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = bytearray(8)
+        fcntl.ioctl(fd, 0x8008B705, raw)                # NS_GET_MNTNS_ID
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    (ns_id,) = struct.unpack("Q", raw)
+
+    def req(mnt_id: int, mask: int):                    # struct mnt_id_req (v1, 32 bytes)
+        return ctypes.create_string_buffer(struct.pack("IIQQQ", 32, 0, mnt_id, mask, ns_id))
+
+    ids = (ctypes.c_uint64 * 4096)()
+    n = libc.syscall(458, req(2**64 - 1, 0), ids, 4096, 0)    # listmount(LSMT_ROOT)
+    if n < 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL):
+            return None
+        raise OSError(ctypes.get_errno(), "listmount")
+    out = []
+    for i in range(n):
+        buf = ctypes.create_string_buffer(4096)
+        # STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC: sb_magic at 24, mnt_id_old at 56
+        if libc.syscall(457, req(ids[i], 0x3), buf, 4096, 0) < 0:
+            raise OSError(ctypes.get_errno(), "statmount")
+        out.append((struct.unpack_from("I", buf.raw, 56)[0],
+                    struct.unpack_from("Q", buf.raw, 24)[0]))
+    return out
+
+
+def test_no_pivot_enters_the_bundle_rootfs_and_keeps_no_host_proc_or_sys(runtime, bundle):
+    """create --no-pivot: MS_MOVE of the rootfs onto "/" and chroot, not pivot_root(2). The
+    root is the bundle's rootfs (the first process and an exec'd one see it, mountinfo's "/"
+    is its bind), and the old root's mounts, which stay in the namespace out of sight, hold
+    no procfs or sysfs: with one there, the kernel lets the container mount a new, unmasked
+    proc (runc's msMoveRoot detaches them; minictr kept all of them)."""
+    (bundle.path / "rootfs" / "marker").write_text("bundle-root\n")
+    runtime("create", "--bundle", str(bundle), "--no-pivot", "np1", check=True)
+    runtime("start", "np1", check=True)
+    pid = runtime.state("np1")["pid"]
+    assert runtime("exec", "np1", "cat", "/marker", check=True).stdout == "bundle-root\n"
+    with open(f"/proc/{pid}/mountinfo") as f:        # the container's own view
+        visible = {int(line.split()[0]): line.split() for line in f}
+    root = [fields for fields in visible.values() if fields[4] == "/"]
+    assert len(root) == 1 and root[0][3].endswith("/bundle/rootfs"), root
+    mounts = _namespace_mounts(pid)
+    if mounts is not None:
+        hidden = [hex(magic) for mnt_id, magic in mounts if mnt_id not in visible]
+        assert hidden, "--no-pivot: the old root's mounts should still be in the namespace"
+        assert not {hex(PROC_SUPER_MAGIC), hex(SYSFS_MAGIC)} & set(hidden), hidden
+    runtime("delete", "--force", "np1", check=True)
+
+
+def _own_session_keyring_with_a_secret():
+    """preexec_fn: a new session keyring holding a key only its possessors may see (so that
+    /proc/keys shows it to the processes that hold this keyring, and to no one else)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    add_key, keyctl, session = 248, 250, ctypes.c_long(-3)    # KEY_SPEC_SESSION_KEYRING
+    if libc.syscall(keyctl, 1, None) < 0:                     # KEYCTL_JOIN_SESSION_KEYRING
+        os._exit(97)
+    serial = libc.syscall(add_key, b"user", b"mctest-secret", b"s3cret", 6, session)
+    if serial < 0 or libc.syscall(keyctl, 5, ctypes.c_long(serial), 0x3F000000) < 0:
+        os._exit(98)                                          # KEYCTL_SETPERM: possessor all
+
+
+def test_no_new_keyring_shares_the_callers_session_keyring(runtime, bundle):
+    """By default the container joins a session keyring of its own, so a key in the caller's
+    is not visible in /proc/keys; with --no-new-keyring it keeps the caller's, key and all."""
+    host = subprocess.run(["cat", "/proc/keys"], capture_output=True, text=True,
+                          preexec_fn=_own_session_keyring_with_a_secret)
+    if host.returncode in (97, 98):
+        pytest.skip("this kernel has no keyrings for the test to use (CONFIG_KEYS)")
+    bundle.edit(lambda s: s["linux"].__setitem__(
+        "maskedPaths", [p for p in s["linux"]["maskedPaths"] if p != "/proc/keys"]))
+    bundle.command("cat", "/proc/keys")
+    own = run_to_exit(runtime, bundle, "kr1", preexec_fn=_own_session_keyring_with_a_secret)
+    shared = run_to_exit(runtime, bundle, "kr2", "--no-new-keyring",
+                         preexec_fn=_own_session_keyring_with_a_secret)
+    assert "_ses" in own and "mctest-secret" not in own, own
+    assert "mctest-secret" in shared, shared
+
+
+@pytest.fixture
+def shared_bundle(bundle):
+    """The bundle on a mount of its own in a peer group (shared:N), so that a slave root shows
+    master:N in the container's mountinfo (this host's "/" may be private)."""
+    path = str(bundle.path)
+    subprocess.run(["mount", "--bind", path, path], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", path], check=True)
+        with open("/proc/self/mountinfo") as f:
+            line = [ln for ln in f if ln.split()[4] == path][-1]
+        bundle.peer_group = [w for w in line.split(" - ")[0].split()[6:]
+                             if w.startswith("shared:")][0].split(":")[1]
+        yield bundle
+    finally:
+        subprocess.run(["umount", "--lazy", path], check=True)
+
+
+@pytest.mark.parametrize("propagation", ["rslave", "private", "shared", None])
+def test_rootfs_propagation_is_applied(runtime, shared_bundle, propagation):
+    """linux.rootfsPropagation as "/" shows it in the container's mountinfo: a slave of the
+    bundle's peer group (rslave, and runc's default), no peer at all (private), a peer group
+    of its own (shared)."""
+    bundle = shared_bundle
+
+    def change(spec):
+        spec["linux"].pop("rootfsPropagation", None)
+        if propagation:
+            spec["linux"]["rootfsPropagation"] = propagation
+    bundle.edit(change)
+    bundle.command("cat", "/proc/self/mountinfo")
+    out = run_to_exit(runtime, bundle, "rp1")
+    root = [line.split(" - ")[0].split() for line in out.splitlines()
+            if len(line.split()) > 4 and line.split()[4] == "/"]
+    assert len(root) == 1, out
+    optional = [w for w in root[0][6:] if ":" in w]
+    master = [w.split(":")[1] for w in optional if w.startswith("master:")]
+    shared = [w for w in optional if w.startswith("shared:")]
+    if propagation in ("rslave", None):
+        assert master == [bundle.peer_group] and not shared, optional
+    elif propagation == "private":
+        assert optional == [], optional
+    else:
+        differs_in_runc(runtime, "applies a shared rootfsPropagation before making the "
+                                 "rootfs's parent private, so the root ends up private")
+        assert len(shared) == 1 and shared[0] != f"shared:{bundle.peer_group}", optional
+
+
+@pytest.mark.parametrize("stage", ["prestart", "createRuntime"])
+def test_a_hook_past_its_timeout_fails_create_and_leaves_nothing(runtime, bundle, stage):
+    """A hook still running after its `timeout` is killed and create fails, naming the hook,
+    with no state entry and no cgroup left; it does not wait for the hook to end."""
+    cgroup = f"/mctest-hook-timeout-{os.getpid()}-{stage}"
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") \
+        else "/sys/fs/cgroup"
+
+    def change(spec):
+        spec["hooks"] = {stage: [{"path": "/bin/sleep", "args": ["sleep", "20"],
+                                  "timeout": 1}]}
+        spec["linux"]["cgroupsPath"] = cgroup
+    bundle.edit(change)
+    started = time.monotonic()
+    res = runtime("create", "--bundle", str(bundle), "ht1")
+    took = time.monotonic() - started
+    assert res.returncode != 0 and took < 10, (res.returncode, took, res.stderr)
+    if runtime.name == "minictr-runc":
+        first = res.stderr.strip().splitlines()[0]
+        assert stage in first and "/bin/sleep" in first and "timed out" in first, res.stderr
+    assert runtime("state", "ht1").returncode != 0
+    assert "ht1" not in (os.listdir(runtime.root) if os.path.isdir(runtime.root) else [])
+    assert not os.path.exists(unified + cgroup)
+
+
+def test_systemd_cgroup_places_the_container_where_systemd_would(runtime, bundle):
+    """--systemd-cgroup reads cgroupsPath as runc's "slice:prefix:name" and (runtime.md)
+    makes the directory systemd would give that scope, without asking systemd: the slice
+    nested as systemd.slice(5) says ("a-b.slice" in "a.slice"); delete removes it. Without
+    the flag that form is an error naming --systemd-cgroup, not a directory with colons."""
+    if runtime.name == "runc":
+        pytest.skip("runc --systemd-cgroup asks systemd over D-Bus for a scope unit; "
+                    "minictr makes the directory itself (runtime.md)")
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") \
+        else "/sys/fs/cgroup"
+    name = f"mctest-gaps{os.getpid()}"
+    scope = f"/mctest.slice/{name}.slice/gaps-sd1.scope"
+    bundle.edit(lambda s: s["linux"].__setitem__("cgroupsPath", f"{name}.slice:gaps:sd1"))
+    res = runtime("create", "--bundle", str(bundle), "sd1")
+    assert res.returncode != 0 and "--systemd-cgroup" in res.stderr, res.stderr
+    assert runtime("state", "sd1").returncode != 0
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runtime("--systemd-cgroup", "create", "--bundle", str(bundle), "sd1", check=True,
+                **quiet)
+        pid = runtime.state("sd1")["pid"]
+        with open(f"/proc/{pid}/cgroup") as f:
+            v2 = [ln.split(":", 2)[2] for ln in f.read().splitlines() if ln.startswith("0::")]
+        assert v2 == [scope] and os.path.isdir(unified + scope), v2
+        runtime("--systemd-cgroup", "delete", "--force", "sd1", check=True)
+        assert not os.path.exists(unified + scope)
+    finally:
+        runtime("--systemd-cgroup", "delete", "--force", "sd1")
+        for d in (scope, os.path.dirname(scope), "/mctest.slice"):
+            try:
+                os.rmdir(unified + d)
+            except OSError:
+                pass                                # gone, or another run's still in it
