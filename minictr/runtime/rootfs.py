@@ -363,7 +363,8 @@ def _detach_host_proc_and_sys(kernel, root_path: str, explain: Explain) -> None:
         if len(fields) < 5 or not rest or rest.split()[0] not in ("proc", "sysfs"):
             continue
         point = fields[4].replace("\\040", " ")
-        if fields[3] != "/" or point.startswith(root_path) or \
+        inside = point == root_path or point.startswith(root_path.rstrip("/") + "/")
+        if fields[3] != "/" or inside or \
                 any(point.startswith(d.rstrip("/") + "/") for d in detached):
             continue                            # the container's own, or already gone
         _say(explain, f"umount -l {point}  (--no-pivot: no host {rest.split()[0]} stays in "
