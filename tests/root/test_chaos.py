@@ -86,8 +86,10 @@ def test_ctrl_c_during_setup_is_one_line_and_leaves_nothing(mc):
     for i in range(10):
         proc = mc.popen("run", "--rm", "--pids-limit", "64", "busybox:test", "sleep", "30",
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # after the interpreter's own start-up (~10-20 ms: a Ctrl-C there is Python's), over
+        # after the interpreter's own start-up (a Ctrl-C there is Python's: it has installed
+        # its SIGINT handler once it is over, ~10-20 ms, many more on a loaded machine), over
         # the imports, planning and the container's setup
+        _wait_for_sigint_handler(proc.pid)
         time.sleep(rng.uniform(0.03, 0.2))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -99,6 +101,21 @@ def test_ctrl_c_during_setup_is_one_line_and_leaves_nothing(mc):
     assert not os.path.isdir(names) or not os.listdir(names)      # nor a name, nor its claim
     containers = os.path.join(mc.root, "containers")
     assert not os.path.isdir(containers) or not os.listdir(containers)
+
+
+def _wait_for_sigint_handler(pid: int) -> None:
+    """Until the process catches SIGINT (proc(5), SigCgt), or has exited."""
+    for _ in range(10000):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                caught = next(int(line.split()[1], 16) for line in f
+                              if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} never caught SIGINT")
 
 
 def _launcher_with(mc, patch: str, *args, timeout=30):
