@@ -605,6 +605,7 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
         raise UsageError("--dry-run only makes sense with --explain",
                          hint="minictr run --dry-run --explain IMAGE CMD")
     _claim_cidfile(cidfile)
+    p = None
     try:
         root, p, kernel = _prepare(paths, opts, gpu_roots=gpu_roots, dry_run=dry_run,
                                    pull_policy=pull_policy, progress=progress, warn=warn,
@@ -613,6 +614,9 @@ def run(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None, warn: Ex
                         stdin=0 if opts.interactive else None, out=1, cidfile=cidfile)
     except BaseException:
         _drop_cidfile(cidfile)
+        if p is not None and not dry_run:
+            # a Ctrl-C after the name was claimed, before _execute's cleanup could run
+            _release_name_of_unmade(root, p.container_id)
         raise
 
 
@@ -668,22 +672,33 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
                 _keep_plan(paths, opts, cached, p)
         if not dry_run:
             root.claim_name(p.name, container_id)
+        if explain and cached is not None and cached[1]:
+            # a dry run makes its plan itself (its files live in its own state root), but
+            # says what the real run would do
+            explain(f"plan: cached (STATE/.cache/plan/{cached[0][:12]}...: the same image, "
+                    "options, host facts and minictr code), so no image lookup and no spec "
+                    "building; this container's id and its /etc files are its own")
+        for note in p.notes:
+            if explain:
+                explain(note)
+        return root, p, _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
     except BaseException:
         if dry_run:
             import shutil
 
             shutil.rmtree(root.path, ignore_errors=True)
+        else:
+            # a Ctrl-C during or right after the claim: the name goes with the run
+            _release_name_of_unmade(root, container_id)
         raise
-    if explain and cached is not None and cached[1]:
-        # a dry run makes its plan itself (its files live in its own state root), but says
-        # what the real run would do
-        explain(f"plan: cached (STATE/.cache/plan/{cached[0][:12]}...: the same image, "
-                "options, host facts and minictr code), so no image lookup and no spec "
-                "building; this container's id and its /etc files are its own")
-    for note in p.notes:
-        if explain:
-            explain(note)
-    return root, p, _dry_kernel(p, os.path.join(root.path, "image")) if dry_run else None
+
+
+def _release_name_of_unmade(root, container_id: str) -> None:
+    """A run stopped before its container had a state entry leaves no name (the link and its
+    .claim file): nothing else would remove them but `gc`, and until then the name points at
+    no container. A container with an entry keeps its name: its cleanup, or `rm`, owns it."""
+    if not os.path.isdir(root.dir(container_id)):
+        root.release_names(container_id)
 
 
 def _cached_plan(paths: Paths, opts, container_id: str, pull_policy: str, dry_run: bool):

@@ -7,6 +7,7 @@ exec'd one alike.
       the other joined namespaces (then back)
     clone3(CLONE_NEW*, CLONE_INTO_CGROUP)  ───────►  born in the cgroup (so under its device
                                                      filter and limits from its first instant)
+    forwards signals from here on  ◄──── "reset"     every signal's disposition back to SIG_DFL
     uid_map/gid_map, oom_score_adj,                  waits for "go"
       cgroup.procs of v1 hierarchies
     "go" {pid}  ─────────────────────────────────►   setns: user first, then the others
@@ -249,8 +250,8 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
           on_placed: Callable[[int], None] | None = None,
           on_hooks: Callable[[int], None] | None = None, explain: Explain = None) -> Spawned:
     """Make the process ``plan`` describes and wait until it is ready to exec (see the module
-    docstring). ``on_spawned(pid)`` runs right after the clone (signal forwarding starts
-    there); ``on_placed(pid)`` once its id maps and cgroups are in place, before "go" (the
+    docstring). ``on_spawned(pid)`` runs right after the clone, once the child has reset its
+    signal dispositions (signal forwarding starts there: see ``_await_reset``); ``on_placed(pid)`` once its id maps and cgroups are in place, before "go" (the
     launcher connects its network namespace there); ``on_hooks(pid)`` runs the
     runtime-namespace hooks when the child asks."""
     if getattr(kernel, "dry_run", False):
@@ -273,9 +274,10 @@ def spawn(kernel, plan: SpawnPlan, *, cgroup=None, on_spawned: Callable[[int], N
         if exec_w is not None:
             os.close(exec_w)
             exec_w = None
+        channel = Channel(ours)
+        _await_reset(channel)
         if on_spawned:
             on_spawned(pid)
-        channel = Channel(ours)
         _place(kernel, plan, pid, cgroup, born_in, explain)
         if on_placed:
             on_placed(pid)
@@ -367,6 +369,23 @@ def _place(kernel, plan: SpawnPlan, pid: int, cgroup, born_in, explain: Explain)
         cgroup.add_process(pid, born_in=born_in)
 
 
+def _await_reset(channel: Channel) -> None:
+    """Wait until the child has put every signal's disposition back to SIG_DFL. Until then it
+    is a fork of the launcher and has the launcher's handlers: a signal forwarded to it then
+    (the Supervisor starts forwarding at ``on_spawned``) would run our handler in the child and
+    be lost, and its caught mask would tell the Supervisor that the container handles the
+    signal itself, so a Ctrl-C during setup would leave the container running."""
+    msg, _ = channel.receive()
+    if msg is None:
+        raise RuntimeSetupError("the container's process died during setup",
+                                hint="a signal killed it, or see its stderr")
+    if msg["type"] == "error":
+        raise error_from(msg)
+    if msg["type"] != "reset":
+        raise RuntimeSetupError(f"the container's process sent {msg['type']!r} before "
+                                "resetting its signals")
+
+
 def _serve(channel: Channel, pid: int, on_hooks) -> int | None:
     """Answer the child until it is ready; its error becomes ours."""
     console = None
@@ -452,6 +471,7 @@ def child_main(kernel, plan: SpawnPlan, channel, exec_w: int | None, explain: Ex
     """Runs in the new process. Never returns: it execs, or reports an error and _exits."""
     try:
         kernel.reset_signals()      # ignored dispositions survive execve, even 32 and 33
+        channel.send("reset")       # signals may be forwarded to it now (_await_reset)
         if plan.container is None or not plan.rootless:
             # This process is a fork of the host's Python until it fexecve()s mcinit. Dumpable,
             # its /proc/PID/exe is open to the container's processes once it has their

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -85,8 +86,10 @@ def test_ctrl_c_during_setup_is_one_line_and_leaves_nothing(mc):
     for i in range(10):
         proc = mc.popen("run", "--rm", "--pids-limit", "64", "busybox:test", "sleep", "30",
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # after the interpreter's own start-up (~10-20 ms: a Ctrl-C there is Python's), over
+        # after the interpreter's own start-up (a Ctrl-C there is Python's: it has installed
+        # its SIGINT handler once it is over, ~10-20 ms, many more on a loaded machine), over
         # the imports, planning and the container's setup
+        _wait_for_sigint_handler(proc.pid)
         time.sleep(rng.uniform(0.03, 0.2))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -94,5 +97,87 @@ def test_ctrl_c_during_setup_is_one_line_and_leaves_nothing(mc):
         assert "Traceback" not in err and err.count("\n") <= 2, err
     entries = [d for d in os.listdir(mc.state) if not d.startswith(".") and d != "names"]
     assert not entries
+    names = os.path.join(mc.state, "names")
+    assert not os.path.isdir(names) or not os.listdir(names)      # nor a name, nor its claim
     containers = os.path.join(mc.root, "containers")
     assert not os.path.isdir(containers) or not os.listdir(containers)
+
+
+def _wait_for_sigint_handler(pid: int) -> None:
+    """Until the process catches SIGINT (proc(5), SigCgt), or has exited."""
+    for _ in range(10000):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                caught = next(int(line.split()[1], 16) for line in f
+                              if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} never caught SIGINT")
+
+
+def _launcher_with(mc, patch: str, *args, timeout=30):
+    """`minictr ARGS` through cli.main, with ``patch`` (Python) applied first: a Ctrl-C placed
+    at one exact point of the launcher, where a real one lands only now and then."""
+    code = "import os, signal, sys, time\n" + patch + \
+        "\nfrom minictr.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    cmd = [sys.executable, "-c", code, args[0], "--root", mc.root, "--state", mc.state,
+           *args[1:]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _nothing_left(mc):
+    entries = [d for d in os.listdir(mc.state) if not d.startswith(".") and d != "names"]
+    names = os.path.join(mc.state, "names")
+    left = entries + (os.listdir(names) if os.path.isdir(names) else [])
+    assert not left, left
+    containers = os.path.join(mc.root, "containers")
+    assert not os.path.isdir(containers) or not os.listdir(containers)
+
+
+@pytest.mark.parametrize("where", [
+    # right after the name was claimed, inside the planning step
+    "from minictr.runtime.state import StateRoot\n"
+    "claim = StateRoot.claim_name\n"
+    "def claim_name(self, *a):\n"
+    "    claim(self, *a)\n"
+    "    raise KeyboardInterrupt\n"
+    "StateRoot.claim_name = claim_name\n",
+    # after planning, before the container's create and cleanup are under way
+    "from minictr import api\n"
+    "def _execute(*a, **k):\n"
+    "    raise KeyboardInterrupt\n"
+    "api._execute = _execute\n",
+], ids=["after-claim", "before-create"])
+def test_ctrl_c_between_the_name_claim_and_create_leaves_no_name(mc, where):
+    res = _launcher_with(mc, where, "run", "--rm", "--name", "claimed", "busybox:test", "true")
+    assert res.returncode == 130 and res.stderr == "minictr: interrupted\n", res
+    _nothing_left(mc)
+    res = mc("run", "--rm", "--name", "claimed", "busybox:test", "echo", "again")
+    assert res.returncode == 0 and res.stdout == "again\n", res.stderr
+
+
+def test_ctrl_c_as_the_container_is_cloned_stops_it(mc):
+    """A Ctrl-C the launcher gets right after the clone, while the child (a fork of the
+    launcher, not yet scheduled on a loaded machine: held here) still has the launcher's
+    signal handlers: forwarded then, the child would catch it, the container's command would
+    run on, and the launcher would wait for it."""
+    patch = ("from minictr.runtime import spawn\n"
+             "clone = spawn._clone\n"
+             "def _clone(*a):\n"
+             "    pid, born_in = clone(*a)\n"
+             "    if pid == 0:\n"
+             "        time.sleep(0.5)\n"                 # the child runs late
+             "    else:\n"
+             "        os.kill(os.getpid(), signal.SIGINT)\n"
+             "    return pid, born_in\n"
+             "spawn._clone = _clone\n")
+    try:
+        res = _launcher_with(mc, patch, "run", "--rm", "busybox:test", "sleep", "1000")
+    except subprocess.TimeoutExpired:
+        pytest.fail("the Ctrl-C was lost: the container ran on")
+    assert res.returncode == 130, res
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") <= 2, res.stderr
+    _nothing_left(mc)
