@@ -230,6 +230,9 @@ def main(argv=None) -> int:
         say(f"bench start: {missing}")
         return 1
     ws = tempfile.mkdtemp(prefix="minictr-bench-start-")
+    while "_" in os.path.basename(ws):  # podman names the oci: image after its path, and a
+        os.rmdir(ws)                    # trailing or doubled "_" is no valid image name
+        ws = tempfile.mkdtemp(prefix="minictr-bench-start-")
     os.chmod(ws, 0o755)
     report = [f"## Start latency ({common.machine_info()})",
               f"`{' '.join(['python -m bench start', *(argv or [])])}`: {args.iterations} paired "
