@@ -630,6 +630,8 @@ def run_detached(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None,
     from minictr import monitor
 
     _claim_cidfile(cidfile)
+    p = None
+    forked: list[int] = []
     try:
         root, p, _ = _prepare(paths, opts, gpu_roots=gpu_roots, dry_run=False,
                               pull_policy=pull_policy, progress=progress, warn=warn,
@@ -638,9 +640,15 @@ def run_detached(paths: Paths, opts, *, gpu_roots=None, explain: Explain = None,
         monitor.detach(lambda stdio, out, on_started: _execute(
             paths, root, p, opts, kernel=None, explain=explain, warn=warn, stdio=stdio,
             stdin=None, out=out, on_started=on_started, cidfile=cidfile),
-            log_path=log_path(paths, p.container_id), interactive=opts.interactive)
+            log_path=log_path(paths, p.container_id), interactive=opts.interactive,
+            forked=forked)
     except BaseException:
         _drop_cidfile(cidfile)
+        if p is not None and not forked:
+            # stopped (a Ctrl-C) between the name claim and the monitor: nothing else would
+            # remove the name or the container's empty directory (_prepare covers the rest)
+            _release_name_of_unmade(root, p.container_id)
+            _remove_writable_layer(paths, p.container_id, {})
         raise
     return p.container_id
 

@@ -32,9 +32,10 @@ from collections.abc import Callable
 from minictr.errors import MinictrError, RuntimeSetupError
 
 
-def detach(body: Callable, *, log_path: str, interactive: bool) -> None:
+def detach(body: Callable, *, log_path: str, interactive: bool, forked: list | None = None) -> None:
     """Fork the monitor, which calls ``body(stdio, out, on_started)``; return once it says the
-    container's command runs, or raise the error it reports."""
+    container's command runs, or raise the error it reports. ``forked`` gets the monitor's
+    pid once it exists: from then on the monitor owns the container's cleanup."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()                   # or the child would write the same buffered text again
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -42,6 +43,8 @@ def detach(body: Callable, *, log_path: str, interactive: bool) -> None:
     if pid == 0:
         os.close(r)
         _monitor(body, w, log_path, interactive)
+    if forked is not None:
+        forked.append(pid)
     os.close(w)
     chunks = []
     try:

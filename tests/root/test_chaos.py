@@ -159,6 +159,19 @@ def test_ctrl_c_between_the_name_claim_and_create_leaves_no_name(mc, where):
     assert res.returncode == 0 and res.stdout == "again\n", res.stderr
 
 
+def test_ctrl_c_before_a_detached_run_forks_its_monitor_leaves_no_name(mc):
+    """`run -d`: planned and named here, then the monitor is forked and owns the cleanup. A
+    Ctrl-C in between leaves nothing: no name, no container directory."""
+    patch = ("from minictr import monitor\n"
+             "def detach(*a, **k):\n"
+             "    raise KeyboardInterrupt\n"
+             "monitor.detach = detach\n")
+    res = _launcher_with(mc, patch, "run", "-d", "--name", "detaching", "busybox:test",
+                         "sleep", "1000")
+    assert res.returncode == 130 and res.stderr == "minictr: interrupted\n", res
+    _nothing_left(mc)
+
+
 def test_ctrl_c_as_the_container_is_cloned_stops_it(mc):
     """A Ctrl-C the launcher gets right after the clone, while the child (a fork of the
     launcher, not yet scheduled on a loaded machine: held here) still has the launcher's
