@@ -146,6 +146,7 @@ def export(paths: Paths, ref: str, output: str, *, compression: str = "gzip",
     config at /.minictr/image.json (image/singlefile.py), for `minictr run FILE`. The layers
     are merged by the kernel's overlayfs in a private mount namespace and read by mksquashfs
     (squashfs-tools); the file appears complete (rename) or not at all."""
+    import contextlib
     import json
     import shutil
     import tempfile
@@ -167,8 +168,9 @@ def export(paths: Paths, ref: str, output: str, *, compression: str = "gzip",
     out_dir = os.path.dirname(output)
     if not os.path.isdir(out_dir):
         raise UsageError(f"-o {output}: {out_dir} is not a directory")
+    remove_stale_partials(output)
     work = tempfile.mkdtemp(prefix="minictr-export-")
-    partial = os.path.join(out_dir, f".{os.path.basename(output)}.{os.getpid()}.partial")
+    partial, fd = _claim_partial(output)
     try:
         config_file = os.path.join(work, "image.json")
         with open(config_file, "w") as f:
@@ -186,13 +188,103 @@ def export(paths: Paths, ref: str, output: str, *, compression: str = "gzip",
             raise ImageError(f"mksquashfs exited {code} writing {output}",
                              hint="see its messages above; is there room in "
                                   f"{out_dir}?")
-        os.chmod(partial, 0o644)
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)                        # the data first, then the name: never a short FILE
         os.rename(partial, output)
+        partial = None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if os.path.exists(partial):
-            os.unlink(partial)
+        if partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+        os.close(fd)                # the lock goes after the name: see remove_stale_partials
     return output
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _claim_partial(output: str) -> tuple[str, int]:
+    """The temporary beside ``output`` that mksquashfs writes and export renames over it: a new
+    file (O_EXCL, an unguessable name, so no planted link is followed) whose flock(2) this
+    process holds until the name is gone. A SIGKILL leaves the hidden name, never ``output``;
+    the lock dies with the process, which is how the next export knows the file is stale."""
+    import contextlib
+    import errno
+    import fcntl
+
+    directory, base = os.path.split(output)
+    while True:
+        name = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(8).hex()}"
+                                       f"{PARTIAL_SUFFIX}")
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as err:
+                # A filesystem without flock (Lustre's noflock, NFS without lockd): no export
+                # can lock, so none removes another's temporary either; write unlocked.
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS,
+                                     errno.EINVAL):
+                    raise
+            # Another export's remove_stale_partials may have taken it between open and flock
+            # (it was not locked yet): then it is unlinked, and a new name is tried.
+            if os.lstat(name).st_ino == os.fstat(fd).st_ino:
+                return name, fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _is_partial_of(name: str, base: str) -> bool:
+    """``name`` is ".BASE.PID.HEX16.partial", as _claim_partial names a temporary."""
+    head = f".{base}."
+    if not (name.startswith(head) and name.endswith(PARTIAL_SUFFIX)):
+        return False
+    pid, _, tag = name[len(head):-len(PARTIAL_SUFFIX)].partition(".")
+    return pid.isdigit() and len(tag) == 16 and all(c in "0123456789abcdef" for c in tag)
+
+
+def remove_stale_partials(output: str) -> int:
+    """Remove the temporaries a killed export to ``output`` left beside it: ours (same owner),
+    regular files, and unlocked, so no running export's (on any host that shares the
+    directory's locks); a lock that cannot be taken at all keeps the file. Returns how many."""
+    import fcntl
+    import stat
+
+    directory, base = os.path.split(output)
+    try:
+        names = [n for n in os.listdir(directory) if _is_partial_of(n, base)]
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.lstat(path).st_ino == st.st_ino:      # still the name of what we locked
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue                                     # locked (a live export) or gone
+        finally:
+            os.close(fd)
+    return removed
 
 
 def login(paths: Paths, registry_name: str, username: str, password: str, *,

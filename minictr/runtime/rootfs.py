@@ -22,6 +22,8 @@ from collections.abc import Callable
 from minictr.runtime import mounts
 from minictr.runtime import syscalls as sc
 
+SIGKILL = 9                             # not signal.py, which imports enum (~3 ms)
+
 Explain = Callable[[str], None] | None
 
 # Symlinks every /dev gets (runc's defaultSymlinks).
@@ -419,6 +421,7 @@ def run_over_layers(kernel, lowerdirs: tuple[str, ...], mountpoint: str, argv: l
     data = "lowerdir=" + ":".join(tuple(lowerdirs) + (empty,)) + (",userxattr" if rootless
                                                                  else "")
     uid, gid = os.geteuid(), os.getegid()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
@@ -433,11 +436,23 @@ def run_over_layers(kernel, lowerdirs: tuple[str, ...], mountpoint: str, argv: l
             _say(explain, f"mount -t overlay overlay {mountpoint} -o ro,{data}")
             kernel.mount("overlay", mountpoint, "overlay", sc.MS_RDONLY, data)
             _say(explain, " ".join(argv))
+            # A killed caller takes its writer along (set last: a change of credentials, such
+            # as entering the user namespace, clears it; it survives execve).
+            kernel.set_pdeathsig(SIGKILL)
+            if os.getppid() != parent:
+                os._exit(125)
             os.execvp(argv[0], argv)
         except BaseException as err:          # noqa: BLE001 - the child must not return
             try:
                 os.write(2, f"minictr: error: {err}\n".encode())
             finally:
                 os._exit(125)
-    _, status = os.waitpid(pid, 0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        # Interrupted (Ctrl-C): the writer goes first, so no file of its outlives the caller's
+        # cleanup (an export's temporary, unlinked and then created again by a late writer).
+        os.kill(pid, SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     return os.waitstatus_to_exitcode(status)
