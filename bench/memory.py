@@ -13,7 +13,9 @@ bench/memprobe.c (compiled with cc into the work directory), which answers
   it stops at its exit (ptrace, PTRACE_O_TRACEEXIT: the address space is still there; nothing
   else is traced, not its children). wait4's ru_maxrss cannot give this: for a reaped child it
   is the largest of the child's and of *the descendants it reaped* (RUSAGE_BOTH), and a
-  launcher reaps its container (kept in the JSON as "launcher+reaped", subtree_kb).
+  launcher reaps its container (kept in the JSON as "launcher+reaped", subtree_kb). VmHWM
+  starts again at each execve: this is the launcher's last program image (ch-run's is the
+  container's /bin/true, which it execs in place; the tree figure keeps the earlier images).
 - **tree**: the largest peak RSS of any process of the start's tree (the launcher, its children,
   the container, helpers such as newuidmap, podman's conmon and cleanup): the probe is the
   child subreaper (PR_SET_CHILD_SUBREAPER), so daemonized helpers come back to it; it reaps
