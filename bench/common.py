@@ -74,11 +74,13 @@ class Agent:
     'mount ...; exec "$@"' sh``, or ``setpriv --reuid U ...``). It stays up for the whole run."""
 
     def __init__(self, name: str, prefix: list[str] = (), python: str = "/usr/bin/python3",
-                 scratch_dir: str | None = None):
+                 scratch_dir: str | None = None, source: str = AGENT_SOURCE):
         self.name = name
         fd, self.err_path = tempfile.mkstemp(prefix=f"agent-{name}-", dir=scratch_dir)
         os.close(fd)
-        self.argv = [*prefix, python, "-I", "-S", "-c", AGENT_SOURCE, self.err_path]
+        # ``source``: another agent speaking the same protocol (bench/memory.py's measures
+        # memory); it answers at least "code", and "stderr" when that is not 0
+        self.argv = [*prefix, python, "-I", "-S", "-c", source, self.err_path]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
 
@@ -153,11 +155,13 @@ def check_peers(peers: list[Peer], agents: dict[str, Agent], progress: Progress)
 
 
 def run_paired(peers: list[Peer], agents: dict[str, Agent], iterations: int, warmup: int,
-               progress: Progress, seed: int = 1) -> dict[str, list[int]]:
-    """Samples (ns) per peer, every available peer once per iteration in a shuffled order.
-    A run that fails during the loop is reported, and its sample dropped."""
+               progress: Progress, seed: int = 1,
+               pick: Callable[[dict], object] = lambda res: res["ns"]) -> dict[str, list]:
+    """Samples (ns, or what ``pick`` takes from the agent's answer) per peer, every available
+    peer once per iteration in a shuffled order. A run that fails during the loop is reported,
+    and its sample dropped."""
     live = [p for p in peers if not p.skip]
-    samples: dict[str, list[int]] = {p.name: [] for p in live}
+    samples: dict[str, list] = {p.name: [] for p in live}
     failures: dict[str, int] = {}
     rng = random.Random(seed)
     for i in range(warmup + iterations):
@@ -172,7 +176,7 @@ def run_paired(peers: list[Peer], agents: dict[str, Agent], iterations: int, war
                              f"{first_error_line(res.get('stderr'))}")
                 continue
             if i >= warmup:
-                samples[peer.name].append(res["ns"])
+                samples[peer.name].append(pick(res))
         if i >= warmup and (i - warmup + 1) % max(1, iterations // 5) == 0:
             progress(f"  {i - warmup + 1}/{iterations} iterations")
     for name, n in failures.items():

@@ -221,6 +221,17 @@ def prepare_images(ws: str, args) -> tuple[dict[str, str], dict[str, str]]:
     return layouts, skipped
 
 
+def make_workspace(prefix: str) -> str:
+    """A work directory the benchmark user can enter, whose name has no "_": podman names the
+    oci: image after its path, and a trailing or doubled "_" is no valid image name."""
+    ws = tempfile.mkdtemp(prefix=prefix)
+    while "_" in os.path.basename(ws):
+        os.rmdir(ws)
+        ws = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(ws, 0o755)
+    return ws
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0:
@@ -229,11 +240,7 @@ def main(argv=None) -> int:
     if missing := common.missing_tools("umoci"):
         say(f"bench start: {missing}")
         return 1
-    ws = tempfile.mkdtemp(prefix="minictr-bench-start-")
-    while "_" in os.path.basename(ws):  # podman names the oci: image after its path, and a
-        os.rmdir(ws)                    # trailing or doubled "_" is no valid image name
-        ws = tempfile.mkdtemp(prefix="minictr-bench-start-")
-    os.chmod(ws, 0o755)
+    ws = make_workspace("minictr-bench-start-")
     report = [f"## Start latency ({common.machine_info()})",
               f"`{' '.join(['python -m bench start', *(argv or [])])}`: {args.iterations} paired "
               f"iterations after {args.warmup} warm-up, median/p90/min in ms, ratios of medians."]

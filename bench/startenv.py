@@ -155,10 +155,11 @@ def cgroup_ns_prefix() -> list[str]:
             f'mount -t tmpfs none {HYBRID_V2} && exec "$@"', "sh"]
 
 
-def start_agents(ws: str, kinds: dict[str, list[str]], owner=None) -> dict[str, Agent]:
+def start_agents(ws: str, kinds: dict[str, list[str]], owner=None,
+                 source: str = common.AGENT_SOURCE) -> dict[str, Agent]:
     agents = {}
     for name, prefix in kinds.items():
-        agent = Agent(name, prefix, scratch_dir=ws)
+        agent = Agent(name, prefix, scratch_dir=ws, source=source)
         if owner is not None:
             agent.chown_scratch(owner.pw_uid, owner.pw_gid)
         agents[name] = agent

@@ -108,3 +108,66 @@ def test_runner_calls_main_with_or_without_argv():
     assert call_main(without_argv, "b", ["-y"]) == 4
     assert call_main(broken, "c", []) == 1
     assert seen == [["-x"], ["-y"]]
+
+
+def test_memory_pick_summary_and_table():
+    from bench import memory
+
+    runs = [memory.pick({"code": 0, "ns": 1, "hwm_kb": kb, "subtree_kb": kb, "tree_kb": kb * 2,
+                         "exit_stop": True, "lingering": False}) for kb in (1024, 3072, 2048)]
+    assert memory.pick({"hwm_kb": -1, "tree_kb": 5})["hwm_kb"] is None     # not measured
+    summary = memory.summarize({"mine": runs, "ref": runs[:1],
+                                "no exit stop": [dict(runs[0], hwm_kb=None)]})
+    assert summary["mine"]["launcher"] == {"median": 2048, "max": 3072, "n": 3}
+    assert summary["mine"]["tree"]["median"] == 4096
+    assert summary["no exit stop"]["launcher"] is None
+    peers = [common.Peer("mine", ["a"]), common.Peer("ref", ["b"]),
+             common.Peer("no exit stop", ["c"]), common.Peer("gone", ["d"], skip="absent")]
+    text = memory.memory_table(peers, summary, ["ref", "missing"])
+    lines = text.splitlines()
+    assert lines[0] == ("| peer | launcher MiB median | max | tree MiB median | max | n "
+                        "| launcher / ref | tree / ref |")
+    assert "| mine | 2.0 | 3.0 | 4.0 | 6.0 | 3 | 2.00x | 2.00x |" in lines
+    assert "| gone | skip |" in text and "- gone: absent" in text
+    assert "- no exit stop: its launcher never stopped at its exit" in text
+
+
+def test_run_paired_keeps_what_pick_takes():
+    class FakeAgent:
+        def time(self, argv, env, cwd=None):
+            return {"code": 0, "ns": 5, "kb": len(argv)}
+
+    peers = [common.Peer("one", ["a"]), common.Peer("two", ["a", "b"])]
+    samples = common.run_paired(peers, {"host": FakeAgent()}, 3, 1, lambda s: None,
+                                pick=lambda res: res["kb"])
+    assert samples == {"one": [1, 1, 1], "two": [2, 2, 2]}
+
+
+def test_memory_probe_measures_the_launcher_and_its_orphans(tmp_path):
+    """bench/memprobe.c through the agent protocol: the launcher's own peak, and a daemonized
+    grandchild's larger one in the tree (sizes, not times, are checked)."""
+    import shutil
+
+    import pytest
+
+    from bench import memory
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    agent = common.Agent("m", python=sys.executable, scratch_dir=str(tmp_path),
+                         source=memory.agent_source(memory.build_probe(str(tmp_path))))
+    env = {"PATH": "/usr/bin:/bin"}
+    big = f"{sys.executable} -I -S -c 'x = bytearray(64 << 20)'"
+    try:
+        small = agent.time(["/bin/true"], env)
+        orphan = agent.time(["/bin/sh", "-c", f"({big}) & exit 0"], env, str(tmp_path))
+        failed = agent.time(["/bin/sh", "-c", "echo boom >&2; exit 3"], env)
+    finally:
+        agent.close()
+    if small["code"] == 126 and "ptrace" in small.get("stderr", ""):
+        pytest.skip("ptrace is not allowed here")
+    assert small["code"] == 0 and small["exit_stop"] and 0 < small["hwm_kb"] < 32 << 10
+    assert small["tree_kb"] < 32 << 10        # not the agent's interpreter (see memprobe.c)
+    assert orphan["code"] == 0 and not orphan["lingering"]
+    assert orphan["hwm_kb"] < 32 << 10 <= orphan["tree_kb"]
+    assert failed["code"] == 3 and "boom" in failed["stderr"]
