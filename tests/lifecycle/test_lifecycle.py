@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.keyrings import own_session_keyring_with_a_secret
 from tests.lifecycle.conftest import reap
 
 pytestmark = pytest.mark.root
@@ -525,34 +526,19 @@ def test_no_pivot_enters_the_bundle_rootfs_and_keeps_no_host_proc_or_sys(runtime
     runtime("delete", "--force", "np1", check=True)
 
 
-def _own_session_keyring_with_a_secret():
-    """preexec_fn: a new session keyring holding a key only its possessors may see (so that
-    /proc/keys shows it to the processes that hold this keyring, and to no one else)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    add_key, keyctl, session = 248, 250, ctypes.c_long(-3)    # KEY_SPEC_SESSION_KEYRING
-    if libc.syscall(keyctl, 1, None) < 0:                     # KEYCTL_JOIN_SESSION_KEYRING
-        os._exit(97)
-    serial = libc.syscall(add_key, b"user", b"mctest-secret", b"s3cret", 6, session)
-    if serial < 0 or libc.syscall(keyctl, 5, ctypes.c_long(serial), 0x3F000000) < 0:
-        os._exit(98)                                          # KEYCTL_SETPERM: possessor all
-
-
 def test_no_new_keyring_shares_the_callers_session_keyring(runtime, bundle):
     """By default the container joins a session keyring of its own, so a key in the caller's
     is not visible in /proc/keys; with --no-new-keyring it keeps the caller's, key and all."""
     host = subprocess.run(["cat", "/proc/keys"], capture_output=True, text=True,
-                          preexec_fn=_own_session_keyring_with_a_secret)
+                          preexec_fn=own_session_keyring_with_a_secret)
     if host.returncode in (97, 98):
         pytest.skip("this kernel has no keyrings for the test to use (CONFIG_KEYS)")
     bundle.edit(lambda s: s["linux"].__setitem__(
         "maskedPaths", [p for p in s["linux"]["maskedPaths"] if p != "/proc/keys"]))
     bundle.command("cat", "/proc/keys")
-    own = run_to_exit(runtime, bundle, "kr1", preexec_fn=_own_session_keyring_with_a_secret)
+    own = run_to_exit(runtime, bundle, "kr1", preexec_fn=own_session_keyring_with_a_secret)
     shared = run_to_exit(runtime, bundle, "kr2", "--no-new-keyring",
-                         preexec_fn=_own_session_keyring_with_a_secret)
+                         preexec_fn=own_session_keyring_with_a_secret)
     assert "_ses" in own and "mctest-secret" not in own, own
     assert "mctest-secret" in shared, shared
 

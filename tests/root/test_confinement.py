@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 
+from tests.keyrings import own_session_keyring_with_a_secret
+
 pytestmark = pytest.mark.root
 if platform.machine() != "x86_64":
     pytest.skip("the probe's syscall numbers are x86-64's", allow_module_level=True)
@@ -152,34 +154,19 @@ def test_an_exec_d_process_never_shows_the_host_interpreter(mc, racer_dir):
     assert (host.st_dev, host.st_ino) not in opened, out
 
 
-def _own_session_keyring_with_a_secret():
-    """preexec_fn: a new session keyring holding a key only its possessors may see (so that
-    /proc/keys shows it to the processes that hold this keyring, and to no one else)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    add_key, keyctl, session = 248, 250, ctypes.c_long(-3)    # KEY_SPEC_SESSION_KEYRING
-    if libc.syscall(keyctl, 1, None) < 0:                     # KEYCTL_JOIN_SESSION_KEYRING
-        os._exit(97)
-    serial = libc.syscall(add_key, b"user", b"mctest-secret", b"s3cret", 6, session)
-    if serial < 0 or libc.syscall(keyctl, 5, ctypes.c_long(serial), 0x3F000000) < 0:
-        os._exit(98)                                          # KEYCTL_SETPERM: possessor all
-
-
 def test_the_launchers_session_keyring_stays_out(mc):
     """Every container joins a session keyring of its own (spawn._join_keyring, as runc
     does): it does not hold the launcher's, so neither its keys. --privileged, so that
     /proc/keys is not masked and keyctl not filtered; the key is shown to a host process that
     holds the launcher's keyring, so the test can see it."""
     host = subprocess.run(["cat", "/proc/keys"], capture_output=True, text=True,
-                          preexec_fn=_own_session_keyring_with_a_secret)
+                          preexec_fn=own_session_keyring_with_a_secret)
     if host.returncode in (97, 98):
         pytest.skip("this kernel has no keyrings for the test to use (CONFIG_KEYS)")
     assert host.returncode == 0 and "mctest-secret" in host.stdout, (host.returncode,
                                                                        host.stdout)
     res = mc("run", "--rm", "--privileged", "busybox:test", "cat", "/proc/keys",
-             preexec_fn=_own_session_keyring_with_a_secret)
+             preexec_fn=own_session_keyring_with_a_secret)
     assert res.returncode == 0, res.stderr
     assert "mctest-secret" not in res.stdout, res.stdout
 
