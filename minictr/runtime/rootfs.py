@@ -87,18 +87,30 @@ NETWORK_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph",
               "fuse.sshfs", "panfs", "wekafs", "9p"}
 
 
+def _mounts(text: str):
+    """(root, mount point, type) of each line of a mountinfo file (proc(5), /proc/PID/mountinfo:
+    field 4 is the root of the mount within its filesystem, field 5 the mount point, the type
+    first after " - ")."""
+    for line in text.splitlines():
+        fields, _, rest = line.partition(" - ")
+        fields = fields.split()
+        if len(fields) >= 5 and rest:
+            yield fields[3], fields[4].replace("\\040", " "), rest.split()[0]
+
+
+def _under(path: str, top: str) -> bool:
+    """``path`` is ``top`` or below it, as paths (not a sibling sharing its prefix)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The type of the filesystem holding ``path``: the longest mount point above it
-    (proc(5), /proc/PID/mountinfo: field 5 is the mount point, after " - " the type)."""
+    """The type of the filesystem holding ``path``: the longest mount point above it."""
     path = os.path.realpath(path)
     best, fstype = "", None
     with open(mountinfo) as f:
-        for line in f:
-            fields, _, rest = line.partition(" - ")
-            point = fields.split()[4].replace("\\040", " ")
-            inside = path == point or path.startswith(point.rstrip("/") + "/")
-            if inside and len(point) >= len(best):
-                best, fstype = point, rest.split()[0]
+        for _, point, kind in _mounts(f.read()):
+            if _under(path, point) and len(point) >= len(best):
+                best, fstype = point, kind
     return fstype
 
 
@@ -359,18 +371,12 @@ def _detach_host_proc_and_sys(kernel, root_path: str, explain: Explain) -> None:
     so each is detached, or covered with a tmpfs where it cannot be, as runc's msMoveRoot does
     (same filter: a mount of the whole filesystem, not under the rootfs)."""
     detached: list[str] = []
-    for line in kernel.read_text("/proc/self/mountinfo").splitlines():
-        fields, _, rest = line.partition(" - ")
-        fields = fields.split()
-        if len(fields) < 5 or not rest or rest.split()[0] not in ("proc", "sysfs"):
-            continue
-        point = fields[4].replace("\\040", " ")
-        inside = point == root_path or point.startswith(root_path.rstrip("/") + "/")
-        if fields[3] != "/" or inside or \
+    for root, point, kind in _mounts(kernel.read_text("/proc/self/mountinfo")):
+        if kind not in ("proc", "sysfs") or root != "/" or _under(point, root_path) or \
                 any(point.startswith(d.rstrip("/") + "/") for d in detached):
             continue                            # the container's own, or already gone
-        _say(explain, f"umount -l {point}  (--no-pivot: no host {rest.split()[0]} stays in "
-                      "this mount namespace)")
+        _say(explain, f"umount -l {point}  (--no-pivot: no host {kind} stays in this mount "
+                      "namespace)")
         try:
             kernel.umount2(point, sc.MNT_DETACH)
         except OSError as err:
