@@ -4,6 +4,7 @@
 What they keep is trusted as it is (a seccomp program is loaded into containers), so a cache
 directory counts only when it is this user's and writable by no one else (it is made 0700),
 and an entry only when it is a regular file of this user's, opened without following a link.
+Entries are named by a sha256 of what they are made from (``sha256`` here, the C one).
 Entries are written to a temporary name (one per pid: a leftover is a dead process's) and
 renamed, so a reader sees a whole entry or none. A cache that cannot be read or written only
 costs time: every failure here is None or False, never an error.
@@ -12,6 +13,14 @@ from __future__ import annotations
 
 import os
 import stat
+
+try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
+    from _sha256 import sha256
+except ImportError:                     # Python 3.12 renamed it
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 
 def _ours(st: os.stat_result, kind) -> bool:

@@ -38,11 +38,7 @@ from __future__ import annotations
 import os
 
 from minictr import cachefiles, jsonio
-
-try:                                    # the C sha256 alone (hashlib would load OpenSSL)
-    from _sha256 import sha256
-except ImportError:                     # pragma: no cover
-    from hashlib import sha256
+from minictr.cachefiles import sha256
 
 FORMAT = 1
 MAX_ENTRIES = 64                        # past this, the oldest entries go when one is written

@@ -24,15 +24,8 @@ from __future__ import annotations
 import os
 
 from minictr import cachefiles, jsonio
+from minictr.cachefiles import sha256
 from minictr.gpu.driver import Driver, DriverRoots, from_plain, still_holds, to_plain
-
-try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
-    from _sha256 import sha256
-except ImportError:                     # Python 3.12 renamed it
-    try:
-        from _sha2 import sha256
-    except ImportError:
-        from hashlib import sha256
 
 FORMAT = 1
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -20,16 +20,9 @@ from __future__ import annotations
 import os
 
 from minictr import cachefiles, jsonio
+from minictr.cachefiles import sha256
 from minictr.runtime import seccomp as seccomp_mod
 from minictr.runtime.seccomp import CompiledFilter
-
-try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
-    from _sha256 import sha256
-except ImportError:                     # Python 3.12 renamed it
-    try:
-        from _sha2 import sha256
-    except ImportError:
-        from hashlib import sha256
 
 _RECORD = "libseccomp"
 _MAGIC = b"minictr-seccomp 1\n"
