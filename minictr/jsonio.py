@@ -26,7 +26,6 @@ class _Decoder:
     parse_int = int
     parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
                       "NaN": float("nan")}.__getitem__
-    memo: dict = {}
 
 
 _scan_once = _json.make_scanner(_Decoder())
@@ -59,8 +58,6 @@ def loads(data: str | bytes | bytearray):
 
         _scan_once(text, start)
         raise
-    finally:
-        _Decoder.memo.clear()
     if text[end:].strip(_WHITESPACE):
         end += len(text[end:]) - len(text[end:].lstrip(_WHITESPACE))
         raise _error("Extra data", text, end)

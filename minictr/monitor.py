@@ -24,15 +24,16 @@ attached `minictr run` does.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
 
+from minictr import jsonio
 from minictr.errors import MinictrError, RuntimeSetupError
 
 
-def detach(body: Callable, *, log_path: str, interactive: bool, forked: list | None = None) -> None:
+def detach(body: Callable, *, log_path: str, interactive: bool,
+           forked: list | None = None) -> None:
     """Fork the monitor, which calls ``body(stdio, out, on_started)``; return once it says the
     container's command runs, or raise the error it reports. ``forked`` gets the monitor's
     pid once it exists: from then on the monitor owns the container's cleanup."""
@@ -55,7 +56,7 @@ def detach(body: Callable, *, log_path: str, interactive: bool, forked: list | N
     if not chunks:
         raise RuntimeSetupError("the container's monitor process died during setup",
                                 hint="run it attached (without -d) to see why")
-    msg = json.loads(b"".join(chunks))
+    msg = jsonio.loads(b"".join(chunks))
     if "error" in msg:
         raise MinictrError(msg["error"], hint=msg.get("hint"), exit_code=msg.get("exit", 125))
 
@@ -64,7 +65,7 @@ def _monitor(body: Callable, status_w: int, log_path: str, interactive: bool) ->
     """The forked monitor; never returns."""
     def send(msg: dict) -> None:
         try:
-            os.write(status_w, json.dumps(msg).encode())
+            os.write(status_w, jsonio.dumps(msg).encode())
             os.close(status_w)
         except OSError:
             pass                         # sent already, or the launcher is gone

@@ -31,7 +31,7 @@ def test_run_path_modules_import_none_of_the_slow_standard_modules():
     re, enum, signal.py, socket.py, shutil, copy, argparse or subprocess."""
     code = ("import sys; import minictr.cli, minictr.api, minictr.spec.builder, "
             "minictr.runtime.lifecycle, minictr.runtime.spawn, minictr.runtime.cleanup, "
-            "minictr.runtime.idmap, "
+            "minictr.runtime.idmap, minictr.monitor, "
             "minictr.image.store; "
             "print(sorted(m for m in ('json', 're', 'enum', 'signal', 'socket', 'shutil', "
             "'copy', 'argparse', 'subprocess', 'typing') if m in sys.modules))")
