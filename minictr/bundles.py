@@ -39,7 +39,6 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
     from minictr.runtime.state import check_id
 
     spec = read_config(bundle)
-    _say_unraisable_ambient(spec, explain)
     if rootless and os.geteuid() != 0:
         spec = with_user_namespace(spec, os.geteuid(), os.getegid(), warn=warn)
     spec, files = with_gpus(spec, bundle, root.dir(check_id(container_id)), warn=warn,
@@ -50,23 +49,6 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
                             systemd_cgroup=systemd_cgroup, rootless=rootless, no_pivot=no_pivot,
                             no_new_keyring=no_new_keyring, on_spawned=on_spawned,
                             files=files, explain=explain)
-
-
-def _say_unraisable_ambient(spec: dict, explain: Explain) -> None:
-    """Ambient capabilities without inheritable and permitted are left out, as runc does: its
-    own `runc spec` example asks for three that way, so saying it at every create would be
-    noise for every such bundle; --debug (and the --log file with it) says it."""
-    if not explain or not isinstance(spec.get("process"), dict):
-        return
-    caps = spec["process"].get("capabilities")
-    if not isinstance(caps, dict):
-        return
-    from minictr.runtime.capabilities import unraisable_ambient
-
-    missing = unraisable_ambient(caps)
-    if missing:
-        explain(f"process.capabilities.ambient: {', '.join(missing)} not also in inheritable "
-                "and permitted: the kernel keeps them out of the ambient set")
 
 
 def with_user_namespace(spec: dict, uid: int, gid: int, *, warn: Explain = None) -> dict:

@@ -100,8 +100,8 @@ def keep_caps_across_setuid(kernel) -> None:
 
 def unraisable_ambient(caps: dict) -> list[str]:
     """The spec's ambient capabilities the kernel will refuse to raise: those not also in
-    both inheritable and permitted. The launcher warns of them before the container starts
-    (apply_sets goes on without them, as runc does)."""
+    both inheritable and permitted. create and exec name them under --debug/--explain
+    (lifecycle._check_capabilities); apply_sets goes on without them, as runc does."""
     allowed = ({c.upper() for c in caps.get("inheritable") or ()}
                & {c.upper() for c in caps.get("permitted") or ()})
     return sorted({c.upper() for c in caps.get("ambient") or ()} - allowed)
@@ -131,7 +131,7 @@ def apply_sets(kernel, caps: dict, explain: Explain) -> None:
         # runc's own example spec lists ambient caps with an empty inheritable set; the kernel
         # refuses those (EPERM) and runc goes on without them (1.1 silently, later with a
         # warning), so a refusal is not fatal here either: the set stays as the kernel says,
-        # and the launcher has warned (unraisable_ambient).
+        # and the launcher has said so under --debug (unraisable_ambient).
         try:
             kernel.cap_ambient_raise(num)
         except OSError:

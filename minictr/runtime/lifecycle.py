@@ -127,7 +127,7 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
     validate.check(spec)
     spec = with_default_devices(spec)
     process = spec["process"]
-    _check_capabilities(process, spec)
+    _check_capabilities(process, spec, explain)
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given",
                          hint="give --console-socket PATH, or set terminal to false")
@@ -285,12 +285,20 @@ def write_container_file(root: StateRoot, container_id: str, name: str, data: by
         f.write(data)
 
 
-def _check_capabilities(process: dict, spec: dict) -> None:
+def _check_capabilities(process: dict, spec: dict, explain: Explain = None) -> None:
+    """The capabilities the launcher cannot give fail here; ambient ones the kernel will keep
+    out (not also inheritable and permitted, as in `runc spec`'s own example, so not worth a
+    warning at every create) are said under --debug/--explain, then left out as runc does."""
     from minictr.runtime import capabilities
 
+    caps = process.get("capabilities") or {}
     new_userns = any(ns.get("type") == "user" and not ns.get("path")
                      for ns in (spec.get("linux") or {}).get("namespaces", ()))
-    capabilities.check_held(process.get("capabilities") or {}, new_userns)
+    capabilities.check_held(caps, new_userns)
+    missing = capabilities.unraisable_ambient(caps)
+    if missing and explain:
+        explain(f"process.capabilities.ambient: {', '.join(missing)} not also in inheritable "
+                "and permitted: the kernel keeps them out of the ambient set")
 
 
 def release_network(root: StateRoot, container_id: str, attached=None, kernel=None) -> None:
@@ -568,7 +576,7 @@ def exec_process(root: StateRoot, container_id: str, process: dict, *, attached:
         raise NotRunning(f"cannot exec in container {container_id}: it is {now}")
     spec = root.read_config(container_id)
     validate.check(dict(spec, process=process))
-    _check_capabilities(process, spec)
+    _check_capabilities(process, spec, explain)
     if process.get("terminal") and not attached and not console_socket:
         raise UsageError("process.terminal is true but no --console-socket was given")
     entries = spawn_mod.joined_namespaces(st["pid"], spec.get("linux", {}).get("namespaces", []))
