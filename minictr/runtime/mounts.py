@@ -209,6 +209,8 @@ def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Expl
     cleared: the kernel may lock them, from a more privileged user namespace), and read-only is
     what the options say. False when the kernel lacks the calls (ENOSYS: before Linux 5.12):
     the caller binds and remounts instead."""
+    if getattr(kernel, "detached_binds_missing", False):
+        return False                    # found out at an earlier mount of this start
     attrs = sum(attr for ms, attr in _ATTRS.items() if flags & ms)
     clear = 0 if flags & sc.MS_RDONLY else sc.MOUNT_ATTR_RDONLY
     clone = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | (
@@ -217,6 +219,7 @@ def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Expl
         tree = kernel.open_tree(sc.AT_FDCWD, source, clone)
     except OSError as err:
         if err.errno == errno.ENOSYS:
+            kernel.detached_binds_missing = True
             return False
         raise
     try:
@@ -224,6 +227,9 @@ def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Expl
             kernel.mount_setattr(tree, "", sc.AT_EMPTY_PATH, attrs, clear)
         except OSError as err:
             if err.errno == errno.ENOSYS:
+                # Linux 5.2-5.11 have open_tree but not mount_setattr: without this, every
+                # later bind would clone its source tree again only to throw it away
+                kernel.detached_binds_missing = True
                 return False
             raise
         _say(explain, f"mount --bind {source} {label}  [{sc.flag_names(attrs, sc.MOUNT_ATTR_NAMES)}"
