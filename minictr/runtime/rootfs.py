@@ -14,15 +14,14 @@ store entry, shared by every image with that ChainID.)
 """
 from __future__ import annotations
 
+import _signal  # signal.py's C core (signal.py imports enum: ~3 ms)
 import errno
 import os
-from minictr.records import record
 from collections.abc import Callable
 
-from minictr.runtime import mounts
+from minictr.records import record
+from minictr.runtime import capabilities, mounts
 from minictr.runtime import syscalls as sc
-
-SIGKILL = 9                             # not signal.py, which imports enum (~3 ms)
 
 Explain = Callable[[str], None] | None
 
@@ -444,7 +443,7 @@ def run_over_layers(kernel, lowerdirs: tuple[str, ...], mountpoint: str, argv: l
             _say(explain, " ".join(argv))
             # A killed caller takes its writer along (set last: a change of credentials, such
             # as entering the user namespace, clears it; it survives execve).
-            kernel.set_pdeathsig(SIGKILL)
+            capabilities.die_with_parent(kernel)
             if os.getppid() != parent:
                 os._exit(125)
             os.execvp(argv[0], argv)
@@ -458,7 +457,7 @@ def run_over_layers(kernel, lowerdirs: tuple[str, ...], mountpoint: str, argv: l
     except BaseException:
         # Interrupted (Ctrl-C): the writer goes first, so no file of its outlives the caller's
         # cleanup (an export's temporary, unlinked and then created again by a late writer).
-        os.kill(pid, SIGKILL)
+        os.kill(pid, _signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
     return os.waitstatus_to_exitcode(status)
