@@ -808,7 +808,9 @@ def _cached_plan(paths: Paths, opts, container_id: str, pull_policy: str, dry_ru
 
     if not plancache.cacheable(opts, pull_policy):
         return None, None
-    key = plancache.key_of(plancache.key_material(paths, opts))
+    key = plancache.key(paths, opts)
+    if key is None:
+        return None, None
     p = plancache.load(paths, key, container_id)
     if p is None:
         return None, (key, False)
@@ -832,7 +834,7 @@ def _keep_plan(paths: Paths, opts, cached: tuple, p: Plan) -> None:
     from minictr import plancache
 
     key = cached[0]
-    if plancache.key_of(plancache.key_material(paths, opts)) != key:
+    if plancache.key(paths, opts) != key:
         return
     files, etc_notes = _etc_files_for(p, opts)
     n = len(p.notes) - len(etc_notes)

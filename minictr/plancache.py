@@ -12,9 +12,9 @@ What a plan depends on, and so what the key holds (``key_material``):
   manifest digest and never rewritten);
 - the host facts the plan reads: the launcher's capabilities and RLIMIT_NOFILE ceiling, its
   ids, the rootless id maps (/etc/subuid, /etc/subgid, the helpers), the kernel (seccomp rules
-  depend on its version and architecture), the host name, MINICTR_OVERLAY, SLURM_JOB_ID,
-  whether minictr's init is installed;
-- minictr's own code: the size and mtime of every file of the package.
+  depend on its version and architecture), the host name, MINICTR_OVERLAY, SLURM_JOB_ID;
+- minictr's own code: the size and mtime of every file of the package (mcinit among them, so
+  whether minictr's init is installed too).
 
 Only plans that read nothing else are cached (``cacheable``): no -v, --mount, --env-file,
 -e KEY without a value, --device, --gpus, --security-opt, -p, --network bridge or
@@ -89,11 +89,19 @@ def code_signature(top: str = PACKAGE) -> list:
     return out
 
 
+def key(paths, opts) -> str | None:
+    """The entry's key for these options; None when minictr's own files cannot all be read
+    (a dangling link, say): then no cache, as a cache costs only time, never a failed run."""
+    try:
+        return key_of(key_material(paths, opts))
+    except OSError:
+        return None
+
+
 def key_material(paths, opts) -> list:
     """Everything a cacheable plan is made from (see the module's docstring)."""
     from minictr import host
     from minictr.api import _overlay_driver
-    from minictr.config import INIT_BINARY
 
     maps = None
     if paths.rootless and opts.userns != "host":
@@ -104,7 +112,6 @@ def key_material(paths, opts) -> list:
     return [FORMAT, list(opts), [paths.store, paths.state, paths.rootless],
             [os.geteuid(), os.getegid()], list(host.launcher_limits(paths.rootless)), maps,
             list(os.uname()), _overlay_driver(), "SLURM_JOB_ID" in os.environ,
-            os.path.exists(INIT_BINARY),
             _signature(os.path.join(store_images, "tags.json")),
             _signature(os.path.join(store_images, "records")),
             code_signature()]

@@ -174,3 +174,17 @@ def test_the_cache_keeps_a_bounded_number_of_entries(paths):
         assert cachefiles.write(os.path.join(directory, f"{i:064x}.json"), b"{}")
     plancache._prune(directory, keep=3)
     assert len(os.listdir(directory)) == 3
+
+
+def test_unreadable_minictr_files_mean_no_cache_not_a_failed_run(paths, tmp_path, monkeypatch):
+    """A dangling link among minictr's own files makes the code signature unreadable: the run
+    goes on without the cache instead of failing on it."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    os.symlink(tmp_path / "gone", pkg / "mcinit")
+    with pytest.raises(OSError):
+        plancache.code_signature(str(pkg))
+    real = plancache.code_signature
+    monkeypatch.setattr(plancache, "code_signature", lambda: real(str(pkg)))
+    assert plancache.key(paths, OPTS) is None
+    assert api._cached_plan(paths, OPTS, "b" * 64, "missing", False) == (None, None)
