@@ -42,7 +42,8 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
     if rootless and os.geteuid() != 0:
         spec = with_user_namespace(spec, os.geteuid(), os.getegid(), warn=warn)
     spec, files = with_gpus(spec, bundle, root.dir(check_id(container_id)), warn=warn,
-                            cache_dir=os.path.join(root.path, ".cache", "gpu"))
+                            cache_dir=os.path.join(root.path, ".cache", "gpu"),
+                            explain=explain)
     return lifecycle.create(root, container_id, spec, bundle=bundle,
                             console_socket=console_socket, pid_file=pid_file,
                             preserve_fds=preserve_fds, attached=attached,
@@ -84,7 +85,7 @@ def with_user_namespace(spec: dict, uid: int, gid: int, *, warn: Explain = None)
 
 def with_gpus(spec: dict, bundle: str, files_dir: str, *, warn: Explain = None,
               env: dict[str, str] | None = None, settings=None, allocation=None,
-              cache_dir: str | None = None):
+              cache_dir: str | None = None, explain: Explain = None):
     """The GPU request an engine wrote into config.json (cdi.k8s.io/ annotations, device-list
     mounts, NVIDIA_VISIBLE_DEVICES..., docker --gpus' hook), resolved by the same path as
     `minictr run --gpus` (gpu/resolve.py). Returns (spec, files for the container's state
@@ -92,7 +93,8 @@ def with_gpus(spec: dict, bundle: str, files_dir: str, *, warn: Explain = None,
 
     Inside a Slurm job (SLURM_JOB_ID in process.env: Slurm appends the job's environment) the
     GPUs are narrowed to the job's allocation on this node (hpc/slurm.container_allocation).
-    ``cache_dir``: the state root's discovery cache (gpu/driver_cache.py), None for none."""
+    ``cache_dir``: the state root's discovery cache (gpu/driver_cache.py), None for none;
+    ``explain`` hears its notes (a cache hit or a discovery), as `minictr run --explain` does."""
     from minictr.spec import gpu_request
 
     inputs = gpu_request.find(spec)
@@ -109,6 +111,8 @@ def with_gpus(spec: dict, bundle: str, files_dir: str, *, warn: Explain = None,
         spec, inputs, read_file=rootfs_reader(spec, bundle), files_dir=files_dir,
         settings=settings or load_settings(env=env), warn=warn, cache_dir=cache_dir,
         allocation=allocation or (lambda: slurm.container_allocation(spec_env, env)))
+    for note in resolved.notes if explain else ():
+        explain(note)
     return resolved.spec, resolved.files
 
 

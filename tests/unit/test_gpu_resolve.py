@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from minictr import api
+from minictr import api, bundles
 from minictr.errors import GPUError
 from minictr.gpu import cdi, discover, resolve
 from minictr.gpu.request import GpuSettings
@@ -96,6 +96,20 @@ def test_minictr_run_and_a_bundle_take_the_same_path(fake, tmp_path):
     assert a["linux"] == b["linux"] and a["mounts"] == b["mounts"]
     assert a["process"]["env"] == b["process"]["env"]
     assert a["annotations"][gpu_request.ANNOTATION_SOURCE] == "--gpus"
+
+
+def test_a_bundle_s_explain_hears_the_discovery_notes_as_run_s_does(fake, tmp_path):
+    """minictr-runc create --debug says whether the driver came from the discovery cache,
+    as `minictr run --explain` does (the notes were made, then dropped)."""
+    (tmp_path / "bundle" / "rootfs").mkdir(parents=True)
+    said = []
+    for _ in range(2):
+        bundles.with_gpus(bundle_spec(env=["NVIDIA_VISIBLE_DEVICES=1"]), str(tmp_path / "bundle"),
+                          str(tmp_path / "state"), settings=GpuSettings(fake.roots),
+                          allocation=lambda: None, cache_dir=str(tmp_path / "cache"),
+                          explain=said.append)
+    assert any("discovered" in note for note in said), said
+    assert any("from the discovery cache" in note for note in said), said
 
 
 def test_resolving_its_own_output_again_changes_nothing(fake, tmp_path):
