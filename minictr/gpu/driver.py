@@ -178,14 +178,15 @@ def _listing(path: str) -> list[str]:
         return []
 
 
-def _link(path: str) -> str | None:
+def readlink(path: str) -> str | None:
+    """The link's target, None when ``path`` is not a link (or cannot be read)."""
     try:
         return os.readlink(path)
     except OSError:
         return None
 
 
-_ASK = {"stat": _identity, "text": _text, "list": _listing, "link": _link}
+_ASK = {"stat": _identity, "text": _text, "list": _listing, "link": readlink}
 
 
 class HostFiles:

@@ -25,7 +25,8 @@ import os
 
 from minictr import cachefiles, jsonio
 from minictr.cachefiles import sha256
-from minictr.gpu.driver import Driver, DriverRoots, from_plain, still_holds, to_plain
+from minictr.gpu.driver import (Driver, DriverRoots, HostFiles, from_plain, still_holds,
+                                to_plain)
 
 FORMAT = 1
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,8 +49,6 @@ def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None,
             note(f"GPU driver {hit.version}: from the discovery cache {path} (every file "
                  "discovery read is unchanged)")
         return hit
-    from minictr.gpu.driver import HostFiles
-
     host = HostFiles(roots)
     driver = _discover(discover_fn, roots, host)
     write_entry(path, driver, host.witnesses)
@@ -62,7 +61,7 @@ def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None,
 def _discover(discover_fn, roots, host):
     if discover_fn is None:
         from minictr.gpu.discover import discover as discover_fn
-    return discover_fn(roots, host) if host is not None else discover_fn(roots)
+    return discover_fn(roots, host)
 
 
 def entry_path(cache_dir: str, roots: DriverRoots) -> str | None:

@@ -13,7 +13,7 @@ from collections import deque
 
 from minictr.gpu import capabilities as caps
 from minictr.gpu import elf, ldcache
-from minictr.gpu.driver import HostFiles, Library
+from minictr.gpu.driver import HostFiles, Library, readlink
 
 _KEEP = ldcache.key_pattern(caps.ALL_STEMS)
 FALLBACK_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "lib/x86_64-linux-gnu", "lib64",
@@ -39,7 +39,7 @@ def resolve_in_root(root: str, path: str, max_links: int = 40,
                 cur.pop()
             continue
         link = os.path.join(root, *cur, part)
-        target = host.readlink(link) if host is not None else _readlink(link)
+        target = host.readlink(link) if host is not None else readlink(link)
         if target is None:
             cur.append(part)
             continue
@@ -50,13 +50,6 @@ def resolve_in_root(root: str, path: str, max_links: int = 40,
             cur = []
         parts.extendleft(reversed([p for p in target.split("/") if p]))
     return os.path.join(root, *cur)
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
 
 
 def _from_cache(host: HostFiles, driver_root: str, version: str, warnings: list[str],
@@ -117,11 +110,11 @@ def _from_dirs(host: HostFiles, driver_root: str, version: str, files: dict,
     return used
 
 
-def read_libraries(roots, version: str, warnings: list[str], host: HostFiles | None = None):
+def read_libraries(roots, version: str, warnings: list[str], host: HostFiles):
     """The driver's libraries, grouped by real file, and the stale copies (version suffix !=
-    kernel module version) that were left out. The loader cache first; if it lists neither
-    libcuda nor libnvidia-ml of this version, the usual directories are listed too."""
-    host = host or HostFiles(roots)
+    kernel module version) that were left out, read through ``host``. The loader cache first;
+    if it lists neither libcuda nor libnvidia-ml of this version, the usual directories are
+    listed too."""
     files: dict[str, dict] = {}
     stale: dict[str, None] = {}
     _from_cache(host, roots.driver_root, version, warnings, files, stale)
