@@ -78,14 +78,12 @@ def check(interpreter: str, paths: list[str]) -> None:
 def write(bindir: str, interpreter: str, paths: list[str]) -> list[str]:
     """Write each command into ``bindir`` (atomically: a run that starts meanwhile sees the old
     script or the new one) and return their paths."""
+    from minictr.image.files import atomic_write
+
     written = []
     for command, module in COMMANDS.items():
         path = os.path.join(bindir, command)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(launcher_text(module, interpreter, paths))
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, path)
+        atomic_write(path, launcher_text(module, interpreter, paths).encode(), 0o755)
         written.append(path)
     return written
 
