@@ -53,17 +53,18 @@ def resolve_in_root(root: str, path: str, max_links: int = 40,
 
 
 def _from_cache(host: HostFiles, driver_root: str, version: str, warnings: list[str],
-                files: dict, stale: dict) -> None:
-    """Libraries the driver root's loader cache lists (its keys are the SONAMEs)."""
+                files: dict, stale: dict) -> bool:
+    """Libraries the driver root's loader cache lists (its keys are the SONAMEs). Returns
+    whether the driver root has a loader cache at all."""
     cache_path = os.path.join(driver_root, "etc/ld.so.cache")
     data = host.data(cache_path)
     if data is None:
-        return
+        return False
     try:
         entries = ldcache.parse(data, _KEEP)
     except ldcache.LdCacheError as err:
         warnings.append(f"{cache_path}: {err}")
-        return
+        return True
     for e in entries:
         stem = e.key.split(".so")[0]
         if e.key.endswith(".so") or stem not in caps.STEM_CAPABILITY:
@@ -79,6 +80,7 @@ def _from_cache(host: HostFiles, driver_root: str, version: str, warnings: list[
         lib = files.setdefault(real, {"stem": stem, "x86_64": e.is_x86_64, "sonames": []})
         if e.key != name and e.key not in lib["sonames"]:
             lib["sonames"].append(e.key)
+    return True
 
 
 def _from_dirs(host: HostFiles, driver_root: str, version: str, files: dict,
@@ -117,10 +119,12 @@ def read_libraries(roots, version: str, warnings: list[str], host: HostFiles):
     listed too."""
     files: dict[str, dict] = {}
     stale: dict[str, None] = {}
-    _from_cache(host, roots.driver_root, version, warnings, files, stale)
+    has_cache = _from_cache(host, roots.driver_root, version, warnings, files, stale)
     if not {v["stem"] for v in files.values()} & set(caps.ESSENTIAL.values()):
         used = _from_dirs(host, roots.driver_root, version, files, stale)
-        if used:
+        # a driver root with no loader cache of its own (a container platform's
+        # /usr/local/nvidia) is meant to be listed; one whose cache omits them is stale
+        if used and has_cache:
             warnings.append("driver libraries are not in the driver root's ld.so.cache; found "
                             "them in " + ", ".join("/" + d for d in used))
         elif not files:

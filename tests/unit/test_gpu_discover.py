@@ -130,7 +130,20 @@ def test_libraries_outside_the_loader_cache_are_found_by_listing(tmp_path):
     assert set(libs) == {"libcuda", "libnvidia-ml"}
     assert libs["libcuda"].sonames == ("libcuda.so.1",)
     assert libs["libcuda"].host_path.endswith("usr/local/nvidia/lib64/libcuda.so.580.65.06")
-    assert any("/usr/local/nvidia/lib64" in w for w in d.warnings)
+    assert any("/usr/local/nvidia/lib64" in w for w in d.warnings)   # a cache that omits them
+
+
+def test_a_driver_root_without_a_loader_cache_is_listed_without_a_warning(tmp_path):
+    """--nvidia-driver-root /usr/local/nvidia as container platforms mount it (seen on a GPU
+    machine): no etc/ld.so.cache of its own, so listing lib64 is the designed path, not a fault
+    to warn about on every run."""
+    fake = fakedriver.build(str(tmp_path), libdir="/lib64", in_cache=False, stale=False)
+    os.unlink(os.path.join(fake.roots.driver_root, "etc/ld.so.cache"))
+    d = discover.discover(fake.roots)
+    libs = {lib.stem: lib for lib in d.libraries}
+    assert set(libs) == {"libcuda", "libnvidia-ml"}
+    assert libs["libcuda"].host_path.endswith("/lib64/libcuda.so.580.65.06")
+    assert not any("ld.so.cache" in w for w in d.warnings), d.warnings
 
 
 def test_elf_soname_reader():
