@@ -74,8 +74,17 @@ export MINICTR_ROOT=$W/store MINICTR_STATE=$W/state
 step nvcc 120 nvcc -O2 -arch=sm_90 -gencode arch=compute_90,code=compute_90 -o /opt/gpucheck/vecadd "$G/vecadd.cu" \
   || cp "$G/vecadd.prebuilt" /opt/gpucheck/vecadd
 step vecadd-outside 30 /opt/gpucheck/vecadd
-BINS="/opt/gpucheck/vecadd /bin/sh /bin/true /bin/ls /bin/cat /usr/bin/env"
-step image 90 "$PY" -m rootfs_tools host-binaries "$W/img" $BINS --tag latest
+# A glibc image as CUDA images are: the libraries libcuda and nvidia-smi load from the image
+# (libpthread, libdl, librt, libm) and an os-release (Ubuntu: libraries go to the multiarch dir).
+# img-bare has no os-release: libraries go to /usr/lib64, found only through minictr's ld.so.cache.
+BINS="/opt/gpucheck/vecadd /bin/sh /bin/true /bin/ls /bin/cat /usr/bin/env /usr/bin/id"
+for l in libpthread.so.0 libdl.so.2 librt.so.1 libm.so.6; do
+  for d in /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib64; do
+    [ -e "$d/$l" ] && { BINS="$BINS $d/$l"; break; }
+  done
+done
+step image 90 "$PY" -m rootfs_tools host-binaries "$W/img" $BINS /etc/os-release --tag latest
+step image-bare 90 "$PY" -m rootfs_tools host-binaries "$W/img-bare" $BINS --tag latest
 REF=oci:$W/img:latest
 step run-nogpu-true 30 "$MC" run --rm "$REF" /bin/true
 step run-nogpu-ls-dev 30 "$MC" run --rm "$REF" /bin/ls /dev
@@ -86,30 +95,57 @@ step run-gpus-0-smi 30 "$MC" run --rm --gpus 0 "$REF" nvidia-smi -L
 step run-gpus-all-vecadd 30 "$MC" run --rm --gpus all "$REF" /opt/gpucheck/vecadd
 step run-gpus-0-vecadd 30 "$MC" run --rm --gpus 0 "$REF" /opt/gpucheck/vecadd
 step run-nogpu-vecadd 30 "$MC" run --rm "$REF" /opt/gpucheck/vecadd
-step run-gpus-all-ls 30 "$MC" run --rm --gpus all "$REF" /bin/ls -la /dev /dev/nvidia-caps
+step run-bare-gpus-all-vecadd 30 "$MC" run --rm --gpus all "oci:$W/img-bare:latest" /opt/gpucheck/vecadd
+step run-bare-gpus-all-smi 30 "$MC" run --rm --gpus all "oci:$W/img-bare:latest" nvidia-smi -L
+# a non-root user: rootless minictr (no subordinate ids needed) with --gpus all
+id gpucheck >/dev/null 2>&1 || useradd -m gpucheck
+chmod -R a+rX "$G" "$REPO/minictr" "$REPO/rootfs_tools" 2>/dev/null; chmod a+rx "$REPO" "$(dirname "$REPO")"
+mkdir -p /tmp/gpucheck-user && chown gpucheck /tmp/gpucheck-user && chmod a+rx "$W" && chmod -R a+rX "$W/img"
+step rootless-gpus-all-vecadd 60 runuser -u gpucheck -- env MINICTR_ROOT=/tmp/gpucheck-user/store \
+  MINICTR_STATE=/tmp/gpucheck-user/state "$MC" run --rm --gpus all "$REF" /opt/gpucheck/vecadd
+step rootless-gpus-0-smi 60 runuser -u gpucheck -- env MINICTR_ROOT=/tmp/gpucheck-user/store \
+  MINICTR_STATE=/tmp/gpucheck-user/state "$MC" run --rm --gpus 0 "$REF" sh -c 'id; nvidia-smi -L'
+step run-gpus-all-ls 30 "$MC" run --rm --gpus all "$REF" /bin/ls -la /dev   # no nvidia-caps: only MIG needs them
 step explain 30 "$MC" run --rm --gpus all --explain "$REF" nvidia-smi -L > "$OUT/explain.txt" 2>&1
 cat "$OUT/explain.txt"
 step spec 30 "$MC" spec --gpus all "$REF" nvidia-smi -L > "$OUT/spec-gpus-all.json" 2>&1
 head -c 6000 "$OUT/spec-gpus-all.json"; echo
 
-# ---- 4. start-up cost of --gpus all against none (10 runs each, ms)
-timing() {
-  { set +x; } 2>/dev/null
-  local label=$1; shift
-  local i t0 t1 rcs="" times=""
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    [ $(( $(date +%s) - START )) -gt $(( BUDGET - 15 )) ] && break
-    t0=$(date +%s%N); timeout 30 "$MC" run --rm "$@" "$REF" /bin/true >/dev/null 2>&1; rc=$?; t1=$(date +%s%N)
-    times="$times $(( (t1 - t0) / 1000000 ))"; rcs="$rcs $rc"
-  done
-  echo "$times" | tr ' ' '\n' | grep . | sort -n | awk -v l="$label" -v r="$rcs" \
-    '{a[NR]=$1; s+=$1} END {if (NR) printf "timing %-10s n=%d mean=%.0fms median=%sms min=%sms max=%sms rcs=%s\n", l, NR, s/NR, a[int((NR+1)/2)], a[1], a[NR], r}' \
-    | tee -a "$SUMMARY"
-  set -x
+# ---- 4. start-up cost of --gpus all against none: paired rounds in random order, wall and CPU
+# (the child's user+sys), the store on this machine's disk and on tmpfs; and where a start goes
+paired() {  # paired LABEL ROUNDS: MINICTR_ROOT/MINICTR_STATE as exported
+  "$PY" - "$1" "$2" "$MC" "$REF" <<'PYEOF'
+import os, random, resource, statistics, subprocess, sys, time
+label, rounds, mc, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+kinds = {"none": [], "gpus-all": ["--gpus", "all"]}
+res = {k: [] for k in kinds}
+for k in kinds:      # warm-up: the image into this store, the discovery and plan caches
+    subprocess.run([mc, "run", "--rm", *kinds[k], ref, "/bin/true"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+for _ in range(rounds):
+    order = list(kinds); random.shuffle(order)
+    for k in order:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN); t0 = time.perf_counter()
+        rc = subprocess.run([mc, "run", "--rm", *kinds[k], ref, "/bin/true"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        t1 = time.perf_counter(); r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+        res[k].append(((t1 - t0) * 1000, cpu * 1000, rc))
+med = lambda xs: statistics.median(xs)
+for k, v in res.items():
+    print(f"paired {label:5} {k:8} n={len(v)} wall median={med([w for w, _, _ in v]):.1f}ms "
+          f"cpu median={med([c for _, c, _ in v]):.1f}ms rcs={sorted(set(r for *_, r in v))}")
+dw = [g[0] - n[0] for n, g in zip(res["none"], res["gpus-all"])]
+dc = [g[1] - n[1] for n, g in zip(res["none"], res["gpus-all"])]
+print(f"paired {label:5} gpus-all minus none: wall median={med(dw):+.1f}ms cpu median={med(dc):+.1f}ms")
+PYEOF
 }
-timing none
-timing gpus-all --gpus all
-timing none-again
+[ $(( $(date +%s) - START )) -lt $(( BUDGET - 90 )) ] && paired disk 25 | tee -a "$SUMMARY"
+mkdir -p /dev/shm/gpucheck
+[ $(( $(date +%s) - START )) -lt $(( BUDGET - 60 )) ] && MINICTR_ROOT=/dev/shm/gpucheck/store \
+  MINICTR_STATE=/dev/shm/gpucheck/state paired tmpfs 25 | tee -a "$SUMMARY"
+step version-x10 30 sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do "$0" --version >/dev/null; done' "$MC"
+"$PY" -X importtime -c 'import minictr.cli' 2> "$OUT/importtime.txt"; sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -12
 
 set +x
 echo "== total $(( $(date +%s) - START ))s"
