@@ -378,6 +378,11 @@ class Store:
                   "layers": [l._asdict() for l in layers], "loaded": int(time.time()),
                   "size": sum(self._layer_meta(l.chain_id).get("unpacked_size", 0)
                               for l in layers)}
+        if self._recorded(manifest_digest, config_desc["digest"], record, refs):
+            # `run oci:DIR:TAG` and `run --pull always` import the same image at every run:
+            # nothing is written (two fsyncs and the tag index's lock, each time, before)
+            return self._make_record(self._load_record(manifest_digest) or record, config,
+                                     refs[0] if refs else None)
         try:
             with self._writing():
                 if missing := [l.chain_id for l in layers if not self.has_layer(l.chain_id)]:
@@ -398,6 +403,19 @@ class Store:
             if not self._imports:
                 self.close()
         return self._make_record(record, config, refs[0] if refs else None)
+
+    def _recorded(self, manifest_digest: str, config_digest: str, record: dict,
+                  refs: list[str]) -> bool:
+        """Whether the store holds this image already, exactly: its blobs, a record with the
+        same layers, and every name in ``refs`` pointing at it."""
+        existing = self._load_record(manifest_digest)
+        if existing is None or existing.get("layers") != record["layers"] \
+                or existing.get("id") != record["id"]:
+            return False
+        if not (self.has_blob(manifest_digest) and self.has_blob(config_digest)):
+            return False
+        tags = self._read_tags()
+        return all(tags.get(r) == manifest_digest for r in refs)
 
     @contextlib.contextmanager
     def _tags_lock(self):

@@ -180,6 +180,27 @@ def test_add_image_verifies_config(store):
         store.add_image(["y"], image.manifest, image.config + b" ")
 
 
+def test_adding_an_image_the_store_holds_writes_nothing(store, monkeypatch):
+    """`run oci:DIR:TAG` imports the same image at every run: the second add_image finds its
+    blobs, record and names and writes nothing (no fsync, no tag lock); a new name, or a blob
+    gone, is written as before."""
+    image = f.make_image(f.BUSYBOXISH[:1])
+    first = import_image(store, image)
+    writes = []
+    real = atomic_write.__globals__["atomic_write"]
+    monkeypatch.setitem(Store.add_image.__globals__, "atomic_write",
+                        lambda *a, **k: (writes.append(a[0]), real(*a, **k)))
+    again = store.add_image(["localhost/t:latest"], image.manifest, image.config)
+    assert writes == [] and again.id == first.id and again.name == first.name
+    store.add_image(["localhost/t:latest", "localhost/t:2"], image.manifest, image.config)
+    assert [os.path.basename(w) for w in writes][-1] == "tags.json"
+    assert store.resolve("localhost/t:2").id == first.id
+    writes.clear()
+    os.unlink(store.blob_path(json.loads(image.manifest)["config"]["digest"]))
+    store.add_image(["localhost/t:latest"], image.manifest, image.config)
+    assert writes and store.has_blob(json.loads(image.manifest)["config"]["digest"])
+
+
 def test_resolve_by_name_id_prefix_and_digest(store):
     image = f.make_image(f.BUSYBOXISH)
     import_image(store, image, names=["busybox:1.36", "ghcr.io/o/r:t"])
