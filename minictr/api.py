@@ -37,6 +37,7 @@ class Plan:
     notes: tuple = ()          # what the plan chose that --explain should say
     network: object = None     # runtime.network.NetworkPlan: what connects its namespace
     dns_driver: str = "default"  # the network as spec.network.nameservers() names it
+    gpu_request: bool = False  # the spec holds a GPU request with_gpus has yet to resolve
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -396,11 +397,14 @@ def _warn_platform(image, requested: str | None, warn: Explain) -> None:
 
 def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", progress=None,
          container_id: str | None = None, files_dir: str | None = None,
-         warn: Explain = None) -> Plan:
+         warn: Explain = None, gpus: bool = True) -> Plan:
     """Image config + options (+ GPU, CDI and device edits) → the OCI runtime spec to execute.
 
     ``files_dir``: where the spec says the files of ``Plan.files`` are (default: the
     container's state directory, where `run` has create write them). Nothing is written here.
+    ``gpus=False``: the plan before its GPU request is resolved (``with_gpus``), which is what
+    the plan cache keeps: the request depends on the options, its resolution on the host's
+    driver of the moment.
     """
     from minictr import host
     from minictr.config import INIT_BINARY
@@ -486,19 +490,39 @@ def plan(paths: Paths, opts, *, gpu_roots=None, pull_policy: str = "never", prog
     # Engine data rides in the annotations: the runtime executes the spec and knows no images.
     spec["annotations"] = {**spec.get("annotations", {}), ANNOTATION_NAME: name,
                            ANNOTATION_IMAGE: image_name, ANNOTATION_LAYERS: ",".join(chain_ids)}
-    inputs = gpu_request.find(spec)
-    if inputs is not None:                # the one GPU request path (gpu/resolve.py)
-        from minictr.gpu import resolve
+    p = Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
+             image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files,
+             notes=tuple(notes), network=network, dns_driver=dns_driver,
+             gpu_request=gpu_request.find(spec) is not None)
+    if not gpus:
+        return p
+    return with_gpus(paths, p, read_file, gpu_roots=gpu_roots, files_dir=files_dir, warn=warn)
 
-        resolved = resolve.resolve(
-            spec, inputs, read_file=read_file, files_dir=files_dir,
-            settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation,
-            cache_dir=os.path.join(paths.state, ".cache", "gpu"))
-        spec, files = resolved.spec, files + tuple(resolved.files)
-        notes += resolved.notes
-    return Plan(spec=spec, rootfs=rootfs, container_id=container_id, name=name,
-                image=image_name, layers=chain_ids, keep_fds=keep_fds, files=files,
-                notes=tuple(notes), network=network, dns_driver=dns_driver)
+
+def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: str,
+              warn: Explain = None) -> Plan:
+    """``p`` with its spec's GPU request resolved against the host's driver now, through the
+    one GPU request path (gpu/resolve.py): device nodes, driver files and the loader cache (a
+    file of ``files_dir``). ``read_file`` reads the image's files (default: through the plan's
+    layers, as the store does)."""
+    if not p.gpu_request:
+        return p
+    from minictr.spec import gpu_request
+
+    inputs = gpu_request.find(p.spec)
+    if read_file is None:
+        from minictr.image import merged
+
+        layers = list(p.rootfs.lowerdirs)             # topmost first, as overlayfs stacks them
+        read_file = lambda path: merged.read_file(layers, path, merged.MAX_READ_FILE)  # noqa: E731
+    from minictr.gpu import resolve
+
+    resolved = resolve.resolve(
+        p.spec, inputs, read_file=read_file, files_dir=files_dir,
+        settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation,
+        cache_dir=os.path.join(paths.state, ".cache", "gpu"))
+    return p._replace(spec=resolved.spec, files=p.files + tuple(resolved.files),
+                      notes=p.notes + tuple(resolved.notes), gpu_request=False)
 
 
 def _job_native_edits(spec: dict, read_file, files_dir: str, *, warn: Explain):
@@ -765,11 +789,15 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
     try:
         p, cached = _cached_plan(paths, opts, container_id, pull_policy, dry_run)
         if p is None:
+            # a cacheable plan is made, and kept, without its GPU request resolved
             p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy,
                      progress=progress, container_id=container_id, warn=warn,
-                     files_dir=root.dir(container_id))
+                     files_dir=root.dir(container_id), gpus=cached is None)
             if cached is not None and not dry_run:
                 _keep_plan(paths, opts, cached, p)
+        # the driver of the moment (its discovery has its own cache, checked against the host)
+        p = with_gpus(paths, p, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
+                      warn=warn)
         if not dry_run:
             root.claim_name(p.name, container_id)
         if explain and cached is not None and cached[1]:

@@ -17,10 +17,14 @@ What a plan depends on, and so what the key holds (``key_material``):
   whether minictr's init is installed too).
 
 Only plans that read nothing else are cached (``cacheable``): no -v, --mount, --env-file,
--e KEY without a value, --device, --gpus, --security-opt, -p, --network bridge or
-container:NAME, --platform, --hpc, single-file images or transports, ``--pull always``. The
-/etc files (resolv.conf, hosts, hostname) are made afresh on every run, from the host's files
-of the moment, so they are not in the entry.
+-e KEY without a value, --device, --security-opt, -p, --network bridge or container:NAME,
+--platform, --hpc, single-file images or transports, ``--pull always``. The /etc files
+(resolv.conf, hosts, hostname) are made afresh on every run, from the host's files of the
+moment, so they are not in the entry. So is a GPU request's resolution (``--gpus``, ``-e
+NVIDIA_VISIBLE_DEVICES``, a CUDA image's own): the entry holds the spec with the request in it
+(``gpu_request``: whether it has one), and api.with_gpus resolves it at every run against the
+driver of the moment (its discovery is cached apart, gpu/driver_cache.py, checked against the
+host's files), reading the image's files through the plan's layers.
 
 A plan holds its container's id (paths, hostname, cgroup, annotations); an entry records the
 id it was made with, and a hit replaces that id (and its 12-character prefix, the default
@@ -40,13 +44,13 @@ import os
 from minictr import cachefiles, jsonio
 from minictr.cachefiles import sha256
 
-FORMAT = 1
+FORMAT = 2
 MAX_ENTRIES = 64                        # past this, the oldest entries go when one is written
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # RunOptions fields a cached plan cannot hold: each reads a host file, a device, the host's
 # environment, the network's state or a registry while planning.
-UNCACHEABLE_OPTIONS = ("volumes", "mounts", "env_files", "devices", "gpus", "gpu_memory",
-                       "security_opts", "publish", "platform", "hpc", "preserve_fds")
+UNCACHEABLE_OPTIONS = ("volumes", "mounts", "env_files", "devices", "security_opts", "publish",
+                       "platform", "hpc", "preserve_fds")
 
 
 def cacheable(opts, pull_policy: str) -> bool:
@@ -168,9 +172,11 @@ def _plan_from(d: dict, container_id: str):
     rootfs = RootfsPlan(lowerdirs=tuple(r["lowerdirs"]), upperdir=r["upperdir"],
                         workdir=r["workdir"], target=r["target"], rootless=r["rootless"],
                         volatile=r["volatile"], driver=r["driver"], scratch=r["scratch"])
+    if not isinstance(d["gpu_request"], bool):
+        return None
     return Plan(spec=d["spec"], rootfs=rootfs, container_id=container_id, name=d["name"],
                 image=d["image"], layers=tuple(d["layers"]), notes=tuple(d["notes"]),
-                dns_driver=d["dns_driver"])
+                dns_driver=d["dns_driver"], gpu_request=d["gpu_request"])
 
 
 def store(paths, key: str, p, base_notes: tuple) -> bool:
@@ -181,7 +187,7 @@ def store(paths, key: str, p, base_notes: tuple) -> bool:
         return False
     entry = {"format": FORMAT, "key": key, "id": p.container_id, "plan": {
         "spec": p.spec, "name": p.name, "image": p.image, "layers": list(p.layers),
-        "notes": list(base_notes), "dns_driver": p.dns_driver,
+        "notes": list(base_notes), "dns_driver": p.dns_driver, "gpu_request": p.gpu_request,
         "rootfs": {"lowerdirs": list(rootfs.lowerdirs), "upperdir": rootfs.upperdir,
                    "workdir": rootfs.workdir, "target": rootfs.target,
                    "rootless": rootfs.rootless, "volatile": rootfs.volatile,

@@ -12,7 +12,6 @@ namespace (its shared memory lives in /dev/shm). See docs/gpus.md.
 from __future__ import annotations
 
 import os
-import re
 
 from minictr.errors import GPUError
 
@@ -31,6 +30,8 @@ def running(directory: str) -> bool:
 
 def parse_limits(text: str) -> dict[int, str]:
     """``0=20G,1=10G`` -> {0: "20G", 1: "10G"} (host GPU indices, as `minictr gpus` shows)."""
+    import re                       # only --gpu-memory needs it (~2 ms of imports)
+
     out: dict[int, str] = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):
         index, sep, size = item.partition("=")

@@ -38,7 +38,7 @@ from minictr.image import merged
 from minictr.records import record as _record
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
-MAX_READ_FILE = 64 << 20
+MAX_READ_FILE = merged.MAX_READ_FILE
 
 
 @_record

@@ -27,7 +27,7 @@ def layout(probe_rootfs, tmp_path_factory):
 REACHED = (f"open /dev/nvidia1 errno={errno.ENXIO}", f"open /dev/nvidia1 errno={errno.ENODEV}")
 
 
-def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None, opts=()):
+def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None, opts=(), ref=None):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     env = {**os.environ, **fake_driver.env(), "MINICTR_ROOT": str(tmp_path / "store"),
@@ -35,7 +35,7 @@ def minictr_run(cli, fake_driver, tmp_path, layout, *args, gpus=None, opts=()):
     cmd = [cli, "run", "--rm", "--cap-add", "MKNOD"]
     if gpus is not None:
         cmd += ["--gpus", gpus]
-    res = subprocess.run(cmd + [*opts, f"oci:{layout}", *args], env=env, capture_output=True,
+    res = subprocess.run(cmd + [*opts, ref or f"oci:{layout}", *args], env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return res.stdout
@@ -51,6 +51,22 @@ def test_selected_gpu_is_reachable_and_the_other_is_filtered(minictr_cli, fake_d
     assert f"open /dev/nvidia0 errno={errno.ENOENT}" in out
     assert "mknod 195:0 errno=0" in out
     assert f"open /dev/probe-195-0 errno={errno.EPERM}" in out
+
+
+def test_a_cached_plan_gets_its_gpus_at_every_run(minictr_cli, fake_driver, tmp_path, layout):
+    """The second run reuses the first one's plan (STATE/.cache/plan), which holds the request
+    but not its resolution: the GPUs are injected again, from the driver of the moment. (An
+    oci: reference is never cached: the image is loaded and run by name.)"""
+    env = {**os.environ, "MINICTR_ROOT": str(tmp_path / "store"),
+           "MINICTR_STATE": str(tmp_path / "state")}
+    loaded = subprocess.run([minictr_cli, "load", layout], env=env, capture_output=True,
+                            text=True, timeout=120, check=True).stdout
+    name = loaded.rsplit("Loaded image: ", 1)[1].strip()
+    for _ in range(2):
+        out = minictr_run(minictr_cli, fake_driver, tmp_path, name, "/probe", "/dev/nvidia1",
+                          gpus="0", ref=name)
+        assert "cuDeviceGetCount=2" in out and any(line in out for line in REACHED), out
+    assert len(os.listdir(tmp_path / "state" / ".cache" / "plan")) == 1
 
 
 def test_without_gpus_nothing_is_injected(minictr_cli, fake_driver, tmp_path, layout):

@@ -3,12 +3,14 @@ new container's; what the plan was made from is in the key; an entry that is not
 not whole, or not this key's is ignored."""
 import json
 import os
+import shutil
 
 import pytest
 
 import imagefactory as f
 from minictr import api, cachefiles, plancache
 from minictr.config import Paths
+from minictr.errors import GPUError
 from minictr.image.store import Store
 from minictr.spec.options import RunOptions
 from test_store import import_image
@@ -26,15 +28,16 @@ OPTS = RunOptions(image="localhost/t:latest", command=("/bin/true",), rm=True,
                   env=("A=1",), tmpfs=("/scratch",))
 
 
-def fresh(paths, opts, cid):
-    return api.plan(paths, opts, container_id=cid, files_dir=os.path.join(paths.state, cid))
+def fresh(paths, opts, cid, gpus=True):
+    return api.plan(paths, opts, container_id=cid, files_dir=os.path.join(paths.state, cid),
+                    gpus=gpus)
 
 
 def cache_it(paths, opts=OPTS):
     """A miss: plan for a first container, and keep it. Returns (key, that plan)."""
     p, cached = api._cached_plan(paths, opts, "a" * 64, "missing", False)
     assert p is None and cached is not None and not cached[1]
-    made = fresh(paths, opts, "a" * 64)
+    made = fresh(paths, opts, "a" * 64, gpus=False)       # as api._prepare makes it
     api._keep_plan(paths, opts, cached, made)
     assert os.path.exists(plancache.entry_path(paths, cached[0]))
     return cached[0], made
@@ -84,7 +87,7 @@ def test_the_key_holds_minictr_s_code(tmp_path):
 
 def test_options_that_read_the_host_are_not_cached(paths):
     for opts in (OPTS._replace(volumes=("/tmp:/t",)), OPTS._replace(env=("HOME",)),
-                 OPTS._replace(network="bridge"), OPTS._replace(gpus="all"),
+                 OPTS._replace(network="bridge"), OPTS._replace(devices=("/dev/fuse",)),
                  OPTS._replace(security_opts=("seccomp=/x.json",)),
                  OPTS._replace(image="./img.sqsh"), OPTS._replace(image="oci:/dir")):
         assert not plancache.cacheable(opts, "missing"), opts
@@ -92,6 +95,42 @@ def test_options_that_read_the_host_are_not_cached(paths):
     assert plancache.cacheable(OPTS, "missing")
     assert api._cached_plan(paths, OPTS._replace(volumes=("/tmp:/t",)), "b" * 64, "missing",
                             False) == (None, None)
+
+
+def test_a_gpu_request_is_kept_unresolved_and_resolved_at_every_run(paths, tmp_path):
+    """--gpus is cacheable: the entry holds the spec with the request in it, and every run
+    resolves it against the driver of the moment, reading the image through the plan's
+    layers; the result is the plan a fresh build makes. A driver gone since the entry was
+    written is seen (the cached entry must not carry the last run's injection)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "gpu"))
+    import fakedriver
+    from minictr.gpu.request import GpuSettings
+
+    drv = fakedriver.build(str(tmp_path / "drv"))
+    roots = GpuSettings(drv.roots)
+    opts = OPTS._replace(gpus="all")
+    assert plancache.cacheable(opts, "missing")
+    key, made = cache_it(paths, opts)
+    entry = json.loads(open(plancache.entry_path(paths, key)).read())
+    assert entry["plan"]["gpu_request"] is True
+    assert "/dev/nvidiactl" not in json.dumps(entry)            # nothing of the driver in it
+    cid = os.urandom(32).hex()
+    files_dir = os.path.join(paths.state, cid)
+    got = api.with_gpus(paths, hit(paths, opts, cid), gpu_roots=roots, files_dir=files_dir)
+    want = api.plan(paths, opts, container_id=cid, files_dir=files_dir, gpu_roots=roots)
+    assert "/dev/nvidiactl" in json.dumps(got.spec)
+    assert got.spec == want.spec
+    assert got.files == want.files
+    # the first run discovered the driver, the second read the discovery cache
+    assert [n[:20] for n in got.notes] == [n[:20] for n in want.notes]
+    assert not got.gpu_request
+    shutil.rmtree(drv.proc_root)                                # the driver is unloaded
+    with pytest.raises(GPUError, match="no NVIDIA driver"):
+        api.with_gpus(paths, hit(paths, opts, cid), gpu_roots=roots, files_dir=files_dir)
+    plain = hit(paths, OPTS, cid) or cache_it(paths)[1]
+    assert api.with_gpus(paths, plain, gpu_roots=roots, files_dir=files_dir) is plain
 
 
 def test_an_entry_of_another_user_is_ignored(paths, monkeypatch):
