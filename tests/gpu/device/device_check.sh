@@ -86,6 +86,12 @@ done
 step image 90 "$PY" -m rootfs_tools host-binaries "$W/img" $BINS /etc/os-release --tag latest
 step image-bare 90 "$PY" -m rootfs_tools host-binaries "$W/img-bare" $BINS --tag latest
 REF=oci:$W/img:latest
+# the same image loaded into the store and run by name: an oci: reference is never plan-cached,
+# a name is (the second run below reuses the first one's plan, GPUs resolved afresh)
+NAME=$("$MC" load "$W/img" | sed -n 's/^Loaded image: //p'); echo "loaded as $NAME"
+step run-byname-gpus-all-vecadd-1 30 "$MC" run --rm --gpus all "$NAME" /opt/gpucheck/vecadd
+step run-byname-gpus-all-vecadd-2 30 "$MC" run --rm --gpus all --explain "$NAME" /opt/gpucheck/vecadd 2>&1 \
+  | grep -E "plan: cached|GPU driver|checksum|cudaGetDeviceCount"
 step run-nogpu-true 30 "$MC" run --rm "$REF" /bin/true
 step run-nogpu-ls-dev 30 "$MC" run --rm "$REF" /bin/ls /dev
 nvidia-smi -L > "$W/smi-outside.txt"
@@ -113,8 +119,8 @@ head -c 6000 "$OUT/spec-gpus-all.json"; echo
 
 # ---- 4. start-up cost of --gpus all against none: paired rounds in random order, wall and CPU
 # (the child's user+sys), the store on this machine's disk and on tmpfs; and where a start goes
-paired() {  # paired LABEL ROUNDS: MINICTR_ROOT/MINICTR_STATE as exported
-  "$PY" - "$1" "$2" "$MC" "$REF" <<'PYEOF'
+paired() {  # paired LABEL ROUNDS REF: MINICTR_ROOT/MINICTR_STATE as exported
+  "$PY" - "$1" "$2" "$MC" "$3" <<'PYEOF'
 import os, random, resource, statistics, subprocess, sys, time
 label, rounds, mc, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 kinds = {"none": [], "gpus-all": ["--gpus", "all"]}
@@ -140,10 +146,11 @@ dc = [g[1] - n[1] for n, g in zip(res["none"], res["gpus-all"])]
 print(f"paired {label:5} gpus-all minus none: wall median={med(dw):+.1f}ms cpu median={med(dc):+.1f}ms")
 PYEOF
 }
-[ $(( $(date +%s) - START )) -lt $(( BUDGET - 90 )) ] && paired disk 25 | tee -a "$SUMMARY"
+[ $(( $(date +%s) - START )) -lt $(( BUDGET - 90 )) ] && paired disk 25 "$NAME" | tee -a "$SUMMARY"
 mkdir -p /dev/shm/gpucheck
 [ $(( $(date +%s) - START )) -lt $(( BUDGET - 60 )) ] && MINICTR_ROOT=/dev/shm/gpucheck/store \
-  MINICTR_STATE=/dev/shm/gpucheck/state paired tmpfs 25 | tee -a "$SUMMARY"
+  MINICTR_STATE=/dev/shm/gpucheck/state sh -c '"$0" load "$1" >/dev/null' "$MC" "$W/img" && \
+  MINICTR_ROOT=/dev/shm/gpucheck/store MINICTR_STATE=/dev/shm/gpucheck/state paired tmpfs 25 "$NAME" | tee -a "$SUMMARY"
 step version-x10 30 sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do "$0" --version >/dev/null; done' "$MC"
 "$PY" -X importtime -c 'import minictr.cli' 2> "$OUT/importtime.txt"; sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -12
 
