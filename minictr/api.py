@@ -515,12 +515,13 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
 
         layers = list(p.rootfs.lowerdirs)             # topmost first, as overlayfs stacks them
         read_file = lambda path: merged.read_file(layers, path, merged.MAX_READ_FILE)  # noqa: E731
+    from minictr import cachefiles
     from minictr.gpu import resolve
 
     resolved = resolve.resolve(
         p.spec, inputs, read_file=read_file, files_dir=files_dir,
         settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation,
-        cache_dir=os.path.join(paths.state, ".cache", "gpu"))
+        cache_dir=cachefiles.cache_dir(paths.state, "gpu"))
     return p._replace(spec=resolved.spec, files=p.files + tuple(resolved.files),
                       notes=p.notes + tuple(resolved.notes), gpu_request=False)
 

@@ -9,6 +9,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from minictr import cachefiles
 from minictr.errors import SpecError, UsageError
 
 Explain = Callable[[str], None] | None
@@ -42,7 +43,7 @@ def create(root, container_id: str, bundle: str, *, console_socket=None, pid_fil
     if rootless and os.geteuid() != 0:
         spec = with_user_namespace(spec, os.geteuid(), os.getegid(), warn=warn)
     spec, files = with_gpus(spec, bundle, root.dir(check_id(container_id)), warn=warn,
-                            cache_dir=os.path.join(root.path, ".cache", "gpu"),
+                            cache_dir=cachefiles.cache_dir(root.path, "gpu"),
                             explain=explain)
     return lifecycle.create(root, container_id, spec, bundle=bundle,
                             console_socket=console_socket, pid_file=pid_file,

@@ -1,5 +1,6 @@
-"""Private cache files under ``STATE/.cache``: the compiled seccomp programs
-(runtime/seccomp_cache.py) and the discovered GPU driver (gpu/driver_cache.py).
+"""Private cache files under ``STATE/.cache`` (``cache_dir``): the compiled seccomp programs
+(runtime/seccomp_cache.py), the discovered GPU driver (gpu/driver_cache.py) and the plans of
+repeated runs (plancache.py).
 
 What they keep is trusted as it is (a seccomp program is loaded into containers), so a cache
 directory counts only when it is this user's and writable by no one else (it is made 0700),
@@ -21,6 +22,12 @@ except ImportError:                     # Python 3.12 renamed it
         from _sha2 import sha256
     except ImportError:
         from hashlib import sha256
+
+
+def cache_dir(state: str, name: str) -> str:
+    """The directory of the cache ``name`` (seccomp, gpu, plan) under the state root ``state``:
+    the one place that says where minictr's caches live."""
+    return os.path.join(state, ".cache", name)
 
 
 def _ours(st: os.stat_result, kind) -> bool:

@@ -126,7 +126,7 @@ def key_of(material: list) -> str:
 
 
 def entry_path(paths, key: str) -> str:
-    return os.path.join(paths.state, ".cache", "plan", key + ".json")
+    return os.path.join(cachefiles.cache_dir(paths.state, "plan"), key + ".json")
 
 
 def _is_id(text) -> bool:

@@ -34,7 +34,7 @@ import _signal as signal  # signal.py's C core: the same calls, numbers as ints 
 import time
 from collections.abc import Callable
 
-from minictr import jsonio
+from minictr import cachefiles, jsonio
 from minictr.errors import MinictrError, RuntimeSetupError, UsageError
 from minictr.records import record
 from minictr.runtime import landlock
@@ -327,7 +327,7 @@ def _release_network_quietly(kernel, root: StateRoot, container_id: str, attache
 
 def seccomp_cache_dir(root: StateRoot) -> str:
     """Compiled filters live in the trusted state dir (runtime/seccomp_cache.py)."""
-    return os.path.join(root.path, ".cache", "seccomp")
+    return cachefiles.cache_dir(root.path, "seccomp")
 
 
 def _prepare_rootfs(kernel, rootfs, root_path: str) -> None:

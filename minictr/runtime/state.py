@@ -21,11 +21,10 @@ for that container: listing goes on with the others.
 from __future__ import annotations
 
 import os
-import _signal as signal_mod  # signal.py's C core: the same calls, numbers as ints (signal.py imports enum: ~3 ms)
 import stat
 import time
 
-from minictr import jsonio
+from minictr import jsonio, signals
 from minictr.errors import MinictrError, UsageError
 
 STATE_FILE = "state.json"
@@ -387,25 +386,11 @@ def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
 
 
 def parse_signal(name: str) -> int:
-    """A signal by name (TERM, SIGTERM) or number, as kill(1) and runc take it."""
-    text = str(name).upper()
-    if text.isdecimal():
-        number = int(text)
-        if not 0 < number < 65:
-            raise UsageError(f"invalid signal number {name}")
-        return number
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    number = signal_number(text)
+    """A signal by name (TERM, SIGTERM) or number, as kill(1) and runc take it (signals.py)."""
+    number = signals.parse(name)
     if number is None:
+        if str(name).strip().isdecimal():
+            raise UsageError(f"invalid signal number {name}")
         raise UsageError(f"unknown signal {name!r}", hint="e.g. TERM, KILL, HUP, 9")
     return number
 
-
-def signal_number(name: str) -> int | None:
-    """SIGTERM -> 15: the names signal.Signals has (SIG* but SIG_DFL/SIG_IGN, aliases such as
-    SIGIOT included), read from the C module."""
-    if not name.startswith("SIG") or name.startswith("SIG_") or not name.isupper():
-        return None
-    number = getattr(signal_mod, name, None)
-    return number if isinstance(number, int) else None

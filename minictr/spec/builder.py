@@ -575,15 +575,11 @@ def _annotations(config: dict, opts: RunOptions) -> dict:
 def _check_signal(text: str, given: str | None) -> str:
     """A stop signal as its name (TERM, SIGTERM) or number 1-64, checked here so that a typo
     fails at run, not at stop (runtime.state.parse_signal reads it back)."""
-    import _signal     # the names signal.Signals has, without signal.py's enum import
+    from minictr import signals
 
-    what = "--stop-signal" if given else "the image's StopSignal"
     value = text.strip().upper()
-    if value.isdecimal() and 0 < int(value) < 65:
-        return value
-    name = value if value.startswith("SIG") else "SIG" + value
-    if name.isupper() and not name.startswith("SIG_") and \
-            isinstance(getattr(_signal, name, None), int):
-        return name
-    raise SpecError(f"{what} {text!r} is not a signal", hint="a name such as TERM or "
-                    "SIGUSR1, or a number")
+    if signals.parse(value) is None:
+        what = "--stop-signal" if given else "the image's StopSignal"
+        raise SpecError(f"{what} {text!r} is not a signal", hint="a name such as TERM or "
+                        "SIGUSR1, or a number")
+    return value if value.isdecimal() or value.startswith("SIG") else "SIG" + value

@@ -6,7 +6,8 @@ import signal
 import subprocess
 import sys
 
-from minictr.runtime.state import parse_signal, signal_number
+from minictr import signals
+from minictr.runtime.state import parse_signal
 from minictr.spec.edits import copy_document
 
 
@@ -14,8 +15,10 @@ def test_signal_numbers_are_signal_Signals():
     names = [n for n in dir(signal) if n.startswith("SIG")] + ["SIG", "SIGFOO", "SIGterm"]
     for name in names:
         want = int(signal.Signals[name]) if name in signal.Signals.__members__ else None
-        assert signal_number(name) == want, name
+        assert signals.number(name) == want, name
     assert parse_signal("term") == signal.SIGTERM and parse_signal("9") == 9
+    for bad in ("0", "65", "SIG", "FOO", "SIG_IGN", ""):
+        assert signals.parse(bad) is None, bad
 
 
 def test_copy_document_is_a_deep_copy():
