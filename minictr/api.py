@@ -894,8 +894,9 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
         if opts.rm and not dry_run:
             userns_fd = _hold_user_namespace(paths, p.spec, pid)
 
-    try:
-        with Supervisor(None, explain) as sup:
+    sup = Supervisor(None, explain)
+    with sup:
+        try:
             try:
                 created = lifecycle.create(
                     root, container_id, p.spec, bundle=root.dir(container_id), rootfs=p.rootfs,
@@ -924,21 +925,25 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
                     os.close(created.console)
             else:
                 code = sup.wait()
-        return code
-    finally:
-        if dry_run:
-            import shutil
+            return code
+        finally:
+            # the container is gone (or never ran): a Ctrl-C now is held until the cleanup is
+            # over, a second one interrupts it (Supervisor.hold)
+            sup.hold(lambda: warn and warn("cleaning up after the container (Ctrl-C again "
+                                           "to stop at once)"))
+            if dry_run:
+                import shutil
 
-            shutil.rmtree(root.path, ignore_errors=True)
-            shutil.rmtree(os.path.join(paths.containers, container_id), ignore_errors=True)
-        else:
-            try:
-                _after_exit(paths, root, container_id, p, code=code, remove=opts.rm, warn=warn,
-                            network=created.network if created is not None else None,
-                            userns_fd=userns_fd)
-            finally:
-                if userns_fd is not None:
-                    os.close(userns_fd)
+                shutil.rmtree(root.path, ignore_errors=True)
+                shutil.rmtree(os.path.join(paths.containers, container_id), ignore_errors=True)
+            else:
+                try:
+                    _after_exit(paths, root, container_id, p, code=code, remove=opts.rm,
+                                warn=warn, network=created.network if created is not None
+                                else None, userns_fd=userns_fd)
+                finally:
+                    if userns_fd is not None:
+                        os.close(userns_fd)
 
 
 def _hold_user_namespace(paths: Paths, spec: dict, pid: int) -> int | None:

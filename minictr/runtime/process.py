@@ -57,6 +57,8 @@ class Supervisor:
         self.default_action: int | None = None      # a signal we applied for PID 1
         self._old: dict[int, object] = {}
         self._pending: list[int] = []
+        self.held: list[int] = []                   # signals held by hold(), in order
+        self._holding: Callable[[], None] | None = None
 
     def attach(self, pid: int) -> None:
         """Start forwarding to ``pid`` (the handlers are in place from ``__enter__`` on, so a
@@ -66,7 +68,25 @@ class Supervisor:
             self._forward(sig, None)
         self._pending.clear()
 
+    def hold(self, note: Callable[[], None] = lambda: None) -> None:
+        """The container has exited (or never ran) and the launcher cleans up: from now on the
+        first terminating signal is held, not forwarded (the pid may be reused) nor acted on (a
+        half-removed container is worse than a late exit; the container's status is returned),
+        and ``note()`` says so. A second one acts at once, as the launcher's own handler would
+        (a cleanup stuck in a poststop hook must not hold the terminal)."""
+        self._holding = note
+
     def _forward(self, sig: int, _frame) -> None:
+        if self._holding is not None:
+            if sig not in TERMINATING:
+                return
+            if self.held:
+                self.__exit__()                     # the launcher's own handlers, then the
+                os.kill(os.getpid(), sig)           # signal again, to them
+                return
+            self.held.append(sig)
+            self._holding()
+            return
         if self.pid is None:
             self._pending.append(sig)
             return
@@ -89,6 +109,7 @@ class Supervisor:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old = {}
 
     def wait(self) -> int:
         """Block until the container's PID 1 exits (PEP 475: waitpid is retried after a handler)."""

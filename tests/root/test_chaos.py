@@ -159,6 +159,33 @@ def test_ctrl_c_between_the_name_claim_and_create_leaves_no_name(mc, where):
     assert res.returncode == 0 and res.stdout == "again\n", res.stderr
 
 
+@pytest.mark.parametrize("signals", [1, 2], ids=["one", "two"])
+def test_ctrl_c_during_the_cleanup_of_an_exited_container(mc, signals):
+    """The container has exited on its own and the launcher is cleaning up when a Ctrl-C
+    comes (a user who pressed it a moment too late): the cleanup finishes and the container's
+    status is returned. A second Ctrl-C still interrupts, as docker's does (a cleanup that
+    hangs on a poststop hook must not hold the terminal): then `rm`/`gc` clean up."""
+    patch = ("from minictr import api\n"
+             "after = api._after_exit\n"
+             "def _after_exit(*a, **k):\n"
+             f"    for _ in range({signals}):\n"
+             "        os.kill(os.getpid(), signal.SIGINT)\n"
+             "        time.sleep(0.05)\n"
+             "    return after(*a, **k)\n"
+             "api._after_exit = _after_exit\n")
+    res = _launcher_with(mc, patch, "run", "--rm", "--name", "late", "busybox:test",
+                         "sh", "-c", "echo done; exit 3")
+    if signals == 1:
+        assert res.returncode == 3 and res.stdout == "done\n", res
+        assert "interrupted" not in res.stderr and "Ctrl-C again" in res.stderr, res.stderr
+        _nothing_left(mc)
+    else:
+        assert res.returncode == 130 and "interrupted" in res.stderr, res
+        mc("rm", "-f", "late")
+        mc("gc")
+        _nothing_left(mc)
+
+
 def test_ctrl_c_before_a_detached_run_forks_its_monitor_leaves_no_name(mc):
     """`run -d`: planned and named here, then the monitor is forked and owns the cleanup. A
     Ctrl-C in between leaves nothing: no name, no container directory."""
