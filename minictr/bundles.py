@@ -169,18 +169,20 @@ def run(root, container_id: str, bundle: str, *, detach: bool = False, keep: boo
                warn=warn, **options)
         lifecycle.start(root, container_id, explain=explain)
         return 0
-    try:
-        with Supervisor(None, explain) as sup:
+    with Supervisor(None, explain) as sup:
+        try:
             made = create(root, container_id, bundle, console_socket=console_socket,
                           attached=True, on_spawned=sup.attach, explain=explain, warn=warn,
                           **options)
             lifecycle.start(root, container_id, explain=explain)
             spawn.wait_for_exec(made.exec_pipe, "the container's process")
-            code = sup.relay_tty(made.console) if made.console is not None else sup.wait()
-        return code
-    finally:
-        if not keep:
-            lifecycle.delete(root, container_id, force=True, explain=explain, warn=warn)
+            return sup.relay_tty(made.console) if made.console is not None else sup.wait()
+        finally:
+            # as `minictr run` (api._execute): a first signal is held until the delete is over
+            sup.hold(lambda: warn and warn("deleting the container (Ctrl-C again to stop at "
+                                           "once)"))
+            if not keep:
+                lifecycle.delete(root, container_id, force=True, explain=explain, warn=warn)
 
 
 def exec_(root, container_id: str, *, process_file: str | None, command: list[str],
