@@ -102,7 +102,7 @@ CONTAINER = (
         "of reach; see docs/network.md)"),
     arg("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CONTAINER[/PROTO]",
         help="publish a container port on the host (with --network bridge), e.g. 8080:80, "
-        "127.0.0.1:5353:53/udp"),
+        "127.0.0.1:5353:53/udp, 8000-8002:9000-9002"),
     arg("--cap-add", action="append", default=[], help="add a capability (e.g. NET_ADMIN, ALL)"),
     arg("--cap-drop", action="append", default=[], help="drop a capability (e.g. CHOWN, ALL)"),
     arg("--preserve-fds", type=int, default=0, help="pass N fds beyond 0-2 into the container"),

@@ -81,21 +81,24 @@ def parse_network(text: str | None) -> Network:
 
 
 def parse_publish(entries: tuple[str, ...] | list[str]) -> tuple[PortMapping, ...]:
-    """-p/--publish [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp], each once."""
+    """-p/--publish [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp], each host port once. A range on both
+    sides (``8000-8002:9000-9002``, docker's form) is one mapping per port, in order."""
     out: list[PortMapping] = []
+    published: dict[tuple[int, str], list[PortMapping]] = {}   # (host port, protocol): by
     for entry in entries:
-        mapping = _parse_one(entry)
-        for other in out:
-            if (other.host_port, other.protocol) == (mapping.host_port, mapping.protocol) and (
-                    not other.host_ip or not mapping.host_ip or other.host_ip == mapping.host_ip):
-                raise SpecError(f"-p {entry}: host port {mapping.host_port}/{mapping.protocol} "
-                                f"is already published by -p {other}",
-                                hint="each host port can be published once")
-        out.append(mapping)
+        for mapping in _parse_one(entry):
+            same = published.setdefault((mapping.host_port, mapping.protocol), [])
+            for other in same:
+                if not other.host_ip or not mapping.host_ip or other.host_ip == mapping.host_ip:
+                    raise SpecError(f"-p {entry}: host port {mapping.host_port}/"
+                                    f"{mapping.protocol} is already published by -p {other}",
+                                    hint="each host port can be published once")
+            same.append(mapping)
+            out.append(mapping)
     return tuple(out)
 
 
-def _parse_one(entry: str) -> PortMapping:
+def _parse_one(entry: str) -> list[PortMapping]:
     text, _, protocol = entry.partition("/")
     protocol = protocol or "tcp"
     if protocol not in PROTOCOLS:
@@ -122,13 +125,28 @@ def _parse_one(entry: str) -> PortMapping:
             raise SpecError(f"-p {entry}: {host_ip!r} is not an IPv4 address",
                             hint="-p 127.0.0.1:8080:80 publishes on loopback only") from None
         host_ip = "" if address.is_unspecified else str(address)
-    return PortMapping(host_ip, _port(host, entry), _port(container, entry), protocol)
+    hosts, containers = _ports(host, entry), _ports(container, entry)
+    if len(hosts) != len(containers):
+        # docker publishes a host range on one container port by picking one free host port
+        # in it; minictr does not pick ports
+        raise SpecError(f"-p {entry}: the host range has {len(hosts)} ports and the container "
+                        f"range {len(containers)}",
+                        hint="give ranges of the same length, e.g. -p 8000-8002:9000-9002")
+    return [PortMapping(host_ip, h, c, protocol) for h, c in zip(hosts, containers)]
+
+
+def _ports(text: str, entry: str) -> range:
+    """A port or a range FIRST-LAST (inclusive, FIRST <= LAST)."""
+    first, sep, last = text.partition("-")
+    low = _port(first, entry)
+    high = _port(last, entry) if sep else low
+    if high < low:
+        raise SpecError(f"-p {entry}: the range {text} ends before it starts",
+                        hint="FIRST-LAST, e.g. 8000-8002")
+    return range(low, high + 1)
 
 
 def _port(text: str, entry: str) -> int:
-    if "-" in text:
-        raise SpecError(f"-p {entry}: port ranges are not supported by minictr",
-                        hint="publish each port with its own -p")
     if not text.isdecimal() or not 0 < int(text) < 65536:
         raise SpecError(f"-p {entry}: {text!r} is not a port number (1-65535)",
                         hint="-p [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]")

@@ -88,6 +88,22 @@ def test_published_ports_answer_on_the_hosts_loopback_and_addresses(mc, world):
     assert host_get(world, "127.0.0.1", 18080).startswith("FAILED")
 
 
+def test_a_port_range_publishes_each_port(mc, world):
+    """docker's range form, -p 18090-18091:80-81: each host port reaches its container port."""
+    proc = mc.popen("run", "--rm", "--name", "ranged", "--network", "bridge",
+                    "-p", "18090-18091:80-81", "busybox:test", "sh", "-c",
+                    "mkdir -p /a /b && echo eighty > /a/f && echo eighty-one > /b/f && "
+                    "httpd -p 80 -h /a && httpd -p 81 -h /b && echo READY && exec sleep 1000")
+    line = proc.stdout.readline()
+    try:
+        assert line.startswith("READY"), (line, proc.stderr.read() if proc.poll() else "")
+        assert host_get(world, "127.0.0.1", 18090).strip() == "eighty"
+        assert host_get(world, "127.0.0.1", 18091).strip() == "eighty-one"
+    finally:
+        stop(proc)
+    assert world.leftovers(mc.state) == NOTHING_LEFT
+
+
 def test_a_detached_server_with_a_published_port(mc, world):
     """Issue 16's own example: `minictr run -d -p 8080:80 IMG httpd` serves on 127.0.0.1:8080
     once the launcher has returned, and `rm -f` leaves nothing."""

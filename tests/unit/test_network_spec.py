@@ -38,7 +38,10 @@ def test_publish_forms():
 
 @pytest.mark.parametrize("entry, words", [
     ("80", "expected"), ("127.0.0.1::80", "not a port number"),
-    ("8080:80/sctp", "not tcp or udp"), ("8000-8010:8000-8010", "ranges are not supported"),
+    ("8080:80/sctp", "not tcp or udp"), ("8000-8010:80", "the host range has 11 ports"),
+    ("8000:80-81", "container range 2"), ("8002-8000:1-3", "ends before it starts"),
+    ("8000-:80", "not a port number"), ("8000-8001-8002:1-2", "not a port number"),
+    ("65535-65536:1-2", "not a port number"),
     ("[::1]:8080:80", "IPv6"), ("localhost:8080:80", "not an IPv4 address"),
     ("0:80", "not a port number"), ("65536:80", "not a port number"),
     ("a:b:c:d", "expected")])
@@ -46,6 +49,18 @@ def test_bad_publish_is_one_line_with_a_hint(entry, words):
     with pytest.raises(SpecError, match=words) as err:
         net.parse_publish((entry,))
     assert "\n" not in str(err.value) and err.value.hint
+
+
+def test_port_ranges_are_one_mapping_per_port():
+    """docker's -p 8000-8002:9000-9002: ranges of the same length, mapped in order; the checks
+    of a single port apply to each (a range that overlaps another -p is refused)."""
+    ports = net.parse_publish(("127.0.0.1:8000-8002:9000-9002/udp", "7000:7000"))
+    assert ports == (net.PortMapping("127.0.0.1", 8000, 9000, "udp"),
+                     net.PortMapping("127.0.0.1", 8001, 9001, "udp"),
+                     net.PortMapping("127.0.0.1", 8002, 9002, "udp"),
+                     net.PortMapping("", 7000, 7000, "tcp"))
+    with pytest.raises(SpecError, match="host port 8001/tcp is already published"):
+        net.parse_publish(("8001:80", "8000-8002:9000-9002"))
 
 
 def test_a_host_port_is_published_once():
