@@ -97,6 +97,28 @@ def test_a_published_port_answers_on_the_hosts_loopback(world, user_mc, driver):
     assert not helpers_of(user_mc)
 
 
+def test_a_port_range_is_published_port_by_port(world, user_mc, driver):
+    """-p A-B:C-D through pasta or slirp4netns: each host port reaches its container port."""
+    first = next(_ports)
+    second = next(_ports)
+    assert second == first + 1
+    word = f"range-{driver}-{user_mc.kind}"
+    proc = run(world, user_mc, driver, "run", "--rm", "--network", "bridge", "-p",
+               f"127.0.0.1:{first}-{second}:80-81", "busybox:test", "sh", "-c",
+               f"mkdir -p /a /b && echo {word}-80 > /a/f && echo {word}-81 > /b/f && "
+               "httpd -p 80 -h /a && httpd -p 81 -h /b && echo READY && exec sleep 1000",
+               popen=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), proc.stderr.read() if not line else line
+        assert get(world, first) == f"{word}-80"
+        assert get(world, second) == f"{word}-81"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert not helpers_of(user_mc)
+
+
 def test_a_detached_server_with_a_published_port(world, user_mc, driver):
     """Issue 16's example without root: `run -d -p` serves once the launcher has returned (the
     helper stays with the detached container's monitor), and `rm -f` takes the helper too."""
