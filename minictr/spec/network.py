@@ -84,7 +84,7 @@ def parse_publish(entries: tuple[str, ...] | list[str]) -> tuple[PortMapping, ..
     """-p/--publish [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp], each host port once. A range on both
     sides (``8000-8002:9000-9002``, docker's form) is one mapping per port, in order."""
     out: list[PortMapping] = []
-    published: dict[tuple[int, str], list[PortMapping]] = {}   # (host port, protocol): by
+    published: dict[tuple[int, str], list[PortMapping]] = {}   # (port, protocol) -> mappings
     for entry in entries:
         for mapping in _parse_one(entry):
             same = published.setdefault((mapping.host_port, mapping.protocol), [])
