@@ -514,7 +514,7 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
         from minictr.image import merged
 
         layers = list(p.rootfs.lowerdirs)             # topmost first, as overlayfs stacks them
-        read_file = lambda path: merged.read_file(layers, path, merged.MAX_READ_FILE)  # noqa: E731
+        read_file = lambda path: merged.read_file(layers, path)  # noqa: E731
     from minictr import cachefiles
     from minictr.gpu import resolve
 

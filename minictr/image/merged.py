@@ -289,7 +289,7 @@ class MergedTree:
             return f.read(max_size + 1)[:max_size]
 
 
-def read_file(dirs: list[str], path: str, max_size: int) -> bytes | None:
+def read_file(dirs: list[str], path: str, max_size: int = MAX_READ_FILE) -> bytes | None:
     """The content of ``path`` in the merged tree of ``dirs`` (topmost first), or None if it is
     not a regular file there."""
     with MergedTree(dirs) as tree:

@@ -38,7 +38,6 @@ from minictr.image import merged
 from minictr.records import record as _record
 
 HINT_MISSING = ("see `minictr images`; get it with `minictr pull NAME` or `minictr load PATH`")
-MAX_READ_FILE = merged.MAX_READ_FILE
 
 
 @_record
@@ -378,11 +377,11 @@ class Store:
                   "layers": [l._asdict() for l in layers], "loaded": int(time.time()),
                   "size": sum(self._layer_meta(l.chain_id).get("unpacked_size", 0)
                               for l in layers)}
-        if self._recorded(manifest_digest, config_desc["digest"], record, refs):
+        existing = self._recorded(manifest_digest, config_desc["digest"], record, refs)
+        if existing is not None:
             # `run oci:DIR:TAG` and `run --pull always` import the same image at every run:
             # nothing is written (two fsyncs and the tag index's lock, each time, before)
-            return self._make_record(self._load_record(manifest_digest) or record, config,
-                                     refs[0] if refs else None)
+            return self._make_record(existing, config, refs[0] if refs else None)
         try:
             with self._writing():
                 if missing := [l.chain_id for l in layers if not self.has_layer(l.chain_id)]:
@@ -405,17 +404,17 @@ class Store:
         return self._make_record(record, config, refs[0] if refs else None)
 
     def _recorded(self, manifest_digest: str, config_digest: str, record: dict,
-                  refs: list[str]) -> bool:
-        """Whether the store holds this image already, exactly: its blobs, a record with the
-        same layers, and every name in ``refs`` pointing at it."""
+                  refs: list[str]) -> dict | None:
+        """The stored record, if the store holds this image already, exactly: its blobs, a
+        record with the same layers, and every name in ``refs`` pointing at it."""
         existing = self._load_record(manifest_digest)
         if existing is None or existing.get("layers") != record["layers"] \
                 or existing.get("id") != record["id"]:
-            return False
+            return None
         if not (self.has_blob(manifest_digest) and self.has_blob(config_digest)):
-            return False
+            return None
         tags = self._read_tags()
-        return all(tags.get(r) == manifest_digest for r in refs)
+        return existing if all(tags.get(r) == manifest_digest for r in refs) else None
 
     @contextlib.contextmanager
     def _tags_lock(self):
@@ -543,7 +542,7 @@ class Store:
         return next(iter(hits.values()), None)
 
     def read_image_file(self, image: ImageRecord, path: str,
-                        max_size: int = MAX_READ_FILE) -> bytes | None:
+                        max_size: int = merged.MAX_READ_FILE) -> bytes | None:
         """The content of ``path`` in the image's merged tree, or None if it is not a regular
         file there. Symlinks are resolved inside the image root, never on the host."""
         dirs = [self.layer_dir(l.chain_id) for l in reversed(image.layers)]
