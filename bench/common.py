@@ -289,5 +289,13 @@ def write_results(name: str, text: str, data: dict, results_dir: str = RESULTS_D
     return base + ".md"
 
 
+def publish(name: str, text: str, data: dict) -> str:
+    """Keep a benchmark's results (``write_results``), print its markdown, say where it went."""
+    path = write_results(name, text, data)
+    print(text, end="" if text.endswith("\n") else "\n")
+    say(f"results written to {path}")
+    return path
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)

@@ -118,9 +118,7 @@ def main(argv=None) -> int:
                                         rows)
                 + f"\n\n- target minictr <= 2.0x crun's wall time: "
                 f"{rows[0][3]}, {'met' if float(rows[0][3][:-1]) <= 2.0 else 'NOT met'}\n")
-        path = common.write_results("concurrent", text, {"samples": samples})
-        print(text)
-        say(f"results written to {path}")
+        common.publish("concurrent", text, {"samples": samples})
         return 0
     finally:
         subprocess.run(["rm", "-rf", ws])

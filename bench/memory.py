@@ -282,11 +282,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        say("bench memory: needs root (it compares root runtimes and creates the rootless user)")
-        return 1
-    if missing := common.missing_tools("umoci"):
-        say(f"bench memory: {missing}")
+    if not start.preflight("memory"):
         return 1
     ws = start.make_workspace("minictr-bench-memory-")
     report = [f"## Memory of one start ({common.machine_info()})",
@@ -337,9 +333,7 @@ def main(argv=None) -> int:
             start.cleanup(ws)
         else:
             say(f"work directory kept: {ws}")
-    path = common.write_results("memory", "\n\n".join(report) + "\n", data)
-    print("\n\n".join(report))
-    say(f"results written to {path}")
+    common.publish("memory", "\n\n".join(report) + "\n", data)
     return 0
 
 

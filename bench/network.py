@@ -244,9 +244,7 @@ def main(argv=None) -> int:
 
         cleanup(ws)
         shutil.rmtree(f"/tmp/mcbench-podman-{os.getpid()}", ignore_errors=True)
-    path = common.write_results("network", "\n\n".join(report) + "\n", data)
-    print("\n\n".join(report))
-    say(f"results written to {path}")
+    common.publish("network", "\n\n".join(report) + "\n", data)
     return 0
 
 

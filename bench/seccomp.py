@@ -28,7 +28,6 @@ import tempfile
 import time
 
 from bench import common
-from bench.common import say
 
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"
 BINDINGS = (("minictr._seccomp (cffi API mode)", "minictr._seccomp", None),
@@ -176,9 +175,7 @@ def main(argv: list[str]) -> int:
         row("fresh interpreter, cache hit (imports + read)", hit)
     out.append(f"\nlibseccomp loaded: on a miss {loaded_miss}, on a hit {loaded_hit}.")
     text = "\n".join(out) + "\n"
-    path = common.write_results("seccomp", text, data)
-    print(text)
-    say(f"results written to {path}")
+    common.publish("seccomp", text, data)
     return 0
 
 

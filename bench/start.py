@@ -232,13 +232,21 @@ def make_workspace(prefix: str) -> str:
     return ws
 
 
+def preflight(name: str) -> bool:
+    """Root and umoci, which the benchmarks that start containers as `bench start` does need;
+    False, having said why, without them."""
+    if os.geteuid() != 0:
+        say(f"bench {name}: needs root (it compares root runtimes and creates the rootless user)")
+        return False
+    if missing := common.missing_tools("umoci"):
+        say(f"bench {name}: {missing}")
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if os.geteuid() != 0:
-        say("bench start: needs root (it compares root runtimes and creates the rootless user)")
-        return 1
-    if missing := common.missing_tools("umoci"):
-        say(f"bench start: {missing}")
+    if not preflight("start"):
         return 1
     ws = make_workspace("minictr-bench-start-")
     report = [f"## Start latency ({common.machine_info()})",
@@ -287,9 +295,7 @@ def main(argv=None) -> int:
             cleanup(ws)
         else:
             say(f"work directory kept: {ws}")
-    path = common.write_results("start", "\n\n".join(report) + "\n", data)
-    print("\n\n".join(report))
-    say(f"results written to {path}")
+    common.publish("start", "\n\n".join(report) + "\n", data)
     return 0
 
 

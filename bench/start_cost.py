@@ -265,10 +265,8 @@ def main(argv=None) -> int:
             f"{phase_table(runs)}\n\n### Inside api.run, step by step (explain lines)\n\n"
             f"{steps_table(traces)}\n\n### Imports\n\n{import_tables(profiles)}\n\n"
             f"### Each module imported alone\n\n{alone}\n")
-    path = common.write_results("start_cost", text, {"phases_ns": runs, "steps_ns": traces,
-                                                     "imports": profiles})
-    print(text)
-    say(f"results written to {path}")
+    common.publish("start_cost", text, {"phases_ns": runs, "steps_ns": traces,
+                                        "imports": profiles})
     return 0
 
 
