@@ -54,8 +54,8 @@ def detect_layout(fs, cgroup_root: str, proc_self_cgroup: str) -> Layout:
         if hier == "0" and controllers == "":
             layout.own_v2 = path
         for name in controllers.split(","):
-            if name and not name.startswith("name="):
-                layout.own_v1[name] = path
+            if name:                     # a named hierarchy ("name=systemd") by its name
+                layout.own_v1[name.removeprefix("name=")] = path
     if fs.exists(os.path.join(cgroup_root, "cgroup.controllers")):
         layout.v2_mount = cgroup_root
     else:
@@ -164,9 +164,11 @@ def systemd_path(cgroups_path: str, rootless: bool) -> str:
 
 
 def plan_targets(layout: Layout, wanted: dict, resources: dict, *, cgroups_path, container_id,
-                 rootless: bool, attach_filter: bool) -> list[Target]:
+                 rootless: bool, attach_filter: bool, every_v1: bool = False) -> list[Target]:
     """One Target per tree we make a cgroup in: v2 first (it carries the device filter), then a
-    v1 tree for each controller bound there, then (as root) unrequested v1 stats trees."""
+    v1 tree for each controller bound there, then (as root) unrequested v1 stats trees, or with
+    ``every_v1`` every v1 hierarchy, named ones too, each required (the container's view of
+    its cgroups must show none but its own: mounts.mount_cgroup_v1)."""
     targets: dict[str, Target] = {}
     v2 = None
     if layout.v2_mount:
@@ -206,9 +208,10 @@ def plan_targets(layout: Layout, wanted: dict, resources: dict, *, cgroups_path,
         v2.unified[filename] = value
         v2.required = True
     if not rootless:
-        for name in STATS_CONTROLLERS:
+        for name in layout.v1_mounts if every_v1 else STATS_CONTROLLERS:
             mount = layout.v1_mounts.get(name)
             if mount and os.path.realpath(mount) not in targets:
                 targets[os.path.realpath(mount)] = Target(1, mount, container_path(
-                    mount, layout.own_v1.get(name), cgroups_path, container_id), required=False)
+                    mount, layout.own_v1.get(name), cgroups_path, container_id),
+                    required=every_v1)
     return list(targets.values())

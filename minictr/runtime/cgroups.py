@@ -205,13 +205,15 @@ def _close(kernel, fd: int) -> None:
 def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootless: bool,
           systemd: bool = False, kernel=None, explain: Explain = None,
           cgroup_root: str = "/sys/fs/cgroup", proc_self_cgroup: str = "/proc/self/cgroup",
-          fs: CgroupFiles | None = None, on_plan=None):
+          fs: CgroupFiles | None = None, on_plan=None, every_v1: bool = False):
     """Create the container's cgroup(s), write the limits of ``resources`` (linux.resources),
     load and attach the device filter (root only); return a ``Cgroup`` or None (see the module
     docstring for placement, ordering and the failure policy). ``on_plan(paths)`` is called
     with the directories about to be made, before any is: the caller records them, so a
     launcher killed halfway leaves a record of what to remove. ``systemd``: cgroupsPath is in
-    runc's "slice:prefix:name" form."""
+    runc's "slice:prefix:name" form. ``every_v1``: the spec mounts the container's cgroups
+    (a "cgroup" mount), so as root it gets a cgroup of its own in every v1 hierarchy, as runc
+    gives it, limited or not: its view must not be the launcher's cgroup or the host's root."""
     fs = fs or CgroupFiles(kernel)
     resources = resources or {}
     layout = detect_layout(fs, cgroup_root, proc_self_cgroup)
@@ -239,9 +241,9 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
         cgroups_path = systemd_path(cgroups_path, rootless)
     targets = plan_targets(layout, wanted, resources, cgroups_path=cgroups_path,
                            container_id=container_id, rootless=rootless,
-                           attach_filter=attach_filter)
+                           attach_filter=attach_filter, every_v1=every_v1)
     needed = bool(wanted or resources.get("unified"))
-    if not needed and any(t.version == 2 for t in targets):
+    if not needed and not every_v1 and any(t.version == 2 for t in targets):
         # Nothing to limit: the v2 directory (device filter, usage) is enough. Joining the v1
         # hierarchies of a hybrid host would cost ~10 ms (memory) for no limit at all.
         targets = [t for t in targets if t.version == 2]

@@ -158,7 +158,9 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
                                cgroups_path=linux.get("cgroupsPath"), rootless=rootless,
                                systemd=systemd_cgroup, kernel=kernel, explain=explain,
                                on_plan=lambda paths: root.update(container_id,
-                                                                 cgroup_paths=paths))
+                                                                 cgroup_paths=paths),
+                               every_v1=any(m.get("type") == "cgroup"
+                                            for m in spec.get("mounts", ())))
         seccomp = spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root), explain)
         image_mount = _open_image_mount(kernel, rootfs, explain)
         fifo = root.file(container_id, state_mod.FIFO)

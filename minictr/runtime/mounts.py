@@ -156,14 +156,19 @@ def _create_last(kernel, root_fd: int, rel: str, create: str, mode: int) -> int 
     return kernel.openat2(root_fd, rel, O_PATH, RESOLVE)
 
 
-def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool = False) -> None:
-    """Apply one OCI mount entry at its destination inside the root."""
+def mount_at(kernel, root_fd: int, mount: dict, explain: Explain, rootless: bool = False,
+             cgroupns: bool = False) -> None:
+    """Apply one OCI mount entry at its destination inside the root. ``cgroupns``: the
+    container has a cgroup namespace (a "cgroup" mount is then rooted at its own cgroups)."""
     dest = mount["destination"]
     mtype = mount.get("type") or ("bind" if "bind" in mount.get("options", ())
                                   or "rbind" in mount.get("options", ()) else None)
     flags, propagation, data = parse_options(list(mount.get("options", ())))
     source = mount.get("source") or mtype or "none"
     if mtype == "cgroup":
+        if not rootless and not kernel.exists("/sys/fs/cgroup/cgroup.controllers"):
+            mount_cgroup_v1(kernel, root_fd, dest, flags, propagation, cgroupns, explain)
+            return
         mtype, source, flags = cgroup_mount(kernel, flags, explain)
     is_bind = bool(flags & sc.MS_BIND) or mtype == "bind"
     if is_bind:
@@ -243,13 +248,108 @@ def bind_detached(kernel, source: str, target_fd: int, flags: int, explain: Expl
 def cgroup_mount(kernel, flags: int, explain: Explain) -> tuple[str, str, int]:
     """A "cgroup" mount (what `runc spec` writes) means the container's view of the cgroup
     hierarchy. On a pure cgroup v2 host that is a cgroup2 mount (rooted at the container's
-    cgroup by its cgroup namespace); on a hybrid or v1 host a fresh v1 mount would need each
-    controller mounted separately, so minictr binds the host's /sys/fs/cgroup recursively, as
-    its own specs do rootless (spec/defaults.py), keeping the entry's flags (ro...)."""
+    cgroup by its cgroup namespace). Rootless on a v1 or hybrid host (as root,
+    ``mount_cgroup_v1`` does it) a user namespace cannot mount v1 hierarchies, so minictr binds
+    the host's /sys/fs/cgroup recursively, as its own rootless specs do (spec/defaults.py) and
+    podman does, keeping the entry's flags (ro...): nothing the user could not read anyway."""
     if kernel.exists("/sys/fs/cgroup/cgroup.controllers"):
         return "cgroup2", "cgroup2", flags
-    _say(explain, "cgroup mount on a v1/hybrid host: a recursive bind of /sys/fs/cgroup")
+    _say(explain, "cgroup mount on a v1/hybrid host, rootless: a recursive bind of /sys/fs/cgroup")
     return "bind", "/sys/fs/cgroup", flags | sc.MS_BIND | sc.MS_REC
+
+
+def mount_cgroup_v1(kernel, root_fd: int, dest: str, flags: int, propagation: int,
+                    cgroupns: bool, explain: Explain) -> None:
+    """A "cgroup" mount as root on a v1 or hybrid host, as runc makes it: a tmpfs at ``dest``,
+    in it one directory per hierarchy the host mounts at /sys/fs/cgroup/NAME showing only the
+    container's own cgroup (cgroups.setup made one in every hierarchy for this), and the
+    comount links (cpu -> cpu,cpuacct). In a cgroup namespace each is a fresh mount of the
+    hierarchy, which the kernel roots at the namespace's root; without one, a bind of the
+    container's own directory in the host's mount. Never the host's whole tree: that would
+    show every other container's, user's and service's cgroups."""
+    nsd = ["nosuid", "nodev", "noexec"]
+    ro = ["ro"] if flags & sc.MS_RDONLY else []
+    views = cgroup_views(kernel.read_text("/proc/self/mountinfo"),
+                         kernel.read_text("/proc/self/cgroup"))
+    _say(explain, f"cgroup mount on a v1/hybrid host: a tmpfs at {dest} and the container's own "
+                  f"cgroup in each of {len(views)} hierarchies "
+                  + ("(fresh mounts in its cgroup namespace)" if cgroupns else
+                     "(binds: no cgroup namespace)"))
+    mount_at(kernel, root_fd, {"destination": dest, "type": "tmpfs", "source": "tmpfs",
+                               "options": nsd + ["mode=755"]}, explain)
+    for name, fstype, data, source in views:
+        where = f"{dest.rstrip('/')}/{name}"
+        if cgroupns:
+            fresh = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (flags & sc.MS_RDONLY)
+            target_fd = resolve_in_root(kernel, root_fd, where, create="dir")
+            try:
+                _say(explain, f"mount -t {fstype} cgroup {where}  [{_names(fresh)}] {data}")
+                kernel.mount("cgroup", fd_path(target_fd), fstype, fresh, data or None)
+            finally:
+                kernel.close(target_fd)
+        elif source is None:
+            _say(explain, f"no {where}: the container's cgroup is outside the host's mount of it")
+        else:
+            mount_at(kernel, root_fd, {"destination": where, "type": "bind", "source": source,
+                                       "options": ["bind"] + nsd + ro}, explain)
+    dir_fd = resolve_in_root(kernel, root_fd, dest)
+    try:
+        for name, *_ in views:
+            for part in name.split(",") if "," in name else ():
+                _say(explain, f"ln -s {name} {dest.rstrip('/')}/{part}")
+                try:
+                    kernel.symlinkat(name, dir_fd, part)
+                except FileExistsError:
+                    pass
+    finally:
+        kernel.close(dir_fd)
+    if ro or propagation:
+        with_new_mount(kernel, root_fd, dest, lambda target: (
+            ro and remount_keep_locked(kernel, target, sc.MS_RDONLY, explain, dest),
+            propagation and kernel.mount(None, target, None, propagation)))
+
+
+def cgroup_views(mountinfo: str, own: str) -> list[tuple[str, str, str, str | None]]:
+    """(NAME, type, hierarchy, bind source) for each cgroup filesystem mounted at
+    /sys/fs/cgroup/NAME in ``mountinfo`` (proc(5)). The hierarchy is the mount data naming it
+    ("cpu,cpuacct", "name=systemd"; "" for cgroup2), taken from the line of ``own``
+    (/proc/self/cgroup, "ID:CONTROLLERS:PATH") whose controllers the mount's options hold; the
+    bind source is the directory of PATH in that mount (its root is field 4), None when PATH is
+    not below that root."""
+    paths = {}
+    for line in own.splitlines():
+        _, controllers, path = line.split(":", 2)
+        paths[controllers] = path
+    views = {}
+    for line in mountinfo.splitlines():
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) < 5 or len(rest) < 3 or rest[0] not in ("cgroup", "cgroup2"):
+            continue
+        point = _unescape(fields[4])
+        if os.path.dirname(point) != "/sys/fs/cgroup":
+            continue
+        if rest[0] == "cgroup2":
+            hierarchy = ""
+        else:
+            options = set(rest[2].split(","))
+            held = [c for c in paths if c and set(c.split(",")) <= options]
+            if not held:
+                continue                      # a hierarchy this process is not in (none such)
+            hierarchy = max(held, key=len)
+        path, root = paths.get(hierarchy), _unescape(fields[3])
+        source = None
+        if path is not None and (root == "/" or path == root or path.startswith(root + "/")):
+            source = os.path.join(point, path[len(root):].lstrip("/")).rstrip("/")
+        views[point] = (os.path.basename(point), rest[0], hierarchy, source)
+    return list(views.values())
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040...)."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
 
 
 def with_new_mount(kernel, root_fd: int, dest: str, action) -> None:

@@ -309,8 +309,10 @@ def mount_fuse_overlay(kernel, plan: RootfsPlan, root_path: str, jail: FuseJail,
 
 def mount_all(kernel, root_fd: int, spec: dict, rootless: bool, explain: Explain) -> None:
     """The spec's mounts in order, then /dev's device nodes, symlinks and ptmx."""
+    cgroupns = any(ns.get("type") == "cgroup"
+                   for ns in spec.get("linux", {}).get("namespaces", ()))
     for m in spec.get("mounts", ()):
-        mounts.mount_at(kernel, root_fd, m, explain, rootless=rootless)
+        mounts.mount_at(kernel, root_fd, m, explain, rootless=rootless, cgroupns=cgroupns)
     for dev in spec.get("linux", {}).get("devices", ()):
         mounts.create_device(kernel, root_fd, dev, rootless, explain)
     make_dev_links(kernel, root_fd, spec, explain)

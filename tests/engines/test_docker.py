@@ -60,6 +60,20 @@ def test_runtime_errors_become_docker_exit_codes(dockerd, runtime):
     assert "permission denied" in res.stderr
 
 
+@pytest.mark.parametrize("cgroupns", ["host", "private"])
+def test_the_container_sees_only_its_own_cgroups(dockerd, runtime, cgroupns):
+    """docker's spec mounts cgroups at /sys/fs/cgroup (read-only): the container sees its own
+    cgroup in each hierarchy, with its --pids-limit, and nothing below it, never the host's
+    trees with every other container's cgroups (docs/security.md)."""
+    script = ('for v in /sys/fs/cgroup /sys/fs/cgroup/*; do [ -L $v ] && continue; '
+              'for c in $v/*/; do [ -e $v/cgroup.procs ] && [ -d $c ] && echo "below $c"; done; '
+              'done; cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; exit 0')
+    res = _run(dockerd, runtime, "sh", "-c", script,
+               flags=("--pids-limit", "33", "--cgroupns", cgroupns))
+    assert res.returncode == 0, res.stderr
+    assert "below" not in res.stdout and res.stdout.split()[-1:] == ["33"], res.stdout
+
+
 def test_detached_logs_exec_stop(dockerd, runtime):
     cid = _start(dockerd, runtime, "sh", "-c", LOOP)
     try:

@@ -286,6 +286,36 @@ def test_resources_pids_limit_and_update(runtime, bundle):
     runtime("delete", "--force", "l1", check=True)
 
 
+@pytest.mark.parametrize("cgroupns", [True, False], ids=["cgroupns", "host-cgroupns"])
+def test_the_cgroup_mount_shows_only_the_containers_own_cgroups(runtime, bundle, cgroupns):
+    """A "cgroup" mount (every engine's spec has one) is the container's view of its own
+    cgroups, never the host's trees: on a v1/hybrid host a tmpfs with, per hierarchy, a fresh
+    mount in the cgroup namespace or a bind of the container's own directory. Each hierarchy
+    the container sees holds its first process (pid 1 here) and no cgroup below it (the host's
+    root would show every other container's, user's and service's); the pids view has the
+    container's own limit. Under a read-only recursive bind of the host's /sys/fs/cgroup (what
+    minictr-runc made on such a host before) `*/*/` listed 35 host cgroups here."""
+    def edit(spec):
+        spec["linux"]["resources"]["pids"] = {"limit": 42}
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                       if ns["type"] != "cgroup"]
+        if cgroupns:
+            spec["linux"]["namespaces"].append({"type": "cgroup"})
+    bundle.edit(edit)
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    views = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/*"
+    bundle.command("sh", "-c", f"for v in {views}; do [ -L $v ] && continue; "
+                   "echo \"view $v $(tr '\\n' ' ' < $v/cgroup.procs)\"; "
+                   "for c in $v/*/; do [ -d $c ] && echo \"below $c\"; done; done; "
+                   "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null")
+    out = run_to_exit(runtime, bundle, "cgv")
+    lines = out.splitlines()
+    views = [ln.split()[1:] for ln in lines if ln.startswith("view ")]
+    assert views and not [ln for ln in lines if ln.startswith("below ")], out
+    assert all("1" in procs for _, *procs in views), out
+    assert lines[-1] == "42", out
+
+
 def test_pause_and_resume(runtime, bundle):
     runtime("create", "--bundle", str(bundle), "z1", check=True)
     runtime("start", "z1", check=True)

@@ -192,7 +192,7 @@ def test_detect_hybrid(tmp_path):
     assert layout.kind == "hybrid" and layout.v2_controllers == {"hugetlb"}
     assert layout.v1_mounts["memory"] == os.path.join(root, "memory")
     assert layout.own_v1["memory"] == "/process_api/abc" and layout.own_v2 == "/"
-    assert "name=systemd" not in layout.own_v1
+    assert "name=systemd" not in layout.own_v1 and layout.own_v1["systemd"] == "/"
 
 
 # ---------------------------------------------------------------- pure v2
@@ -365,6 +365,31 @@ def test_hybrid_limits_go_to_v1_children_filter_to_v2(tmp_path):
             pass                                # now it has: a second destroy finishes
     cg.destroy()
     assert not any(os.path.exists(p) for p in cg.paths)
+
+
+def test_without_limits_only_the_v2_tree_is_joined(tmp_path):
+    root, proc = hybrid_host(tmp_path)
+    cg = setup(root, proc, {})
+    assert cg.paths == [os.path.join(root, "unified/minictr-c1")]
+
+
+def test_a_spec_that_mounts_its_cgroups_gets_one_in_every_v1_hierarchy(tmp_path):
+    """every_v1 (the spec has a "cgroup" mount): a cgroup of its own in every hierarchy,
+    limited or not, named ones too, each required; beside the launcher's own cgroup (memory)."""
+    root, proc = hybrid_host(tmp_path)
+    _tree(root, {"systemd/cgroup.procs": "1", "freezer/cgroup.procs": "1"})
+    cg = setup(root, proc, {"pids": {"limit": 9}}, every_v1=True)
+    assert sorted(cg.paths) == sorted(os.path.join(root, p, "minictr-c1") for p in (
+        "unified", "cpu", "cpuacct", "cpuset", "freezer", "pids", "systemd",
+        "memory/process_api/abc"))
+    assert read(os.path.join(root, "pids/minictr-c1/pids.max")) == "9"
+    layout = cgroup_layout.detect_layout(cgroups.CgroupFiles(), root, proc)
+    targets = cgroup_layout.plan_targets(layout, {}, {}, cgroups_path=None, container_id="c1",
+                                         rootless=False, attach_filter=False, every_v1=True)
+    assert all(t.required for t in targets if t.version == 1)
+    rootless = cgroup_layout.plan_targets(layout, {}, {}, cgroups_path=None, container_id="c1",
+                                          rootless=True, attach_filter=False, every_v1=True)
+    assert [t.version for t in rootless] == [2]
 
 
 def test_hybrid_unified_for_a_v1_controller_is_an_error(tmp_path):

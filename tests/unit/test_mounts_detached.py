@@ -146,3 +146,92 @@ def test_read_only_is_what_the_options_say_the_rest_is_kept(lib):
     bind(kernel, lib, ["bind", "nosuid"])
     (attr,) = [c for c in kernel.calls if c[0] == "mount_setattr"]
     assert attr[4:6] == (sc.MOUNT_ATTR_NOSUID, sc.MOUNT_ATTR_RDONLY)   # set, clear
+
+
+# ---------------------------------------------------------------- a "cgroup" mount on v1
+
+MOUNTINFO = """\
+28 21 0:25 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+29 28 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+30 28 0:27 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
+33 28 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:14 - cgroup cgroup rw,cpu,cpuacct
+34 28 0:31 / /sys/fs/cgroup/memory rw,nosuid shared:15 - cgroup cgroup rw,memory
+35 28 0:32 /job\\040a /sys/fs/cgroup/pids rw,nosuid shared:16 - cgroup cgroup rw,pids
+36 28 0:33 /elsewhere /sys/fs/cgroup/freezer rw,nosuid shared:17 - cgroup cgroup rw,freezer
+40 21 0:34 / /mnt/cgroup/memory rw shared:18 - cgroup cgroup rw,memory
+"""
+OWN = """\
+12:freezer:/minictr-c1
+11:pids:/job a/minictr-c1
+5:memory:/user.slice/minictr-c1
+3:cpu,cpuacct:/minictr-c1
+1:name=systemd:/minictr-c1
+0::/minictr-c1
+"""
+
+
+def test_cgroup_views_name_each_hierarchy_and_the_containers_own_directory():
+    """From mountinfo: each cgroup filesystem at /sys/fs/cgroup/NAME (not elsewhere), its
+    hierarchy as /proc/self/cgroup names it (a mount option such as xattr is not one), and the
+    bind source below the mount's own root; None where the cgroup is outside that root."""
+    assert mounts.cgroup_views(MOUNTINFO, OWN) == [
+        ("unified", "cgroup2", "", "/sys/fs/cgroup/unified/minictr-c1"),
+        ("systemd", "cgroup", "name=systemd", "/sys/fs/cgroup/systemd/minictr-c1"),
+        ("cpu,cpuacct", "cgroup", "cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/minictr-c1"),
+        ("memory", "cgroup", "memory", "/sys/fs/cgroup/memory/user.slice/minictr-c1"),
+        ("pids", "cgroup", "pids", "/sys/fs/cgroup/pids/minictr-c1"),
+        ("freezer", "cgroup", "freezer", None)]
+
+
+class CgroupHost(sc.RecordingSyscalls):
+    """The recording face on a hybrid host with the mountinfo and cgroups above."""
+
+    def exists(self, path):
+        return path != "/sys/fs/cgroup/cgroup.controllers" and super().__getattr__("exists")(path)
+
+    def read_text(self, path):
+        return {"/proc/self/mountinfo": MOUNTINFO, "/proc/self/cgroup": OWN}[path]
+
+
+@pytest.mark.parametrize("cgroupns", [True, False])
+def test_a_cgroup_mount_as_root_on_v1_is_a_tmpfs_of_own_views(cgroupns, monkeypatch):
+    """(At /cg: the recording face answers for /sys paths from this host's /sys.)"""
+    real_exists, real_isdir = mounts.os.path.exists, mounts.os.path.isdir
+    monkeypatch.setattr(mounts.os.path, "exists",
+                        lambda p: p.startswith("/sys/fs/cgroup/") or real_exists(p))
+    monkeypatch.setattr(mounts.os.path, "isdir",
+                        lambda p: p.startswith("/sys/fs/cgroup/") or real_isdir(p))
+    kernel = CgroupHost()
+    lines = []
+    mounts.mount_at(kernel, ROOT_FD, {"destination": "/cg", "type": "cgroup",
+                                      "source": "cgroup", "options": ["nosuid", "ro"]},
+                    lines.append, cgroupns=cgroupns)
+    made = [c for c in kernel.calls if c[0] == "mount"]
+    assert made[0][1:4] == ("tmpfs", made[0][2], "tmpfs")
+    if cgroupns:        # fresh mounts, each hierarchy by its name, read-only like the entry
+        fresh = [(c[3], c[5]) for c in made[1:] if c[1] == "cgroup"]
+        assert fresh == [("cgroup2", None), ("cgroup", "name=systemd"),
+                         ("cgroup", "cpu,cpuacct"), ("cgroup", "memory"), ("cgroup", "pids"),
+                         ("cgroup", "freezer")]
+        assert all(c[4] & sc.MS_RDONLY for c in made[1:] if c[1] == "cgroup")
+        assert "open_tree" not in kernel.names()
+    else:               # binds of the own directories; none for freezer (outside the mount)
+        trees = [c[2] for c in kernel.calls if c[0] == "open_tree"]
+        assert trees == ["/sys/fs/cgroup/unified/minictr-c1", "/sys/fs/cgroup/systemd/minictr-c1",
+                         "/sys/fs/cgroup/cpu,cpuacct/minictr-c1",
+                         "/sys/fs/cgroup/memory/user.slice/minictr-c1",
+                         "/sys/fs/cgroup/pids/minictr-c1"]
+        assert not [c for c in kernel.calls if c[0] == "mount" and c[1] == "/sys/fs/cgroup"]
+        assert any("no /cg/freezer" in line for line in lines)
+    links = [c[1:] for c in kernel.calls if c[0] == "symlinkat"]
+    assert [(target, name) for target, _, name in links] == [("cpu,cpuacct", "cpu"),
+                                                             ("cpu,cpuacct", "cpuacct")]
+    # the tmpfs itself ends read-only
+    assert made[-1][4] & (sc.MS_REMOUNT | sc.MS_RDONLY) == sc.MS_REMOUNT | sc.MS_RDONLY
+
+
+def test_a_cgroup_mount_rootless_on_v1_binds_the_hosts_trees():
+    kernel = CgroupHost()
+    mounts.mount_at(kernel, ROOT_FD, {"destination": "/sys/fs/cgroup", "type": "cgroup",
+                                      "source": "cgroup", "options": ["ro"]}, None, rootless=True)
+    assert [c[2] for c in kernel.calls if c[0] == "open_tree"] == ["/sys/fs/cgroup"]
