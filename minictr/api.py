@@ -86,9 +86,13 @@ def rmi(paths: Paths, refs: list[str], prune: bool = False) -> list[str]:
 
 def gc(paths: Paths) -> dict:
     """Blobs and layers no image or container uses, and what killed runs left outside any
-    container's state entry: writable layers and names."""
+    container's state entry: writable layers and names; mount-point layers of removed image
+    layers (mountpoints.collect)."""
+    from minictr import mountpoints
+
     result = _store(paths).gc(keep_layers=_layers_in_use(paths))
     result["containers"] = _remove_orphan_layers(paths)
+    result["mountpoints"] = mountpoints.collect(paths.state)
     return result
 
 
@@ -526,6 +530,29 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
                       notes=p.notes + tuple(resolved.notes), gpu_request=False)
 
 
+def with_mount_point_layer(paths: Paths, p: Plan, explain: Explain = None) -> Plan:
+    """``p`` with the mount points of its binds that the image lacks in a lower layer made
+    once (mountpoints.py), so the start creates none in the writable layer; ``p`` itself when
+    there is none to add, or its overlay could not take one more layer."""
+    r = p.rootfs
+    if r is None or r.squashfs is not None or r.driver != "overlay" or r.rootless or \
+            not r.lowerdirs:
+        return p
+    from minictr import mountpoints
+
+    layer = mountpoints.layer_for(paths.state, r.lowerdirs,
+                                  mountpoints.bind_destinations(p.spec), explain)
+    if layer is None:
+        return p
+    rootfs = r._replace(lowerdirs=(layer,) + r.lowerdirs)
+    try:
+        if len(rootfs.overlay_data()) > mountpoints.MAX_OVERLAY_DATA:
+            return p
+    except ValueError:
+        return p
+    return p._replace(rootfs=rootfs)
+
+
 def _job_native_edits(spec: dict, read_file, files_dir: str, *, warn: Explain):
     """Job-native mode's edits (spec/native.py): your passwd and group entries, bound over the
     image's (their content is returned as Plan.files, written at create like the GPU loader
@@ -797,8 +824,11 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
             if cached is not None and not dry_run:
                 _keep_plan(paths, opts, cached, p)
         # the driver of the moment (its discovery has its own cache, checked against the host)
+        gpus = p.gpu_request
         p = with_gpus(paths, p, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
                       warn=warn)
+        if gpus and not dry_run:
+            p = with_mount_point_layer(paths, p, explain)
         if not dry_run:
             root.claim_name(p.name, container_id)
         if explain and cached is not None and cached[1]:

@@ -1,6 +1,6 @@
 """Private cache files under ``STATE/.cache`` (``cache_dir``): the compiled seccomp programs
-(runtime/seccomp_cache.py), the discovered GPU driver (gpu/driver_cache.py) and the plans of
-repeated runs (plancache.py).
+(runtime/seccomp_cache.py), the discovered GPU driver (gpu/driver_cache.py), the plans of
+repeated runs (plancache.py) and the mount-point layers (mountpoints.py, directories).
 
 What they keep is trusted as it is (a seccomp program is loaded into containers), so a cache
 directory counts only when it is this user's and writable by no one else (it is made 0700),

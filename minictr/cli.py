@@ -213,8 +213,9 @@ def cmd_gc(args) -> int:
     from minictr import api
 
     result = api.gc(_paths(args))
-    print(f"removed {result['blobs']} blobs, {result['layers']} layers and "
-          f"{result['containers']} orphaned writable layers, freed {_human(result['bytes'])}")
+    print(f"removed {result['blobs']} blobs, {result['layers']} layers, "
+          f"{result['mountpoints']} mount-point layers and {result['containers']} orphaned "
+          f"writable layers, freed {_human(result['bytes'])}")
     return 0
 
 

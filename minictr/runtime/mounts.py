@@ -292,21 +292,27 @@ def mount_cgroup_v1(kernel, root_fd: int, dest: str, flags: int, propagation: in
         else:
             mount_at(kernel, root_fd, {"destination": where, "type": "bind", "source": source,
                                        "options": ["bind"] + nsd + ro}, explain)
-    dir_fd = resolve_in_root(kernel, root_fd, dest)
-    try:
-        for name, *_ in views:
-            for part in name.split(",") if "," in name else ():
-                _say(explain, f"ln -s {name} {dest.rstrip('/')}/{part}")
-                try:
-                    kernel.symlinkat(name, dir_fd, part)
-                except FileExistsError:
-                    pass
-    finally:
-        kernel.close(dir_fd)
+    make_links(kernel, root_fd, dest, [(name, part) for name, *_ in views
+                                       for part in (name.split(",") if "," in name else ())],
+               explain)
     if ro or propagation:
         with_new_mount(kernel, root_fd, dest, lambda target: (
             ro and remount_keep_locked(kernel, target, sc.MS_RDONLY, explain, dest),
             propagation and kernel.mount(None, target, None, propagation)))
+
+
+def make_links(kernel, root_fd: int, directory: str, links, explain: Explain) -> None:
+    """Symlinks (target, name) in ``directory`` of the container; one already there stays."""
+    dir_fd = resolve_in_root(kernel, root_fd, directory)
+    try:
+        for target, name in links:
+            _say(explain, f"ln -s {target} {directory.rstrip('/')}/{name}")
+            try:
+                kernel.symlinkat(target, dir_fd, name)
+            except FileExistsError:
+                pass
+    finally:
+        kernel.close(dir_fd)
 
 
 def cgroup_views(mountinfo: str, own: str) -> list[tuple[str, str, str, str | None]]:

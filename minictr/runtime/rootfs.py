@@ -323,19 +323,10 @@ def make_dev_links(kernel, root_fd: int, spec: dict, explain: Explain) -> None:
     container's ptys come from its own devpts, reached through this link)."""
     if not any(m.get("destination") == "/dev" for m in spec.get("mounts", ())):
         return
-    dev_fd = mounts.resolve_in_root(kernel, root_fd, "/dev")
-    try:
-        links = list(DEV_SYMLINKS)
-        if any(m.get("destination") == "/dev/pts" for m in spec.get("mounts", ())):
-            links.append(("pts/ptmx", "ptmx"))
-        for target, name in links:
-            _say(explain, f"ln -s {target} /dev/{name}")
-            try:
-                kernel.symlinkat(target, dev_fd, name)
-            except FileExistsError:
-                pass
-    finally:
-        kernel.close(dev_fd)
+    links = list(DEV_SYMLINKS)
+    if any(m.get("destination") == "/dev/pts" for m in spec.get("mounts", ())):
+        links.append(("pts/ptmx", "ptmx"))
+    mounts.make_links(kernel, root_fd, "/dev", links, explain)
 
 
 def pivot_into(kernel, root_path: str, explain: Explain, no_pivot: bool = False) -> None:

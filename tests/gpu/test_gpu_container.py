@@ -67,6 +67,12 @@ def test_a_cached_plan_gets_its_gpus_at_every_run(minictr_cli, fake_driver, tmp_
                           gpus="0", ref=name)
         assert "cuDeviceGetCount=2" in out and any(line in out for line in REACHED), out
     assert len(os.listdir(tmp_path / "state" / ".cache" / "plan")) == 1
+    # the mount points the image lacks were made once, in a lower layer (mountpoints.py),
+    # resolved through the image's own links: the probe found libcuda.so.1 where it looked
+    (layer,) = [n for n in os.listdir(tmp_path / "state" / ".cache" / "mountpoints")
+                if "." not in n]
+    assert os.path.isfile(tmp_path / "state" / ".cache" / "mountpoints" / layer / "usr" / "bin"
+                          / "nvidia-smi")
 
 
 def test_without_gpus_nothing_is_injected(minictr_cli, fake_driver, tmp_path, layout):
