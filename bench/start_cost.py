@@ -145,10 +145,14 @@ IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 
 
 def import_profile(mc: startenv.Minictr, image: str) -> dict[str, tuple[int, int, int]]:
-    """module -> (self us, cumulative us, depth) from one `minictr run` under -X importtime."""
-    res = subprocess.run([*mc.prefix, mc.exe, "run", "--rm", image, "/bin/true"],
-                         capture_output=True, text=True,
-                         env=dict(mc.env, PYTHONPROFILEIMPORTTIME="1"), timeout=120)
+    """module -> (self us, cumulative us, depth) from one `minictr run` under -X importtime.
+    The console script's interpreter runs with -I (no PYTHON* variables, so no
+    PYTHONPROFILEIMPORTTIME): the script is run by that interpreter and its flags, plus -X."""
+    with open(mc.exe) as f:
+        interpreter = f.readline()[2:].split()
+    res = subprocess.run([*mc.prefix, *interpreter, "-X", "importtime", mc.exe, "run", "--rm",
+                          image, "/bin/true"], capture_output=True, text=True, env=mc.env,
+                         timeout=120)
     if res.returncode != 0:
         raise RuntimeError(f"minictr run failed: {common.first_error_line(res.stderr)}")
     out = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from minictr.records import record
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.config import Paths
 from minictr.errors import ImageError, MinictrError, RegistryError, UsageError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr import cachefiles
 from minictr.errors import SpecError, UsageError

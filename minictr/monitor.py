@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr import jsonio
 from minictr.errors import MinictrError, RuntimeSetupError

@@ -12,7 +12,7 @@ and where minictr differs from the NVIDIA Container Toolkit.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps

@@ -15,7 +15,7 @@ ignored.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import GPUError
 from minictr.gpu import capabilities as caps

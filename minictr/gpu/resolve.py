@@ -20,7 +20,7 @@ writes it when it creates the container.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import GPUError
 from minictr.gpu import request as request_mod

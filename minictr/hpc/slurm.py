@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import GPUError, MinictrError
 from minictr.records import record

@@ -15,7 +15,7 @@ import base64
 import email.utils
 import threading
 import time
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RegistryError
 from minictr.image import auth, httpclient

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import ImageError, RegistryError
 from minictr.image import auth, hosts, httpclient, manifests

@@ -26,7 +26,7 @@ import fcntl
 import os
 import _thread
 import time
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr import jsonio
 from minictr.errors import ImageError, MinictrError, NoSuchImage

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
-from collections.abc import Iterator
+from _collections_abc import Iterator
 
 from minictr.errors import ImageError
 

@@ -18,7 +18,7 @@ import http.client
 import io
 import threading
 import time
-from collections.abc import Callable, Iterable
+from _collections_abc import Callable, Iterable
 
 from minictr.errors import RegistryError
 from minictr.image.httpclient import HTTPError

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import ImageError
 from minictr.image import tarstream as ts

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError, SpecError, hint_for
 

@@ -31,7 +31,7 @@ import fcntl
 import ipaddress
 import json
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError
 from minictr.runtime import nftables

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import _signal as signal  # signal.py's C core: the same calls, numbers as ints (signal.py imports enum: ~3 ms)
-from collections.abc import Callable
+from _collections_abc import Callable
 
 import prctl
 

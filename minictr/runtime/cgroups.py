@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError
 from minictr.runtime import bpf_devices, cgroup_v1, cgroup_v2

@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ContainerExecError, RuntimeSetupError
 from minictr.runtime import capabilities, landlock, rootfs as rootfs_mod

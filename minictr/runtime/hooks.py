@@ -19,7 +19,7 @@ The hooks run through the syscall face (``kernel.run_program``), so a dry run re
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr import jsonio
 from minictr.errors import RuntimeSetupError

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError
 

@@ -16,7 +16,7 @@ no_new_privs (landlock_restrict_self(2) needs it, or CAP_SYS_ADMIN).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import SpecError
 from minictr.runtime import syscalls as sc

@@ -32,7 +32,7 @@ import errno
 import os
 import _signal as signal  # signal.py's C core: the same calls, numbers as ints (signal.py imports enum: ~3 ms)
 import time
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr import cachefiles, jsonio
 from minictr.errors import MinictrError, RuntimeSetupError, UsageError

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.runtime import syscalls as sc
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError, SpecError
 from minictr.records import record

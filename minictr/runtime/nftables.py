@@ -29,7 +29,7 @@ before routing, as kube-proxy's fix does. route_localnet is set on the bridge on
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError
 

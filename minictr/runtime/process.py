@@ -20,7 +20,7 @@ import _signal as signal  # signal.py's C core: the same calls, numbers as ints 
 import struct
 import termios
 import tty as tty_mod
-from collections.abc import Callable
+from _collections_abc import Callable
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)

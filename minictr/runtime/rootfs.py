@@ -17,7 +17,7 @@ from __future__ import annotations
 import _signal  # signal.py's C core (signal.py imports enum: ~3 ms)
 import errno
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.records import record
 from minictr.runtime import capabilities, mounts

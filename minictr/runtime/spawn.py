@@ -39,7 +39,7 @@ import select  # noqa: F401 - lifecycle.wait_for_start polls after pivot_root
 import _signal as signal  # signal.py's C core: the same calls, numbers as ints (signal.py imports enum: ~3 ms)
 import _socket  # socket.py's C core: socket.py imports enum and selectors (~2 ms)
 import struct
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr import jsonio
 from minictr.config import INIT_BINARY

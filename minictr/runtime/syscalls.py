@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import resource as _resource
-from collections.abc import Callable
+from _collections_abc import Callable
 
 # Imported here, not lazily: the container side calls these after pivot_root(2), when the host's
 # site-packages are no longer reachable.

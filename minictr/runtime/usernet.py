@@ -35,7 +35,7 @@ import os
 import select
 import signal
 import socket
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import RuntimeSetupError
 from minictr.runtime import state as state_mod

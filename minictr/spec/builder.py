@@ -8,7 +8,7 @@ bind sources) through ``read_host_file`` and ``host_stat``; nothing here touches
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import SpecError
 from minictr.records import record

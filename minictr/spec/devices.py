@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-from collections.abc import Callable, Iterable
+from _collections_abc import Callable, Iterable
 
 from minictr.errors import SpecError
 from minictr.spec.edits import ContainerEdits, DeviceNode

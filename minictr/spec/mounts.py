@@ -8,7 +8,7 @@ The runtime still resolves each destination inside the rootfs without following 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import SpecError
 from minictr.spec.units import parse_bytes

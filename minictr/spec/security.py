@@ -17,7 +17,7 @@ explicit ``seccomp=FILE`` under --privileged, minictr applies a profile the user
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import SpecError
 from minictr.records import record

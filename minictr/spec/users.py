@@ -14,7 +14,7 @@ input, so malformed lines are skipped, never trusted partially.
 from __future__ import annotations
 
 from minictr.records import record
-from collections.abc import Callable
+from _collections_abc import Callable
 
 from minictr.errors import SpecError
 

@@ -45,6 +45,23 @@ def test_run_path_modules_import_none_of_the_slow_standard_modules():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_a_cached_run_imports_no_collections_contextlib_or_functools():
+    """What a plan-cache hit imports (cli, api, plancache, the runtime) loads neither
+    collections (``collections.abc`` imports the whole package: ~1 ms; ``_collections_abc``,
+    which the interpreter has loaded already, holds the same classes) nor contextlib and
+    functools (~1 ms), nor operator.py (records.py takes itemgetter from _operator)."""
+    code = ("import sys; import minictr.cli, minictr.api, minictr.plancache, "
+            "minictr.runtime.lifecycle, minictr.runtime.spawn, minictr.runtime.cleanup, "
+            "minictr.runtime.cgroups, minictr.runtime.process, minictr.runtime.rootfs, "
+            "minictr.runtime.seccomp_cache, minictr.runtime.validate, minictr.spec.etcfiles; "
+            "print(sorted(m for m in ('collections', 'contextlib', 'functools', 'operator') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c",
+                          f"import sys; sys.path += {sys.path!r}; " + code],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_run_program_is_popen_communicate():
     from minictr.runtime.idmap import which
     from minictr.runtime.syscalls import Syscalls
