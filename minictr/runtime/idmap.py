@@ -97,6 +97,7 @@ def write_id_maps(kernel, pid: int, uid_maps: list[dict], gid_maps: list[dict],
         _write(kernel, f"/proc/{pid}/uid_map", _map_text(uid_maps), explain)
         _write(kernel, f"/proc/{pid}/gid_map", _map_text(gid_maps), explain)
         return
+    programs = []
     for helper, maps in (("newuidmap", uid_maps), ("newgidmap", gid_maps)):
         args = [helper, str(pid)] + [str(v) for m in maps
                                      for v in (m["containerID"], m["hostID"], m["size"])]
@@ -106,7 +107,10 @@ def write_id_maps(kernel, pid: int, uid_maps: list[dict], gid_maps: list[dict],
         if path is None:
             raise RuntimeSetupError(f"{helper} is not installed",
                                     hint="apt-get install uidmap, or use a single-id mapping")
-        code, output = kernel.run_program(path, args, [f"PATH={os.defpath}"], b"", 30)
+        programs.append((path, args, [f"PATH={os.defpath}"], b""))
+    # side by side: each writes its own file of /proc/PID, and neither needs the other's map
+    for (_, (helper, *_), _, _), (code, output) in zip(programs,
+                                                      kernel.run_programs(programs, 30)):
         if code != 0:
             raise RuntimeSetupError(f"{helper} failed: {output.decode(errors='replace').strip()}",
                                     hint="check /etc/subuid and /etc/subgid for your user")

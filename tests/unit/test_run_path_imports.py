@@ -81,6 +81,19 @@ def test_run_program_is_popen_communicate():
     assert which("sh") == shutil_which("sh")
 
 
+def test_run_programs_runs_them_side_by_side(tmp_path):
+    """The first waits for a file the second makes: one at a time, it would time out."""
+    from minictr.runtime.idmap import which
+    from minictr.runtime.syscalls import Syscalls
+
+    sh, flag = which("sh"), tmp_path / "made-by-the-second"
+    results = Syscalls().run_programs([
+        (sh, ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.01; done; echo saw it"], [], b""),
+        (sh, ["sh", "-c", f"touch {flag}; exit 4"], [], b""),
+        ("/nonexistent", ["x"], [], b"")], 20)
+    assert results[:2] == [(0, b"saw it\n"), (4, b"")] and results[2][0] == 127
+
+
 def shutil_which(name):
     import shutil
 
