@@ -511,21 +511,46 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
     layers, as the store does)."""
     if not p.gpu_request:
         return p
+    from minictr import cachefiles
     from minictr.spec import gpu_request
 
     inputs = gpu_request.find(p.spec)
+    cache_dir = cachefiles.cache_dir(paths.state, "gpu")
+    memo_key = None
+    if read_file is None and "SLURM_JOB_ID" not in os.environ:
+        # the same request, image, settings and driver as an earlier run: its resolution
+        from minictr.gpu import memo
+
+        memo_key = memo.key(inputs, gpu_roots, p.rootfs.lowerdirs)
+        replay = memo.load(cache_dir, memo_key, files_dir) if memo_key else None
+        if replay is not None:
+            for text in replay.warnings:
+                if warn:
+                    warn(text)
+            spec = gpu_request.resolved_spec(p.spec, inputs, replay.unset_env, replay.edits)
+            note = (f"GPU request: as resolved by an earlier run ({replay.name}: the same "
+                    "request, image, settings and code, and every driver file unchanged)")
+            return p._replace(spec=spec, files=p.files + replay.files,
+                              notes=p.notes + (note,), gpu_request=False)
     if read_file is None:
         from minictr.image import merged
 
         layers = list(p.rootfs.lowerdirs)             # topmost first, as overlayfs stacks them
         read_file = lambda path: merged.read_file(layers, path)  # noqa: E731
-    from minictr import cachefiles
     from minictr.gpu import resolve
 
+    said: list[str] = []
+
+    def heard(text: str) -> None:
+        said.append(text)
+        if warn:
+            warn(text)
+    settings = gpu_settings(gpu_roots)
     resolved = resolve.resolve(
-        p.spec, inputs, read_file=read_file, files_dir=files_dir,
-        settings=gpu_settings(gpu_roots), warn=warn, allocation=_slurm_task_allocation,
-        cache_dir=cachefiles.cache_dir(paths.state, "gpu"))
+        p.spec, inputs, read_file=read_file, files_dir=files_dir, settings=settings,
+        warn=heard, allocation=_slurm_task_allocation, cache_dir=cache_dir)
+    if memo_key is not None:
+        memo.store(cache_dir, memo_key, resolved, files_dir, said, settings.roots)
     return p._replace(spec=resolved.spec, files=p.files + tuple(resolved.files),
                       notes=p.notes + tuple(resolved.notes), gpu_request=False)
 

@@ -8,7 +8,7 @@ GPUs, their MIG devices, the libraries, and the ``Driver`` that holds them; ``to
 ``HostFiles`` is the only way discovery (discover.py, driverlibs.py, elf.py) touches the host.
 Besides answering, it keeps a *witness* of every answer: the text of a file under the proc root
 (procfs sizes and times say nothing), a directory's listing, a symlink's target, else the file's
-identity (dev, ino, mtime, size, mode, rdev) or its absence. ``still_holds(witnesses)`` asks the
+identity (dev, ino, mtime, size, mode, rdev) or its absence. ``witnesses.still_holds`` asks the
 host the same questions again: while every answer is unchanged, a discovery made from them would
 find the same driver, so its result can be reused (driver_cache.py).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
+from minictr.gpu.witnesses import _ASK
 from minictr.records import record
 from minictr.spec.edits import DeviceNode
 
@@ -155,40 +156,6 @@ def from_plain(data: dict, roots: DriverRoots) -> Driver:
 
 # ------------------------------------------------------------------ the one reader of the host
 
-def _identity(path: str) -> list | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_rdev]
-
-
-def _text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _listing(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def readlink(path: str) -> str | None:
-    """The link's target, None when ``path`` is not a link (or cannot be read)."""
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-_ASK = {"stat": _identity, "text": _text, "list": _listing, "link": readlink}
-
-
 class HostFiles:
     """Reads the host for discovery and remembers what it saw (``witnesses``)."""
 
@@ -249,11 +216,3 @@ class HostFiles:
     @property
     def witnesses(self) -> list[list]:
         return [[kind, path, value] for (kind, path), value in self.seen.items()]
-
-
-def still_holds(witnesses) -> bool:
-    """Whether the host still answers every question of a discovery the same way."""
-    for kind, path, value in witnesses:
-        if kind not in _ASK or not isinstance(path, str) or _ASK[kind](path) != value:
-            return False       # (a path must be a name: os.stat and open take fds too)
-    return True

@@ -25,14 +25,14 @@ import os
 
 from minictr import cachefiles, jsonio
 from minictr.cachefiles import sha256
-from minictr.gpu.driver import (Driver, DriverRoots, HostFiles, from_plain, still_holds,
-                                to_plain)
+from minictr.gpu.driver import Driver, DriverRoots, HostFiles, from_plain, to_plain
+from minictr.gpu.witnesses import still_holds
 
 FORMAT = 1
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # the code whose result is cached: another version of any of it is another cache
-_CODE = ("driver.py", "discover.py", "driverlibs.py", "capabilities.py", "elf.py", "ldcache.py",
-         "require.py", "driver_cache.py")
+_CODE = ("driver.py", "witnesses.py", "discover.py", "driverlibs.py", "capabilities.py",
+         "elf.py", "ldcache.py", "require.py", "driver_cache.py")
 
 
 def discover_cached(roots: DriverRoots, cache_dir: str | None, discover_fn=None,
@@ -95,3 +95,15 @@ def write_entry(path: str, driver: Driver, witnesses) -> None:
     """Store ``driver`` at ``path``; a cache that cannot be written only costs time."""
     cachefiles.write(path, jsonio.dumps({"format": FORMAT, "witnesses": witnesses,
                                          "driver": to_plain(driver)}).encode())
+
+
+def witnesses(cache_dir: str, roots: DriverRoots) -> list | None:
+    """The witnesses of the entry for ``roots`` (what the resolution memo, gpu/memo.py, must
+    see unchanged too), or None without a readable entry."""
+    path = entry_path(cache_dir, roots)
+    data = cachefiles.read(path) if path is not None else None
+    try:
+        doc = jsonio.loads(data) if data is not None else None
+        return doc["witnesses"] if doc and doc.get("format") == FORMAT else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -13,7 +13,8 @@ from collections import deque
 
 from minictr.gpu import capabilities as caps
 from minictr.gpu import elf, ldcache
-from minictr.gpu.driver import HostFiles, Library, readlink
+from minictr.gpu.driver import HostFiles, Library
+from minictr.gpu.witnesses import readlink
 
 _KEEP = ldcache.key_pattern(caps.ALL_STEMS)
 FALLBACK_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "lib/x86_64-linux-gnu", "lib64",

@@ -28,6 +28,7 @@ from minictr.gpu.driver import CTL_MINOR, NVIDIA_MAJOR
 from minictr.records import record
 from minictr.spec import gpu_request
 from minictr.spec.edits import ContainerEdits, apply_edits
+from minictr.spec.gpu_request import resolved_spec, without_env, without_legacy_hooks
 
 CACHE_FILE = "ld.so.cache"
 Warn = Callable[[str], None] | None
@@ -39,6 +40,10 @@ class Resolved:
     files: tuple[tuple[str, bytes], ...] = ()   # (name, data) the runtime writes to files_dir
     gpus: tuple = ()                            # the selected GPUs (discover.GPU), for messages
     notes: tuple[str, ...] = ()                 # what --explain says about the choices
+    # the driver's edits of the spec, for the resolution memo (gpu/memo.py); None for CDI
+    # names and for the paths that inject nothing
+    edits: ContainerEdits | None = None
+    unset_env: tuple[str, ...] = ()
 
 
 def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: str,
@@ -54,6 +59,7 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
     notes: list[str] = []
 
     request = request_mod.from_inputs(inputs, settings, warn)
+    original = spec
     if inputs.legacy_hooks:
         spec = without_legacy_hooks(spec)
     if request is None:
@@ -92,28 +98,9 @@ def resolve(spec: dict, inputs: gpu_request.GpuInputs, *, read_file, files_dir: 
                        os.path.join(files_dir, CACHE_FILE),
                        disable_require=settings.disable_require, renumber=alloc is not None,
                        warn=warn)
-    spec = without_env(spec, injection.unset_env)
-    return Resolved(apply_edits(spec, injection.edits), ((CACHE_FILE, injection.cache),),
-                    selection.gpus, tuple(notes))
-
-
-def without_legacy_hooks(spec: dict) -> dict:
-    """docker --gpus' prestart hook (nvidia-container-runtime-hook prestart) is replaced by this
-    injection: it is never run, so no NVIDIA software but the driver is needed."""
-    hooks = dict(spec.get("hooks") or {})
-    hooks["prestart"] = [h for h in hooks.get("prestart") or ()
-                         if not gpu_request.is_legacy_hook(h)]
-    if not hooks["prestart"]:
-        del hooks["prestart"]
-    return dict(spec, hooks=hooks)
-
-
-def without_env(spec: dict, names) -> dict:
-    if not names:
-        return spec
-    process = dict(spec.get("process") or {})
-    process["env"] = [e for e in process.get("env") or () if e.partition("=")[0] not in names]
-    return dict(spec, process=process)
+    return Resolved(resolved_spec(original, inputs, injection.unset_env, injection.edits),
+                    ((CACHE_FILE, injection.cache),), selection.gpus, tuple(notes),
+                    injection.edits, injection.unset_env)
 
 
 def check_cdi_allocation(edits: ContainerEdits, alloc) -> None:

@@ -112,6 +112,38 @@ def find(spec: dict) -> GpuInputs | None:
                      legacy_hooks=hooks, privileged="CAP_SYS_ADMIN" in bounding)
 
 
+# ---------------------------------------------------------------- the resolved spec
+
+
+def resolved_spec(spec: dict, inputs: GpuInputs, unset_env, edits) -> dict:
+    """``spec`` with its request resolved into ``edits`` (spec/edits.ContainerEdits): docker's
+    legacy hook dropped, the variables the request replaces unset, the edits applied. The one
+    way a resolution becomes a spec, computed (gpu/resolve.py) or replayed (gpu/memo.py)."""
+    from minictr.spec.edits import apply_edits
+
+    if inputs.legacy_hooks:
+        spec = without_legacy_hooks(spec)
+    return apply_edits(without_env(spec, unset_env), edits)
+
+
+def without_legacy_hooks(spec: dict) -> dict:
+    """docker --gpus' prestart hook (nvidia-container-runtime-hook prestart) is replaced by
+    minictr's injection: it is never run, so no NVIDIA software but the driver is needed."""
+    hooks = dict(spec.get("hooks") or {})
+    hooks["prestart"] = [h for h in hooks.get("prestart") or () if not is_legacy_hook(h)]
+    if not hooks["prestart"]:
+        del hooks["prestart"]
+    return dict(spec, hooks=hooks)
+
+
+def without_env(spec: dict, names) -> dict:
+    if not names:
+        return spec
+    process = dict(spec.get("process") or {})
+    process["env"] = [e for e in process.get("env") or () if e.partition("=")[0] not in names]
+    return dict(spec, process=process)
+
+
 # ---------------------------------------------------------------- writing minictr's request
 
 

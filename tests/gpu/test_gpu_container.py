@@ -71,6 +71,9 @@ def test_a_cached_plan_gets_its_gpus_at_every_run(minictr_cli, fake_driver, tmp_
     # resolved through the image's own links: the probe found libcuda.so.1 where it looked
     (layer,) = [n for n in os.listdir(tmp_path / "state" / ".cache" / "mountpoints")
                 if "." not in n]
+    # and the second run replayed the first one's resolution (gpu/memo.py)
+    assert [n for n in os.listdir(tmp_path / "state" / ".cache" / "gpu")
+            if n.startswith("resolved-")]
     assert os.path.isfile(tmp_path / "state" / ".cache" / "mountpoints" / layer / "usr" / "bin"
                           / "nvidia-smi")
 

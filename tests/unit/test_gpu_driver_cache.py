@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from minictr.gpu import discover, driver, driver_cache
+from minictr.gpu import discover, driver, driver_cache, witnesses
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "gpu"))
 import fakedriver  # noqa: E402
@@ -184,9 +184,9 @@ def test_witnesses_cover_every_file_discovery_read(fake):
     assert os.path.join(fake.proc_root, "driver/nvidia/version") in seen
     assert os.path.join(fake.driver_root, "etc/ld.so.cache") in seen
     assert os.path.join(fake.dev_root, "dev/nvidia0") in seen
-    assert driver.still_holds(host.witnesses)
+    assert witnesses.still_holds(host.witnesses)
     _remove_node(fake)
-    assert not driver.still_holds(host.witnesses)
+    assert not witnesses.still_holds(host.witnesses)
 
 
 def test_a_witness_must_name_a_path(fake, tmp_path):
