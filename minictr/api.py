@@ -842,6 +842,9 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
     try:
         p, cached = _cached_plan(paths, opts, container_id, pull_policy, dry_run)
         if p is None:
+            import gc
+
+            gc.enable()                  # cli.entry turned it off for a warm start only
             # a cacheable plan is made, and kept, without its GPU request resolved
             p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy,
                      progress=progress, container_id=container_id, warn=warn,

@@ -70,6 +70,9 @@ def _monitor(body: Callable, status_w: int, log_path: str, interactive: bool) ->
         except OSError:
             pass                         # sent already, or the launcher is gone
 
+    import gc
+
+    gc.enable()                          # it lives as long as the container (cli.entry)
     try:
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)

@@ -98,3 +98,22 @@ def shutil_which(name):
     import shutil
 
     return shutil.which(name)
+
+
+def test_the_garbage_collector_is_off_only_for_a_warm_run(tmp_path, monkeypatch):
+    """cli.entry turns the cyclic collector off; every command but run and exec turns it on
+    again (a pull or a load may run long), and so does a run whose plan is not cached."""
+    import gc
+
+    from minictr import cli
+
+    monkeypatch.setenv("MINICTR_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("MINICTR_STATE", str(tmp_path / "state"))
+    try:
+        gc.disable()
+        assert cli.main(["images"]) == 0 and gc.isenabled()
+        gc.disable()
+        assert cli.main(["run", "--rm", "--pull", "never", "localhost/nosuch:1", "true"]) != 0
+        assert gc.isenabled()                    # planning (here: a missing image) turned it on
+    finally:
+        gc.enable()
