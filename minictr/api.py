@@ -852,11 +852,11 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
             if cached is not None and not dry_run:
                 _keep_plan(paths, opts, cached, p)
         # the driver of the moment (its discovery has its own cache, checked against the host)
-        gpus = p.gpu_request
         p = with_gpus(paths, p, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
                       warn=warn)
-        if gpus and not dry_run:
-            p = with_mount_point_layer(paths, p, explain)
+        # /etc/hosts, resolv.conf, hostname, a GPU's files, volumes: made once, not per run (a
+        # cache, as discovery's: a dry run may make it too, and then shows the same steps)
+        p = with_mount_point_layer(paths, p, explain)
         if not dry_run:
             root.claim_name(p.name, container_id)
         if explain and cached is not None and cached[1]:
