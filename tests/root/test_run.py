@@ -1,4 +1,5 @@
 """minictr run as root: isolation, exit codes, signals, cleanup — checked from inside by a probe."""
+import json
 import os
 import signal
 import subprocess
@@ -72,7 +73,6 @@ def test_no_host_fd_leaks_in(mc, tmp_path):
         res = mc("run", "--rm", "probe:test", "/probe", "--only", "fds",
                  pass_fds=(host_dir, other))
         assert res.returncode == 0, res.stderr
-        import json
 
         fds = json.loads(res.stdout)["fds"]
         leaked = {fd: target for fd, target in fds.items() if int(fd) > 2}
@@ -188,7 +188,6 @@ def test_volume_and_read_only(mc, tmp_path):
 
 def test_user_option(mc):
     res = mc("run", "--rm", "-u", "1000:1000", "probe:test", "/probe", "--only", "ids,caps")
-    import json
 
     p = json.loads(res.stdout)
     assert p["uid"] == 1000 and p["gid"] == 1000
@@ -333,7 +332,6 @@ def _read_pty_until_exit(pid: int, fd: int) -> tuple[bytes, int]:
 
 
 def _wait_running(mc) -> int:
-    import json
 
     for _ in range(200):
         res = mc("ps", "--format", "json")
@@ -365,7 +363,6 @@ def test_exec_with_a_tty(mc):
 
 
 def test_gc_keeps_the_layers_of_an_existing_container(mc, tmp_path):
-    import json
     import shutil
 
     from rootfs_tools import build, rootfs
@@ -433,7 +430,6 @@ def test_exec_is_confined_like_the_first_process(mc):
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_running(mc)
-        import json
 
         res = mc("exec", "confined", "/bin/cat", "/proc/self/cgroup", check=True)
         assert all(line.endswith(":/") for line in res.stdout.split()), res.stdout
@@ -572,3 +568,25 @@ def test_the_image_root_metadata_reaches_the_container(mc, tmp_path):
     for extra in ((), ("--read-only",)):
         res = mc("run", "--rm", *extra, "rootmeta:test", "/bin/stat", "-c", "%a %u:%g", "/")
         assert res.stdout.split() == ["750", "5:6"], (extra, res.stdout, res.stderr)
+
+
+def test_mount_points_come_from_a_layer_made_once_not_the_writable_layer(mc):
+    """The /etc files minictr binds (the busybox image has none of them) are found in the
+    mount-point layer (mountpoints.py), the same for every run of the image: the container's
+    writable layer holds none of them, and the image's /etc keeps its metadata."""
+    said = mc("run", "--explain", "--name", "mp1", "busybox:test", "true", check=True).stderr
+    try:
+        cid = json.loads(mc("ps", "-a", "--format", "json", check=True).stdout)[-1]["id"]
+        upper = os.path.join(mc.root, "containers", cid, "upper")
+        assert os.path.isdir(upper) and not os.path.exists(os.path.join(upper, "etc")), \
+            os.listdir(upper)
+        layers = os.path.join(mc.state, ".cache", "mountpoints")
+        short = said.split("STATE/.cache/mountpoints/", 1)[1][:12]
+        (layer,) = [n for n in os.listdir(layers) if n.startswith(short) and "." not in n]
+        assert sorted(os.listdir(os.path.join(layers, layer, "etc"))) == [
+            "hostname", "hosts", "resolv.conf"]
+        out = mc("run", "--rm", "busybox:test", "sh", "-c",
+                 "cat /etc/hostname >/dev/null && stat -c '%a %u' /etc", check=True).stdout
+        assert out.split() == ["755", "0"]
+    finally:
+        mc("rm", "-f", "mp1")
