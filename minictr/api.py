@@ -560,8 +560,7 @@ def with_mount_point_layer(paths: Paths, p: Plan, explain: Explain = None) -> Pl
     once (mountpoints.py), so the start creates none in the writable layer; ``p`` itself when
     there is none to add, or its overlay could not take one more layer."""
     r = p.rootfs
-    if r is None or r.squashfs is not None or r.driver != "overlay" or r.rootless or \
-            not r.lowerdirs:
+    if r is None or r.squashfs is not None or r.driver != "overlay" or not r.lowerdirs:
         return p
     from minictr import mountpoints
 

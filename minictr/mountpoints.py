@@ -28,8 +28,9 @@ is made under a temporary name and renamed whole, so a killed run leaves at most
 directory that no run uses. ``<sha256>.none`` records that the image already has every
 destination, ``<sha256>.layers`` the image's layer directories: `minictr gc` (``collect``)
 removes an entry once one of them is gone, which the store's gc never does to a layer a
-container still uses, so no running container loses its mount points. Root only: a rootless store's layers are the user's files standing for other
-owners, which a copied owner could not express.
+container still uses, so no running container loses its mount points. Rootless, as the
+store's own files, the layer's are the user's (the container's root); the owner copied from the
+image's directory is then the user too.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def layer_for(state: str, lowerdirs: tuple, destinations: list[tuple[str, str]],
               explain=None) -> str | None:
     """The mount-point layer for these image layers (topmost first) and destinations, made now
     if it is not there yet; None when the image has them all, or it cannot be made."""
-    if not destinations or os.geteuid() != 0:
+    if not destinations:
         return None
     directory = cachefiles.cache_dir(state, "mountpoints")
     path = os.path.join(directory, key(lowerdirs, destinations))
@@ -183,7 +184,8 @@ def _build(directory: str, path: str, entries, root: os.stat_result) -> None:
             if st is None:                          # what resolve_in_root would have made
                 os.chmod(full, 0o755 if kind == "dir" else 0o644)
                 continue
-            os.chown(full, st.st_uid, st.st_gid, follow_symlinks=False)
+            if os.geteuid() == 0:               # rootless, the store's files are all ours
+                os.chown(full, st.st_uid, st.st_gid, follow_symlinks=False)
             os.chmod(full, stat.S_IMODE(st.st_mode))
             if rel:
                 os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
