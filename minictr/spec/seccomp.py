@@ -26,6 +26,7 @@ import os
 
 from minictr import jsonio
 from minictr.errors import SpecError
+from minictr.spec.edits import copy_document
 
 # uname(2) machine -> dockerd's arch name (Go's GOARCH via goToNative) -> the archMap entry.
 _MACHINE_ARCH = {
@@ -203,7 +204,7 @@ def resolve_profile(profile: dict, *, caps, arch: str | None = None,
     arch = arch or host_arch()
     kernel = kernel or kernel_version()
     caps = set(caps)
-    out = {k: _copy(profile[k]) for k in _OCI_TOP if profile.get(k) is not None}
+    out = {k: copy_document(profile[k]) for k in _OCI_TOP if profile.get(k) is not None}
     native = ARCH_TO_SCMP.get(arch)
     for entry in profile.get("archMap") or ():
         if native and entry["architecture"] == native:
@@ -216,7 +217,3 @@ def resolve_profile(profile: dict, *, caps, arch: str | None = None,
             rules.append(_oci_rule(rule, where))
     out["syscalls"] = rules
     return out
-
-
-def _copy(value):
-    return jsonio.loads(jsonio.dumps(value))
