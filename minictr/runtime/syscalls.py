@@ -609,7 +609,18 @@ class Syscalls(Rtnetlink):
         import select
 
         deadline = None if timeout is None else _monotonic() + timeout
-        started = [_start_program(*program[:3]) for program in programs]
+        started: list = []
+        try:
+            for program in programs:
+                started.append(_start_program(*program[:3]))
+        except BaseException:
+            for pid, in_w, out_r in started:     # none is left running or unwaited
+                if pid:
+                    os.close(in_w)
+                    os.close(out_r)
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+            raise
         return [_communicate(pid, in_w, out_r, program[3], deadline, select)
                 if pid else (in_w, out_r)
                 for (pid, in_w, out_r), program in zip(started, programs)]
