@@ -81,6 +81,14 @@ class CgroupFiles:
     def rmdir(self, path: str) -> None:
         self._kernel().rmdir(path)
 
+    def subdirs(self, path: str) -> list[str]:
+        """The cgroups directly below ``path`` (a cgroup filesystem holds no links)."""
+        try:
+            with os.scandir(path) as it:
+                return [e.path for e in it if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
     def owner(self, path: str) -> int:
         return os.stat(path).st_uid
 
@@ -411,6 +419,8 @@ class Cgroup:
         self.prog_fd = self.cgroup_fd = None
         stuck, left = [], []
         for path in reversed(self.created):
+            if path in self.paths:
+                self._remove_below(path, drain_seconds)
             err = self._rmdir(path, drain_seconds if path in self.paths else 0)
             if err is not None and path in self.paths:
                 stuck.append(f"{path} ({os.strerror(err)})")
@@ -419,6 +429,15 @@ class Cgroup:
         if stuck and not quiet:
             raise RuntimeSetupError("cannot remove cgroup " + ", ".join(stuck),
                                     hint="processes are still in it: see its cgroup.procs")
+
+    def _remove_below(self, path: str, drain_seconds: float) -> None:
+        """The cgroups the container made inside its own (a cgroup namespace with a writable
+        cgroup mount lets it: systemd or a nested runtime does), deepest first, as runc's
+        RemovePath: rmdir(2) of a cgroup with children fails. What cannot be removed is left
+        for the container's own rmdir to report."""
+        for child in self.fs.subdirs(path):
+            self._remove_below(child, drain_seconds)
+            self._rmdir(child, drain_seconds)
 
     def _rmdir(self, path: str, drain_seconds: float) -> int | None:
         deadline = time.monotonic() + drain_seconds

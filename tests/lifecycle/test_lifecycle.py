@@ -316,6 +316,25 @@ def test_the_cgroup_mount_shows_only_the_containers_own_cgroups(runtime, bundle,
     assert lines[-1] == "42", out
 
 
+def test_cgroups_the_container_makes_in_its_own_go_with_it(runtime, bundle):
+    """With a writable cgroup mount (docker --privileged writes one; systemd or a nested
+    runtime inside use it) the container makes cgroups inside its own; `delete` removes them
+    with it, as runc does, instead of failing on a cgroup that has children."""
+    def edit(spec):
+        for m in spec["mounts"]:
+            if m.get("type") == "cgroup":
+                m["options"] = [o for o in m.get("options", []) if o != "ro"]
+    bundle.edit(edit)
+    made = f"made-inside-{os.getpid()}"
+    bundle.command("sh", "-c", f"for v in /sys/fs/cgroup /sys/fs/cgroup/*; do "
+                   f"[ -e $v/cgroup.procs ] && mkdir $v/{made} $v/{made}/deeper && echo made; "
+                   "done; true")
+    out = run_to_exit(runtime, bundle, "cgm")            # its delete must succeed
+    assert "made" in out, out
+    left = [d for d, _, _ in os.walk("/sys/fs/cgroup") if os.path.basename(d) == made]
+    assert not left, left
+
+
 def test_pause_and_resume(runtime, bundle):
     runtime("create", "--bundle", str(bundle), "z1", check=True)
     runtime("start", "z1", check=True)
@@ -689,8 +708,15 @@ def test_systemd_cgroup_places_the_container_where_systemd_would(runtime, bundle
         assert not os.path.exists(unified + scope)
     finally:
         runtime("--systemd-cgroup", "delete", "--force", "sd1")
-        for d in (scope, os.path.dirname(scope), "/mctest.slice"):
-            try:
-                os.rmdir(unified + d)
-            except OSError:
-                pass                                # gone, or another run's still in it
+        # the slices above the scope (minictr removes only the container's own directory, as
+        # runc's cgroupfs manager does), in the v2 tree and, as the bundle mounts cgroups, in
+        # every v1 hierarchy
+        trees = {unified} | {os.path.join("/sys/fs/cgroup", t) for t in
+                             os.listdir("/sys/fs/cgroup")} if unified != "/sys/fs/cgroup" \
+            else {unified}
+        for tree in sorted(trees):
+            for d in (scope, os.path.dirname(scope), "/mctest.slice"):
+                try:
+                    os.rmdir(tree + d)
+                except OSError:
+                    pass                            # gone, or another run's still in it

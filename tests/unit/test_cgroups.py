@@ -392,6 +392,21 @@ def test_a_spec_that_mounts_its_cgroups_gets_one_in_every_v1_hierarchy(tmp_path)
     assert [t.version for t in rootless] == [2]
 
 
+def test_cgroups_the_container_made_below_its_own_are_removed(tmp_path):
+    """A container with a writable cgroup mount (systemd, a nested runtime) makes cgroups
+    inside its own; removing the container removes them first, deepest first (rmdir of a
+    cgroup with children fails), as runc does."""
+    root, proc = hybrid_host(tmp_path)
+    fs = FakeCgroupFiles(root)
+    cg = setup(root, proc, {"pids": {"limit": 5}}, fs=fs, every_v1=True)
+    for path in cg.paths:
+        fs.mkdir(os.path.join(path, "init.scope"))
+        fs.mkdir(os.path.join(path, "system.slice"))
+        fs.mkdir(os.path.join(path, "system.slice", "a.service"))
+    cgroups.Cgroup.from_paths(cg.paths, fs=fs).destroy(drain_seconds=0)   # as `rm` does
+    assert not any(os.path.exists(p) for p in cg.paths)
+
+
 def test_hybrid_unified_for_a_v1_controller_is_an_error(tmp_path):
     root, proc = hybrid_host(tmp_path)
     with pytest.raises(RuntimeSetupError, match="on cgroup v1"):
