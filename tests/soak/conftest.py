@@ -68,13 +68,18 @@ def soak(minictr_exe, tmp_path_factory):
     s = Soak(minictr_exe, str(tmp_path_factory.mktemp("soak")))
     yield s
     top = "/sys/fs/cgroup"          # the parent dirs the runs made (v1 controllers, unified/)
+    # a relative parent is made below the launcher's own cgroup of each hierarchy, which is
+    # not always the root (this CI's memory cgroup is /process_api/...)
+    with open("/proc/self/cgroup") as f:
+        own = {line.split(":", 2)[2].strip("/") for line in f.read().splitlines()}
     for ctl in [*os.listdir(top), "."] if os.path.isdir(top) else ():
-        path = os.path.join(top, ctl, s.cgroup_parent)
-        if os.path.isdir(path):
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass                # not empty: a leak, which the tests report
+        for base in sorted(own | {""}):
+            path = os.path.join(top, ctl, base, s.cgroup_parent)
+            if os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass            # not empty: a leak, which the tests report
 
 
 @pytest.fixture(scope="module")
