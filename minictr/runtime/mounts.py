@@ -315,9 +315,27 @@ def make_links(kernel, root_fd: int, directory: str, links, explain: Explain) ->
         kernel.close(dir_fd)
 
 
-def cgroup_views(mountinfo: str, own: str) -> list[tuple[str, str, str, str | None]]:
+def mountinfo(text: str):
+    """(root, mount point, type, superblock options) of each line of a mountinfo file (proc(5),
+    /proc/PID/mountinfo: field 4 is the root of the mount within its filesystem, field 5 the
+    mount point; after " - " the type, the source and the superblock's options), the paths
+    unescaped."""
+    for line in text.splitlines():
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) >= 5 and rest:
+            yield (_unescape(fields[3]), _unescape(fields[4]), rest[0],
+                   rest[2] if len(rest) > 2 else "")
+
+
+def under(path: str, top: str) -> bool:
+    """``path`` is ``top`` or below it, as paths (not a sibling sharing its prefix)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def cgroup_views(text: str, own: str) -> list[tuple[str, str, str, str | None]]:
     """(NAME, type, hierarchy, bind source) for each cgroup filesystem mounted at
-    /sys/fs/cgroup/NAME in ``mountinfo`` (proc(5)). The hierarchy is the mount data naming it
+    /sys/fs/cgroup/NAME in the mountinfo ``text``. The hierarchy is the mount data naming it
     ("cpu,cpuacct", "name=systemd"; "" for cgroup2), taken from the line of ``own``
     (/proc/self/cgroup, "ID:CONTROLLERS:PATH") whose controllers the mount's options hold; the
     bind source is the directory of PATH in that mount (its root is field 4), None when PATH is
@@ -327,27 +345,21 @@ def cgroup_views(mountinfo: str, own: str) -> list[tuple[str, str, str, str | No
         _, controllers, path = line.split(":", 2)
         paths[controllers] = path
     views = {}
-    for line in mountinfo.splitlines():
-        head, _, tail = line.partition(" - ")
-        fields, rest = head.split(), tail.split()
-        if len(fields) < 5 or len(rest) < 3 or rest[0] not in ("cgroup", "cgroup2"):
+    for root, point, fstype, options in mountinfo(text):
+        if fstype not in ("cgroup", "cgroup2") or os.path.dirname(point) != "/sys/fs/cgroup":
             continue
-        point = _unescape(fields[4])
-        if os.path.dirname(point) != "/sys/fs/cgroup":
-            continue
-        if rest[0] == "cgroup2":
+        if fstype == "cgroup2":
             hierarchy = ""
         else:
-            options = set(rest[2].split(","))
-            held = [c for c in paths if c and set(c.split(",")) <= options]
+            held = [c for c in paths if c and set(c.split(",")) <= set(options.split(","))]
             if not held:
                 continue                      # a hierarchy this process is not in (none such)
             hierarchy = max(held, key=len)
-        path, root = paths.get(hierarchy), _unescape(fields[3])
+        path = paths.get(hierarchy)
         source = None
-        if path is not None and (root == "/" or path == root or path.startswith(root + "/")):
+        if path is not None and under(path, root):
             source = os.path.join(point, path[len(root):].lstrip("/")).rstrip("/")
-        views[point] = (os.path.basename(point), rest[0], hierarchy, source)
+        views[point] = (os.path.basename(point), fstype, hierarchy, source)
     return list(views.values())
 
 

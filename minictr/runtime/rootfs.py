@@ -86,29 +86,13 @@ NETWORK_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph",
               "fuse.sshfs", "panfs", "wekafs", "9p"}
 
 
-def _mounts(text: str):
-    """(root, mount point, type) of each line of a mountinfo file (proc(5), /proc/PID/mountinfo:
-    field 4 is the root of the mount within its filesystem, field 5 the mount point, the type
-    first after " - ")."""
-    for line in text.splitlines():
-        fields, _, rest = line.partition(" - ")
-        fields = fields.split()
-        if len(fields) >= 5 and rest:
-            yield fields[3], fields[4].replace("\\040", " "), rest.split()[0]
-
-
-def _under(path: str, top: str) -> bool:
-    """``path`` is ``top`` or below it, as paths (not a sibling sharing its prefix)."""
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The type of the filesystem holding ``path``: the longest mount point above it."""
     path = os.path.realpath(path)
     best, fstype = "", None
     with open(mountinfo) as f:
-        for _, point, kind in _mounts(f.read()):
-            if _under(path, point) and len(point) >= len(best):
+        for _, point, kind, _ in mounts.mountinfo(f.read()):
+            if mounts.under(path, point) and len(point) >= len(best):
                 best, fstype = point, kind
     return fstype
 
@@ -363,8 +347,8 @@ def _detach_host_proc_and_sys(kernel, root_path: str, explain: Explain) -> None:
     so each is detached, or covered with a tmpfs where it cannot be, as runc's msMoveRoot does
     (same filter: a mount of the whole filesystem, not under the rootfs)."""
     detached: list[str] = []
-    for root, point, kind in _mounts(kernel.read_text("/proc/self/mountinfo")):
-        if kind not in ("proc", "sysfs") or root != "/" or _under(point, root_path) or \
+    for root, point, kind, _ in mounts.mountinfo(kernel.read_text("/proc/self/mountinfo")):
+        if kind not in ("proc", "sysfs") or root != "/" or mounts.under(point, root_path) or \
                 any(point.startswith(d.rstrip("/") + "/") for d in detached):
             continue                            # the container's own, or already gone
         _say(explain, f"umount -l {point}  (--no-pivot: no host {kind} stays in this mount "
