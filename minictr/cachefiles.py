@@ -5,7 +5,8 @@ repeated runs (plancache.py) and the mount-point layers (mountpoints.py, directo
 What they keep is trusted as it is (a seccomp program is loaded into containers), so a cache
 directory counts only when it is this user's and writable by no one else (it is made 0700),
 and an entry only when it is a regular file of this user's, opened without following a link.
-Entries are named by a sha256 of what they are made from (``sha256`` here, the C one).
+Entries are named by a sha256 of what they are made from (``key_of``: of its JSON, with the C
+sha256), the code that makes them by its files' identities (``code_identity``).
 Entries are written to a temporary name (one per pid: a leftover is a dead process's) and
 renamed, so a reader sees a whole entry or none. A cache that cannot be read or written only
 costs time: every failure here is None or False, never an error.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import os
 import stat
+
+from minictr import jsonio
 
 try:                                    # the C sha256 alone: hashlib would load OpenSSL (~4 ms)
     from _sha256 import sha256
@@ -24,20 +27,39 @@ except ImportError:                     # Python 3.12 renamed it
         from hashlib import sha256
 
 
+def key_of(material: list) -> str:
+    """The hex sha256 of ``material`` as JSON: what names a cache entry."""
+    return sha256(jsonio.dumps(material).encode()).hexdigest()
+
+
+def code_identity(paths) -> list | None:
+    """[inode, size, mtime] of each file of ``paths``, for a key that changes with the code
+    that made the entry; None when one cannot be read (then: no cache)."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        out.append([st.st_ino, st.st_size, st.st_mtime_ns])
+    return out
+
+
 def cache_dir(state: str, name: str) -> str:
     """The directory of the cache ``name`` (seccomp, gpu, plan) under the state root ``state``:
     the one place that says where minictr's caches live."""
     return os.path.join(state, ".cache", name)
 
 
-def _ours(st: os.stat_result, kind) -> bool:
+def ours(st: os.stat_result, kind) -> bool:
+    """A file of ``kind`` (stat.S_ISDIR...) of this user's that no one else can write."""
     return (kind(st.st_mode) and st.st_uid == os.geteuid()
             and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def trusted_dir(path: str) -> bool:
     try:
-        return _ours(os.stat(path), stat.S_ISDIR)
+        return ours(os.stat(path), stat.S_ISDIR)
     except OSError:
         return False
 
@@ -51,7 +73,7 @@ def read(path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        if not _ours(os.fstat(fd), stat.S_ISREG):
+        if not ours(os.fstat(fd), stat.S_ISREG):
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()

@@ -38,6 +38,7 @@ import os
 import stat
 
 from minictr import cachefiles
+from minictr.runtime.mounts import under
 
 FORMAT = "1"
 MAX_OVERLAY_DATA = 3800      # mount(2) passes at most a page of options; keep room to spare
@@ -52,8 +53,7 @@ def bind_destinations(spec: dict) -> list[tuple[str, str]]:
         dest = os.path.normpath("/" + m.get("destination", "").lstrip("/"))
         options = m.get("options", ())
         is_bind = m.get("type") == "bind" or "bind" in options or "rbind" in options
-        if is_bind and dest != "/" and not any(
-                dest == c or dest.startswith(c.rstrip("/") + "/") for c in covered):
+        if is_bind and dest != "/" and not any(under(dest, c) for c in covered):
             source = m.get("source") or ""
             out.append((dest, "dir" if os.path.isdir(source) else "file"))
         covered.append(dest)
@@ -61,8 +61,7 @@ def bind_destinations(spec: dict) -> list[tuple[str, str]]:
 
 
 def key(lowerdirs, destinations) -> str:
-    text = "\n".join([FORMAT, *lowerdirs, "", *(f"{k} {d}" for d, k in sorted(destinations))])
-    return cachefiles.sha256(text.encode()).hexdigest()
+    return cachefiles.key_of([FORMAT, list(lowerdirs), sorted(destinations)])
 
 
 def layer_for(state: str, lowerdirs: tuple, destinations: list[tuple[str, str]],
@@ -75,7 +74,7 @@ def layer_for(state: str, lowerdirs: tuple, destinations: list[tuple[str, str]],
     path = os.path.join(directory, key(lowerdirs, destinations))
     try:
         st = os.lstat(path)
-        if not (_ours(st) and cachefiles.trusted_dir(directory)):
+        if not (cachefiles.ours(st, stat.S_ISDIR) and cachefiles.trusted_dir(directory)):
             return None
         _say(explain, path)
         return path
@@ -111,11 +110,6 @@ def _say(explain, path: str) -> None:
         explain(f"mount points the image lacks: in the lower layer STATE/.cache/mountpoints/"
                 f"{os.path.basename(path)[:12]}..., made once by the first run that needed "
                 "them, not in the writable layer at every start")
-
-
-def _ours(st: os.stat_result) -> bool:
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def missing_entries(lowerdirs, destinations) -> list[tuple[str, str, os.stat_result | None]]:

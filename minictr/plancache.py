@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 
 from minictr import cachefiles, jsonio
-from minictr.cachefiles import sha256
+from minictr.cachefiles import key_of
 
 FORMAT = 2
 MAX_ENTRIES = 64                        # past this, the oldest entries go when one is written
@@ -119,10 +119,6 @@ def key_material(paths, opts) -> list:
             _signature(os.path.join(store_images, "tags.json")),
             _signature(os.path.join(store_images, "records")),
             code_signature()]
-
-
-def key_of(material: list) -> str:
-    return sha256(jsonio.dumps(material).encode()).hexdigest()
 
 
 def entry_path(paths, key: str) -> str:

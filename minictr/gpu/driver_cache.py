@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 
 from minictr import cachefiles, jsonio
-from minictr.cachefiles import sha256
 from minictr.gpu.driver import Driver, DriverRoots, HostFiles, from_plain, to_plain
 from minictr.gpu.witnesses import still_holds
 
@@ -66,14 +65,11 @@ def _discover(discover_fn, roots, host):
 
 def entry_path(cache_dir: str, roots: DriverRoots) -> str | None:
     """The entry's path; None when the code's identity cannot be read (then: no cache)."""
-    key = [FORMAT, roots.driver_root, roots.dev_root, roots.proc_root]
-    for name in _CODE:
-        try:
-            st = os.stat(os.path.join(_HERE, name))
-        except OSError:
-            return None
-        key.append([st.st_ino, st.st_size, st.st_mtime_ns])
-    digest = sha256(jsonio.dumps(key).encode()).hexdigest()
+    code = cachefiles.code_identity(os.path.join(_HERE, name) for name in _CODE)
+    if code is None:
+        return None
+    digest = cachefiles.key_of([FORMAT, roots.driver_root, roots.dev_root, roots.proc_root,
+                                *code])
     return os.path.join(cache_dir, f"driver-{digest[:32]}.json")
 
 

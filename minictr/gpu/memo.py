@@ -59,13 +59,8 @@ def key(inputs, gpu_roots, lowerdirs) -> str | None:
                 os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
                 {k: v for k, v in settings.load("nvidia").items() if k != "_sources"},
                 list(lowerdirs)]
-    for path in _CODE:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        material.append([st.st_ino, st.st_size, st.st_mtime_ns])
-    return cachefiles.sha256(jsonio.dumps(material).encode()).hexdigest()
+    code = cachefiles.code_identity(_CODE)
+    return None if code is None else cachefiles.key_of(material + code)
 
 
 def entry_path(cache_dir: str, memo_key: str) -> str:
