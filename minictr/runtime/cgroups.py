@@ -45,6 +45,9 @@ V1_UNLIMITED = 1 << 62         # memory.limit_in_bytes reads about 2^63 when no 
 
 DELEGATE_HINT = ("run minictr in a delegated cgroup: "
                  "systemd-run --user --scope -p Delegate=yes minictr run ...")
+ROOT_DENIED_HINT = ("the cgroup filesystem is not writable here (read-only, or inside another "
+                    "container): give the container a writable one, or drop the limits and "
+                    "the \"cgroup\" mount that need a cgroup of its own in that tree")
 
 
 class CgroupFiles:
@@ -275,7 +278,7 @@ def setup(resources: dict, *, container_id: str, cgroups_path: str | None, rootl
             except OSError as err:
                 if target.required:
                     denied = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-                    hint = DELEGATE_HINT if denied else None
+                    hint = (DELEGATE_HINT if rootless else ROOT_DENIED_HINT) if denied else None
                     raise RuntimeSetupError(f"cannot create cgroup {target.path}: {err.strerror}",
                                             hint=hint) from err
                 if explain:

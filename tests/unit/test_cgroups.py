@@ -407,6 +407,24 @@ def test_cgroups_the_container_made_below_its_own_are_removed(tmp_path):
     assert not any(os.path.exists(p) for p in cg.paths)
 
 
+@pytest.mark.parametrize("rootless", [False, True])
+def test_a_cgroup_tree_that_cannot_be_written_is_an_error_with_a_hint(tmp_path, rootless,
+                                                                      monkeypatch):
+    """As root, a read-only cgroup filesystem (inside another container) is said so; rootless,
+    the hint is delegation."""
+    root, proc = (hybrid_host if not rootless else v2_host)(tmp_path)
+    fs = FakeCgroupFiles(root, owners={root: os.geteuid()})
+
+    def refuse(path, explain=None):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(fs, "mkdir", refuse)
+    with pytest.raises(RuntimeSetupError) as err:
+        setup(root, proc, {"pids": {"limit": 5}}, fs=fs, rootless=rootless, every_v1=True)
+    assert "cannot create cgroup" in str(err.value) and "Read-only" in str(err.value)
+    assert ("Delegate=yes" in err.value.hint) == rootless
+    assert ("not writable here" in err.value.hint) == (not rootless)
+
+
 def test_hybrid_unified_for_a_v1_controller_is_an_error(tmp_path):
     root, proc = hybrid_host(tmp_path)
     with pytest.raises(RuntimeSetupError, match="on cgroup v1"):
