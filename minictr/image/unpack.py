@@ -63,7 +63,8 @@ class UnpackStats:
 def unpack_layer(tar_stream, dest: str, *, rootless: bool,
                  lower_lookup: Callable[[], list[str]] | None = None,
                  warn: Callable[[str], None] | None = None, kernel=None,
-                 workers: int = 3) -> UnpackStats:
+                 workers: int = 3,
+                 slow_name_ns: int = filewriter.SLOW_NAME_NS) -> UnpackStats:
     """Extract the tar stream into the existing empty directory ``dest`` in overlay form.
 
     ``lower_lookup()`` returns the unpacked lower layers' dirs, topmost first (it may wait until
@@ -74,10 +75,12 @@ def unpack_layer(tar_stream, dest: str, *, rootless: bool,
     and for the root's metadata when the tar has no ``./`` entry. The stream is read to its
     end. ``workers``: threads that create regular files and symlinks beside the parser
     (image/filewriter.py); 0: all in this thread. Three measured best on 2 CPUs (minbase:
-    0.54-0.59x tar -xzf, against 0.64x with two and 0.71x with four; bench/README.md).
+    0.54-0.59x tar -xzf, against 0.64x with two and 0.71x with four; bench/README.md). They
+    are started only once making names proves slow: the first ``filewriter.PROBE_NAMES``
+    files and symlinks made here took over ``slow_name_ns`` each on average (0: at once).
     """
     unpacker = _Unpacker(dest, kernel or Syscalls(), rootless, lower_lookup,
-                         warn or (lambda msg: None), workers)
+                         warn or (lambda msg: None), workers, slow_name_ns)
     try:
         reader = ts.TarReader(tar_stream)
         for entry in reader:
@@ -143,9 +146,17 @@ def allowed_xattr(name: str, rootless: bool) -> bool:
 
 
 class _Unpacker:
-    def __init__(self, dest: str, kernel, rootless: bool, lower_lookup, warn, workers: int = 0):
+    def __init__(self, dest: str, kernel, rootless: bool, lower_lookup, warn, workers: int = 0,
+                 slow_name_ns: int = 0):
         self.root = ScopedRoot(dest, kernel, self.resolve_missing)
-        self.writer = filewriter.FileWriter(workers) if workers else None
+        self.writer: filewriter.FileWriter | None = None
+        # threads pay off only where making a name is slow (a busy or fragmented ext4, a
+        # network filesystem: 0.2-0.8 ms); on a fast one (tmpfs, a fresh ext4: 5-40 us) handing
+        # names over costs more than it saves, so names are made here until a probe of the
+        # first ones says otherwise
+        self.probe = filewriter.Probe(workers, slow_name_ns) if workers else None
+        if workers and not slow_name_ns:
+            self.writer, self.probe = filewriter.FileWriter(workers), None
         self.rootless, self.warn = rootless, warn
         self.lower_lookup = lower_lookup
         self._copyup: CopyUp | None = None
@@ -269,6 +280,8 @@ class _Unpacker:
             self.stats.files += 1
             self.stats.bytes += e.size
             return
+        started = self.probe.start() if self.probe is not None and \
+            e.size <= filewriter.SMALL_FILE else 0
         try:
             fd = os.open(name, O_NEWFILE, e.mode & 0o777, dir_fd=pfd)
         except FileExistsError:
@@ -287,6 +300,13 @@ class _Unpacker:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += e.size
+        if started:
+            self.probed(started)
+
+    def probed(self, started: int) -> None:
+        """A name was made here since ``started``: start the workers if names prove slow."""
+        if self.probe.made(started):
+            self.writer, self.probe = filewriter.FileWriter(self.probe.workers), None
 
     def directory(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         try:
@@ -312,6 +332,7 @@ class _Unpacker:
                 chown=not (self.rootless or owner_ok)))
             self.stats.symlinks += 1
             return
+        started = self.probe.start() if self.probe is not None else 0
         try:
             os.symlink(e.linkname, name, dir_fd=pfd)
         except FileExistsError:
@@ -319,6 +340,8 @@ class _Unpacker:
             os.symlink(e.linkname, name, dir_fd=pfd)
         self.set_link_metadata(pfd, name, e, created=True)
         self.stats.symlinks += 1
+        if started:
+            self.probed(started)
 
     def hardlink(self, pfd: int, path: str, name: str, e: ts.TarEntry) -> None:
         """A hardlink names a path inside the layer root (``..`` clamped like any name).

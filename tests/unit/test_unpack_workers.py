@@ -29,16 +29,59 @@ def tree(top):
 
 
 def both(tmp_path, members, **kw):
-    """The tree made with workers and without: they must be equal; returns the first."""
+    """The tree made with workers (started at once, jobs handed over one by one and in
+    batches) and without: they must be equal; returns the first."""
     blob = make_tar(members)
     made = []
-    for workers in (2, 0):
-        dest = tmp_path / f"w{workers}"
+    for workers, batch in ((2, 1), (2, filewriter.FileWriter.BATCH), (0, 0)):
+        dest = tmp_path / f"w{workers}-{batch}"
         dest.mkdir()
-        unpack_layer(io.BytesIO(blob), str(dest), rootless=False, workers=workers, **kw)
+        saved = filewriter.FileWriter.BATCH
+        filewriter.FileWriter.BATCH = batch or saved
+        try:
+            unpack_layer(io.BytesIO(blob), str(dest), rootless=False, workers=workers,
+                         slow_name_ns=0, **kw)
+        finally:
+            filewriter.FileWriter.BATCH = saved
         made.append(tree(dest))
-    assert made[0] == made[1]
+    assert made[0] == made[2] and made[1] == made[2]
     return made[0]
+
+
+def test_workers_start_when_names_prove_slow_and_the_tree_is_the_same(tmp_path, monkeypatch):
+    started = []
+    real = filewriter.FileWriter
+
+    class Counting(real):
+        def __init__(self, workers):
+            started.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(filewriter, "FileWriter", Counting)
+    members = [D("d")] + [F(f"d/f{i}", b"x" * i) for i in range(100)] + \
+        [S(f"d/l{i}", f"f{i}") for i in range(100)] + [F("d/f5", b"later"), S("d/l7", "x")]
+    blob = make_tar(members)
+    trees = {}
+    for name, slow_ns in (("never", 10 ** 12), ("always", 1), ("inline", None)):
+        dest = tmp_path / name
+        dest.mkdir()
+        del started[:]
+        unpack_layer(io.BytesIO(blob), str(dest), rootless=False,
+                     workers=0 if slow_ns is None else 3, slow_name_ns=slow_ns or 0)
+        trees[name] = tree(dest)
+        # a name never takes 1000 s: no threads; every name takes over 1 ns: threads after
+        # the first PROBE_NAMES names, once
+        assert started == ([3] if name == "always" else []), name
+    assert trees["never"] == trees["inline"] == trees["always"]
+    assert trees["inline"]["d/f5"][-1] == b"later" and trees["inline"]["d/l7"][-1] == "x"
+
+
+def test_a_probe_says_slow_only_for_a_slow_window():
+    probe = filewriter.Probe(3, slow_ns=10 ** 7)      # 10 ms a name: a window of 0.64 s
+    assert not any(probe.made(probe.start()) for _ in range(filewriter.PROBE_NAMES - 1))
+    # the window's last name took 1000 s: the window averaged over 10 ms
+    assert probe.made(probe.start() - 10 ** 12)
+    assert not any(probe.made(probe.start()) for _ in range(filewriter.PROBE_NAMES))
 
 
 def test_many_files_in_many_directories(tmp_path):
@@ -125,6 +168,7 @@ def test_close_closes_the_fds_of_jobs_left_to_redo(tmp_path):
     try:
         job = FileJob(entry, "taken", os.dup(dir_fd), "taken", data=b"x")
         writer.submit(job)
+        writer.flush()      # handed over in batches: this one alone at once
         deadline = time.monotonic() + 10
         while not job.exists and time.monotonic() < deadline:
             time.sleep(0.001)
