@@ -35,7 +35,7 @@ def mark(label):
 import minictr.cli as cli
 mark("import minictr.cli")
 args = cli.parse_args(["run", "--rm", sys.argv[1], "/bin/true"])
-mark("parse the command line (flags.parse_run)")
+mark("parse the command line (flags.parse_fast)")
 from minictr import api
 mark("import minictr.api")
 paths, opts, roots = cli._paths(args), cli._run_options(args), cli._gpu_roots(args)

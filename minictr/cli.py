@@ -468,10 +468,11 @@ def build_parser(only: str | None = None):
 
 
 def parse_args(argv: list[str]):
-    """The common `run` form by flags.parse_run, anything else (and every error) by argparse."""
-    args = flags.parse_run(argv)
+    """The common `run` and `pull` forms by flags.parse_fast, anything else (and every error) by
+    argparse."""
+    args = flags.parse_fast(argv)
     if args is not None:
-        args.func = cmd_run
+        args.func = globals()["cmd_" + args.cmd]
         return args
     named = _command_in(argv)
     parser = build_parser(only=named if named in flags.COMMANDS else None)

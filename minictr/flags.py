@@ -1,9 +1,9 @@
 """minictr's command line as data: one table of every subcommand's flags, from which cli.py
-builds the argparse parsers (help, errors, every subcommand) and `parse_run` reads the common
-`minictr run` form without argparse.
+builds the argparse parsers (help, errors, every subcommand) and `parse_fast` reads the common
+`minictr run` and `minictr pull` forms without argparse.
 
 Why two readers of one table: importing argparse and building the `run` parser costs ~6 ms, a
-fifth of a container's start (bench/README.md, "Start cost"). `parse_run` understands exactly
+fifth of a container's start (bench/README.md, "Start cost"). `parse_fast` understands exactly
 the forms whose meaning is plain (exact flag names, `--flag=value`, clusters of one-letter
 switches such as `-it`) and answers None for anything else, which then goes to argparse: so
 help, abbreviations, unknown flags and every error keep argparse's behaviour and messages (exit
@@ -292,7 +292,7 @@ def command_parser(sub, name: str):
     return p
 
 
-# ---------------------------------------------------------------- the fast reader of `run`
+# ---------------------------------------------------------------- the fast reader of `run`, `pull`
 
 
 def dest_of(names: tuple[str, ...], kwargs: dict) -> str:
@@ -323,7 +323,7 @@ _SWITCHES = ("store_true", "store_false", BOOLEAN_OPTIONAL)
 
 
 class _Unsure(Exception):
-    """A form parse_run leaves to argparse."""
+    """A form parse_fast leaves to argparse."""
 
 
 def _is_value(text: str) -> bool:
@@ -407,18 +407,27 @@ def _take_options(argv: list[str], i: int, options: dict, ns: dict, stop) -> int
     return i
 
 
-def parse_run(argv: list[str]) -> SimpleNamespace | None:
-    """``minictr [--debug] [--root DIR] [--state DIR] run [OPTIONS] IMAGE [COMMAND...]`` read
-    as argparse would (the same attributes, values and defaults, less ``func``), or None when
-    argv is anything else or uses a form only argparse reads."""
+# commands the fast reader takes besides `run`: their arguments are options and plain
+# positionals (one value each), in any order, as argparse reads them
+FAST = ("pull",)
+_FAST_OPTIONS = {name: {**_options(STORE), **_options(COMMANDS[name][1])} for name in FAST}
+
+
+def parse_fast(argv: list[str]) -> SimpleNamespace | None:
+    """``minictr [--debug] [--root DIR] [--state DIR] run [OPTIONS] IMAGE [COMMAND...]`` (and
+    the commands of FAST: ``pull [OPTIONS] IMAGE [OPTIONS]``) read as argparse would (the same
+    attributes, values and defaults, less ``func``), or None when argv is anything else or uses
+    a form only argparse reads."""
     if "--" in argv:
         return None                        # argparse's rules for "--" are its own
     ns = _defaults(GLOBAL)
-    ns["cmd"] = "run"
     try:
         i = _take_options(argv, 0, _GLOBAL_OPTIONS, ns, stop=_is_value)
-        if i == len(argv) or argv[i] != "run":
+        if i == len(argv) or (argv[i] != "run" and argv[i] not in FAST):
             return None
+        ns["cmd"] = command = argv[i]
+        if command != "run":
+            return _parse_plain(argv, i + 1, command, ns)
         ns.update(_defaults(RUN))
         i = _take_options(argv, i + 1, _RUN_OPTIONS, ns, stop=_is_value)
     except _Unsure:
@@ -426,4 +435,27 @@ def parse_run(argv: list[str]) -> SimpleNamespace | None:
     if i == len(argv):
         return None                        # no image: argparse's error
     ns["image"], ns["command"] = argv[i], argv[i + 1:]
+    return SimpleNamespace(**ns)
+
+
+def _parse_plain(argv: list[str], i: int, command: str, ns: dict) -> SimpleNamespace | None:
+    flags = COMMANDS[command][1]
+    ns.update(_defaults(flags))
+    positionals = [dest_of(names, kwargs) for names, kwargs in flags
+                   if not names[0].startswith("-")]
+    options = _FAST_OPTIONS[command]
+    given = 0
+    while True:
+        i = _take_options(argv, i, options, ns, stop=_is_value)
+        if i == len(argv):
+            break
+        if given == len(positionals):
+            return None                    # one too many: argparse's error
+        ns[positionals[given]] = argv[i]
+        given += 1
+        i += 1
+    if given < len(positionals) or any(
+            kwargs.get("required") and ns.get(dest_of(names, kwargs)) is None
+            for names, kwargs in flags):
+        return None                        # something missing: argparse's error
     return SimpleNamespace(**ns)

@@ -1,4 +1,4 @@
-"""minictr/flags.py: the fast `run` reader agrees with argparse built from the same table."""
+"""minictr/flags.py: the fast `run`/`pull` reader agrees with argparse built from the same table."""
 import contextlib
 import io
 import random
@@ -17,9 +17,9 @@ EXTRA = ["-it", "-ti", "-itd", "-id", "-iq", "-ie", "-eA=1", "-h", "--help", "--
 WORDS = ["sh", "-c", "echo hi", "--rm", "-it", "--", "/bin/true", "-e", "x"]
 
 
-def _option_strings():
+def _option_strings(command="run"):
     out = []
-    for names, kwargs in flags.RUN + flags.STORE:
+    for names, kwargs in flags.COMMANDS[command][1] + flags.STORE:
         if names[0].startswith("-"):
             out += names
     return out
@@ -62,14 +62,67 @@ def test_generated_run_command_lines_parse_the_same_both_ways():
     fast = 0
     for _ in range(5000):
         argv = _generate(rng)
-        mine = flags.parse_run(argv)
+        mine = flags.parse_fast(argv)
         theirs = _argparse(argv)
         if mine is None:
             continue                   # argparse reads it: the same as before, by construction
         fast += 1
-        assert theirs is not None, f"argparse refuses what parse_run accepted: {argv}"
+        assert theirs is not None, f"argparse refuses what parse_fast accepted: {argv}"
         assert vars(mine) == theirs, argv
     assert fast > 1000                 # the fast path does read the common forms
+
+
+def _generate_pull(rng: random.Random) -> list[str]:
+    argv = []
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        argv += rng.choice([["--root", "/r"], ["--state", "/s"], ["--debug"], ["--root=/q"]])
+    argv.append(rng.choice(["pull"] * 20 + ["push", "export", "pul"]))
+    options = _option_strings("pull")
+    for _ in range(rng.randrange(6)):
+        r = rng.random()
+        if r < 0.15:
+            argv.append(rng.choice(EXTRA + ["--tls-verify=0", "-qo", "-o=x", "--output="]))
+        elif r < 0.35:
+            argv.append(rng.choice(["bb", "docker.io/library/busybox:1", "-", "x y"]))
+        else:
+            argv.append(rng.choice(options))
+            if rng.random() < 0.9:
+                argv.append(rng.choice(VALUES))
+    return argv
+
+
+def test_generated_pull_command_lines_parse_the_same_both_ways():
+    # options before and after the image, one image or none or two, values and flags mixed
+    rng = random.Random(16)
+    fast = 0
+    for _ in range(5000):
+        argv = _generate_pull(rng)
+        mine = flags.parse_fast(argv)
+        theirs = _argparse(argv)
+        if mine is None:
+            continue
+        fast += 1
+        assert theirs is not None, f"argparse refuses what parse_fast accepted: {argv}"
+        assert vars(mine) == theirs, argv
+    assert fast > 500
+
+
+@pytest.mark.parametrize("argv", [
+    ["pull", "busybox"], ["pull", "-q", "--tls-verify=false", "--root", "/s", "reg:5000/a/b:1"],
+    ["--root", "/r", "pull", "img", "--platform", "linux/arm64", "-o", "img.sqsh", "-q"],
+])
+def test_common_pull_forms_take_the_fast_path(argv):
+    mine = flags.parse_fast(argv)
+    assert mine is not None and mine.cmd == "pull"
+    assert vars(mine) == _argparse(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["pull"], ["pull", "a", "b"], ["pull", "-h", "img"], ["pull", "--bogus", "img"],
+    ["pull", "--tls", "false", "img"], ["pull", "img", "--"], ["pull", "-qx", "img"],
+])
+def test_other_pull_forms_go_to_argparse(argv):
+    assert flags.parse_fast(argv) is None
 
 
 @pytest.mark.parametrize("argv", [
@@ -79,7 +132,7 @@ def test_generated_run_command_lines_parse_the_same_both_ways():
     ["run", "--network=none", "--tls-verify", "false", "img", "--rm"],
 ])
 def test_common_forms_take_the_fast_path(argv):
-    mine = flags.parse_run(argv)
+    mine = flags.parse_fast(argv)
     assert mine is not None
     assert vars(mine) == _argparse(argv)
 
@@ -90,7 +143,7 @@ def test_common_forms_take_the_fast_path(argv):
     ["run", "--rm=1", "img"], ["run", "--name"], ["spec", "img"], ["run", "--", "img"],
 ])
 def test_other_forms_go_to_argparse(argv):
-    assert flags.parse_run(argv) is None
+    assert flags.parse_fast(argv) is None
 
 
 def test_an_unknown_flag_is_an_error_that_names_it(capsys):
