@@ -38,6 +38,10 @@ class Plan:
     network: object = None     # runtime.network.NetworkPlan: what connects its namespace
     dns_driver: str = "default"  # the network as spec.network.nameservers() names it
     gpu_request: bool = False  # the spec holds a GPU request with_gpus has yet to resolve
+    # a resolved GPU request that may be replayed: the host answers it rests on (gpu/witnesses.py)
+    # and the warnings it gave; None when it must be resolved at every run (CDI, a Slurm job)
+    gpu_witnesses: tuple | None = None
+    gpu_warnings: tuple = ()
 
 
 def _store(paths: Paths, warn: Explain = None):
@@ -531,7 +535,9 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
             note = (f"GPU request: as resolved by an earlier run ({replay.name}: the same "
                     "request, image, settings and code, and every driver file unchanged)")
             return p._replace(spec=spec, files=p.files + replay.files,
-                              notes=p.notes + (note,), gpu_request=False)
+                              notes=p.notes + (note,), gpu_request=False,
+                              gpu_witnesses=tuple(replay.witnesses),
+                              gpu_warnings=tuple(replay.warnings))
     if read_file is None:
         from minictr.image import merged
 
@@ -549,10 +555,13 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
     resolved = resolve.resolve(
         p.spec, inputs, read_file=read_file, files_dir=files_dir, settings=settings,
         warn=heard, allocation=_slurm_task_allocation, cache_dir=cache_dir)
+    seen = None
     if memo_key is not None:
-        memo.store(cache_dir, memo_key, resolved, files_dir, said, settings.roots)
+        seen = memo.store(cache_dir, memo_key, resolved, files_dir, said, settings.roots)
     return p._replace(spec=resolved.spec, files=p.files + tuple(resolved.files),
-                      notes=p.notes + tuple(resolved.notes), gpu_request=False)
+                      notes=p.notes + tuple(resolved.notes), gpu_request=False,
+                      gpu_witnesses=None if seen is None else tuple(seen),
+                      gpu_warnings=tuple(said))
 
 
 def with_mount_point_layer(paths: Paths, p: Plan, explain: Explain = None) -> Plan:
@@ -839,20 +848,26 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
     # plan made for cacheable options is kept in STATE/.cache/plan (plancache.py), and the
     # next run with the same image, options and host facts reuses it
     try:
-        p, cached = _cached_plan(paths, opts, container_id, pull_policy, dry_run)
+        p, cached = _cached_plan(paths, opts, container_id, pull_policy, dry_run, gpu_roots,
+                                 warn)
         if p is None:
             import gc
 
             gc.enable()                  # cli.entry turned it off for a warm start only
-            # a cacheable plan is made, and kept, without its GPU request resolved
-            p = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy,
-                     progress=progress, container_id=container_id, warn=warn,
-                     files_dir=root.dir(container_id), gpus=cached is None)
+            made = plan(paths, opts, gpu_roots=gpu_roots, pull_policy=pull_policy,
+                        progress=progress, container_id=container_id, warn=warn,
+                        files_dir=root.dir(container_id), gpus=cached is None)
+            # the driver of the moment (its discovery has its own cache, checked against the
+            # host); a resolution that may be replayed is kept with the plan, with the host
+            # answers it rests on, else the plan is kept with its request unresolved
+            p = with_gpus(paths, made, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
+                          warn=warn)
             if cached is not None and not dry_run:
-                _keep_plan(paths, opts, cached, p)
-        # the driver of the moment (its discovery has its own cache, checked against the host)
-        p = with_gpus(paths, p, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
-                      warn=warn)
+                _keep_plan(paths, opts, cached, made, p, gpu_roots)
+        else:
+            # a cached request resolved at every run (CDI names, a Slurm job's allocation)
+            p = with_gpus(paths, p, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
+                          warn=warn)
         # /etc/hosts, resolv.conf, hostname, a GPU's files, volumes: made once, not per run (a
         # cache, as discovery's: a dry run may make it too, and then shows the same steps)
         p = with_mount_point_layer(paths, p, explain)
@@ -863,7 +878,9 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
             # says what the real run would do
             explain(f"plan: cached (STATE/.cache/plan/{cached[0][:12]}...: the same image, "
                     "options, host facts and minictr code), so no image lookup and no spec "
-                    "building; this container's id and its /etc files are its own")
+                    "building; this container's id and its /etc files are its own"
+                    + ("; its GPU request as resolved then, every driver file it rests on "
+                       "unchanged" if cached[2] else ""))
         for note in p.notes:
             if explain:
                 explain(note)
@@ -887,23 +904,36 @@ def _release_name_of_unmade(root, container_id: str) -> None:
         root.release_names(container_id)
 
 
-def _cached_plan(paths: Paths, opts, container_id: str, pull_policy: str, dry_run: bool):
-    """(the cached plan made this container's, or None; (key, hit) or None when the options
-    are not cacheable). The plan's /etc files are made now, from the host's files."""
+def _cached_plan(paths: Paths, opts, container_id: str, pull_policy: str, dry_run: bool,
+                 gpu_roots=None, warn: Explain = None):
+    """(the cached plan made this container's, or None; (key, hit, GPU request resolved) or
+    None when the options are not cacheable). The plan's /etc files are made now, from the
+    host's files. A plan kept with its GPU request resolved is a hit only while the host
+    answers as it did (gpu/witnesses.py): else the plan is made again (a new driver, a
+    library replaced, an MPS daemon started)."""
     from minictr import plancache
 
     if not plancache.cacheable(opts, pull_policy):
         return None, None
-    key = plancache.key(paths, opts)
+    key = plancache.key(paths, opts, gpu_roots)
     if key is None:
         return None, None
     p = plancache.load(paths, key, container_id)
     if p is None:
-        return None, (key, False)
+        return None, (key, False, False)
     if dry_run:
-        return None, (key, True)
+        return None, (key, True, p.gpu_witnesses is not None)
+    if p.gpu_witnesses is not None:
+        from minictr.gpu.witnesses import still_holds
+
+        if not still_holds(p.gpu_witnesses):
+            return None, (key, False, False)
+        for text in p.gpu_warnings:     # a warning is not lost because the answer was kept
+            if warn:
+                warn(text)
     files, notes = _etc_files_for(p, opts)
-    return p._replace(files=files, notes=p.notes + tuple(notes)), (key, True)
+    return p._replace(files=files + p.files, notes=p.notes + tuple(notes)), \
+        (key, True, p.gpu_witnesses is not None)
 
 
 def _etc_files_for(p: Plan, opts) -> tuple[tuple, list[str]]:
@@ -914,19 +944,27 @@ def _etc_files_for(p: Plan, opts) -> tuple[tuple, list[str]]:
     return tuple((os.path.basename(dest), data) for dest, data in etc.items()), notes
 
 
-def _keep_plan(paths: Paths, opts, cached: tuple, p: Plan) -> None:
-    """Cache a plan just made, if what it was made from did not change meanwhile (a pull, a
-    tag) and its /etc files are the only files it has."""
+def _keep_plan(paths: Paths, opts, cached: tuple, made: Plan, p: Plan | None = None,
+               gpu_roots=None) -> None:
+    """Cache a plan just made (``made``; ``p``: the same with its GPU request resolved), if
+    what it was made from did not change meanwhile (a pull, a tag) and its /etc files are the
+    only files it has. A resolution that may be replayed (``p.gpu_witnesses``) is kept with
+    it, with its files (the loader cache) and notes; else the request is kept unresolved."""
     from minictr import plancache
 
     key = cached[0]
-    if plancache.key(paths, opts) != key:
+    if plancache.key(paths, opts, gpu_roots) != key:
         return
-    files, etc_notes = _etc_files_for(p, opts)
-    n = len(p.notes) - len(etc_notes)
-    if n < 0 or files != p.files or p.notes[n:] != tuple(etc_notes):
+    files, etc_notes = _etc_files_for(made, opts)
+    n = len(made.notes) - len(etc_notes)
+    if n < 0 or files != made.files or made.notes[n:] != tuple(etc_notes):
         return
-    plancache.store(paths, key, p, p.notes[:n])
+    if p is not None and p is not made and p.gpu_witnesses is not None and \
+            p.files[:len(files)] == files and p.notes[:len(made.notes)] == made.notes:
+        plancache.store(paths, key, p._replace(files=p.files[len(files):]),
+                        made.notes[:n] + p.notes[len(made.notes):])
+        return
+    plancache.store(paths, key, made._replace(files=()), made.notes[:n])
 
 
 def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, warn: Explain,

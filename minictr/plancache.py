@@ -14,17 +14,23 @@ What a plan depends on, and so what the key holds (``key_material``):
   ids, the rootless id maps (/etc/subuid, /etc/subgid, the helpers), the kernel (seccomp rules
   depend on its version and architecture), the host name, MINICTR_OVERLAY, SLURM_JOB_ID;
 - minictr's own code: the size and mtime of every file of the package (mcinit among them, so
-  whether minictr's init is installed too).
+  whether minictr's init is installed too);
+- what a GPU resolution reads besides the spec and the driver's files (below).
 
 Only plans that read nothing else are cached (``cacheable``): no -v, --mount, --env-file,
 -e KEY without a value, --device, --security-opt, -p, --network bridge or container:NAME,
 --platform, --hpc, single-file images or transports, ``--pull always``. The /etc files
 (resolv.conf, hosts, hostname) are made afresh on every run, from the host's files of the
-moment, so they are not in the entry. So is a GPU request's resolution (``--gpus``, ``-e
-NVIDIA_VISIBLE_DEVICES``, a CUDA image's own): the entry holds the spec with the request in it
-(``gpu_request``: whether it has one), and api.with_gpus resolves it at every run against the
-driver of the moment (its discovery is cached apart, gpu/driver_cache.py, checked against the
-host's files), reading the image's files through the plan's layers.
+moment, so they are not in the entry. A GPU request's resolution (``--gpus``, ``-e
+NVIDIA_VISIBLE_DEVICES``, a CUDA image's own) is in it when it may be replayed (gpu/memo.py's
+conditions): the resolved spec, its loader cache (``files``), its warnings, and the host
+answers it rests on (``gpu_witnesses``: the driver's files, the MPS control socket), which
+api._cached_plan checks at every hit (a changed one is a miss: the plan is made and resolved
+again); for it the key also holds the driver-root flags and variables, CUDA_MPS_PIPE_DIRECTORY,
+MINICTR_CONFIG and the settings files. A request resolved at every run (CDI names, a Slurm
+job's allocation) is kept unresolved (``gpu_request``), and api.with_gpus resolves it at every
+hit against the driver of the moment (its discovery is cached apart, gpu/driver_cache.py,
+checked against the host's files), reading the image's files through the plan's layers.
 
 A plan holds its container's id (paths, hostname, cgroup, annotations); an entry records the
 id it was made with, and a hit replaces that id (and its 12-character prefix, the default
@@ -39,12 +45,15 @@ be written costs only time.
 """
 from __future__ import annotations
 
+import binascii
 import os
 
 from minictr import cachefiles, jsonio
 from minictr.cachefiles import key_of
 
-FORMAT = 2
+FORMAT = 3
+GPU_VARIABLES = ("MINICTR_NVIDIA_DRIVER_ROOT", "MINICTR_NVIDIA_DEV_ROOT",
+                 "MINICTR_NVIDIA_PROC_ROOT", "CUDA_MPS_PIPE_DIRECTORY", "MINICTR_CONFIG")
 MAX_ENTRIES = 64                        # past this, the oldest entries go when one is written
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # RunOptions fields a cached plan cannot hold: each reads a host file, a device, the host's
@@ -93,18 +102,18 @@ def code_signature(top: str = PACKAGE) -> list:
     return out
 
 
-def key(paths, opts) -> str | None:
+def key(paths, opts, gpu_roots=None) -> str | None:
     """The entry's key for these options; None when minictr's own files cannot all be read
     (a dangling link, say): then no cache, as a cache costs only time, never a failed run."""
     try:
-        return key_of(key_material(paths, opts))
+        return key_of(key_material(paths, opts, gpu_roots))
     except OSError:
         return None
 
 
-def key_material(paths, opts) -> list:
+def key_material(paths, opts, gpu_roots=None) -> list:
     """Everything a cacheable plan is made from (see the module's docstring)."""
-    from minictr import host
+    from minictr import host, settings
     from minictr.api import _overlay_driver
 
     maps = None
@@ -118,7 +127,13 @@ def key_material(paths, opts) -> list:
             list(os.uname()), _overlay_driver(), "SLURM_JOB_ID" in os.environ,
             _signature(os.path.join(store_images, "tags.json")),
             _signature(os.path.join(store_images, "records")),
-            code_signature()]
+            code_signature(),
+            # what a GPU request's resolution reads besides the spec and the driver's files
+            # (those are its witnesses, checked at every hit): the driver-root flags and
+            # variables, the MPS pipe directory, the [nvidia] settings' files
+            list(gpu_roots or ()),
+            [os.environ.get(v) for v in GPU_VARIABLES],
+            [[f, _signature(f)] for f in settings.files()]]
 
 
 def entry_path(paths, key: str) -> str:
@@ -170,13 +185,27 @@ def _plan_from(d: dict, container_id: str):
                         volatile=r["volatile"], driver=r["driver"], scratch=r["scratch"])
     if not isinstance(d["gpu_request"], bool):
         return None
+    witnesses = d["gpu_witnesses"]
+    if witnesses is not None and not (
+            isinstance(witnesses, list) and all(
+                isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)
+                and isinstance(w[1], str) for w in witnesses)
+            and strings(d["gpu_warnings"])):
+        return None
+    if not (isinstance(d["files"], list) and all(
+            isinstance(f, list) and len(f) == 2 and strings(f) for f in d["files"])):
+        return None
+    files = tuple((name, binascii.a2b_base64(data)) for name, data in d["files"])
     return Plan(spec=d["spec"], rootfs=rootfs, container_id=container_id, name=d["name"],
                 image=d["image"], layers=tuple(d["layers"]), notes=tuple(d["notes"]),
-                dns_driver=d["dns_driver"], gpu_request=d["gpu_request"])
+                dns_driver=d["dns_driver"], gpu_request=d["gpu_request"], files=files,
+                gpu_witnesses=None if witnesses is None else tuple(witnesses),
+                gpu_warnings=tuple(d["gpu_warnings"]))
 
 
 def store(paths, key: str, p, base_notes: tuple) -> bool:
-    """Keep plan ``p`` (its notes but the /etc files' ones) for ``key``; False if not kept."""
+    """Keep plan ``p`` (its notes but the /etc files' ones; its files but those) for ``key``;
+    False if not kept."""
     rootfs = p.rootfs
     if (p.network is not None or p.hooks or p.keep_fds or rootfs.squashfs is not None
             or not _is_id(p.container_id)):
@@ -184,6 +213,10 @@ def store(paths, key: str, p, base_notes: tuple) -> bool:
     entry = {"format": FORMAT, "key": key, "id": p.container_id, "plan": {
         "spec": p.spec, "name": p.name, "image": p.image, "layers": list(p.layers),
         "notes": list(base_notes), "dns_driver": p.dns_driver, "gpu_request": p.gpu_request,
+        "gpu_witnesses": None if p.gpu_witnesses is None else list(p.gpu_witnesses),
+        "gpu_warnings": list(p.gpu_warnings),
+        "files": [[name, binascii.b2a_base64(data, newline=False).decode()]
+                  for name, data in p.files],
         "rootfs": {"lowerdirs": list(rootfs.lowerdirs), "upperdir": rootfs.upperdir,
                    "workdir": rootfs.workdir, "target": rootfs.target,
                    "rootless": rootfs.rootless, "volatile": rootfs.volatile,

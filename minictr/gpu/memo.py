@@ -43,11 +43,13 @@ _CODE = [os.path.join(_GPU, n) for n in sorted(os.listdir(_GPU)) if n.endswith("
 
 
 class Replay:
-    """A remembered resolution, ready to apply (``spec``) to this container."""
+    """A remembered resolution, ready to apply (``spec``) to this container, and the host
+    answers it rests on (``witnesses``)."""
 
-    def __init__(self, edits, unset_env: tuple, files: tuple, warnings: list[str], name: str):
+    def __init__(self, edits, unset_env: tuple, files: tuple, warnings: list[str], name: str,
+                 witnesses: list):
         self.edits, self.unset_env, self.files = edits, unset_env, files
-        self.warnings, self.name = warnings, name
+        self.warnings, self.name, self.witnesses = warnings, name, witnesses
 
 
 def key(inputs, gpu_roots, lowerdirs) -> str | None:
@@ -84,21 +86,22 @@ def load(cache_dir: str, memo_key: str, files_dir: str) -> Replay | None:
             return None
         return Replay(ContainerEdits.from_cdi(doc["edits"]), tuple(doc["unset_env"]),
                       ((str(doc["file"]), binascii.a2b_base64(doc["cache"])),),
-                      list(doc["warnings"]), path)
+                      list(doc["warnings"]), path, doc["witnesses"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         return None                     # damaged or of another shape: resolve again
 
 
 def store(cache_dir: str, memo_key: str, resolved, files_dir: str, warnings: list[str],
-          roots) -> None:
-    """Remember ``resolved`` (resolve.Resolved with its edits) for the next run; nothing when
-    the driver's discovery left no witnesses to check it by."""
+          roots) -> list | None:
+    """Remember ``resolved`` (resolve.Resolved with its edits) for the next run, and return
+    the witnesses it rests on; nothing (None) when the driver's discovery left none to check it
+    by."""
     from minictr.gpu import driver_cache, mps
     from minictr.gpu.witnesses import witness
 
     seen = driver_cache.witnesses(cache_dir, roots)
     if seen is None or resolved.edits is None:
-        return
+        return None
     seen = list(seen) + [witness("stat", os.path.join(mps.pipe_dir(roots.mps_pipe_dir),
                                                      "control"))]
     ((name, cache),) = resolved.files
@@ -108,5 +111,6 @@ def store(cache_dir: str, memo_key: str, resolved, files_dir: str, warnings: lis
                         "edits": resolved.edits.to_cdi()})
     quoted = jsonio.dumps(files_dir)[1:-1]
     if PLACEHOLDER in doc or not quoted:
-        return
+        return None
     cachefiles.write(entry_path(cache_dir, memo_key), doc.replace(quoted, PLACEHOLDER).encode())
+    return seen

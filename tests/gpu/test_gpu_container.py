@@ -7,6 +7,7 @@ a real NVIDIA driver has no GPU at the fake minor, as on a GPU machine) and a no
 GPU made with mknod inside (EPERM: refused by the device filter).
 """
 import errno
+import json
 import os
 import subprocess
 
@@ -54,9 +55,9 @@ def test_selected_gpu_is_reachable_and_the_other_is_filtered(minictr_cli, fake_d
 
 
 def test_a_cached_plan_gets_its_gpus_at_every_run(minictr_cli, fake_driver, tmp_path, layout):
-    """The second run reuses the first one's plan (STATE/.cache/plan), which holds the request
-    but not its resolution: the GPUs are injected again, from the driver of the moment. (An
-    oci: reference is never cached: the image is loaded and run by name.)"""
+    """The second run reuses the first one's plan (STATE/.cache/plan), which holds the request's
+    resolution with the driver files it rests on, checked at every run. (An oci: reference is
+    never cached: the image is loaded and run by name.)"""
     env = {**os.environ, "MINICTR_ROOT": str(tmp_path / "store"),
            "MINICTR_STATE": str(tmp_path / "state")}
     loaded = subprocess.run([minictr_cli, "load", layout], env=env, capture_output=True,
@@ -71,9 +72,12 @@ def test_a_cached_plan_gets_its_gpus_at_every_run(minictr_cli, fake_driver, tmp_
     # resolved through the image's own links: the probe found libcuda.so.1 where it looked
     (layer,) = [n for n in os.listdir(tmp_path / "state" / ".cache" / "mountpoints")
                 if "." not in n]
-    # and the second run replayed the first one's resolution (gpu/memo.py)
+    # and the first run's resolution was kept: in the memo (gpu/memo.py) and in the plan
     assert [n for n in os.listdir(tmp_path / "state" / ".cache" / "gpu")
             if n.startswith("resolved-")]
+    (entry,) = os.listdir(tmp_path / "state" / ".cache" / "plan")
+    with open(tmp_path / "state" / ".cache" / "plan" / entry) as fh:
+        assert json.load(fh)["plan"]["gpu_witnesses"]
     assert os.path.isfile(tmp_path / "state" / ".cache" / "mountpoints" / layer / "usr" / "bin"
                           / "nvidia-smi")
 

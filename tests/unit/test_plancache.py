@@ -227,3 +227,103 @@ def test_unreadable_minictr_files_mean_no_cache_not_a_failed_run(paths, tmp_path
     monkeypatch.setattr(plancache, "code_signature", lambda: real(str(pkg)))
     assert plancache.key(paths, OPTS) is None
     assert api._cached_plan(paths, OPTS, "b" * 64, "missing", False) == (None, None)
+
+
+def _gpu_setup(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "gpu"))
+    import fakedriver
+    from minictr.gpu.request import GpuSettings
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    drv = fakedriver.build(str(tmp_path / "drv"))
+    return drv, GpuSettings(drv.roots._replace(mps_pipe_dir=str(tmp_path / "mps")))
+
+
+def prepare(paths, opts, roots, heard=None):
+    _, p, _ = api._prepare(paths, opts, gpu_roots=roots, dry_run=False, pull_policy="missing",
+                           progress=None, warn=None if heard is None else heard.append,
+                           explain=None)
+    return p
+
+
+def test_a_gpu_plan_is_kept_resolved_and_replayed_while_the_driver_files_hold(
+        paths, tmp_path, monkeypatch):
+    """A `--gpus` plan whose resolution may be replayed (gpu/memo.py's conditions) is kept
+    with it: the next run imports none of the resolution's code (not even the memo's or the
+    spec edits'), gets the same spec, loader cache and warnings, for its own container; a
+    replaced driver library means the plan is made and resolved again."""
+    import sys
+
+    from minictr.gpu import resolve as resolve_mod
+
+    drv, roots = _gpu_setup(tmp_path, monkeypatch)
+    opts = OPTS._replace(gpus="all")
+    heard_first, heard_second = [], []
+    first = prepare(paths, opts, roots, heard_first)
+    key = plancache.key(paths, opts, roots)
+    entry = json.loads(open(plancache.entry_path(paths, key)).read())
+    assert entry["plan"]["gpu_request"] is False and entry["plan"]["gpu_witnesses"]
+    assert "/dev/nvidiactl" in json.dumps(entry["plan"]["spec"])
+    for name in ("minictr.gpu.memo", "minictr.gpu.resolve", "minictr.spec.edits",
+                 "minictr.spec.gpu_request", "minictr.image.store"):
+        monkeypatch.setitem(sys.modules, name, None)      # importing it now fails
+    second = prepare(paths, opts, roots, heard_second)
+    monkeypatch.undo()
+    a, b = first.container_id, second.container_id
+    assert json.dumps(second.spec) == \
+        json.dumps(first.spec).replace(a, b).replace(a[:12], b[:12])
+    assert os.path.join(paths.state, b, "ld.so.cache") in json.dumps(second.spec["mounts"])
+    assert dict(second.files)["ld.so.cache"] == dict(first.files)["ld.so.cache"]
+    assert heard_first and heard_second == heard_first      # the warnings come again
+    # the driver's library replaced: resolved again (and that is kept in turn)
+    lib = os.path.join(drv.driver_root, "usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06")
+    with open(lib, "ab") as out:
+        out.write(b"\0")
+    calls = []
+    real = resolve_mod.resolve
+    monkeypatch.setattr(resolve_mod, "resolve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prepare(paths, opts, roots)
+    assert calls == [1]
+    prepare(paths, opts, roots)
+    assert calls == [1]
+
+
+def test_a_gpu_request_resolved_at_every_run_is_kept_unresolved(paths, tmp_path, monkeypatch):
+    """In a Slurm job the allocation comes from the job's environment: nothing to replay, so
+    the plan is kept with its request, resolved again at every run."""
+    from minictr.gpu import resolve as resolve_mod
+
+    _, roots = _gpu_setup(tmp_path, monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")         # a step without GPUs: none injected
+    calls = []
+    real = resolve_mod.resolve
+    monkeypatch.setattr(resolve_mod, "resolve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opts = OPTS._replace(gpus="all")
+    heard = []
+    prepare(paths, opts, roots, heard)
+    key = plancache.key(paths, opts, roots)
+    entry = json.loads(open(plancache.entry_path(paths, key)).read())
+    assert entry["plan"]["gpu_request"] is True and entry["plan"]["gpu_witnesses"] is None
+    prepare(paths, opts, roots, heard)
+    assert calls == [1, 1]
+    assert len(heard) == 2 and "Slurm job 7" in heard[1]
+
+
+def test_the_key_holds_what_a_gpu_resolution_reads_besides_the_spec(paths, tmp_path,
+                                                                   monkeypatch):
+    """The driver-root flags and variables, the MPS pipe directory and the settings files
+    (the driver's own files are the entry's witnesses)."""
+    config = tmp_path / "config.toml"
+    config.write_text("[nvidia]\n")
+    monkeypatch.setenv("MINICTR_CONFIG", str(config))
+    base = plancache.key(paths, OPTS, ("/", None, None))
+    assert plancache.key(paths, OPTS, ("/d", None, None)) != base
+    for var in ("MINICTR_NVIDIA_DRIVER_ROOT", "CUDA_MPS_PIPE_DIRECTORY"):
+        monkeypatch.setenv(var, "/x")
+        assert plancache.key(paths, OPTS, ("/", None, None)) != base, var
+        monkeypatch.delenv(var)
+    assert plancache.key(paths, OPTS, ("/", None, None)) == base
+    config.write_text("[nvidia]\ndisable-require = true\n")
+    assert plancache.key(paths, OPTS, ("/", None, None)) != base
