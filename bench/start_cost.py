@@ -166,8 +166,8 @@ def import_profile(mc: startenv.Minictr, image: str) -> dict[str, tuple[int, int
 def import_tables(profiles: list[dict]) -> str:
     names = set().union(*profiles)
 
-    def med(name, k):
-        return statistics.median(p[name][k] for p in profiles if name in p) / 1000
+    def med(name, k):       # a module a run did not import counts as 0 ms in that run
+        return statistics.median(p[name][k] if name in p else 0 for p in profiles) / 1000
     self_ms = {n: med(n, 0) for n in names}
     cum_ms = {n: med(n, 1) for n in names}
     total = sum(self_ms.values())
