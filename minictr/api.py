@@ -565,7 +565,7 @@ def with_gpus(paths: Paths, p: Plan, read_file=None, *, gpu_roots, files_dir: st
 
 
 def with_mount_point_layer(paths: Paths, p: Plan, explain: Explain = None) -> Plan:
-    """``p`` with the mount points of its binds that the image lacks in a lower layer made
+    """``p`` with the mount points of its mounts that the image lacks in a lower layer made
     once (mountpoints.py), so the start creates none in the writable layer; ``p`` itself when
     there is none to add, or its overlay could not take one more layer."""
     r = p.rootfs
@@ -574,7 +574,7 @@ def with_mount_point_layer(paths: Paths, p: Plan, explain: Explain = None) -> Pl
     from minictr import mountpoints
 
     layer = mountpoints.layer_for(paths.state, r.lowerdirs,
-                                  mountpoints.bind_destinations(p.spec), explain)
+                                  mountpoints.mount_destinations(p.spec), explain)
     if layer is None:
         return p
     rootfs = r._replace(lowerdirs=(layer,) + r.lowerdirs)
@@ -868,8 +868,9 @@ def _prepare(paths: Paths, opts, *, gpu_roots, dry_run: bool, pull_policy: str, 
             # a cached request resolved at every run (CDI names, a Slurm job's allocation)
             p = with_gpus(paths, p, gpu_roots=gpu_roots, files_dir=root.dir(container_id),
                           warn=warn)
-        # /etc/hosts, resolv.conf, hostname, a GPU's files, volumes: made once, not per run (a
-        # cache, as discovery's: a dry run may make it too, and then shows the same steps)
+        # /etc/hosts, resolv.conf, hostname, /proc, /dev and /sys where an image lacks them, a
+        # GPU's files, volumes: made once, not per run (a cache, as discovery's: a dry run may
+        # make it too, and then shows the same steps)
         p = with_mount_point_layer(paths, p, explain)
         if not dry_run:
             root.claim_name(p.name, container_id)

@@ -1,12 +1,13 @@
-"""A lower layer of mount points: the files and directories a run's bind mounts need and the
-image lacks, made once and kept, instead of created in the container's writable layer at every
-start and deleted with it.
+"""A lower layer of mount points: the files and directories a run's mounts need and the image
+lacks, made once and kept, instead of created in the container's writable layer at every start
+and deleted with it.
 
-A bind mount needs something at its destination to mount over. runtime/mounts.resolve_in_root
+A mount needs something at its destination to mount over. runtime/mounts.resolve_in_root
 makes what is missing (mkdir, an empty file) in the container's root, that is in overlayfs's
 upper directory: a copy-up of every parent directory the image has, the new entries, and their
 removal with the writable layer at cleanup. Every run binds /etc/hosts, /etc/hostname and
-/etc/resolv.conf, which images seldom carry (docker keeps them out of layers); `--gpus all` adds
+/etc/resolv.conf, which images seldom carry (docker keeps them out of layers), and minimal images
+lack /proc, /dev and /sys, where the kernel's filesystems go; `--gpus all` adds
 ~10 files in four or five directories, on ext4 about half of what the GPUs added to a start
 (docs/gpus.md); volumes add their destinations. 64 concurrent starts of a busybox image took
 ~8 % less wall and CPU time with the layer (bench/README.md).
@@ -44,18 +45,21 @@ FORMAT = "1"
 MAX_OVERLAY_DATA = 3800      # mount(2) passes at most a page of options; keep room to spare
 
 
-def bind_destinations(spec: dict) -> list[tuple[str, str]]:
-    """(destination, "dir"|"file") of each bind mount whose destination is in the image: not
-    at or under an earlier mount's destination (/dev's tmpfs, /proc, a volume)."""
+def mount_destinations(spec: dict) -> list[tuple[str, str]]:
+    """(destination, "dir"|"file") of each mount whose destination is in the image: not at or
+    under an earlier mount's destination (/dev's tmpfs, /proc, a volume). A bind's is what its
+    source is; a filesystem's (proc, sysfs, tmpfs, mqueue...) a directory."""
     covered: list[str] = []
     out = []
     for m in spec.get("mounts", ()):
         dest = os.path.normpath("/" + m.get("destination", "").lstrip("/"))
-        options = m.get("options", ())
-        is_bind = m.get("type") == "bind" or "bind" in options or "rbind" in options
-        if is_bind and dest != "/" and not any(under(dest, c) for c in covered):
-            source = m.get("source") or ""
-            out.append((dest, "dir" if os.path.isdir(source) else "file"))
+        if dest != "/" and not any(under(dest, c) for c in covered):
+            options = m.get("options", ())
+            if m.get("type") == "bind" or "bind" in options or "rbind" in options:
+                source = m.get("source") or ""
+                out.append((dest, "dir" if os.path.isdir(source) else "file"))
+            else:
+                out.append((dest, "dir"))
         covered.append(dest)
     return out
 

@@ -571,20 +571,21 @@ def test_the_image_root_metadata_reaches_the_container(mc, tmp_path):
 
 
 def test_mount_points_come_from_a_layer_made_once_not_the_writable_layer(mc):
-    """The /etc files minictr binds (the busybox image has none of them) are found in the
-    mount-point layer (mountpoints.py), the same for every run of the image: the container's
-    writable layer holds none of them, and the image's /etc keeps its metadata."""
+    """The /etc files minictr binds and the directories /proc, /dev and /sys are mounted on
+    (the busybox image has none of them) are found in the mount-point layer (mountpoints.py),
+    the same for every run of the image: the container's writable layer holds none of them,
+    and the image's /etc keeps its metadata."""
     said = mc("run", "--explain", "--name", "mp1", "busybox:test", "true", check=True).stderr
     try:
         cid = json.loads(mc("ps", "-a", "--format", "json", check=True).stdout)[-1]["id"]
         upper = os.path.join(mc.root, "containers", cid, "upper")
-        assert os.path.isdir(upper) and not os.path.exists(os.path.join(upper, "etc")), \
-            os.listdir(upper)
+        assert os.path.isdir(upper) and os.listdir(upper) == [], os.listdir(upper)
         layers = os.path.join(mc.state, ".cache", "mountpoints")
         short = said.split("STATE/.cache/mountpoints/", 1)[1][:12]
         (layer,) = [n for n in os.listdir(layers) if n.startswith(short) and "." not in n]
         assert sorted(os.listdir(os.path.join(layers, layer, "etc"))) == [
             "hostname", "hosts", "resolv.conf"]
+        assert {"proc", "dev", "sys"} <= set(os.listdir(os.path.join(layers, layer)))
         out = mc("run", "--rm", "busybox:test", "sh", "-c",
                  "cat /etc/hostname >/dev/null && stat -c '%a %u' /etc", check=True).stdout
         assert out.split() == ["755", "0"]

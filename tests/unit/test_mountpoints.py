@@ -9,7 +9,7 @@ import pytest
 from minictr import mountpoints
 
 
-def test_bind_destinations_are_the_binds_into_the_image():
+def test_mount_destinations_are_the_mounts_into_the_image():
     spec = {"mounts": [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
@@ -19,8 +19,8 @@ def test_bind_destinations_are_the_binds_into_the_image():
         {"destination": "/usr/lib64/libcuda.so.1", "type": "bind", "source": "/etc/hostname"},
         {"destination": "/run/nvidia-persistenced/", "type": "bind", "source": "/"},
     ]}
-    assert mountpoints.bind_destinations(spec) == [
-        ("/data", "dir"), ("/usr/lib64/libcuda.so.1", "file"),
+    assert mountpoints.mount_destinations(spec) == [
+        ("/proc", "dir"), ("/dev", "dir"), ("/data", "dir"), ("/usr/lib64/libcuda.so.1", "file"),
         ("/run/nvidia-persistenced", "dir")]
 
 
