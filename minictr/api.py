@@ -1003,7 +1003,8 @@ def _execute(paths: Paths, root, p: Plan, opts, *, kernel, explain: Explain, war
                 if cidfile and not dry_run:
                     with open(cidfile, "w") as f:
                         f.write(container_id)
-                lifecycle.start(root, container_id, kernel=kernel, explain=explain)
+                lifecycle.start(root, container_id, kernel=kernel, explain=explain,
+                                spec=p.spec)
                 if dry_run:
                     return 0
                 spawn.wait_for_exec(created.exec_pipe, p.spec["process"]["args"][0])

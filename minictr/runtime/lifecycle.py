@@ -149,18 +149,26 @@ def create(root: StateRoot, container_id: str, spec: dict, *, bundle: str, rootf
               "owner": "", "annotations": spec.get("annotations") or {},
               "creator_pid": os.getpid(), "creator_ticks": state_mod.start_ticks(os.getpid()),
               "rootless": rootless, "cgroup_paths": []}
-        root.write(container_id, st)
-        _prepare_rootfs(kernel, rootfs, root_path)
         linux = spec.get("linux", {})
         from minictr.runtime import cgroups
 
+        # the first state record names the cgroups about to be made (one write, not two): it
+        # is written before any of them, or the writable layer, is made, so a launcher killed
+        # halfway leaves a record of what to remove
+        recorded = []
+
+        def record(paths) -> None:
+            root.write(container_id, dict(st, cgroup_paths=list(paths)))
+            recorded.append(True)
         cgroup = cgroups.setup(linux.get("resources") or {}, container_id=container_id,
                                cgroups_path=linux.get("cgroupsPath"), rootless=rootless,
                                systemd=systemd_cgroup, kernel=kernel, explain=explain,
-                               on_plan=lambda paths: root.update(container_id,
-                                                                 cgroup_paths=paths),
+                               on_plan=record,
                                every_v1=any(m.get("type") == "cgroup"
                                             for m in spec.get("mounts", ())))
+        if not recorded:
+            root.write(container_id, st)
+        _prepare_rootfs(kernel, rootfs, root_path)
         seccomp = spawn_mod.compile_seccomp(spec, seccomp_cache_dir(root), explain)
         image_mount = _open_image_mount(kernel, rootfs, explain)
         fifo = root.file(container_id, state_mod.FIFO)
@@ -400,9 +408,11 @@ def write_pid_file(path: str, pid: int) -> None:
 # ---------------------------------------------------------------- start
 
 
-def start(root: StateRoot, container_id: str, *, kernel=None, explain: Explain = None) -> dict:
+def start(root: StateRoot, container_id: str, *, kernel=None, explain: Explain = None,
+          spec: dict | None = None) -> dict:
     """Release a created container's process (the fifo protocol in the module docstring) and
-    run its poststart hooks; a failing poststart hook kills the container (runc)."""
+    run its poststart hooks; a failing poststart hook kills the container (runc). ``spec``:
+    the container's config.json as create wrote it, when the caller holds it (`run`)."""
     kernel = kernel or sc.Syscalls()
     st = root.read(container_id)
     now = "created" if getattr(kernel, "dry_run", False) else status(root, st)
@@ -418,7 +428,8 @@ def start(root: StateRoot, container_id: str, *, kernel=None, explain: Explain =
                 from err
         raise
     st = root.update(container_id, status="running")
-    spec = root.read_config(container_id)
+    if spec is None:
+        spec = root.read_config(container_id)
     if _has_hooks(spec, "poststart"):
         from minictr.runtime import hooks
 
