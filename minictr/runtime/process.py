@@ -18,8 +18,6 @@ import os
 import select
 import _signal as signal  # signal.py's C core: the same calls, numbers as ints (signal.py imports enum: ~3 ms)
 import struct
-import termios
-import tty as tty_mod
 from _collections_abc import Callable
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -130,6 +128,9 @@ class Supervisor:
         When ``stdin`` ends (a closed pipe, a terminal hung up) the container's terminal is
         told as a user would tell it, with its EOF character (``send_eof``): a pty has no other
         way to say "no more input", and without it `cat` would wait forever."""
+        import termios          # here: a run without a terminal never imports them
+        import tty as tty_mod
+
         saved = None
         if stdin is not None and os.isatty(stdin):
             saved = termios.tcgetattr(stdin)
@@ -202,6 +203,8 @@ def send_eof(master: int, partial_line: bool) -> None:
     after an unfinished line it takes a second one for the reader to see end-of-file. A
     program that put its terminal in raw mode reads input byte by byte and has no end-of-file:
     nothing is sent then."""
+    import termios
+
     try:
         attrs = termios.tcgetattr(master)
     except termios.error:
@@ -216,6 +219,8 @@ def send_eof(master: int, partial_line: bool) -> None:
 
 
 def copy_winsize(src: int, dst: int) -> None:
+    import termios
+
     try:
         size = fcntl.ioctl(src, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
         fcntl.ioctl(dst, termios.TIOCSWINSZ, size)

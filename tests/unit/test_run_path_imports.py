@@ -49,13 +49,14 @@ def test_a_cached_run_imports_no_collections_contextlib_or_functools():
     """What a plan-cache hit imports (cli, api, plancache, the runtime) loads neither
     collections (``collections.abc`` imports the whole package: ~1 ms; ``_collections_abc``,
     which the interpreter has loaded already, holds the same classes) nor contextlib and
-    functools (~1 ms), nor operator.py (records.py takes itemgetter from _operator)."""
+    functools (~1 ms), nor operator.py (records.py takes itemgetter from _operator), nor
+    termios and tty (only a run with a terminal relays one: runtime/process.py)."""
     code = ("import sys; import minictr.cli, minictr.api, minictr.plancache, "
             "minictr.runtime.lifecycle, minictr.runtime.spawn, minictr.runtime.cleanup, "
             "minictr.runtime.cgroups, minictr.runtime.process, minictr.runtime.rootfs, "
             "minictr.runtime.seccomp_cache, minictr.runtime.validate, minictr.spec.etcfiles; "
-            "print(sorted(m for m in ('collections', 'contextlib', 'functools', 'operator') "
-            "if m in sys.modules))")
+            "print(sorted(m for m in ('collections', 'contextlib', 'functools', 'operator', "
+            "'termios', 'tty') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c",
                           f"import sys; sys.path += {sys.path!r}; " + code],
                          capture_output=True, text=True, check=True)
