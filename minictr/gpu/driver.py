@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
-from minictr.gpu.witnesses import _ASK
+from minictr.gpu.witnesses import ask
 from minictr.records import record
 from minictr.spec.edits import DeviceNode
 
@@ -166,7 +166,7 @@ class HostFiles:
     def _ask(self, kind: str, path: str):
         key = (kind, path)
         if key not in self.seen:
-            self.seen[key] = _ASK[kind](path)
+            self.seen[key] = ask(kind, path)
         return self.seen[key]
 
     def text(self, path: str) -> str | None:

@@ -45,9 +45,14 @@ def readlink(path: str) -> str | None:
 _ASK = {"stat": _identity, "text": _text, "list": _listing, "link": readlink}
 
 
+def ask(kind: str, path: str):
+    """The host's answer now to the question ``kind`` about ``path``."""
+    return _ASK[kind](path)
+
+
 def witness(kind: str, path: str) -> list:
     """One witness, as HostFiles keeps them: [kind, path, the host's answer now]."""
-    return [kind, path, _ASK[kind](path)]
+    return [kind, path, ask(kind, path)]
 
 
 def still_holds(witnesses) -> bool:
