@@ -614,16 +614,15 @@ class Syscalls(Rtnetlink):
             for program in programs:
                 started.append(_start_program(*program[:3]))
         except BaseException:
-            for pid, in_w, out_r in started:     # none is left running or unwaited
+            for pid, in_w, out_r, _ in started:  # none is left running or unwaited
                 if pid:
                     os.close(in_w)
                     os.close(out_r)
                     os.kill(pid, 9)
                     os.waitpid(pid, 0)
             raise
-        return [_communicate(pid, in_w, out_r, program[3], deadline, select)
-                if pid else (in_w, out_r)
-                for (pid, in_w, out_r), program in zip(started, programs)]
+        return [failed or _communicate(pid, in_w, out_r, program[3], deadline, select)
+                for (pid, in_w, out_r, failed), program in zip(started, programs)]
 
     def start_helper(self, path: str, args: list[str], pass_fds: tuple = (),
                      log_path: str | None = None, cwd: str | None = None) -> int:
@@ -907,8 +906,9 @@ def _monotonic() -> float:
 
 
 def _start_program(path: str, args: list[str], env: list[str]):
-    """(pid, stdin's write end, output's read end) of the program started, or (0, exit
-    status, message) when it could not be executed (127: not found, 126: not executable)."""
+    """(pid, stdin's write end, output's read end, None) of the program started; (0, -1, -1,
+    (exit status, message)) when it could not be executed (127: not found, 126: not
+    executable)."""
     import fcntl
 
     environ = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
@@ -945,8 +945,9 @@ def _start_program(path: str, args: list[str], env: list[str]):
         os.close(out_r)
         os.waitpid(pid, 0)
         err = int.from_bytes(failed, "little")
-        return 0, 127 if err == errno.ENOENT else 126, f"{path}: {os.strerror(err)}".encode()
-    return pid, in_w, out_r
+        return 0, -1, -1, (127 if err == errno.ENOENT else 126,
+                           f"{path}: {os.strerror(err)}".encode())
+    return pid, in_w, out_r, None
 
 
 def _communicate(pid: int, in_w: int, out_r: int, stdin: bytes, deadline, select):
